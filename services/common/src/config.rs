@@ -1,0 +1,335 @@
+//! Typed configuration sections read from environment variables, validated at startup.
+//!
+//! Services build their `Settings` from an [`Env`]: the process environment in `main`, a plain
+//! map in tests (so nothing ever calls `std::env::set_var`). Every error names the bad key.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// A configuration value that could not be used; names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {key}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub key: String,
+    /// Its value (never a secret's).
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A snapshot of configuration variables.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    variables: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment, read once.
+    pub fn from_process() -> Self {
+        Env { variables: std::env::vars().collect() }
+    }
+
+    /// Variables from explicit pairs (tests, embedded use).
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Env { variables: pairs.into_iter().map(|(key, value)| (key.into(), value.into())).collect() }
+    }
+
+    /// Sets one variable in this snapshot (not in the process).
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.variables.insert(key.into(), value.into());
+        self
+    }
+
+    /// The raw value, if set and not empty.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.variables.get(key).map(String::as_str).filter(|value| !value.trim().is_empty())
+    }
+
+    /// A string with a default.
+    pub fn string(&self, key: &str, default: &str) -> String {
+        self.get(key).unwrap_or(default).trim().to_string()
+    }
+
+    /// A parsed value with a default.
+    pub fn parse<T: FromStr>(&self, key: &str, default: T) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.get(key) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|error: T::Err| ConfigError {
+                key: key.to_string(),
+                value: raw.to_string(),
+                reason: error.to_string(),
+            }),
+        }
+    }
+
+    /// A boolean: `true/false`, `1/0`, `yes/no`, `on/off`.
+    pub fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(key).map(|raw| raw.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(raw) => match raw.as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError {
+                    key: key.to_string(),
+                    value: raw,
+                    reason: "expected true or false".into(),
+                }),
+            },
+        }
+    }
+
+    /// A duration given in milliseconds.
+    pub fn millis(&self, key: &str, default_ms: u64) -> Result<Duration, ConfigError> {
+        self.parse(key, default_ms).map(Duration::from_millis)
+    }
+
+    /// A duration given in seconds.
+    pub fn seconds(&self, key: &str, default_seconds: u64) -> Result<Duration, ConfigError> {
+        self.parse(key, default_seconds).map(Duration::from_secs)
+    }
+
+    /// A secret; its value never appears in errors or logs.
+    pub fn secret(&self, key: &str, default: &str) -> SecretString {
+        SecretString::from(self.string(key, default))
+    }
+
+    /// Fails with a message naming `key` unless `condition` holds.
+    pub fn require(&self, condition: bool, key: &str, reason: &str) -> Result<(), ConfigError> {
+        if condition {
+            return Ok(());
+        }
+        Err(ConfigError {
+            key: key.to_string(),
+            value: self.get(key).unwrap_or_default().to_string(),
+            reason: reason.to_string(),
+        })
+    }
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// `NATS_URL`: one or more comma-separated server URLs (all members of a cluster).
+    pub urls: Vec<String>,
+    /// `NATS_CREDS_FILE`: a `.creds` file (JWT + NKey).
+    pub credentials_file: Option<String>,
+    /// `NATS_USER` / `NATS_PASSWORD`.
+    pub user_password: Option<(String, SecretString)>,
+    /// `NATS_TOKEN`.
+    pub token: Option<SecretString>,
+    /// `NATS_TLS_CA_FILE`: CA to trust for `tls://` servers.
+    pub tls_ca_file: Option<String>,
+    /// `NATS_TLS_CERT_FILE` / `NATS_TLS_KEY_FILE`: client certificate for mutual TLS.
+    pub tls_client_cert: Option<(String, String)>,
+    /// `NATS_REPLICAS`: replicas of streams and buckets (1 single node, 3 in a cluster).
+    pub replicas: usize,
+}
+
+impl NatsSettings {
+    /// Reads the section.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let urls: Vec<String> = env
+            .string("NATS_URL", "nats://127.0.0.1:14222")
+            .split(',')
+            .map(|url| url.trim().to_string())
+            .filter(|url| !url.is_empty())
+            .collect();
+        env.require(!urls.is_empty(), "NATS_URL", "at least one server URL is needed")?;
+        for url in &urls {
+            let parsed = url::Url::parse(url).map_err(|error| ConfigError {
+                key: "NATS_URL".into(),
+                value: url.clone(),
+                reason: error.to_string(),
+            })?;
+            env.require(
+                matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss"),
+                "NATS_URL",
+                "scheme must be nats, tls, ws or wss",
+            )?;
+        }
+        let user_password = match env.get("NATS_USER") {
+            Some(user) => Some((user.to_string(), env.secret("NATS_PASSWORD", ""))),
+            None => None,
+        };
+        let tls_client_cert = match (env.get("NATS_TLS_CERT_FILE"), env.get("NATS_TLS_KEY_FILE")) {
+            (Some(cert), Some(key)) => Some((cert.to_string(), key.to_string())),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError {
+                    key: "NATS_TLS_CERT_FILE".into(),
+                    value: String::new(),
+                    reason: "NATS_TLS_CERT_FILE and NATS_TLS_KEY_FILE must be set together".into(),
+                });
+            }
+        };
+        let replicas = env.parse("NATS_REPLICAS", 1usize)?;
+        env.require((1..=5).contains(&replicas), "NATS_REPLICAS", "must be between 1 and 5")?;
+        Ok(NatsSettings {
+            urls,
+            credentials_file: env.get("NATS_CREDS_FILE").map(str::to_string),
+            user_password,
+            token: env.get("NATS_TOKEN").map(|_| env.secret("NATS_TOKEN", "")),
+            tls_ca_file: env.get("NATS_TLS_CA_FILE").map(str::to_string),
+            tls_client_cert,
+            replicas,
+        })
+    }
+}
+
+/// How to reach object storage. Names as in the old service.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// `S3_ENDPOINT`, e.g. `http://127.0.0.1:18333`.
+    pub endpoint: String,
+    /// `S3_PUBLIC_ENDPOINT`: the endpoint as browsers reach it, used in presigned URLs
+    /// (defaults to `S3_ENDPOINT`).
+    pub public_endpoint: String,
+    /// `S3_REGION`.
+    pub region: String,
+    /// `S3_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `S3_SECRET_ACCESS_KEY`.
+    pub secret_access_key: SecretString,
+    /// `S3_BUCKET_NAME`.
+    pub bucket: String,
+    /// `S3_FORCE_PATH_STYLE`: `bucket` in the path rather than the host name.
+    pub force_path_style: bool,
+    /// `S3_REQUEST_TIMEOUT_MS`: per-request timeout of S3 calls that are not streaming bodies.
+    pub request_timeout: Duration,
+}
+
+impl S3Settings {
+    /// Reads the section.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let endpoint = env.string("S3_ENDPOINT", "http://127.0.0.1:18333");
+        validate_http_url(env, "S3_ENDPOINT", &endpoint)?;
+        let public_endpoint = env.string("S3_PUBLIC_ENDPOINT", &endpoint);
+        validate_http_url(env, "S3_PUBLIC_ENDPOINT", &public_endpoint)?;
+        let bucket = env.string("S3_BUCKET_NAME", "downloads");
+        env.require(
+            (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'.'),
+            "S3_BUCKET_NAME",
+            "must be a valid S3 bucket name (3-63 lowercase letters, digits, '-' or '.')",
+        )?;
+        Ok(S3Settings {
+            endpoint,
+            public_endpoint,
+            region: env.string("S3_REGION", "us-east-1"),
+            access_key_id: env.string("S3_ACCESS_KEY_ID", "devkey"),
+            secret_access_key: env.secret("S3_SECRET_ACCESS_KEY", "devsecret"),
+            bucket,
+            force_path_style: env.bool("S3_FORCE_PATH_STYLE", true)?,
+            request_timeout: env.millis("S3_REQUEST_TIMEOUT_MS", 10_000)?,
+        })
+    }
+}
+
+fn validate_http_url(env: &Env, key: &str, value: &str) -> Result<(), ConfigError> {
+    let parsed = url::Url::parse(value).map_err(|error| ConfigError {
+        key: key.into(),
+        value: value.into(),
+        reason: error.to_string(),
+    })?;
+    env.require(
+        matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some(),
+        key,
+        "must be an absolute http(s) URL",
+    )
+}
+
+/// The old service's simulated slowness, added to the real work.
+#[derive(Debug, Clone, Copy)]
+pub struct DelaySettings {
+    /// `DOWNLOAD_DELAY_ENABLED`.
+    pub enabled: bool,
+    /// `DOWNLOAD_DELAY_MIN_MS`.
+    pub min: Duration,
+    /// `DOWNLOAD_DELAY_MAX_MS`.
+    pub max: Duration,
+}
+
+impl DelaySettings {
+    /// Reads the section.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let settings = DelaySettings {
+            enabled: env.bool("DOWNLOAD_DELAY_ENABLED", false)?,
+            min: env.millis("DOWNLOAD_DELAY_MIN_MS", 10_000)?,
+            max: env.millis("DOWNLOAD_DELAY_MAX_MS", 120_000)?,
+        };
+        env.require(
+            settings.min <= settings.max,
+            "DOWNLOAD_DELAY_MIN_MS",
+            "must not exceed DOWNLOAD_DELAY_MAX_MS",
+        )?;
+        Ok(settings)
+    }
+
+    /// The expected delay of a job, for estimates before any job has finished.
+    pub fn mean(&self) -> Duration {
+        if !self.enabled {
+            return Duration::ZERO;
+        }
+        (self.min + self.max) / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let env = Env::default();
+        let s3 = S3Settings::from_env(&env).unwrap();
+        assert_eq!(s3.bucket, "downloads");
+        assert!(s3.force_path_style);
+        let nats = NatsSettings::from_env(&env).unwrap();
+        assert_eq!(nats.urls, vec!["nats://127.0.0.1:14222"]);
+        assert_eq!(nats.replicas, 1);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let env = Env::from_pairs([("DOWNLOAD_DELAY_MIN_MS", "soon")]);
+        let error = DelaySettings::from_env(&env).unwrap_err();
+        assert_eq!(error.key, "DOWNLOAD_DELAY_MIN_MS");
+        assert!(error.to_string().contains("DOWNLOAD_DELAY_MIN_MS"));
+    }
+
+    #[test]
+    fn inverted_delay_bounds_are_refused() {
+        let env = Env::from_pairs([("DOWNLOAD_DELAY_MIN_MS", "5000"), ("DOWNLOAD_DELAY_MAX_MS", "10")]);
+        assert_eq!(DelaySettings::from_env(&env).unwrap_err().key, "DOWNLOAD_DELAY_MIN_MS");
+    }
+
+    #[test]
+    fn cluster_urls_are_split_and_checked() {
+        let env = Env::from_pairs([("NATS_URL", "nats://a:4222, nats://b:4222")]);
+        assert_eq!(NatsSettings::from_env(&env).unwrap().urls.len(), 2);
+        let env = Env::from_pairs([("NATS_URL", "http://a:4222")]);
+        assert_eq!(NatsSettings::from_env(&env).unwrap_err().key, "NATS_URL");
+    }
+
+    #[test]
+    fn secrets_do_not_leak_into_debug_output() {
+        let env = Env::from_pairs([("S3_SECRET_ACCESS_KEY", "hunter2-very-secret")]);
+        let s3 = S3Settings::from_env(&env).unwrap();
+        assert_eq!(s3.secret_access_key.expose_secret(), "hunter2-very-secret");
+        assert!(!format!("{s3:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bucket_names_are_validated() {
+        let env = Env::from_pairs([("S3_BUCKET_NAME", "Bad_Bucket")]);
+        assert_eq!(S3Settings::from_env(&env).unwrap_err().key, "S3_BUCKET_NAME");
+    }
+}

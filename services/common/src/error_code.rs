@@ -1,0 +1,82 @@
+//! The stable, machine-readable error codes shared by HTTP problems, job records and events.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A stable error code. Serialized as SCREAMING_SNAKE_CASE; never renamed once published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// A request field, parameter or header failed validation.
+    ValidationFailed,
+    /// The request body is larger than allowed.
+    PayloadTooLarge,
+    /// The request carries no user identity.
+    Unauthenticated,
+    /// The job (or route) does not exist, or belongs to another user.
+    NotFound,
+    /// The HTTP method is not allowed on this route.
+    MethodNotAllowed,
+    /// The client exceeded its request rate.
+    RateLimited,
+    /// The job already reached a terminal state.
+    JobFinished,
+    /// None of the requested files exists in storage.
+    FileNotFound,
+    /// The job ran longer than its deadline.
+    Timeout,
+    /// Object storage failed or could not be reached.
+    StorageUnavailable,
+    /// The message broker failed or could not be reached.
+    QueueUnavailable,
+    /// The presigner did not answer.
+    PresignerUnavailable,
+    /// The job was redelivered more often than allowed (worker crashes).
+    RetriesExhausted,
+    /// The request took longer than the server's request timeout.
+    RequestTimeout,
+    /// An unexpected server-side failure; the details are only in the logs.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ValidationFailed => "VALIDATION_FAILED",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::JobFinished => "JOB_FINISHED",
+            ErrorCode::FileNotFound => "FILE_NOT_FOUND",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            ErrorCode::QueueUnavailable => "QUEUE_UNAVAILABLE",
+            ErrorCode::PresignerUnavailable => "PRESIGNER_UNAVAILABLE",
+            ErrorCode::RetriesExhausted => "RETRIES_EXHAUSTED",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_matches_display_form() {
+        for code in [ErrorCode::FileNotFound, ErrorCode::RetriesExhausted, ErrorCode::Timeout] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Everything that crosses a service boundary: subject/stream/bucket names, message and KV types,
+//! configuration sections, NATS and S3 setup, telemetry, shutdown and the error-code enum.
+
+pub mod config;
+pub mod error_code;
+pub mod job;
+pub mod messages;
+pub mod names;
+pub mod nats;
+pub mod retry;
+pub mod shutdown;
+pub mod storage;
+pub mod store;
+pub mod telemetry;
+pub mod validation;
+
+pub use error_code::ErrorCode;
+pub use job::{FileStatus, JobId, JobRecord, JobStatus};

@@ -1,0 +1,154 @@
+//! Messages on subjects. Each is a serde-tagged enum whose variant names carry the version, so a
+//! new version can live beside the old one while producers and consumers roll over.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, JobId, JobStatus};
+
+/// Published on `downloads.jobs.submitted` when a job is accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum JobMessage {
+    /// First version of a job submission. The KV record holds the full job; this names it.
+    #[serde(rename = "job.submitted.v1", rename_all = "camelCase")]
+    SubmittedV1 {
+        /// The job's id, also its KV key.
+        job_id: JobId,
+        /// The owner of the job.
+        user_id: String,
+        /// Requested file ids, validated and de-duplicated.
+        file_ids: Vec<u64>,
+    },
+}
+
+impl JobMessage {
+    /// The job this message is about.
+    pub fn job_id(&self) -> JobId {
+        match self {
+            JobMessage::SubmittedV1 { job_id, .. } => *job_id,
+        }
+    }
+}
+
+/// Published on `downloads.events.{jobId}.{kind}` after every change of a job record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum JobEvent {
+    /// First version of a job event.
+    #[serde(rename = "job.event.v1", rename_all = "camelCase")]
+    V1 {
+        /// The job.
+        job_id: JobId,
+        /// Per-job event number, starting at 1, without gaps.
+        seq: u64,
+        /// Status after the change.
+        status: JobStatus,
+        /// Progress after the change, 0-100.
+        progress: u8,
+        /// Failure reason, for failed jobs (and retries).
+        error: Option<String>,
+        /// Stable failure code.
+        error_code: Option<ErrorCode>,
+        /// Attempt number.
+        attempt: u32,
+        /// When the change happened.
+        at: DateTime<Utc>,
+    },
+}
+
+impl JobEvent {
+    /// The kind token used in the event's subject.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobEvent::V1 { status, .. } => match status {
+                JobStatus::Queued | JobStatus::Processing => "progress",
+                terminal => terminal.as_str(),
+            },
+        }
+    }
+}
+
+/// Request to the presigner (`downloads.presign.url`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum PresignRequest {
+    /// First version.
+    #[serde(rename = "presign.request.v1", rename_all = "camelCase")]
+    V1 {
+        /// The S3 key to sign a GET for (`downloads/...` or `bundles/...`).
+        key: String,
+        /// File name the browser should save the download as.
+        filename: String,
+    },
+}
+
+/// Reply of the presigner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type")]
+pub enum PresignResponse {
+    /// First version.
+    #[serde(rename = "presign.response.v1", rename_all = "camelCase")]
+    V1 {
+        /// The presigned GET URL.
+        url: String,
+        /// When the URL stops working.
+        expires_at: DateTime<Utc>,
+    },
+}
+
+/// Every message type with the file name of its JSON Schema in `schemas/`.
+pub fn schema_documents() -> Vec<(&'static str, serde_json::Value)> {
+    fn schema_of<T: JsonSchema>() -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(T)).expect("schemas serialize")
+    }
+    vec![
+        ("job-message.schema.json", schema_of::<JobMessage>()),
+        ("job-event.schema.json", schema_of::<JobEvent>()),
+        ("job-record.schema.json", schema_of::<crate::JobRecord>()),
+        ("presign-request.schema.json", schema_of::<PresignRequest>()),
+        ("presign-response.schema.json", schema_of::<PresignResponse>()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_message_carries_its_version_in_the_type_tag() {
+        let message = JobMessage::SubmittedV1 {
+            job_id: JobId::new(),
+            user_id: "u".into(),
+            file_ids: vec![10000],
+        };
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(json["type"], "job.submitted.v1");
+        assert!(json.get("fileIds").is_some());
+    }
+
+    #[test]
+    fn unknown_message_versions_are_rejected_not_misread() {
+        let json = r#"{"type":"job.submitted.v9","jobId":"0192d0f6-4a4e-7cc0-8000-000000000000"}"#;
+        assert!(serde_json::from_str::<JobMessage>(json).is_err());
+    }
+
+    #[test]
+    fn event_kind_is_progress_until_terminal() {
+        let event = |status| JobEvent::V1 {
+            job_id: JobId::new(),
+            seq: 1,
+            status,
+            progress: 0,
+            error: None,
+            error_code: None,
+            attempt: 1,
+            at: Utc::now(),
+        };
+        assert_eq!(event(JobStatus::Processing).kind(), "progress");
+        assert_eq!(event(JobStatus::Queued).kind(), "progress");
+        assert_eq!(event(JobStatus::Cancelled).kind(), "cancelled");
+        assert_eq!(event(JobStatus::Completed).kind(), "completed");
+    }
+}

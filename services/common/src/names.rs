@@ -1,0 +1,85 @@
+//! Names of every subject, stream, consumer, bucket and service, in one place.
+//!
+//! Subjects are lowercase and dotted, streams UPPERCASE, durable consumers kebab-case.
+
+/// Work-queue stream holding submitted jobs until a processor acknowledges them.
+pub const JOBS_STREAM: &str = "DOWNLOAD_JOBS";
+/// Subject a submitted job is published on (captured by [`JOBS_STREAM`]).
+pub const JOB_SUBMITTED_SUBJECT: &str = "downloads.jobs.submitted";
+/// Subjects captured by [`JOBS_STREAM`].
+pub const JOBS_STREAM_SUBJECTS: &str = "downloads.jobs.>";
+/// The durable pull consumer every processor instance shares.
+pub const PROCESSOR_CONSUMER: &str = "download-processor";
+
+/// Stream of job events (progress and outcomes), numbered per job, for the notifier and processors.
+pub const EVENTS_STREAM: &str = "DOWNLOAD_EVENTS";
+/// Subjects captured by [`EVENTS_STREAM`].
+pub const EVENTS_STREAM_SUBJECTS: &str = "downloads.events.>";
+/// Filter matching only cancellation events, which processors listen to.
+pub const CANCELLED_EVENTS_FILTER: &str = "downloads.events.*.cancelled";
+
+/// Subject of one event of one job: `downloads.events.{job_id}.{kind}`.
+pub fn event_subject(job_id: &str, kind: &str) -> String {
+    format!("downloads.events.{job_id}.{kind}")
+}
+
+/// KV bucket holding one human-readable JSON record per job, keyed by job id.
+pub const JOBS_BUCKET: &str = "download-jobs";
+/// KV key where processors publish the recent mean job duration (milliseconds, as text).
+pub const JOB_DURATION_STATS_KEY: &str = "stats.job-duration-ms";
+
+/// Name of the presigner NATS micro-service.
+pub const PRESIGNER_SERVICE: &str = "download-presigner";
+/// Request subject of the presigner: a service group and endpoint, outside every stream's subjects.
+pub const PRESIGN_GROUP: &str = "downloads.presign";
+/// Endpoint name within [`PRESIGN_GROUP`].
+pub const PRESIGN_ENDPOINT: &str = "url";
+/// Full request subject of the presign endpoint.
+pub const PRESIGN_SUBJECT: &str = "downloads.presign.url";
+
+/// Advisory the server sends when a job message reached the consumer's max deliveries.
+pub fn max_deliveries_advisory_subject() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{PROCESSOR_CONSUMER}")
+}
+
+/// Header carrying the JetStream de-duplication id.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// S3 key of the source archive of a file id. Only ever built from a validated integer.
+pub fn source_key(file_id: u64) -> String {
+    format!("downloads/{file_id}.zip")
+}
+
+/// S3 key of the bundle built for a multi-file job.
+pub fn bundle_key(job_id: &str) -> String {
+    format!("bundles/{job_id}.zip")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_old_services_layout() {
+        assert_eq!(source_key(70000), "downloads/70000.zip");
+        assert_eq!(bundle_key("abc"), "bundles/abc.zip");
+    }
+
+    #[test]
+    fn cancellation_filter_matches_cancel_event_subjects() {
+        let subject = event_subject("0192", "cancelled");
+        let filter_parts: Vec<&str> = CANCELLED_EVENTS_FILTER.split('.').collect();
+        let subject_parts: Vec<&str> = subject.split('.').collect();
+        assert_eq!(filter_parts.len(), subject_parts.len());
+        for (filter_part, subject_part) in filter_parts.iter().zip(subject_parts) {
+            assert!(*filter_part == "*" || *filter_part == subject_part);
+        }
+    }
+
+    #[test]
+    fn presign_subject_is_outside_every_stream() {
+        assert!(!PRESIGN_SUBJECT.starts_with("downloads.jobs."));
+        assert!(!PRESIGN_SUBJECT.starts_with("downloads.events."));
+        assert_eq!(PRESIGN_SUBJECT, format!("{PRESIGN_GROUP}.{PRESIGN_ENDPOINT}"));
+    }
+}

@@ -1,0 +1,151 @@
+//! Object storage through the `minio` crate, against any S3 (MinIO, AWS, SeaweedFS).
+
+use std::time::Duration;
+
+use minio::s3::MinioClient;
+use minio::s3::creds::StaticProvider;
+use minio::s3::http::BaseUrl;
+use minio::s3::minio_error_response::MinioErrorCode;
+use minio::s3::multimap_ext::{Multimap, MultimapExt};
+use minio::s3::types::{Region, S3Api};
+use secrecy::ExposeSecret;
+
+use crate::config::S3Settings;
+
+/// Why a storage call failed, split the way callers must act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The object or bucket does not exist.
+    #[error("not found")]
+    NotFound,
+    /// Storage answered with an error or could not be reached: worth retrying.
+    #[error("storage unavailable")]
+    Unavailable(#[source] minio::s3::error::Error),
+    /// Storage did not answer in time: worth retrying.
+    #[error("storage did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The client could not be configured (bad endpoint or key).
+    #[error("storage client configuration")]
+    Config(#[source] minio::s3::error::Error),
+}
+
+impl StorageError {
+    /// Classifies a client error: missing objects are `NotFound`, everything else is transient.
+    pub fn from_minio(error: minio::s3::error::Error) -> Self {
+        use minio::s3::error::{Error, S3ServerError};
+        match &error {
+            Error::S3Server(S3ServerError::S3Error(response))
+                if matches!(response.code(), MinioErrorCode::NoSuchKey | MinioErrorCode::NoSuchBucket) =>
+            {
+                StorageError::NotFound
+            }
+            Error::S3Server(S3ServerError::HttpError(404, _)) => StorageError::NotFound,
+            Error::Validation(_) => StorageError::Config(error),
+            _ => StorageError::Unavailable(error),
+        }
+    }
+}
+
+/// A bucket on an S3 endpoint, with a second client that signs URLs for the public endpoint.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    client: MinioClient,
+    public_client: MinioClient,
+    bucket: String,
+    request_timeout: Duration,
+}
+
+fn build_client(endpoint: &str, settings: &S3Settings) -> Result<MinioClient, StorageError> {
+    let mut base_url: BaseUrl = endpoint
+        .parse()
+        .map_err(|error: minio::s3::error::ValidationErr| StorageError::Config(error.into()))?;
+    base_url.region = Region::new(&settings.region).map_err(|error| StorageError::Config(error.into()))?;
+    base_url.virtual_style = !settings.force_path_style;
+    let provider = StaticProvider::new(&settings.access_key_id, settings.secret_access_key.expose_secret(), None);
+    MinioClient::new(base_url, Some(provider), None, None).map_err(StorageError::Config)
+}
+
+impl Storage {
+    /// Builds the clients; no network traffic happens here.
+    pub fn new(settings: &S3Settings) -> Result<Self, StorageError> {
+        Ok(Storage {
+            client: build_client(&settings.endpoint, settings)?,
+            public_client: build_client(&settings.public_endpoint, settings)?,
+            bucket: settings.bucket.clone(),
+            request_timeout: settings.request_timeout,
+        })
+    }
+
+    /// The underlying client, for streaming and multipart calls.
+    pub fn client(&self) -> &MinioClient {
+        &self.client
+    }
+
+    /// The bucket every key lives in.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Per-request timeout for calls without a streaming body.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Runs one storage call under the request timeout, classifying its error.
+    pub async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, minio::s3::error::Error>>,
+    ) -> Result<T, StorageError> {
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(result) => result.map_err(StorageError::from_minio),
+            Err(_) => Err(StorageError::TimedOut(self.request_timeout)),
+        }
+    }
+
+    /// Size of an object, `None` when it does not exist.
+    pub async fn object_size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        let request = self
+            .client
+            .stat_object(&self.bucket, key)
+            .map_err(|error| StorageError::Config(error.into()))?
+            .build();
+        match self.timed(request.send()).await {
+            Ok(response) => Ok(Some(response.size().map_err(|error| StorageError::Config(error.into()))?)),
+            Err(StorageError::NotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Checks that the bucket answers a signed HEAD. A bucket without objects is reachable.
+    pub async fn check_bucket(&self) -> Result<(), StorageError> {
+        let request = self
+            .client
+            .bucket_exists(&self.bucket)
+            .map_err(|error| StorageError::Config(error.into()))?
+            .build();
+        let response = self.timed(request.send()).await?;
+        if response.exists() { Ok(()) } else { Err(StorageError::NotFound) }
+    }
+
+    /// A presigned GET URL on the public endpoint that downloads `key` as `filename`.
+    /// Pure computation: no request reaches storage.
+    pub async fn presign_get(&self, key: &str, filename: &str, expiry: Duration) -> Result<String, StorageError> {
+        let mut query = Multimap::new();
+        let safe_filename: String = filename
+            .chars()
+            .filter(|character| character.is_ascii_alphanumeric() || matches!(character, '.' | '-' | '_'))
+            .collect();
+        query.add("response-content-disposition", format!("attachment; filename=\"{safe_filename}\""));
+        let response = self
+            .public_client
+            .get_presigned_object_url(&self.bucket, key, http::Method::GET)
+            .map_err(|error| StorageError::Config(error.into()))?
+            .expiry_seconds(expiry.as_secs().clamp(1, 604_800) as u32)
+            .extra_query_params(query)
+            .build()
+            .send()
+            .await
+            .map_err(StorageError::from_minio)?;
+        Ok(response.url)
+    }
+}
