@@ -7,6 +7,7 @@ pub mod job;
 pub mod messages;
 pub mod names;
 pub mod nats;
+pub mod presign;
 pub mod retry;
 pub mod shutdown;
 pub mod storage;

@@ -55,9 +55,31 @@ pub fn bundle_key(job_id: &str) -> String {
     format!("bundles/{job_id}.zip")
 }
 
+/// Whether `key` is a key this system produces results under: `downloads/{digits}.zip` or
+/// `bundles/{uuid}.zip`. The presigner signs nothing else.
+pub fn is_result_key(key: &str) -> bool {
+    if let Some(digits) = key.strip_prefix("downloads/").and_then(|rest| rest.strip_suffix(".zip")) {
+        return !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|byte| byte.is_ascii_digit());
+    }
+    if let Some(job_id) = key.strip_prefix("bundles/").and_then(|rest| rest.strip_suffix(".zip")) {
+        return crate::JobId::parse(job_id).is_some();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_result_keys_are_signable() {
+        assert!(is_result_key("downloads/70000.zip"));
+        assert!(is_result_key(&bundle_key(&crate::JobId::new().to_string())));
+        assert!(!is_result_key("downloads/../secret.zip"));
+        assert!(!is_result_key("downloads/.zip"));
+        assert!(!is_result_key("bundles/not-a-uuid.zip"));
+        assert!(!is_result_key("private/70000.zip"));
+    }
 
     #[test]
     fn keys_follow_the_old_services_layout() {

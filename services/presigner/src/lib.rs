@@ -1,1 +1,103 @@
-//! placeholder
+//! The presigner: a NATS micro-service (`download-presigner`) that answers
+//! `downloads.presign.url` with a short-lived presigned GET URL for a result key.
+//!
+//! URLs are never stored: the intake asks for a fresh one whenever a completed job is read.
+//! Signing is pure computation, so instances scale out behind the service's queue group.
+
+use std::time::Duration;
+
+use async_nats::service::ServiceExt;
+use bytes::Bytes;
+use chrono::Utc;
+use common::config::{ConfigError, Env, NatsSettings, S3Settings};
+use common::messages::{PresignRequest, PresignResponse};
+use common::storage::Storage;
+use common::{names, telemetry};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Presigner configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// NATS connection.
+    pub nats: NatsSettings,
+    /// Object storage.
+    pub s3: S3Settings,
+    /// `PRESIGNED_URL_EXPIRY_SECONDS`: lifetime of a URL (default 3600).
+    pub url_expiry: Duration,
+}
+
+impl Settings {
+    /// Reads and validates the settings.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url_expiry = env.seconds("PRESIGNED_URL_EXPIRY_SECONDS", 3600)?;
+        env.require(
+            (1..=604_800).contains(&url_expiry.as_secs()),
+            "PRESIGNED_URL_EXPIRY_SECONDS",
+            "must be between 1 and 604800 (7 days, the S3 maximum)",
+        )?;
+        Ok(Settings { nats: NatsSettings::from_env(env)?, s3: S3Settings::from_env(env)?, url_expiry })
+    }
+}
+
+/// Service-error codes in the `Nats-Service-Error-Code` header.
+const BAD_REQUEST: usize = 400;
+const SIGNING_FAILED: usize = 500;
+
+/// Runs the presigner until `shutdown` is cancelled.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let storage = Storage::new(&settings.s3)?;
+    let client = common::nats::connect(&settings.nats, names::PRESIGNER_SERVICE).await?;
+    let service = client
+        .service_builder()
+        .description("Presigned S3 GET URLs for completed download jobs")
+        .start(names::PRESIGNER_SERVICE, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot start the presigner service: {error}"))?;
+    let mut endpoint = service
+        .group(names::PRESIGN_GROUP)
+        .endpoint(names::PRESIGN_ENDPOINT)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot add the presign endpoint: {error}"))?;
+    tracing::info!(subject = names::PRESIGN_SUBJECT, "presigner ready");
+    loop {
+        let request = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            request = endpoint.next() => match request {
+                Some(request) => request,
+                None => break,
+            },
+        };
+        let span = tracing::info_span!("presign");
+        telemetry::set_parent_from_headers(&span, request.message.headers.as_ref());
+        let response = answer(&storage, settings.url_expiry, &request.message.payload).instrument(span).await;
+        if let Err(error) = request.respond(response).await {
+            tracing::warn!(%error, "presign reply not sent");
+        }
+    }
+    endpoint.stop().await.ok();
+    service.stop().await.ok();
+    client.drain().await.ok();
+    tracing::info!("presigner stopped");
+    Ok(())
+}
+
+async fn answer(
+    storage: &Storage,
+    expiry: Duration,
+    payload: &[u8],
+) -> Result<Bytes, async_nats::service::error::Error> {
+    let refuse = |code: usize, status: String| async_nats::service::error::Error { status, code };
+    let PresignRequest::V1 { key, filename } = serde_json::from_slice(payload)
+        .map_err(|error| refuse(BAD_REQUEST, format!("malformed presign request: {error}")))?;
+    if !names::is_result_key(&key) {
+        return Err(refuse(BAD_REQUEST, "key is not a download result key".into()));
+    }
+    let url = storage.presign_get(&key, &filename, expiry).await.map_err(|error| {
+        tracing::error!(error = %error, cause = ?std::error::Error::source(&error), key, "presigning failed");
+        refuse(SIGNING_FAILED, "presigning failed".into())
+    })?;
+    let response = PresignResponse::V1 { url, expires_at: Utc::now() + expiry };
+    Ok(Bytes::from(serde_json::to_vec(&response).expect("responses serialize")))
+}

@@ -1,1 +1,166 @@
-//! placeholder
+//! The processor: takes jobs from the shared durable consumer, checks and prepares the files in
+//! S3, reports progress into the job record, retries transient failures with exponential
+//! backoff, honours cancellation, and records every job's outcome exactly once.
+
+pub mod bundle;
+pub mod cancellations;
+pub mod execute;
+mod max_deliveries;
+mod stats;
+mod worker;
+pub mod zip;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::config::{ConfigError, DelaySettings, Env, NatsSettings, S3Settings};
+use common::nats::Topology;
+use common::retry::RetryPolicy;
+use common::storage::Storage;
+use common::store::JobStore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Processor configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// NATS connection.
+    pub nats: NatsSettings,
+    /// Object storage.
+    pub s3: S3Settings,
+    /// Simulated slowness.
+    pub delay: DelaySettings,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// `PROCESSOR_CONCURRENCY`: jobs one instance runs at once (default 256; most of a job's
+    /// time is waiting).
+    pub concurrency: usize,
+    /// `JOB_TIMEOUT_SECONDS`: an attempt running longer fails with `TIMEOUT` (default 300).
+    pub job_timeout: Duration,
+    /// `PROGRESS_INTERVAL_MS`: how often progress is written and the lease renewed (default 1000).
+    pub progress_interval: Duration,
+    /// `JOB_ACK_WAIT_SECONDS`: lease of a job without a progress ack (default 30).
+    pub ack_wait: Duration,
+    /// `BUNDLE_PART_SIZE_MB`: multipart part size, which bounds a bundle's memory (default 8, min 5).
+    pub part_size: usize,
+    /// `SHUTDOWN_GRACE_SECONDS`: how long running jobs may finish after SIGTERM before they are
+    /// handed back to the queue (default 30).
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Reads and validates the settings.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let settings = Settings {
+            nats: NatsSettings::from_env(env)?,
+            s3: S3Settings::from_env(env)?,
+            delay: DelaySettings::from_env(env)?,
+            retry: RetryPolicy::from_env(env)?,
+            concurrency: env.parse("PROCESSOR_CONCURRENCY", 256usize)?,
+            job_timeout: env.seconds("JOB_TIMEOUT_SECONDS", 300)?,
+            progress_interval: env.millis("PROGRESS_INTERVAL_MS", 1000)?,
+            ack_wait: env.seconds("JOB_ACK_WAIT_SECONDS", 30)?,
+            part_size: env.parse::<usize>("BUNDLE_PART_SIZE_MB", 8)? * 1024 * 1024,
+            shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 30)?,
+        };
+        env.require((1..=10_000).contains(&settings.concurrency), "PROCESSOR_CONCURRENCY", "must be between 1 and 10000")?;
+        env.require(!settings.job_timeout.is_zero(), "JOB_TIMEOUT_SECONDS", "must be at least 1")?;
+        env.require(
+            (Duration::from_millis(50)..=Duration::from_secs(2)).contains(&settings.progress_interval),
+            "PROGRESS_INTERVAL_MS",
+            "must be between 50 and 2000 (progress is promised at least every 2 s)",
+        )?;
+        env.require(
+            settings.ack_wait >= settings.progress_interval * 3,
+            "JOB_ACK_WAIT_SECONDS",
+            "must be at least three progress intervals",
+        )?;
+        env.require(
+            (5..=512).contains(&(settings.part_size / (1024 * 1024))),
+            "BUNDLE_PART_SIZE_MB",
+            "must be between 5 (the S3 minimum) and 512",
+        )?;
+        Ok(settings)
+    }
+
+    /// The JetStream definitions these settings imply.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            replicas: self.nats.replicas,
+            max_deliver: self.retry.max_attempts as i64,
+            ack_wait: self.ack_wait,
+        }
+    }
+
+    /// A delay for one job: uniform between the bounds, or zero when disabled.
+    pub fn pick_delay(&self) -> Duration {
+        if !self.delay.enabled || self.delay.max.is_zero() {
+            return Duration::ZERO;
+        }
+        let min = self.delay.min.as_millis() as u64;
+        let max = self.delay.max.as_millis() as u64;
+        Duration::from_millis(rand::random_range(min..=max))
+    }
+}
+
+/// What every job handler shares.
+pub struct Context {
+    /// Settings.
+    pub settings: Settings,
+    /// Object storage.
+    pub storage: Storage,
+    /// Job records and events.
+    pub store: JobStore,
+    /// Jobs running in this instance.
+    pub in_flight: cancellations::InFlight,
+    /// Recent job durations.
+    pub stats: stats::DurationStats,
+    /// Cancelled once the shutdown grace period is over: running jobs go back to the queue.
+    pub abandon: CancellationToken,
+}
+
+/// Runs a processor until `shutdown`, then drains: stops taking jobs, lets running ones finish
+/// within the grace period, hands the rest back to the queue.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let storage = Storage::new(&settings.s3)?;
+    let client = common::nats::connect(&settings.nats, "download-processor").await?;
+    let handles = common::nats::provision(&client, &settings.topology()).await?;
+    let store = JobStore::new(handles.jetstream.clone(), handles.jobs.clone());
+    let context = Arc::new(Context {
+        settings,
+        storage,
+        store,
+        in_flight: cancellations::InFlight::default(),
+        stats: stats::DurationStats::default(),
+        abandon: CancellationToken::new(),
+    });
+    let background = TaskTracker::new();
+    let background_stop = CancellationToken::new();
+    let (cancellations_ready, cancellations_ready_receiver) = tokio::sync::oneshot::channel();
+    background.spawn(cancellations::listen(
+        handles.jetstream.clone(),
+        context.in_flight.clone(),
+        cancellations_ready,
+        background_stop.clone(),
+    ));
+    background.spawn(max_deliveries::listen(client.clone(), context.clone(), background_stop.clone()));
+    background.spawn(stats::publish_periodically(context.clone(), background_stop.clone()));
+    let _ = tokio::time::timeout(Duration::from_secs(10), cancellations_ready_receiver).await;
+
+    let jobs = TaskTracker::new();
+    worker::consume(context.clone(), &handles.jetstream, &jobs, shutdown.clone()).await;
+
+    jobs.close();
+    tracing::info!(running = context.in_flight.len(), "draining running jobs");
+    if tokio::time::timeout(context.settings.shutdown_grace, jobs.wait()).await.is_err() {
+        tracing::warn!(running = context.in_flight.len(), "grace period over, handing running jobs back to the queue");
+        context.abandon.cancel();
+        jobs.wait().await;
+    }
+    background_stop.cancel();
+    background.close();
+    background.wait().await;
+    client.drain().await.ok();
+    tracing::info!("processor stopped");
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! Cancellation of running jobs. Each processor instance holds one ordered consumer on
+//! `downloads.events.*.cancelled` and cancels the matching in-flight job's token; a job that is
+//! not running here is ignored. (A job cancelled before it starts is caught by the
+//! compare-and-set on its record, so no message can slip between the two.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use common::{JobId, names};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// In-flight jobs of this instance and their cancellation tokens.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashMap<JobId, CancellationToken>>>);
+
+/// Removes a job from [`InFlight`] when dropped.
+pub struct Registration {
+    in_flight: InFlight,
+    job_id: JobId,
+    token: CancellationToken,
+}
+
+impl Registration {
+    /// The job's token: cancelled when its owner cancels it.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.in_flight.0.lock().expect("in-flight lock").remove(&self.job_id);
+    }
+}
+
+impl InFlight {
+    /// Tracks a job from now until the registration drops.
+    pub fn register(&self, job_id: JobId) -> Registration {
+        let token = CancellationToken::new();
+        self.0.lock().expect("in-flight lock").insert(job_id, token.clone());
+        Registration { in_flight: self.clone(), job_id, token }
+    }
+
+    /// Cancels a job if it runs here; returns whether it did.
+    pub fn cancel(&self, job_id: JobId) -> bool {
+        match self.0.lock().expect("in-flight lock").get(&job_id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many jobs run here now.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("in-flight lock").len()
+    }
+
+    /// Whether no job runs here.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Listens for cancellation events until `shutdown`, re-subscribing after errors.
+pub async fn listen(jetstream: jetstream::Context, in_flight: InFlight, ready: tokio::sync::oneshot::Sender<()>, shutdown: CancellationToken) {
+    let mut ready = Some(ready);
+    while !shutdown.is_cancelled() {
+        let messages = async {
+            let stream = jetstream.get_stream(names::EVENTS_STREAM).await?;
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: names::CANCELLED_EVENTS_FILTER.into(),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ..Default::default()
+                })
+                .await?;
+            Ok::<_, async_nats::Error>(consumer.messages().await?)
+        }
+        .await;
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe to cancellations, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let job_id = message.subject.split('.').nth(2).and_then(JobId::parse);
+                    match job_id {
+                        Some(job_id) if in_flight.cancel(job_id) => tracing::info!(%job_id, "cancelling running job"),
+                        Some(_) => {}
+                        None => tracing::warn!(subject = %message.subject, "cancellation event with a malformed subject ignored"),
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "cancellation subscription failed, re-subscribing");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}

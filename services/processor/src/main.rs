@@ -1,0 +1,12 @@
+//! Processor entry point: settings from the environment, run until SIGTERM/ctrl-c.
+
+fn main() -> anyhow::Result<()> {
+    let env = common::config::Env::from_process();
+    let settings = processor::Settings::from_env(&env)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        common::telemetry::init("processor", env.get("LOG_FORMAT") == Some("json"));
+        let shutdown = common::shutdown::on_signal();
+        processor::run(settings, shutdown).await
+    })
+}
