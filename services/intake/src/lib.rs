@@ -1,1 +1,201 @@
-//! placeholder
+//! The intake: accepts download jobs over HTTP and answers 202 at once; serves status, results
+//! (fresh presigned URLs) and cancellation; keeps the old service's endpoints working.
+//! Generated OpenAPI document at `/openapi.json` and `/openapi.yaml`, Swagger UI at `/docs`.
+
+pub mod api;
+pub mod body;
+pub mod middleware;
+pub mod problem;
+pub mod rate_limit;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::storage::Storage;
+use common::store::JobStore;
+use common::{ErrorCode, JobRecord, names};
+use futures::StreamExt;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::middleware::Cors;
+use poem::{EndpointExt, IntoEndpoint, Route};
+use poem_openapi::OpenApiService;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::Settings;
+
+use crate::problem::ApiError;
+
+/// What every request handler shares.
+pub struct State {
+    /// Settings.
+    pub settings: Settings,
+    /// Job records and the work queue.
+    pub store: JobStore,
+    /// Object storage (health and `/check`).
+    pub storage: Storage,
+    /// NATS, for presign requests.
+    pub nats: async_nats::Client,
+    /// Per-client request budgets.
+    pub rate_limiter: rate_limit::RateLimiter,
+    /// Mean duration of recent jobs in ms as published by processors (0 = unknown).
+    pub recent_job_ms: AtomicU64,
+}
+
+impl State {
+    /// Expected duration of a new job in whole seconds: recent jobs' mean when known, else the
+    /// configured delay's mean plus a second of work.
+    pub fn estimated_job_seconds(&self) -> u64 {
+        match self.recent_job_ms.load(Ordering::Relaxed) {
+            0 => self.settings.delay.mean().as_secs() + 1,
+            milliseconds => milliseconds.div_ceil(1000),
+        }
+    }
+
+    /// A freshly presigned URL of a completed job's result.
+    pub async fn download_url(&self, record: &JobRecord) -> Result<String, ApiError> {
+        let key = record.result_key.as_deref().ok_or_else(|| {
+            tracing::error!(job_id = %record.job_id, "completed job has no result key");
+            ApiError::new(ErrorCode::Internal, "internal error")
+        })?;
+        let filename = match record.file_ids.as_slice() {
+            [single] if key == names::source_key(*single) => format!("{single}.zip"),
+            _ => format!("download-{}.zip", record.job_id),
+        };
+        common::presign::request_url(&self.nats, key, &filename, self.settings.presign_timeout)
+            .await
+            .map(|(url, _)| url)
+            .map_err(|error| ApiError::unavailable(ErrorCode::PresignerUnavailable, "the presigner", &error))
+    }
+}
+
+/// The OpenAPI service of the intake, with the given server URL.
+pub fn openapi(state: Arc<State>, server_url: &str) -> OpenApiService<(api::jobs::JobsApi, api::legacy::LegacyApi), ()> {
+    OpenApiService::new(
+        (api::jobs::JobsApi { state: state.clone() }, api::legacy::LegacyApi { state }),
+        "Download service",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Asynchronous downloads: `POST /v1/download/initiate` answers 202 at once; poll the status or \
+         follow the SSE stream; fetch the result through a short-lived presigned URL. Errors are RFC 9457 \
+         `application/problem+json` with a stable `code`.",
+    )
+    .server(server_url)
+}
+
+/// The whole HTTP application: API, spec, docs and middleware.
+pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
+    let service = openapi(state.clone(), "/");
+    let spec_json = service.spec_endpoint();
+    let spec_yaml = service.spec_endpoint_yaml();
+    let docs = service.swagger_ui();
+    let mut cors = Cors::new()
+        .allow_methods(["GET", "POST", "DELETE", "OPTIONS"])
+        .allow_headers(["Content-Type", "X-User-Id", "X-Request-ID", "traceparent", "Last-Event-ID"])
+        .expose_headers([
+            "Location",
+            "Retry-After",
+            "X-Request-ID",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+        ]);
+    if !state.settings.cors_origins.iter().any(|origin| origin == "*") {
+        cors = cors.allow_origins(state.settings.cors_origins.clone());
+    }
+    let rate_state = state.clone();
+    let bound_state = state.clone();
+    Route::new()
+        .nest("/", service)
+        .at("/openapi.json", spec_json)
+        .at("/openapi.yaml", spec_yaml)
+        .nest("/docs", docs)
+        .around(move |endpoint, request| middleware::bound_request(endpoint, request, bound_state.clone()))
+        .around(move |endpoint, request| middleware::rate_limit(endpoint, request, rate_state.clone()))
+        .with(cors)
+        .around(middleware::request_context)
+        .into_endpoint()
+        .map_to_response()
+}
+
+/// A built intake: connected, provisioned, bound to its port.
+pub struct Application {
+    state: Arc<State>,
+    acceptor: poem::listener::TcpAcceptor,
+    local_addr: SocketAddr,
+}
+
+impl Application {
+    /// Connects to NATS, provisions JetStream, binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let storage = Storage::new(&settings.s3)?;
+        let nats = common::nats::connect(&settings.nats, "download-intake").await?;
+        let handles = common::nats::provision(&nats, &settings.topology()).await?;
+        let store = JobStore::new(handles.jetstream, handles.jobs);
+        let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|address| address.as_socket_addr().copied())
+            .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
+        let state = Arc::new(State {
+            rate_limiter: rate_limit::RateLimiter::new(settings.rate_limit_window, settings.rate_limit_max_requests),
+            settings,
+            store,
+            storage,
+            nats,
+            recent_job_ms: AtomicU64::new(0),
+        });
+        Ok(Application { state, acceptor, local_addr })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown`, then finishes in-flight requests.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let watcher = tokio::spawn(follow_job_duration(self.state.clone(), shutdown.clone()));
+        tracing::info!(address = %self.local_addr, "intake listening");
+        let grace = self.state.settings.request_timeout;
+        poem::Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(app(self.state.clone()), shutdown.cancelled_owned(), Some(grace))
+            .await?;
+        watcher.abort();
+        self.state.nats.drain().await.ok();
+        tracing::info!("intake stopped");
+        Ok(())
+    }
+}
+
+/// Keeps `recent_job_ms` current from the processors' published mean.
+async fn follow_job_duration(state: Arc<State>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match state.store.kv().watch_with_history(names::JOB_DURATION_STATS_KEY).await {
+            Ok(mut watch) => loop {
+                let entry = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    entry = watch.next() => entry,
+                };
+                match entry {
+                    Some(Ok(entry)) => {
+                        let parsed = std::str::from_utf8(&entry.value).ok().and_then(|text| text.trim().parse::<u64>().ok());
+                        if let Some(milliseconds) = parsed {
+                            state.recent_job_ms.store(milliseconds.max(1), Ordering::Relaxed);
+                        }
+                    }
+                    _ => break,
+                }
+            },
+            Err(error) => tracing::warn!(%error, "cannot watch job duration stats"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Job endpoints: initiate, status, result, cancel.
+
+use std::sync::Arc;
+
+use common::messages::JobMessage;
+use common::store::{Change, StoreError};
+use common::validation::dedupe_file_ids;
+use common::{ErrorCode, JobId, JobRecord, JobStatus, telemetry};
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::types::{ApiJobStatus, CancelBody, InitiateBody, InitiateRequest, JobStatusBody};
+use super::{ApiTags, Identity, status_url, stream_url};
+use crate::State;
+use crate::body::ValidatedJson;
+use crate::problem::ApiError;
+
+/// Seconds a poller should wait between status reads.
+const POLL_AFTER_SECONDS: u64 = 2;
+
+/// Job endpoints.
+pub struct JobsApi {
+    /// Shared state.
+    pub state: Arc<State>,
+}
+
+/// Answer of `POST /v1/download/initiate`.
+#[derive(ApiResponse)]
+pub enum InitiateResponse {
+    /// Accepted: the job is queued. `Location` is its status URL.
+    #[oai(status = 202)]
+    Accepted(
+        Json<InitiateBody>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Retry-After")] u64,
+    ),
+}
+
+/// Answer of `GET /v1/download/status/{jobId}`.
+#[derive(ApiResponse)]
+pub enum StatusResponse {
+    /// The job's status; completed jobs carry a freshly presigned `downloadUrl`.
+    #[oai(status = 200)]
+    Ok(Json<JobStatusBody>, #[oai(header = "Cache-Control")] String),
+}
+
+/// Answer of `GET /v1/download/{jobId}`.
+#[derive(ApiResponse)]
+pub enum ResultResponse {
+    /// Completed: redirect to a freshly presigned URL of the result.
+    #[oai(status = 302)]
+    Found(#[oai(header = "Location")] String, #[oai(header = "Cache-Control")] String),
+    /// Not completed yet (or failed, or cancelled): the status, and when to ask again.
+    #[oai(status = 200)]
+    Pending(
+        Json<JobStatusBody>,
+        #[oai(header = "Retry-After")] u64,
+        #[oai(header = "Cache-Control")] String,
+    ),
+}
+
+/// Answer of `DELETE /v1/download/{jobId}`.
+#[derive(ApiResponse)]
+pub enum CancelResponse {
+    /// Cancelled now: a queued job never runs; a running one stops within a second.
+    #[oai(status = 202)]
+    Accepted(Json<CancelBody>),
+    /// Was already cancelled.
+    #[oai(status = 200)]
+    AlreadyCancelled(Json<CancelBody>),
+}
+
+fn no_store() -> String {
+    "no-store".to_string()
+}
+
+impl JobsApi {
+    /// Reads a job, answering 404 for a missing one and for another user's.
+    async fn owned_job(&self, user: &str, job_id: &str) -> Result<JobRecord, ApiError> {
+        let job_id = JobId::parse(job_id).ok_or_else(|| ApiError::invalid("jobId", "jobId must be a UUID"))?;
+        let loaded = self.state.store.load(job_id).await.map_err(|error| store_error("reading the job", error))?;
+        match loaded {
+            Some(versioned) if versioned.record.user_id == user => Ok(versioned.record),
+            _ => Err(ApiError::job_not_found()),
+        }
+    }
+}
+
+/// Maps a store failure to the answer the client sees.
+pub fn store_error(context: &str, error: StoreError) -> ApiError {
+    match error {
+        StoreError::Missing(_) => ApiError::job_not_found(),
+        StoreError::Kv(_) | StoreError::Publish(_) => ApiError::unavailable(ErrorCode::QueueUnavailable, "the job queue", &error),
+        other => ApiError::internal(context, &other),
+    }
+}
+
+#[OpenApi(prefix_path = "/v1/download", tag = "ApiTags::Jobs")]
+impl JobsApi {
+    /// Start a download job
+    ///
+    /// Answers 202 at once with the job id; the job runs in the background. Poll `statusUrl`
+    /// or follow `streamUrl`; when completed, `GET /v1/download/{jobId}` redirects to the file.
+    #[oai(path = "/initiate", method = "post", operation_id = "initiateDownload")]
+    async fn initiate(&self, identity: Identity, body: ValidatedJson<InitiateRequest>) -> Result<InitiateResponse, ApiError> {
+        let request = body.0;
+        let file_ids: Vec<u64> = dedupe_file_ids(&request.file_ids.iter().map(|id| *id as u64).collect::<Vec<_>>());
+        let job_id = JobId::new();
+        let estimated_seconds = self.state.estimated_job_seconds();
+        let record = JobRecord::queued(
+            job_id,
+            identity.0.clone(),
+            file_ids.clone(),
+            request.callback_url,
+            estimated_seconds,
+            telemetry::current_traceparent(),
+        );
+        self.state.store.create(&record).await.map_err(|error| store_error("creating the job", error))?;
+        let message = JobMessage::SubmittedV1 { job_id, user_id: identity.0, file_ids: file_ids.clone() };
+        if let Err(error) = self.state.store.submit(&message).await {
+            // Not accepted after all: leave a record that says so instead of one stuck in `queued`.
+            let _ = self
+                .state
+                .store
+                .update(job_id, |record| {
+                    record.fail(ErrorCode::QueueUnavailable, "the job could not be queued");
+                    true
+                })
+                .await;
+            return Err(store_error("queueing the job", error));
+        }
+        let job_id_text = job_id.to_string();
+        tracing::info!(job_id = %job_id_text, files = file_ids.len(), "job accepted");
+        Ok(InitiateResponse::Accepted(
+            Json(InitiateBody {
+                job_id: job_id_text.clone(),
+                status: ApiJobStatus::Queued,
+                total_file_ids: file_ids.len() as u64,
+                estimated_time: estimated_seconds,
+                status_url: status_url(&job_id_text),
+                stream_url: stream_url(&job_id_text),
+            }),
+            status_url(&job_id_text),
+            POLL_AFTER_SECONDS,
+        ))
+    }
+
+    /// Get a job's status
+    ///
+    /// Completed jobs carry a `downloadUrl` presigned for this read; it is never stored.
+    #[oai(path = "/status/:jobId", method = "get", operation_id = "getDownloadStatus")]
+    async fn status(
+        &self,
+        identity: Identity,
+        /// The job id returned by `initiate`.
+        #[oai(name = "jobId")]
+        job_id: Path<String>,
+    ) -> Result<StatusResponse, ApiError> {
+        let record = self.owned_job(&identity.0, &job_id.0).await?;
+        let download_url = match record.status {
+            JobStatus::Completed => Some(self.state.download_url(&record).await?),
+            _ => None,
+        };
+        Ok(StatusResponse::Ok(Json(JobStatusBody::from_record(&record, download_url)), no_store()))
+    }
+
+    /// Download a job's result
+    ///
+    /// Redirects (302) to a freshly presigned URL once completed; before that, answers the status
+    /// with `Retry-After`.
+    #[oai(path = "/:jobId", method = "get", operation_id = "getDownloadResult")]
+    async fn result(
+        &self,
+        identity: Identity,
+        /// The job id returned by `initiate`.
+        #[oai(name = "jobId")]
+        job_id: Path<String>,
+    ) -> Result<ResultResponse, ApiError> {
+        let record = self.owned_job(&identity.0, &job_id.0).await?;
+        if record.status == JobStatus::Completed {
+            let url = self.state.download_url(&record).await?;
+            return Ok(ResultResponse::Found(url, no_store()));
+        }
+        Ok(ResultResponse::Pending(Json(JobStatusBody::from_record(&record, None)), POLL_AFTER_SECONDS, no_store()))
+    }
+
+    /// Cancel a job
+    ///
+    /// A queued job never runs; a processing job is stopped within a second and its partial
+    /// upload aborted. Cancelling a completed or failed job is 409.
+    #[oai(path = "/:jobId", method = "delete", operation_id = "cancelDownload")]
+    async fn cancel(
+        &self,
+        identity: Identity,
+        /// The job id returned by `initiate`.
+        #[oai(name = "jobId")]
+        job_id: Path<String>,
+    ) -> Result<CancelResponse, ApiError> {
+        let record = self.owned_job(&identity.0, &job_id.0).await?;
+        let change = self
+            .state
+            .store
+            .update(record.job_id, |current| {
+                if current.status.is_terminal() {
+                    return false;
+                }
+                current.cancel();
+                true
+            })
+            .await
+            .map_err(|error| store_error("cancelling the job", error))?;
+        let body = CancelBody { job_id: record.job_id.to_string(), status: ApiJobStatus::Cancelled };
+        match change {
+            Change::Written(_) => {
+                tracing::info!(job_id = %record.job_id, "job cancelled");
+                Ok(CancelResponse::Accepted(Json(body)))
+            }
+            Change::Unchanged(current) if current.status == JobStatus::Cancelled => Ok(CancelResponse::AlreadyCancelled(Json(body))),
+            Change::Unchanged(current) => Err(ApiError::new(
+                ErrorCode::JobFinished,
+                format!("the job already {}; it cannot be cancelled", current.status.as_str()),
+            )),
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Request and response bodies of the HTTP API.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use common::validation::{self, FILE_IDS_PER_JOB};
+use common::{ErrorCode, JobRecord, JobStatus};
+use poem_openapi::{Enum, Object};
+use serde::Deserialize;
+
+use crate::body::Validate;
+use crate::problem::Problem;
+
+/// ISO 8601 UTC with milliseconds, e.g. `2026-11-28T10:15:30.123Z`.
+pub fn iso8601(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn check_file_id(field: String, file_id: i64) -> Result<(), Problem> {
+    validation::check_file_id(file_id)
+        .map(|_| ())
+        .map_err(|detail| Problem::new(ErrorCode::ValidationFailed, format!("{field}: {detail}")).with_field(field))
+}
+
+/// `GET /` answer.
+#[derive(Debug, Object)]
+pub struct RootBody {
+    /// A greeting naming the service.
+    pub message: String,
+}
+
+/// Result of one health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum CheckState {
+    /// The dependency answered.
+    Ok,
+    /// The dependency failed or did not answer.
+    Error,
+}
+
+/// Individual health checks.
+#[derive(Debug, Object)]
+pub struct HealthChecks {
+    /// Object storage: a signed HEAD on the bucket.
+    pub storage: CheckState,
+    /// The queue: JetStream account and the job stream.
+    pub queue: CheckState,
+}
+
+/// Overall health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Every check passed.
+    Healthy,
+    /// At least one check failed.
+    Unhealthy,
+}
+
+/// `GET /health` answer.
+#[derive(Debug, Object)]
+pub struct HealthBody {
+    /// `healthy` or `unhealthy`.
+    pub status: HealthState,
+    /// Each dependency.
+    pub checks: HealthChecks,
+}
+
+/// `POST /v1/download/check` request (legacy).
+#[derive(Debug, Object, Deserialize)]
+pub struct CheckRequest {
+    /// File id, 10000..=100000000.
+    #[oai(validator(minimum(value = "10000"), maximum(value = "100000000")))]
+    pub file_id: i64,
+}
+
+impl Validate for CheckRequest {
+    fn validate(&self) -> Result<(), Problem> {
+        check_file_id("file_id".into(), self.file_id)
+    }
+}
+
+/// `POST /v1/download/check` answer (legacy contract).
+#[derive(Debug, Object)]
+pub struct CheckBody {
+    /// The file id asked about.
+    pub file_id: i64,
+    /// Whether the file exists.
+    pub available: bool,
+    /// Its S3 key, when available.
+    #[oai(rename = "s3Key")]
+    pub s3_key: Option<String>,
+    /// Its size in bytes, when available.
+    pub size: Option<u64>,
+}
+
+/// `POST /v1/download/initiate` request.
+#[derive(Debug, Object, Deserialize)]
+pub struct InitiateRequest {
+    /// 1 to 1000 file ids, each 10000..=100000000; duplicates count once.
+    #[oai(validator(min_items = 1, max_items = 1000))]
+    pub file_ids: Vec<i64>,
+    /// Absolute http(s) URL (at most 2048 bytes) that receives a signed webhook when the job ends.
+    #[oai(rename = "callbackUrl", validator(max_length = 2048))]
+    #[serde(rename = "callbackUrl", default)]
+    pub callback_url: Option<String>,
+}
+
+impl Validate for InitiateRequest {
+    fn validate(&self) -> Result<(), Problem> {
+        if !FILE_IDS_PER_JOB.contains(&self.file_ids.len()) {
+            return Err(Problem::new(
+                ErrorCode::ValidationFailed,
+                format!(
+                    "file_ids must hold {} to {} ids, got {}",
+                    FILE_IDS_PER_JOB.start(),
+                    FILE_IDS_PER_JOB.end(),
+                    self.file_ids.len()
+                ),
+            )
+            .with_field("file_ids"));
+        }
+        for (index, file_id) in self.file_ids.iter().enumerate() {
+            check_file_id(format!("file_ids[{index}]"), *file_id)?;
+        }
+        if let Some(url) = &self.callback_url {
+            validation::check_callback_url(url)
+                .map_err(|detail| Problem::new(ErrorCode::ValidationFailed, detail).with_field("callbackUrl"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Status of a job as clients see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ApiJobStatus {
+    /// Waiting for a processor (or for a retry).
+    Queued,
+    /// Being prepared.
+    Processing,
+    /// Ready to download.
+    Completed,
+    /// Ended without a result.
+    Failed,
+    /// Cancelled by its owner.
+    Cancelled,
+}
+
+impl From<JobStatus> for ApiJobStatus {
+    fn from(status: JobStatus) -> Self {
+        match status {
+            JobStatus::Queued => ApiJobStatus::Queued,
+            JobStatus::Processing => ApiJobStatus::Processing,
+            JobStatus::Completed => ApiJobStatus::Completed,
+            JobStatus::Failed => ApiJobStatus::Failed,
+            JobStatus::Cancelled => ApiJobStatus::Cancelled,
+        }
+    }
+}
+
+/// `202` answer of `POST /v1/download/initiate`.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct InitiateBody {
+    /// The new job's id.
+    pub job_id: String,
+    /// Always `queued`.
+    pub status: ApiJobStatus,
+    /// Number of distinct file ids in the job.
+    pub total_file_ids: u64,
+    /// Expected duration in seconds, from recent jobs when known.
+    pub estimated_time: u64,
+    /// Where to poll the job's status.
+    pub status_url: String,
+    /// Where to follow the job's progress as Server-Sent Events.
+    pub stream_url: String,
+}
+
+/// Availability of one file of a job.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct FileBody {
+    /// File id.
+    pub file_id: u64,
+    /// Whether it exists.
+    pub available: bool,
+    /// Its size in bytes.
+    pub size: Option<u64>,
+}
+
+/// A job's status.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct JobStatusBody {
+    /// Job id.
+    pub job_id: String,
+    /// Current status.
+    pub status: ApiJobStatus,
+    /// 0-100.
+    pub progress: u8,
+    /// Availability of each requested file (once checked).
+    pub files: Vec<FileBody>,
+    /// A freshly presigned URL of the result, only when completed.
+    pub download_url: Option<String>,
+    /// Why the job failed (or why it is waiting for a retry).
+    pub error: Option<String>,
+    /// Stable code of `error`.
+    pub error_code: Option<String>,
+    /// Processing attempts so far.
+    pub attempt: u32,
+    /// When the job was accepted (ISO 8601 UTC).
+    pub created_at: String,
+    /// When processing started.
+    pub started_at: Option<String>,
+    /// When the job ended.
+    pub completed_at: Option<String>,
+    /// Best guess of when it will end, while not ended.
+    pub estimated_completion: Option<String>,
+}
+
+impl JobStatusBody {
+    /// The body of a record, with the URL (if any) minted for this read.
+    pub fn from_record(record: &JobRecord, download_url: Option<String>) -> Self {
+        let files = if record.files.is_empty() {
+            Vec::new()
+        } else {
+            record
+                .files
+                .iter()
+                .map(|file| FileBody { file_id: file.file_id, available: file.available, size: file.size })
+                .collect()
+        };
+        JobStatusBody {
+            job_id: record.job_id.to_string(),
+            status: record.status.into(),
+            progress: record.progress,
+            files,
+            download_url,
+            error: record.error.clone(),
+            error_code: record.error_code.map(|code| code.as_str().to_string()),
+            attempt: record.attempt,
+            created_at: iso8601(record.created_at),
+            started_at: record.started_at.map(iso8601),
+            completed_at: record.completed_at.map(iso8601),
+            estimated_completion: record.estimated_completion.filter(|_| !record.status.is_terminal()).map(iso8601),
+        }
+    }
+}
+
+/// Answer of `DELETE /v1/download/{jobId}`.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct CancelBody {
+    /// Job id.
+    pub job_id: String,
+    /// Always `cancelled`.
+    pub status: ApiJobStatus,
+}
+
+/// `POST /v1/download/start` request (legacy).
+#[derive(Debug, Object, Deserialize)]
+pub struct StartRequest {
+    /// File id, 10000..=100000000.
+    #[oai(validator(minimum(value = "10000"), maximum(value = "100000000")))]
+    pub file_id: i64,
+}
+
+impl Validate for StartRequest {
+    fn validate(&self) -> Result<(), Problem> {
+        check_file_id("file_id".into(), self.file_id)
+    }
+}
+
+/// Legacy outcome status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum StartStatus {
+    /// The file is ready.
+    Completed,
+    /// The job failed.
+    Failed,
+}
+
+/// `200` answer of the legacy `/start`, as the old service gave it.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct StartFinishedBody {
+    /// The requested file id.
+    #[oai(rename = "file_id")]
+    pub file_id: i64,
+    /// `completed` or `failed`.
+    pub status: StartStatus,
+    /// Presigned URL when completed.
+    pub download_url: Option<String>,
+    /// Size in bytes when completed.
+    pub size: Option<u64>,
+    /// Time from acceptance to the end of the job.
+    pub processing_time_ms: u64,
+    /// Human-readable outcome.
+    pub message: String,
+}
+
+/// `202` answer of the legacy `/start` when the job outlasts the wait.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct StartAcceptedBody {
+    /// The requested file id.
+    #[oai(rename = "file_id")]
+    pub file_id: i64,
+    /// The job's id.
+    pub job_id: String,
+    /// `queued` or `processing`.
+    pub status: ApiJobStatus,
+    /// Where to poll.
+    pub status_url: String,
+    /// Where to follow progress.
+    pub stream_url: String,
+    /// Human-readable hint.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::parse;
+
+    fn problem_of<T: serde::de::DeserializeOwned + Validate + std::fmt::Debug>(json: &str) -> Problem {
+        let error = parse::<T>(json.as_bytes()).unwrap_err();
+        error.downcast_ref::<crate::problem::ApiProblem>().unwrap().0.clone()
+    }
+
+    #[test]
+    fn an_out_of_range_file_id_is_named_by_position() {
+        let problem = problem_of::<InitiateRequest>(r#"{"file_ids": [10000, 5]}"#);
+        assert_eq!(problem.field.as_deref(), Some("file_ids[1]"));
+        assert_eq!(problem.status, 400);
+    }
+
+    #[test]
+    fn empty_and_oversized_id_lists_are_refused() {
+        assert_eq!(problem_of::<InitiateRequest>(r#"{"file_ids": []}"#).field.as_deref(), Some("file_ids"));
+        let many: Vec<String> = (0..1001).map(|index| (10_000 + index).to_string()).collect();
+        let json = format!(r#"{{"file_ids": [{}]}}"#, many.join(","));
+        assert_eq!(problem_of::<InitiateRequest>(&json).field.as_deref(), Some("file_ids"));
+    }
+
+    #[test]
+    fn a_bad_callback_url_is_named() {
+        let problem = problem_of::<InitiateRequest>(r#"{"file_ids": [10000], "callbackUrl": "ftp://x"}"#);
+        assert_eq!(problem.field.as_deref(), Some("callbackUrl"));
+    }
+
+    #[test]
+    fn a_fractional_file_id_is_a_type_error_on_that_field() {
+        let problem = problem_of::<CheckRequest>(r#"{"file_id": 10000.5}"#);
+        assert_eq!(problem.field.as_deref(), Some("file_id"));
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_a_z() {
+        let time = DateTime::parse_from_rfc3339("2026-11-28T10:15:30.123456+00:00").unwrap().with_timezone(&Utc);
+        assert_eq!(iso8601(time), "2026-11-28T10:15:30.123Z");
+    }
+}

@@ -1,0 +1,13 @@
+//! Intake entry point: settings from the environment, serve until SIGTERM/ctrl-c.
+
+fn main() -> anyhow::Result<()> {
+    let env = common::config::Env::from_process();
+    let settings = intake::Settings::from_env(&env)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        common::telemetry::init("intake", env.get("LOG_FORMAT") == Some("json"));
+        let shutdown = common::shutdown::on_signal();
+        let application = intake::Application::build(settings).await?;
+        application.run_until_stopped(shutdown).await
+    })
+}

@@ -1,0 +1,146 @@
+//! Cross-cutting behaviour of every response: request ids, security headers, per-client rate
+//! limits, bounded bodies, the request timeout, and problem+json for every error.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{ErrorCode, telemetry};
+use poem::http::HeaderValue;
+use poem::{Endpoint, IntoResponse, Request, Response};
+use tracing::Instrument;
+
+use crate::State;
+use crate::problem::{Problem, into_problem};
+
+/// Header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "X-Request-ID";
+
+/// The request id of the current request, kept in its extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn caller_request_id(request: &Request) -> Option<String> {
+    let value = request.headers().get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    let valid = !value.is_empty()
+        && value.len() <= 128
+        && value.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':'));
+    valid.then(|| value.to_string())
+}
+
+/// Outermost layer: request id, trace span, security headers; turns any error into a problem.
+pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
+    let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+    let span = tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %request_id,
+        status = tracing::field::Empty,
+    );
+    let traceparent = request.headers().get("traceparent").and_then(|value| value.to_str().ok());
+    telemetry::set_parent_from_http(&span, traceparent);
+    let started = Instant::now();
+    let mut response = match endpoint.call(request).instrument(span.clone()).await {
+        Ok(response) => response.into_response(),
+        Err(error) => into_problem(error),
+    };
+    span.record("status", response.status().as_u16());
+    tracing::debug!(parent: &span, elapsed_us = started.elapsed().as_micros() as u64, "request served");
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID_HEADER, value);
+    }
+    headers.insert("X-Content-Type-Options", HeaderValue::from_static("nosniff"));
+    headers.insert("X-Frame-Options", HeaderValue::from_static("DENY"));
+    headers.insert("Strict-Transport-Security", HeaderValue::from_static("max-age=31536000; includeSubDomains"));
+    headers.insert("Referrer-Policy", HeaderValue::from_static("no-referrer"));
+    Ok(response)
+}
+
+/// The key a client is counted under: its user id when known, else its address.
+fn client_key(request: &Request, trust_proxy: bool) -> String {
+    if let Some(user) = request
+        .headers()
+        .get("X-User-Id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| common::validation::check_user_id(value).ok())
+    {
+        return format!("user:{user}");
+    }
+    if trust_proxy
+        && let Some(forwarded) = request
+            .headers()
+            .get("X-Forwarded-For")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(',').next())
+            .map(str::trim)
+            .filter(|value| value.parse::<std::net::IpAddr>().is_ok())
+    {
+        return format!("ip:{forwarded}");
+    }
+    match request.remote_addr().as_socket_addr() {
+        Some(address) => format!("ip:{}", address.ip()),
+        None => "ip:unknown".to_string(),
+    }
+}
+
+/// Counts the request against its client's budget; adds `RateLimit-*` headers to every response
+/// and answers 429 with `Retry-After` once the budget is spent.
+pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: Arc<State>) -> poem::Result<Response> {
+    let key = client_key(&request, state.settings.trust_proxy);
+    let decision = state.rate_limiter.check(&key, Instant::now());
+    let mut response = if decision.allowed {
+        match endpoint.call(request).await {
+            Ok(response) => response.into_response(),
+            Err(error) => into_problem(error),
+        }
+    } else {
+        let mut response = Problem::new(
+            ErrorCode::RateLimited,
+            format!("more than {} requests in the current window; retry after {} s", decision.limit, decision.reset_seconds),
+        )
+        .into_response();
+        response.headers_mut().insert("Retry-After", HeaderValue::from(decision.reset_seconds));
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert("RateLimit-Limit", HeaderValue::from(decision.limit));
+    headers.insert("RateLimit-Remaining", HeaderValue::from(decision.remaining));
+    headers.insert("RateLimit-Reset", HeaderValue::from(decision.reset_seconds));
+    Ok(response)
+}
+
+/// Bounds the request body (413 beyond `MAX_BODY_BYTES`, whether announced or streamed) and the
+/// time a request may take (`REQUEST_TIMEOUT_MS`).
+pub async fn bound_request<E: Endpoint>(endpoint: Arc<E>, mut request: Request, state: Arc<State>) -> poem::Result<Response> {
+    let limit = state.settings.max_body_bytes;
+    let too_large = || Problem::new(ErrorCode::PayloadTooLarge, format!("request body exceeds {limit} bytes")).into_response();
+    let announced = request
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit as u64) {
+        return Ok(too_large());
+    }
+    let body = request.take_body();
+    match body.into_bytes_limit(limit).await {
+        Ok(bytes) => request.set_body(bytes),
+        Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
+        Err(error) => {
+            return Ok(Problem::new(ErrorCode::ValidationFailed, format!("request body could not be read: {error}")).into_response());
+        }
+    }
+    let timeout = state.settings.request_timeout;
+    match tokio::time::timeout(timeout, endpoint.call(request)).await {
+        Ok(Ok(response)) => Ok(response.into_response()),
+        Ok(Err(error)) => Ok(into_problem(error)),
+        Err(_) => {
+            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
+            let mut response = Problem::new(ErrorCode::RequestTimeout, "the request took too long; retry").into_response();
+            response.headers_mut().insert("Retry-After", HeaderValue::from(1));
+            Ok(response)
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Intake configuration.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use common::config::{ConfigError, DelaySettings, Env, NatsSettings, S3Settings};
+use common::nats::Topology;
+use common::retry::RetryPolicy;
+
+/// Everything the intake reads at startup.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `HOST` and `PORT` (default 127.0.0.1:3000; use `HOST=0.0.0.0` in a container).
+    pub listen: SocketAddr,
+    /// NATS connection.
+    pub nats: NatsSettings,
+    /// Object storage (health check and `/check`).
+    pub s3: S3Settings,
+    /// Simulated slowness, for estimates before any job has finished.
+    pub delay: DelaySettings,
+    /// Retry policy, so the consumer definition matches the processors'.
+    pub retry: RetryPolicy,
+    /// `JOB_ACK_WAIT_SECONDS`, so the consumer definition matches the processors'.
+    pub ack_wait: Duration,
+    /// `REQUEST_TIMEOUT_MS`: no request is held longer (default 30000).
+    pub request_timeout: Duration,
+    /// `START_WAIT_MS`: how long the legacy `/start` waits for the job (default 20000, must stay
+    /// well under `REQUEST_TIMEOUT_MS`).
+    pub start_wait: Duration,
+    /// `RATE_LIMIT_WINDOW_MS` (default 60000).
+    pub rate_limit_window: Duration,
+    /// `RATE_LIMIT_MAX_REQUESTS` per client and window (default 100).
+    pub rate_limit_max_requests: u32,
+    /// `CORS_ORIGINS`: comma-separated allowed origins, `*` for any (default `*`).
+    pub cors_origins: Vec<String>,
+    /// `TRUST_PROXY`: take the client address from `X-Forwarded-For` (default false).
+    pub trust_proxy: bool,
+    /// `MAX_BODY_BYTES`: largest accepted request body (default 65536).
+    pub max_body_bytes: usize,
+    /// `PRESIGN_TIMEOUT_MS`: how long to wait for the presigner (default 2000).
+    pub presign_timeout: Duration,
+}
+
+impl Settings {
+    /// Reads and validates the settings.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let host: IpAddr = env.parse("HOST", IpAddr::from([127, 0, 0, 1]))?;
+        let port: u16 = env.parse("PORT", 3000)?;
+        let settings = Settings {
+            listen: SocketAddr::new(host, port),
+            nats: NatsSettings::from_env(env)?,
+            s3: S3Settings::from_env(env)?,
+            delay: DelaySettings::from_env(env)?,
+            retry: RetryPolicy::from_env(env)?,
+            ack_wait: env.seconds("JOB_ACK_WAIT_SECONDS", 30)?,
+            request_timeout: env.millis("REQUEST_TIMEOUT_MS", 30_000)?,
+            start_wait: env.millis("START_WAIT_MS", 20_000)?,
+            rate_limit_window: env.millis("RATE_LIMIT_WINDOW_MS", 60_000)?,
+            rate_limit_max_requests: env.parse("RATE_LIMIT_MAX_REQUESTS", 100)?,
+            cors_origins: env
+                .string("CORS_ORIGINS", "*")
+                .split(',')
+                .map(|origin| origin.trim().to_string())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
+            trust_proxy: env.bool("TRUST_PROXY", false)?,
+            max_body_bytes: env.parse("MAX_BODY_BYTES", 64 * 1024)?,
+            presign_timeout: env.millis("PRESIGN_TIMEOUT_MS", 2_000)?,
+        };
+        env.require(settings.request_timeout >= Duration::from_secs(1), "REQUEST_TIMEOUT_MS", "must be at least 1000")?;
+        env.require(
+            settings.start_wait + Duration::from_secs(1) <= settings.request_timeout,
+            "START_WAIT_MS",
+            "must be at least 1000 ms below REQUEST_TIMEOUT_MS",
+        )?;
+        env.require(!settings.rate_limit_window.is_zero(), "RATE_LIMIT_WINDOW_MS", "must be positive")?;
+        env.require(settings.rate_limit_max_requests > 0, "RATE_LIMIT_MAX_REQUESTS", "must be positive")?;
+        env.require(
+            (1024..=16 * 1024 * 1024).contains(&settings.max_body_bytes),
+            "MAX_BODY_BYTES",
+            "must be between 1024 and 16777216",
+        )?;
+        Ok(settings)
+    }
+
+    /// The JetStream definitions these settings imply (identical to the processors').
+    pub fn topology(&self) -> Topology {
+        Topology { replicas: self.nats.replicas, max_deliver: self.retry.max_attempts as i64, ack_wait: self.ack_wait }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_wait_must_stay_under_the_request_timeout() {
+        let env = Env::from_pairs([("REQUEST_TIMEOUT_MS", "5000"), ("START_WAIT_MS", "4500")]);
+        assert_eq!(Settings::from_env(&env).unwrap_err().key, "START_WAIT_MS");
+    }
+
+    #[test]
+    fn defaults_match_the_old_service() {
+        let settings = Settings::from_env(&Env::default()).unwrap();
+        assert_eq!(settings.request_timeout, Duration::from_secs(30));
+        assert_eq!(settings.rate_limit_window, Duration::from_secs(60));
+        assert_eq!(settings.rate_limit_max_requests, 100);
+        assert_eq!(settings.cors_origins, vec!["*"]);
+    }
+}
