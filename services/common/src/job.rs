@@ -114,6 +114,9 @@ pub struct JobRecord {
     pub error_code: Option<ErrorCode>,
     /// Number of processing attempts so far (1 on the first).
     pub attempt: u32,
+    /// The processor instance that ran the latest attempt.
+    #[serde(default)]
+    pub processed_by: Option<String>,
     /// Where webhooks go, when set.
     pub callback_url: Option<String>,
     /// When the job was accepted.
@@ -155,6 +158,7 @@ impl JobRecord {
             error: None,
             error_code: None,
             attempt: 0,
+            processed_by: None,
             callback_url,
             created_at: now,
             started_at: None,

@@ -13,9 +13,18 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global subscriber once; later calls (tests) are no-ops.
+/// Installs the global subscriber once; later calls are no-ops.
 /// `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` switches to JSON lines.
 pub fn init(service_name: &'static str, json_logs: bool) {
+    install(service_name, json_logs, false);
+}
+
+/// Like [`init`], with logs captured by the test harness (shown for failing tests only).
+pub fn init_for_tests(service_name: &'static str) {
+    install(service_name, false, true);
+}
+
+fn install(service_name: &'static str, json_logs: bool, test_writer: bool) {
     let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
     let tracer = provider.tracer(service_name);
     opentelemetry::global::set_tracer_provider(provider);
@@ -24,6 +33,8 @@ pub fn init(service_name: &'static str, json_logs: bool) {
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let result = if json_logs {
         registry.with(tracing_subscriber::fmt::layer().json()).try_init()
+    } else if test_writer {
+        registry.with(tracing_subscriber::fmt::layer().with_test_writer()).try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer()).try_init()
     };

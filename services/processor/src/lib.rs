@@ -46,6 +46,8 @@ pub struct Settings {
     /// `SHUTDOWN_GRACE_SECONDS`: how long running jobs may finish after SIGTERM before they are
     /// handed back to the queue (default 30).
     pub shutdown_grace: Duration,
+    /// `PROCESSOR_ID`: this instance's name in job records (default `processor-` and a random suffix).
+    pub instance_id: String,
 }
 
 impl Settings {
@@ -62,6 +64,7 @@ impl Settings {
             ack_wait: env.seconds("JOB_ACK_WAIT_SECONDS", 30)?,
             part_size: env.parse::<usize>("BUNDLE_PART_SIZE_MB", 8)? * 1024 * 1024,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 30)?,
+            instance_id: env.string("PROCESSOR_ID", &format!("processor-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])),
         };
         env.require((1..=10_000).contains(&settings.concurrency), "PROCESSOR_CONCURRENCY", "must be between 1 and 10000")?;
         env.require(!settings.job_timeout.is_zero(), "JOB_TIMEOUT_SECONDS", "must be at least 1")?;

@@ -121,6 +121,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
             let now = Utc::now();
             record.status = JobStatus::Processing;
             record.attempt = delivered;
+            record.processed_by = Some(context.settings.instance_id.clone());
             record.started_at.get_or_insert(now);
             record.error = None;
             record.error_code = None;
@@ -185,10 +186,18 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
     if !matches!(outcome, Outcome::Finished(Ok(_))) {
         upload.abort(&context.storage).await;
     }
+    // Files checked just before the job ended have not been written yet: the outcome carries them.
+    let late_files = files_receiver.try_recv().ok();
+    let with_files = |record: &mut common::JobRecord| {
+        if let Some(files) = &late_files {
+            record.files = files.clone();
+        }
+    };
     let elapsed = attempt_started.elapsed();
     match outcome {
         Outcome::Finished(Ok(result)) => {
             let finished = finish(context, job_id, |record| {
+                with_files(record);
                 record.status = JobStatus::Completed;
                 record.progress = 100;
                 record.result_key = Some(result.result_key.clone());
@@ -205,12 +214,17 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
         }
         Outcome::Finished(Err(JobError::Permanent { code, message })) => {
             tracing::info!(%code, message, "job failed");
-            finish(context, job_id, |record| record.fail(code, message.clone())).await
+            finish(context, job_id, |record| {
+                with_files(record);
+                record.fail(code, message.clone());
+            })
+            .await
         }
         Outcome::Finished(Err(JobError::Transient { code, message })) => match context.settings.retry.delay_after(delivered) {
             Some(retry_in) => {
                 tracing::warn!(%code, message, retry_in_ms = retry_in.as_millis() as u64, "transient failure, retrying");
                 let requeued = finish(context, job_id, |record| {
+                    with_files(record);
                     record.status = JobStatus::Queued;
                     record.progress = 0;
                     record.error = Some(format!("{message}; retrying (attempt {delivered} of {})", context.settings.retry.max_attempts));

@@ -1,0 +1,17 @@
+//! End-to-end tests on real nats-server and SeaweedFS. Each test starts its own servers on free
+//! ports with temp dirs; they are killed when the test's `Stack` drops.
+
+mod cancellation;
+mod contracts;
+mod failures;
+mod http;
+mod legacy;
+mod pipeline;
+
+use std::sync::Once;
+
+/// Logs of the services, shown for failing tests (`RUST_LOG` to change the level).
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| common::telemetry::init_for_tests("e2e"));
+}

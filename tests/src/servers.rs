@@ -1,0 +1,234 @@
+//! Real servers for tests and the dev stack: `nats-server` and SeaweedFS (`weed mini`), from the
+//! project venv, on free loopback ports with their own temp dirs, killed on `Drop`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::config::{Env, S3Settings};
+use common::storage::Storage;
+
+use crate::wait::wait_until;
+
+/// Test credentials of the local S3.
+pub const S3_ACCESS_KEY: &str = "test-access-key";
+/// Test secret of the local S3 (never a real secret).
+pub const S3_SECRET_KEY: &str = "test-secret-key-0123456789";
+/// The bucket every test uses.
+pub const S3_BUCKET: &str = "downloads";
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+}
+
+/// A binary installed by `deploy/local/install` into the project venv.
+pub fn venv_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = workspace_root().join(".venv").join("bin").join(name);
+    if !path.exists() {
+        bail!("{} is missing: run deploy/local/install first", path.display());
+    }
+    Ok(path)
+}
+
+/// A free loopback TCP port (bound and released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+fn port_answers(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// Fixed ports for a server, so it can be restarted in place.
+#[derive(Debug, Clone)]
+pub struct NatsPorts {
+    /// Client port.
+    pub client: u16,
+    /// Monitoring port.
+    pub monitor: u16,
+}
+
+/// A running nats-server with JetStream.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Its ports.
+    pub ports: NatsPorts,
+    store: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on free ports.
+    pub async fn start() -> anyhow::Result<Self> {
+        let ports = NatsPorts { client: free_port(), monitor: free_port() };
+        Self::start_on(ports, tempfile::tempdir()?).await
+    }
+
+    /// Starts a server on the given ports and store.
+    pub async fn start_on(ports: NatsPorts, store: tempfile::TempDir) -> anyhow::Result<Self> {
+        let mut server = NatsServer { child: None, ports, log: store.path().join("nats.log"), store };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(&self.log)?;
+        let child = Command::new(venv_binary("nats-server")?)
+            .args(["-js", "-a", "127.0.0.1"])
+            .args(["-p", &self.ports.client.to_string()])
+            .args(["-m", &self.ports.monitor.to_string()])
+            .arg("-sd")
+            .arg(self.store.path().join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting nats-server")?;
+        self.child = Some(child);
+        let port = self.ports.client;
+        wait_until("nats-server to listen", Duration::from_secs(20), || async move { port_answers(port) }).await?;
+        Ok(())
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.ports.client)
+    }
+
+    /// Kills the server (its store stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn().await
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Ports of one SeaweedFS `mini` process.
+#[derive(Debug, Clone)]
+pub struct S3Ports {
+    /// The S3 API.
+    pub s3: u16,
+    others: Vec<u16>,
+}
+
+/// A running SeaweedFS with its S3 gateway and the `downloads` bucket.
+pub struct S3Server {
+    child: Option<Child>,
+    /// Its ports.
+    pub ports: S3Ports,
+    data: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl S3Server {
+    /// Starts SeaweedFS on free ports and waits until the bucket answers a signed HEAD.
+    pub async fn start() -> anyhow::Result<Self> {
+        let ports = S3Ports { s3: free_port(), others: (0..9).map(|_| free_port()).collect() };
+        let data = tempfile::tempdir()?;
+        Self::start_on(ports, data).await
+    }
+
+    /// Starts SeaweedFS on the given ports and data dir.
+    pub async fn start_on(ports: S3Ports, data: tempfile::TempDir) -> anyhow::Result<Self> {
+        let mut server = S3Server { child: None, ports, log: data.path().join("weed.log"), data };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::File::create(&self.log)?;
+        let other = &self.ports.others;
+        let child = Command::new(venv_binary("weed")?)
+            .arg("mini")
+            .arg(format!("-dir={}", self.data.path().join("data").display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-s3.port={}", self.ports.s3))
+            .arg(format!("-master.port={}", other[0]))
+            .arg(format!("-master.port.grpc={}", other[1]))
+            .arg(format!("-volume.port={}", other[2]))
+            .arg(format!("-volume.port.grpc={}", other[3]))
+            .arg(format!("-filer.port={}", other[4]))
+            .arg(format!("-filer.port.grpc={}", other[5]))
+            .arg(format!("-s3.port.grpc={}", other[6]))
+            .arg(format!("-admin.port={}", other[7]))
+            .arg(format!("-admin.port.grpc={}", other[8]))
+            .args(["-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-bucket={S3_BUCKET}"))
+            .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting weed mini")?;
+        std::fs::create_dir_all(self.data.path().join("data"))?;
+        self.child = Some(child);
+        let storage = Storage::new(&self.settings())?;
+        wait_until("the S3 bucket to answer a signed HEAD", Duration::from_secs(60), || {
+            let storage = storage.clone();
+            async move { storage.check_bucket().await.is_ok() }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.s3)
+    }
+
+    /// The configuration variables that point a service here.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("S3_ENDPOINT".into(), self.endpoint()),
+            ("S3_REGION".into(), "us-east-1".into()),
+            ("S3_ACCESS_KEY_ID".into(), S3_ACCESS_KEY.into()),
+            ("S3_SECRET_ACCESS_KEY".into(), S3_SECRET_KEY.into()),
+            ("S3_BUCKET_NAME".into(), S3_BUCKET.into()),
+            ("S3_FORCE_PATH_STYLE".into(), "true".into()),
+            ("S3_REQUEST_TIMEOUT_MS".into(), "3000".into()),
+        ]
+    }
+
+    /// S3 settings pointing here.
+    pub fn settings(&self) -> S3Settings {
+        S3Settings::from_env(&Env::from_pairs(self.env())).expect("test S3 settings are valid")
+    }
+
+    /// Kills the server (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn().await
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

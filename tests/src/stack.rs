@@ -1,0 +1,300 @@
+//! The whole system on real servers: NATS, SeaweedFS, and the services running in-process on
+//! their own tasks, each stoppable on its own. Fast settings by default (no simulated delay,
+//! short retry delays, frequent progress).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::config::Env;
+use common::storage::Storage;
+use minio::s3::types::S3Api;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::servers::{NatsServer, S3Server};
+use crate::wait::wait_for;
+
+/// A service running on its own task.
+pub struct Service {
+    token: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Service {
+    fn spawn(task: impl FnOnce(CancellationToken) -> JoinHandle<anyhow::Result<()>>) -> Self {
+        let token = CancellationToken::new();
+        Service { task: Some(task(token.clone())), token }
+    }
+
+    /// Signals shutdown and waits for the service to drain and stop.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.token.cancel();
+        match self.task.take() {
+            Some(task) => task.await.context("service task panicked")?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Settings every test starts from; a test overrides what it exercises.
+pub fn fast_defaults() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("DOWNLOAD_DELAY_ENABLED", "false"),
+        ("DOWNLOAD_DELAY_MIN_MS", "0"),
+        ("DOWNLOAD_DELAY_MAX_MS", "0"),
+        ("JOB_RETRY_INITIAL_DELAY_MS", "300"),
+        ("JOB_RETRY_MAX_DELAY_MS", "2000"),
+        ("PROGRESS_INTERVAL_MS", "100"),
+        ("JOB_ACK_WAIT_SECONDS", "5"),
+        ("RATE_LIMIT_MAX_REQUESTS", "100000"),
+        ("SHUTDOWN_GRACE_SECONDS", "2"),
+        ("START_WAIT_MS", "5000"),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+    ]
+}
+
+/// NATS, S3 and the services.
+pub struct Stack {
+    /// The NATS server.
+    pub nats: NatsServer,
+    /// The S3 server.
+    pub s3: S3Server,
+    env: Env,
+    /// The intake, when running.
+    pub intake: Option<Service>,
+    intake_address: Option<SocketAddr>,
+    /// Running processors.
+    pub processors: Vec<Service>,
+    /// The presigner, when running.
+    pub presigner: Option<Service>,
+    /// An HTTP client that does not follow redirects.
+    pub http: reqwest::Client,
+    /// Direct access to the bucket.
+    pub storage: Storage,
+}
+
+impl Stack {
+    /// Servers and every service (one processor), with `overrides` on top of [`fast_defaults`].
+    pub async fn start(overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut stack = Self::servers_only(overrides).await?;
+        stack.start_presigner().await?;
+        stack.start_processor(&[]).await?;
+        stack.start_intake().await?;
+        Ok(stack)
+    }
+
+    /// Only NATS and S3; start services as the test needs.
+    pub async fn servers_only(overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
+        let mut env = Env::from_pairs(fast_defaults()).with("NATS_URL", nats.url());
+        for (key, value) in s3.env() {
+            env = env.with(key, value);
+        }
+        for (key, value) in overrides {
+            env = env.with(*key, *value);
+        }
+        let storage = Storage::new(&s3.settings())?;
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+        Ok(Stack { nats, s3, env, intake: None, intake_address: None, processors: Vec::new(), presigner: None, http, storage })
+    }
+
+    /// The configuration services get.
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
+    /// Starts the intake on a free port.
+    pub async fn start_intake(&mut self) -> anyhow::Result<()> {
+        let settings = intake::Settings::from_env(&self.env)?;
+        let application = intake::Application::build(settings).await?;
+        self.intake_address = Some(application.local_addr());
+        self.intake = Some(Service::spawn(|token| tokio::spawn(application.run_until_stopped(token))));
+        Ok(())
+    }
+
+    /// Starts a processor with extra settings; returns its instance id.
+    pub async fn start_processor(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<String> {
+        let mut env = self.env.clone();
+        for (key, value) in extra {
+            env = env.with(*key, *value);
+        }
+        let settings = processor::Settings::from_env(&env)?;
+        let instance_id = settings.instance_id.clone();
+        self.processors.push(Service::spawn(|token| tokio::spawn(processor::run(settings, token))));
+        self.wait_for_pull_consumers(self.processors.len()).await?;
+        Ok(instance_id)
+    }
+
+    /// Waits until `count` processors are pulling from the shared consumer.
+    async fn wait_for_pull_consumers(&self, count: usize) -> anyhow::Result<()> {
+        let jetstream = async_nats::jetstream::new(self.nats_client().await?);
+        wait_for("processors to pull from the job consumer", Duration::from_secs(20), || {
+            let jetstream = jetstream.clone();
+            async move {
+                let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
+                    .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
+                    .await
+                    .ok()?;
+                let info = consumer.info().await.ok()?;
+                (info.num_waiting >= count).then_some(())
+            }
+        })
+        .await
+    }
+
+    /// Starts the presigner and waits until it answers discovery pings.
+    pub async fn start_presigner(&mut self) -> anyhow::Result<()> {
+        let settings = presigner::Settings::from_env(&self.env)?;
+        self.presigner = Some(Service::spawn(|token| tokio::spawn(presigner::run(settings, token))));
+        let client = self.nats_client().await?;
+        wait_for("the presigner to answer $SRV.PING", Duration::from_secs(20), || {
+            let client = client.clone();
+            async move {
+                let subject = format!("$SRV.PING.{}", common::names::PRESIGNER_SERVICE);
+                tokio::time::timeout(Duration::from_millis(500), client.request(subject, "".into())).await.ok()?.ok()
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// A NATS client of the test itself.
+    pub async fn nats_client(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::connect(self.nats.url()).await?)
+    }
+
+    /// The intake's base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.intake_address.expect("the intake is running"))
+    }
+
+    /// An absolute URL of the intake.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url())
+    }
+
+    /// Uploads an object to the bucket.
+    pub async fn put_object(&self, key: &str, bytes: Vec<u8>) -> anyhow::Result<()> {
+        self.storage
+            .client()
+            .put_object_content(self.storage.bucket(), key, bytes)?
+            .build()
+            .send()
+            .await
+            .with_context(|| format!("uploading {key}"))?;
+        Ok(())
+    }
+
+    /// Reads an object from the bucket, `None` when missing.
+    pub async fn get_object(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        if self.storage.object_size(key).await?.is_none() {
+            return Ok(None);
+        }
+        let response = self.storage.client().get_object(self.storage.bucket(), key)?.build().send().await?;
+        Ok(Some(response.into_bytes().await?.to_vec()))
+    }
+
+    /// Uploads `downloads/{id}.zip` with deterministic content of `size` bytes; returns it.
+    pub async fn put_file(&self, file_id: u64, size: usize) -> anyhow::Result<Vec<u8>> {
+        let bytes = crate::sample_bytes(file_id, size);
+        self.put_object(&common::names::source_key(file_id), bytes.clone()).await?;
+        Ok(bytes)
+    }
+
+    /// `POST /v1/download/initiate` as `user`; returns the job id.
+    pub async fn initiate(&self, user: &str, file_ids: &[u64]) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(self.url("/v1/download/initiate"))
+            .header("X-User-Id", user)
+            .json(&serde_json::json!({ "file_ids": file_ids }))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 202, "initiate answered {}: {}", response.status(), response.text().await?);
+        let body: Value = response.json().await?;
+        Ok(body["jobId"].as_str().context("jobId")?.to_string())
+    }
+
+    /// `GET /v1/download/status/{jobId}` as `user`.
+    pub async fn status(&self, user: &str, job_id: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/download/status/{job_id}")))
+            .header("X-User-Id", user)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 200, "status answered {}", response.status());
+        Ok(response.json().await?)
+    }
+
+    /// Polls the status until `predicate` holds.
+    pub async fn wait_for_status(
+        &self,
+        user: &str,
+        job_id: &str,
+        timeout: Duration,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let predicate = &predicate;
+        wait_for(&format!("job {job_id} to reach the expected status"), timeout, || async move {
+            let status = self.status(user, job_id).await.ok()?;
+            predicate(&status).then_some(status)
+        })
+        .await
+    }
+
+    /// Polls until the job is completed, failed or cancelled.
+    pub async fn wait_for_terminal(&self, user: &str, job_id: &str) -> anyhow::Result<Value> {
+        self.wait_for_status(user, job_id, Duration::from_secs(60), |status| {
+            matches!(status["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+        })
+        .await
+    }
+
+    /// Every event of a job from the events stream, in order.
+    pub async fn events(&self, job_id: &str) -> anyhow::Result<Vec<Value>> {
+        let jetstream = async_nats::jetstream::new(self.nats_client().await?);
+        let stream = jetstream.get_stream(common::names::EVENTS_STREAM).await?;
+        let info = stream.info_with_subjects(format!("downloads.events.{job_id}.*")).await;
+        let count: usize = match info {
+            Ok(mut subjects) => {
+                use futures::TryStreamExt;
+                let mut total = 0;
+                while let Some((_, messages)) = subjects.try_next().await? {
+                    total += messages;
+                }
+                total
+            }
+            Err(_) => 0,
+        };
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("downloads.events.{job_id}.*"),
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let mut events = Vec::with_capacity(count);
+        use futures::StreamExt;
+        while events.len() < count {
+            let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                .await
+                .context("events stream stalled")?
+                .context("events stream ended")??;
+            events.push(serde_json::from_slice(&message.payload)?);
+        }
+        Ok(events)
+    }
+}
