@@ -173,7 +173,8 @@ impl ApiError {
 /// Converts any error escaping an endpoint into a problem response. Framework errors are
 /// mapped by type (identity, content type, parameters) and status (404, 405, 413).
 pub fn into_problem(error: poem::Error) -> poem::Response {
-    if error.is::<ApiProblem>() {
+    if error.is::<ApiProblem>() || error.is_from_response() {
+        // Already a problem response (an operation's `ApiError`, or a payload problem).
         return error.into_response();
     }
     let status = error.status();
