@@ -8,7 +8,9 @@ use system_tests::wait::wait_until;
 use crate::init_logs;
 
 async fn job_consumer_is_idle(stack: &Stack) -> bool {
-    let Ok(client) = stack.nats_client().await else { return false };
+    let Ok(client) = stack.nats_client().await else {
+        return false;
+    };
     let jetstream = async_nats::jetstream::new(client);
     let Ok(mut consumer) = jetstream
         .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
@@ -26,7 +28,13 @@ async fn job_consumer_is_idle(stack: &Stack) -> bool {
 }
 
 async fn cancel(stack: &Stack, user: &str, job_id: &str) -> reqwest::Response {
-    stack.http.delete(stack.url(&format!("/v1/download/{job_id}"))).header("X-User-Id", user).send().await.unwrap()
+    stack
+        .http
+        .delete(stack.url(&format!("/v1/download/{job_id}")))
+        .header("X-User-Id", user)
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,12 +50,20 @@ async fn a_cancelled_queued_job_never_runs() {
     assert_eq!(response.status(), 202);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body, serde_json::json!({"jobId": job_id, "status": "cancelled"}));
-    assert_eq!(cancel(&stack, "erin", &job_id).await.status(), 200, "cancelling again changes nothing");
+    assert_eq!(
+        cancel(&stack, "erin", &job_id).await.status(),
+        200,
+        "cancelling again changes nothing"
+    );
 
     stack.start_processor(&[]).await.unwrap();
-    wait_until("the processor to consume the cancelled job", Duration::from_secs(20), || job_consumer_is_idle(&stack))
-        .await
-        .unwrap();
+    wait_until(
+        "the processor to consume the cancelled job",
+        Duration::from_secs(20),
+        || job_consumer_is_idle(&stack),
+    )
+    .await
+    .unwrap();
     let status = stack.status("erin", &job_id).await.unwrap();
     assert_eq!(status["status"], "cancelled");
     assert_eq!(status["attempt"], 0, "the job never started: {status}");
@@ -79,14 +95,22 @@ async fn a_running_job_is_stopped_by_its_processor_and_leaves_no_bundle() {
 
     assert_eq!(cancel(&stack, "frank", &job_id).await.status(), 202);
     // The processor lets go of the job long before its 30 s delay would end.
-    wait_until("the processor to release the cancelled job", Duration::from_secs(5), || job_consumer_is_idle(&stack))
-        .await
-        .unwrap();
+    wait_until(
+        "the processor to release the cancelled job",
+        Duration::from_secs(5),
+        || job_consumer_is_idle(&stack),
+    )
+    .await
+    .unwrap();
     let status = stack.status("frank", &job_id).await.unwrap();
     assert_eq!(status["status"], "cancelled");
     assert!(status["downloadUrl"].is_null());
     let events = stack.events(&job_id).await.unwrap();
-    assert_eq!(events.last().unwrap()["status"], "cancelled", "nothing was written after the cancellation");
+    assert_eq!(
+        events.last().unwrap()["status"],
+        "cancelled",
+        "nothing was written after the cancellation"
+    );
     assert_eq!(stack.get_object(&format!("bundles/{job_id}.zip")).await.unwrap(), None);
 }
 
@@ -96,7 +120,10 @@ async fn cancelling_a_finished_job_is_a_conflict_and_another_users_job_is_not_fo
     let stack = Stack::start(&[]).await.unwrap();
     stack.put_file(30_003, 10).await.unwrap();
     let finished = stack.initiate("gina", &[30_003]).await.unwrap();
-    assert_eq!(stack.wait_for_terminal("gina", &finished).await.unwrap()["status"], "completed");
+    assert_eq!(
+        stack.wait_for_terminal("gina", &finished).await.unwrap()["status"],
+        "completed"
+    );
     let response = cancel(&stack, "gina", &finished).await;
     assert_eq!(response.status(), 409);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
@@ -104,8 +131,15 @@ async fn cancelling_a_finished_job_is_a_conflict_and_another_users_job_is_not_fo
     assert_eq!(problem["code"], "JOB_FINISHED");
 
     let failed = stack.initiate("gina", &[30_404]).await.unwrap();
-    assert_eq!(stack.wait_for_terminal("gina", &failed).await.unwrap()["status"], "failed");
+    assert_eq!(
+        stack.wait_for_terminal("gina", &failed).await.unwrap()["status"],
+        "failed"
+    );
     assert_eq!(cancel(&stack, "gina", &failed).await.status(), 409);
 
-    assert_eq!(cancel(&stack, "mallory", &finished).await.status(), 404, "another user's job is not found");
+    assert_eq!(
+        cancel(&stack, "mallory", &finished).await.status(),
+        404,
+        "another user's job is not found"
+    );
 }

@@ -1,1 +1,146 @@
-//! contracts
+//! The committed contracts match the code: the OpenAPI document, the JSON Schemas of messages
+//! and records, and the JetStream definitions in `nats/` as a real server holds them.
+//! Run with `UPDATE_CONTRACTS=1` to rewrite the files from the code after an intended change.
+
+use std::path::Path;
+
+use serde_json::Value;
+use system_tests::servers::{NatsServer, venv_binary, workspace_root};
+use system_tests::stack::Stack;
+
+use crate::init_logs;
+
+fn updating() -> bool {
+    std::env::var_os("UPDATE_CONTRACTS").is_some()
+}
+
+/// Compares `actual` with the committed file, or rewrites it when updating.
+fn assert_matches_file(relative: &str, actual: &str) {
+    let path = workspace_root().join(relative);
+    if updating() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} is missing; run with UPDATE_CONTRACTS=1", path.display()));
+    assert!(
+        committed == actual,
+        "{relative} differs from what the code generates; if the change is intended, run the tests with UPDATE_CONTRACTS=1 and commit"
+    );
+}
+
+/// Drops what the server adds on its own (`_nats.*` metadata: server version and API level), so the
+/// files hold only this system's definitions.
+fn without_server_metadata(mut config: Value) -> Value {
+    if let Some(metadata) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.retain(|key, _| !key.starts_with("_nats."));
+        if metadata.is_empty() {
+            config.as_object_mut().unwrap().remove("metadata");
+        }
+    }
+    config
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap() + "\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_openapi_document_is_what_the_intake_serves() {
+    init_logs();
+    let stack = Stack::start(&[]).await.unwrap();
+    let json: Value = stack
+        .http
+        .get(stack.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(json["info"]["title"], "Download service");
+    assert_matches_file("openapi/openapi.json", &pretty(&json));
+    let yaml = stack
+        .http
+        .get(stack.url("/openapi.yaml"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_matches_file("openapi/openapi.yaml", &yaml);
+}
+
+#[test]
+fn the_committed_json_schemas_are_generated_from_the_message_types() {
+    for (file, schema) in common::messages::schema_documents() {
+        assert_matches_file(&format!("schemas/{file}"), &pretty(&schema));
+    }
+    let committed: Vec<String> = std::fs::read_dir(workspace_root().join("schemas"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".schema.json"))
+        .collect();
+    assert_eq!(
+        committed.len(),
+        common::messages::schema_documents().len(),
+        "a schema file without a type: {committed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
+    init_logs();
+    let server = NatsServer::start().await.unwrap();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let topology = common::nats::Topology::default();
+    common::nats::provision(&client, &topology).await.unwrap();
+    // A second provisioning (another instance starting) changes nothing and does not fail.
+    common::nats::provision(&client, &topology).await.unwrap();
+    let jetstream = async_nats::jetstream::new(client);
+
+    let streams = [
+        (
+            common::names::JOBS_STREAM.to_string(),
+            "nats/streams/DOWNLOAD_JOBS.json",
+        ),
+        (
+            common::names::EVENTS_STREAM.to_string(),
+            "nats/streams/DOWNLOAD_EVENTS.json",
+        ),
+        (
+            format!("KV_{}", common::names::JOBS_BUCKET),
+            "nats/kv/download-jobs.json",
+        ),
+    ];
+    for (name, file) in streams {
+        let mut stream = jetstream.get_stream(&name).await.unwrap();
+        let config = serde_json::to_value(&stream.info().await.unwrap().config).unwrap();
+        assert_matches_file(file, &pretty(&without_server_metadata(config)));
+    }
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
+        .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
+        .await
+        .unwrap();
+    let config = without_server_metadata(serde_json::to_value(&consumer.info().await.unwrap().config).unwrap());
+    assert_matches_file("nats/consumers/DOWNLOAD_JOBS-download-processor.json", &pretty(&config));
+}
+
+#[test]
+fn the_server_configuration_in_nats_is_valid() {
+    let config = workspace_root().join("nats/nats-server.conf");
+    assert!(Path::new(&config).exists());
+    let output = std::process::Command::new(venv_binary("nats-server").unwrap())
+        .arg("-c")
+        .arg(&config)
+        .arg("-t")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "nats-server -t refused the config: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -36,7 +36,10 @@ async fn a_storage_outage_during_a_job_is_retried_and_the_job_completes_once_sto
     assert_eq!(status["status"], "completed", "{status}");
     assert!(status["error"].is_null(), "a completed job carries no error: {status}");
     let url = status["downloadUrl"].as_str().unwrap();
-    assert_eq!(reqwest::get(url).await.unwrap().bytes().await.unwrap().to_vec(), content);
+    assert_eq!(
+        reqwest::get(url).await.unwrap().bytes().await.unwrap().to_vec(),
+        content
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +59,10 @@ async fn a_job_that_keeps_failing_transiently_fails_once_after_its_last_attempt(
     assert_eq!(status["status"], "failed");
     assert_eq!(status["errorCode"], "STORAGE_UNAVAILABLE");
     assert_eq!(status["attempt"], 3);
-    assert!(status["error"].as_str().unwrap().contains("after 3 attempts"), "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains("after 3 attempts"),
+        "{status}"
+    );
     let events = stack.events(&job_id).await.unwrap();
     let failures = events.iter().filter(|event| event["status"] == "failed").count();
     assert_eq!(failures, 1, "the final failure is recorded exactly once: {events:?}");
@@ -87,13 +93,30 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
     let stack = Stack::start(&[]).await.unwrap();
     let client = stack.nats_client().await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
-    for garbage in [&b"not json"[..], b"{\"type\":\"job.submitted.v9\"}", b"{\"type\":\"job.submitted.v1\",\"jobId\":\"../x\"}", b""] {
-        jetstream.publish(common::names::JOB_SUBMITTED_SUBJECT, garbage.to_vec().into()).await.unwrap().await.unwrap();
+    for garbage in [
+        &b"not json"[..],
+        b"{\"type\":\"job.submitted.v9\"}",
+        b"{\"type\":\"job.submitted.v1\",\"jobId\":\"../x\"}",
+        b"",
+    ] {
+        jetstream
+            .publish(common::names::JOB_SUBMITTED_SUBJECT, garbage.to_vec().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     // A well-formed message for a job that has no record is dropped too.
-    let orphan = common::messages::JobMessage::SubmittedV1 { job_id: common::JobId::new(), user_id: "x".into(), file_ids: vec![10_000] };
+    let orphan = common::messages::JobMessage::SubmittedV1 {
+        job_id: common::JobId::new(),
+        user_id: "x".into(),
+        file_ids: vec![10_000],
+    };
     jetstream
-        .publish(common::names::JOB_SUBMITTED_SUBJECT, serde_json::to_vec(&orphan).unwrap().into())
+        .publish(
+            common::names::JOB_SUBMITTED_SUBJECT,
+            serde_json::to_vec(&orphan).unwrap().into(),
+        )
         .await
         .unwrap()
         .await
@@ -101,12 +124,21 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
 
     stack.put_file(50_003, 10).await.unwrap();
     let job_id = stack.initiate("mia", &[50_003]).await.unwrap();
-    assert_eq!(stack.wait_for_terminal("mia", &job_id).await.unwrap()["status"], "completed");
+    assert_eq!(
+        stack.wait_for_terminal("mia", &job_id).await.unwrap()["status"],
+        "completed"
+    );
     wait_until("the work queue to be empty", Duration::from_secs(10), || {
         let jetstream = jetstream.clone();
         async move {
-            let Ok(mut stream) = jetstream.get_stream(common::names::JOBS_STREAM).await else { return false };
-            stream.info().await.map(|info| info.state.messages == 0).unwrap_or(false)
+            let Ok(mut stream) = jetstream.get_stream(common::names::JOBS_STREAM).await else {
+                return false;
+            };
+            stream
+                .info()
+                .await
+                .map(|info| info.state.messages == 0)
+                .unwrap_or(false)
         }
     })
     .await
@@ -120,13 +152,19 @@ async fn health_is_healthy_then_names_storage_when_it_stops() {
     let healthy = stack.http.get(stack.url("/health")).send().await.unwrap();
     assert_eq!(healthy.status(), 200);
     let body: serde_json::Value = healthy.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"status": "healthy", "checks": {"storage": "ok", "queue": "ok"}}));
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "healthy", "checks": {"storage": "ok", "queue": "ok"}})
+    );
 
     stack.s3.stop();
     let unhealthy = stack.http.get(stack.url("/health")).send().await.unwrap();
     assert_eq!(unhealthy.status(), 503);
     let body: serde_json::Value = unhealthy.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"status": "unhealthy", "checks": {"storage": "error", "queue": "ok"}}));
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "unhealthy", "checks": {"storage": "error", "queue": "ok"}})
+    );
 
     stack.s3.restart().await.unwrap();
     stack.nats.stop();

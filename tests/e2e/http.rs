@@ -38,24 +38,59 @@ async fn every_invalid_request_answers_a_problem_naming_its_field() {
         ("".into(), None, "body is required"),
         ("{}".into(), Some("file_ids"), "missing field"),
         ("{\"file_ids\": 10000}".into(), Some("file_ids"), "invalid type"),
-        ("{\"file_ids\": [\"10000\"]}".into(), Some("file_ids[0]"), "invalid type"),
-        ("{\"file_ids\": [10000, 1.5]}".into(), Some("file_ids[1]"), "invalid type"),
+        (
+            "{\"file_ids\": [\"10000\"]}".into(),
+            Some("file_ids[0]"),
+            "invalid type",
+        ),
+        (
+            "{\"file_ids\": [10000, 1.5]}".into(),
+            Some("file_ids[1]"),
+            "invalid type",
+        ),
         ("{\"file_ids\": [9999]}".into(), Some("file_ids[0]"), "out of range"),
-        ("{\"file_ids\": [10000, 100000001]}".into(), Some("file_ids[1]"), "out of range"),
+        (
+            "{\"file_ids\": [10000, 100000001]}".into(),
+            Some("file_ids[1]"),
+            "out of range",
+        ),
         ("{\"file_ids\": [-5]}".into(), Some("file_ids[0]"), "out of range"),
         ("{\"file_ids\": []}".into(), Some("file_ids"), "1 to 1000"),
-        (json!({ "file_ids": too_many }).to_string(), Some("file_ids"), "got 1001"),
-        ("{\"file_ids\": [10000], \"callbackUrl\": \"ftp://x.example\"}".into(), Some("callbackUrl"), "http or https"),
-        ("{\"file_ids\": [10000], \"callbackUrl\": \"/relative\"}".into(), Some("callbackUrl"), "absolute"),
-        (json!({ "file_ids": [10000], "callbackUrl": long_url }).to_string(), Some("callbackUrl"), "2048"),
-        ("{\"file_ids\": [10000], \"callbackUrl\": 5}".into(), Some("callbackUrl"), "invalid type"),
+        (
+            json!({ "file_ids": too_many }).to_string(),
+            Some("file_ids"),
+            "got 1001",
+        ),
+        (
+            "{\"file_ids\": [10000], \"callbackUrl\": \"ftp://x.example\"}".into(),
+            Some("callbackUrl"),
+            "http or https",
+        ),
+        (
+            "{\"file_ids\": [10000], \"callbackUrl\": \"/relative\"}".into(),
+            Some("callbackUrl"),
+            "absolute",
+        ),
+        (
+            json!({ "file_ids": [10000], "callbackUrl": long_url }).to_string(),
+            Some("callbackUrl"),
+            "2048",
+        ),
+        (
+            "{\"file_ids\": [10000], \"callbackUrl\": 5}".into(),
+            Some("callbackUrl"),
+            "invalid type",
+        ),
     ];
     for (body, field, detail) in cases {
         let response = initiate(&stack, &body).send().await.unwrap();
         let answer = problem(response, 400).await;
         assert_eq!(answer["code"], "VALIDATION_FAILED", "{body}");
         assert_eq!(answer["field"].as_str(), field, "field of {body}: {answer}");
-        assert!(answer["detail"].as_str().unwrap().contains(detail), "detail of {body}: {answer}");
+        assert!(
+            answer["detail"].as_str().unwrap().contains(detail),
+            "detail of {body}: {answer}"
+        );
     }
 
     let wrong_type = stack
@@ -69,12 +104,30 @@ async fn every_invalid_request_answers_a_problem_naming_its_field() {
         .unwrap();
     assert_eq!(problem(wrong_type, 400).await["field"], "Content-Type");
 
-    let check = stack.http.post(stack.url("/v1/download/check")).json(&json!({"file_id": "x"})).send().await.unwrap();
+    let check = stack
+        .http
+        .post(stack.url("/v1/download/check"))
+        .json(&json!({"file_id": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(check, 400).await["field"], "file_id");
-    let check = stack.http.post(stack.url("/v1/download/check")).json(&json!({"file_id": 5})).send().await.unwrap();
+    let check = stack
+        .http
+        .post(stack.url("/v1/download/check"))
+        .json(&json!({"file_id": 5}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(check, 400).await["field"], "file_id");
 
-    let bad_job_id = stack.http.get(stack.url("/v1/download/status/not-a-uuid")).header("X-User-Id", "val").send().await.unwrap();
+    let bad_job_id = stack
+        .http
+        .get(stack.url("/v1/download/status/not-a-uuid"))
+        .header("X-User-Id", "val")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(bad_job_id, 400).await["field"], "jobId");
 }
 
@@ -86,7 +139,8 @@ async fn oversized_bodies_answer_413_whether_announced_or_streamed() {
     let announced = initiate(&stack, &big).send().await.unwrap();
     assert_eq!(problem(announced, 413).await["code"], "PAYLOAD_TOO_LARGE");
 
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big.as_bytes().chunks(100).map(|chunk| Ok(chunk.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.as_bytes().chunks(100).map(|chunk| Ok(chunk.to_vec())).collect();
     let streamed = stack
         .http
         .post(stack.url("/v1/download/initiate"))
@@ -107,18 +161,44 @@ async fn job_endpoints_need_an_identity_and_hide_other_users_jobs() {
     let job_id = stack.initiate("owner", &[40_000]).await.unwrap();
     stack.wait_for_terminal("owner", &job_id).await.unwrap();
 
-    let paths = [format!("/v1/download/status/{job_id}"), format!("/v1/download/{job_id}")];
+    let paths = [
+        format!("/v1/download/status/{job_id}"),
+        format!("/v1/download/{job_id}"),
+    ];
     for path in &paths {
         let anonymous = stack.http.get(stack.url(path)).send().await.unwrap();
         assert_eq!(problem(anonymous, 401).await["code"], "UNAUTHENTICATED");
-        let malformed = stack.http.get(stack.url(path)).header("X-User-Id", "a b").send().await.unwrap();
+        let malformed = stack
+            .http
+            .get(stack.url(path))
+            .header("X-User-Id", "a b")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(problem(malformed, 401).await["code"], "UNAUTHENTICATED");
-        let intruder = stack.http.get(stack.url(path)).header("X-User-Id", "intruder").send().await.unwrap();
+        let intruder = stack
+            .http
+            .get(stack.url(path))
+            .header("X-User-Id", "intruder")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(problem(intruder, 404).await["code"], "NOT_FOUND");
     }
-    let anonymous_initiate = stack.http.post(stack.url("/v1/download/initiate")).json(&json!({"file_ids": [40000]})).send().await.unwrap();
+    let anonymous_initiate = stack
+        .http
+        .post(stack.url("/v1/download/initiate"))
+        .json(&json!({"file_ids": [40000]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(anonymous_initiate, 401).await["code"], "UNAUTHENTICATED");
-    let anonymous_cancel = stack.http.delete(stack.url(&format!("/v1/download/{job_id}"))).send().await.unwrap();
+    let anonymous_cancel = stack
+        .http
+        .delete(stack.url(&format!("/v1/download/{job_id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(anonymous_cancel, 401).await["code"], "UNAUTHENTICATED");
     let unknown = stack
         .http
@@ -136,7 +216,13 @@ async fn unknown_routes_and_wrong_methods_are_problems_too() {
     let stack = Stack::start(&[]).await.unwrap();
     let missing = stack.http.get(stack.url("/v2/nothing")).send().await.unwrap();
     assert_eq!(problem(missing, 404).await["code"], "NOT_FOUND");
-    let wrong_method = stack.http.put(stack.url("/v1/download/initiate")).header("X-User-Id", "u").send().await.unwrap();
+    let wrong_method = stack
+        .http
+        .put(stack.url("/v1/download/initiate"))
+        .header("X-User-Id", "u")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(problem(wrong_method, 405).await["code"], "METHOD_NOT_ALLOWED");
 }
 
@@ -152,19 +238,37 @@ async fn the_result_endpoint_redirects_when_ready_and_says_when_to_retry_before(
     .unwrap();
     let content = stack.put_file(40_001, 5000).await.unwrap();
     let job_id = stack.initiate("hank", &[40_001]).await.unwrap();
-    let pending = stack.http.get(stack.url(&format!("/v1/download/{job_id}"))).header("X-User-Id", "hank").send().await.unwrap();
+    let pending = stack
+        .http
+        .get(stack.url(&format!("/v1/download/{job_id}")))
+        .header("X-User-Id", "hank")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(pending.status(), 200);
     assert!(pending.headers().contains_key("retry-after"));
     assert_eq!(pending.headers()["cache-control"], "no-store");
     let body: Value = pending.json().await.unwrap();
-    assert!(matches!(body["status"].as_str(), Some("queued" | "processing")), "{body}");
+    assert!(
+        matches!(body["status"].as_str(), Some("queued" | "processing")),
+        "{body}"
+    );
     assert!(body["estimatedCompletion"].is_string(), "{body}");
 
     stack.wait_for_terminal("hank", &job_id).await.unwrap();
-    let ready = stack.http.get(stack.url(&format!("/v1/download/{job_id}"))).header("X-User-Id", "hank").send().await.unwrap();
+    let ready = stack
+        .http
+        .get(stack.url(&format!("/v1/download/{job_id}")))
+        .header("X-User-Id", "hank")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::FOUND);
     let location = ready.headers()["location"].to_str().unwrap().to_string();
-    assert_eq!(reqwest::get(&location).await.unwrap().bytes().await.unwrap().to_vec(), content);
+    assert_eq!(
+        reqwest::get(&location).await.unwrap().bytes().await.unwrap().to_vec(),
+        content
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +294,10 @@ async fn progress_is_reported_while_the_simulated_delay_runs() {
     assert_eq!(stack.wait_for_terminal("ivy", &job_id).await.unwrap()["progress"], 100);
     let events = stack.events(&job_id).await.unwrap();
     let progress: Vec<u64> = events.iter().map(|event| event["progress"].as_u64().unwrap()).collect();
-    assert!(progress.windows(2).all(|pair| pair[0] <= pair[1]), "progress never goes back: {progress:?}");
+    assert!(
+        progress.windows(2).all(|pair| pair[0] <= pair[1]),
+        "progress never goes back: {progress:?}"
+    );
     assert!(events.len() >= 5, "progress is published as it moves: {progress:?}");
 }
 
@@ -199,16 +306,44 @@ async fn each_client_gets_its_own_budget_and_429_says_when_to_retry() {
     init_logs();
     let stack = Stack::start(&[("RATE_LIMIT_MAX_REQUESTS", "3")]).await.unwrap();
     for remaining in [2, 1, 0] {
-        let response = stack.http.get(stack.url("/")).header("X-User-Id", "busy").send().await.unwrap();
+        let response = stack
+            .http
+            .get(stack.url("/"))
+            .header("X-User-Id", "busy")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["ratelimit-limit"], "3");
-        assert_eq!(response.headers()["ratelimit-remaining"], remaining.to_string().as_str());
+        assert_eq!(
+            response.headers()["ratelimit-remaining"],
+            remaining.to_string().as_str()
+        );
         assert!(response.headers().contains_key("ratelimit-reset"));
     }
-    let refused = stack.http.get(stack.url("/")).header("X-User-Id", "busy").send().await.unwrap();
-    assert!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let refused = stack
+        .http
+        .get(stack.url("/"))
+        .header("X-User-Id", "busy")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
     assert_eq!(problem(refused, 429).await["code"], "RATE_LIMITED");
-    let other = stack.http.get(stack.url("/")).header("X-User-Id", "calm").send().await.unwrap();
+    let other = stack
+        .http
+        .get(stack.url("/"))
+        .header("X-User-Id", "calm")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status(), 200, "another user has its own budget");
 }
 
@@ -216,14 +351,29 @@ async fn each_client_gets_its_own_budget_and_429_says_when_to_retry() {
 async fn every_response_carries_request_id_security_and_cors_headers() {
     init_logs();
     let stack = Stack::start(&[]).await.unwrap();
-    let echoed = stack.http.get(stack.url("/")).header("X-Request-ID", "trace-me-42").send().await.unwrap();
+    let echoed = stack
+        .http
+        .get(stack.url("/"))
+        .header("X-Request-ID", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
     let body: Value = echoed.json().await.unwrap();
     assert!(body["message"].is_string());
 
-    let problem_response = stack.http.get(stack.url("/nowhere")).header("Origin", "https://app.example").send().await.unwrap();
+    let problem_response = stack
+        .http
+        .get(stack.url("/nowhere"))
+        .header("Origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
     let headers = problem_response.headers();
-    assert!(uuid::Uuid::parse_str(headers["x-request-id"].to_str().unwrap()).is_ok(), "a fresh id is minted");
+    assert!(
+        uuid::Uuid::parse_str(headers["x-request-id"].to_str().unwrap()).is_ok(),
+        "a fresh id is minted"
+    );
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert!(headers.contains_key("x-frame-options"));
     assert!(headers.contains_key("strict-transport-security"));

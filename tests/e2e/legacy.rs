@@ -10,10 +10,34 @@ async fn check_reports_availability_key_and_size_without_identity() {
     init_logs();
     let stack = Stack::start(&[]).await.unwrap();
     stack.put_file(60_000, 1234).await.unwrap();
-    let present: Value = stack.http.post(stack.url("/v1/download/check")).json(&json!({"file_id": 60000})).send().await.unwrap().json().await.unwrap();
-    assert_eq!(present, json!({"file_id": 60000, "available": true, "s3Key": "downloads/60000.zip", "size": 1234}));
-    let absent: Value = stack.http.post(stack.url("/v1/download/check")).json(&json!({"file_id": 60001})).send().await.unwrap().json().await.unwrap();
-    assert_eq!(absent, json!({"file_id": 60001, "available": false, "s3Key": null, "size": null}));
+    let present: Value = stack
+        .http
+        .post(stack.url("/v1/download/check"))
+        .json(&json!({"file_id": 60000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        present,
+        json!({"file_id": 60000, "available": true, "s3Key": "downloads/60000.zip", "size": 1234})
+    );
+    let absent: Value = stack
+        .http
+        .post(stack.url("/v1/download/check"))
+        .json(&json!({"file_id": 60001}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        absent,
+        json!({"file_id": 60001, "available": false, "s3Key": null, "size": null})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,7 +45,13 @@ async fn start_answers_like_the_old_service_when_the_job_ends_within_the_wait() 
     init_logs();
     let stack = Stack::start(&[]).await.unwrap();
     let content = stack.put_file(60_002, 777).await.unwrap();
-    let response = stack.http.post(stack.url("/v1/download/start")).json(&json!({"file_id": 60002})).send().await.unwrap();
+    let response = stack
+        .http
+        .post(stack.url("/v1/download/start"))
+        .json(&json!({"file_id": 60002}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["file_id"], 60002);
@@ -30,9 +60,18 @@ async fn start_answers_like_the_old_service_when_the_job_ends_within_the_wait() 
     assert!(body["processingTimeMs"].is_u64());
     assert!(body["message"].is_string());
     let url = body["downloadUrl"].as_str().unwrap();
-    assert_eq!(reqwest::get(url).await.unwrap().bytes().await.unwrap().to_vec(), content);
+    assert_eq!(
+        reqwest::get(url).await.unwrap().bytes().await.unwrap().to_vec(),
+        content
+    );
 
-    let missing = stack.http.post(stack.url("/v1/download/start")).json(&json!({"file_id": 60003})).send().await.unwrap();
+    let missing = stack
+        .http
+        .post(stack.url("/v1/download/start"))
+        .json(&json!({"file_id": 60003}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 200);
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["status"], "failed");
@@ -66,5 +105,8 @@ async fn start_hands_back_a_job_to_poll_instead_of_timing_out() {
     let job_id = body["jobId"].as_str().unwrap();
     assert_eq!(location, format!("/v1/download/status/{job_id}"));
     assert_eq!(body["statusUrl"], location);
-    assert_eq!(stack.wait_for_terminal("legacy-client", job_id).await.unwrap()["status"], "completed");
+    assert_eq!(
+        stack.wait_for_terminal("legacy-client", job_id).await.unwrap()["status"],
+        "completed"
+    );
 }

@@ -37,26 +37,47 @@ async fn a_single_file_job_completes_and_its_presigned_url_serves_the_file() {
     assert_eq!(status["status"], "completed", "{status}");
     assert_eq!(status["progress"], 100);
     assert_eq!(status["attempt"], 1);
-    assert_eq!(status["files"], serde_json::json!([{"fileId": 70000, "available": true, "size": 300000}]));
+    assert_eq!(
+        status["files"],
+        serde_json::json!([{"fileId": 70000, "available": true, "size": 300000}])
+    );
     assert!(status["completedAt"].as_str().unwrap().ends_with('Z'));
 
     let url = status["downloadUrl"].as_str().unwrap();
     let downloaded = reqwest::get(url).await.unwrap();
     assert_eq!(downloaded.status(), 200);
-    let disposition = downloaded.headers()["content-disposition"].to_str().unwrap().to_string();
+    let disposition = downloaded.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(disposition.contains("70000.zip"), "{disposition}");
     assert_eq!(downloaded.bytes().await.unwrap().to_vec(), content);
 
     let tampered = url.replace("70000.zip", "70001.zip");
-    assert_eq!(reqwest::get(&tampered).await.unwrap().status(), 403, "a URL signed for another key is refused");
+    assert_eq!(
+        reqwest::get(&tampered).await.unwrap().status(),
+        403,
+        "a URL signed for another key is refused"
+    );
     let mut forged = url.to_string();
     let signature_start = forged.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
-    let flipped = if &forged[signature_start..signature_start + 1] == "0" { "1" } else { "0" };
+    let flipped = if &forged[signature_start..signature_start + 1] == "0" {
+        "1"
+    } else {
+        "0"
+    };
     forged.replace_range(signature_start..signature_start + 1, flipped);
-    assert_eq!(reqwest::get(&forged).await.unwrap().status(), 403, "a forged signature is refused");
+    assert_eq!(
+        reqwest::get(&forged).await.unwrap().status(),
+        403,
+        "a forged signature is refused"
+    );
 
     let second = stack.status("alice", job_id).await.unwrap();
-    assert_ne!(second["downloadUrl"], status["downloadUrl"], "every read mints a fresh URL");
+    assert_ne!(
+        second["downloadUrl"], status["downloadUrl"],
+        "every read mints a fresh URL"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,7 +91,12 @@ async fn an_expired_presigned_url_is_refused() {
     assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
     system_tests::wait::wait_until("the URL to expire", Duration::from_secs(10), || {
         let url = url.clone();
-        async move { reqwest::get(&url).await.map(|response| response.status() == 403).unwrap_or(false) }
+        async move {
+            reqwest::get(&url)
+                .await
+                .map(|response| response.status() == 403)
+                .unwrap_or(false)
+        }
     })
     .await
     .unwrap();
@@ -85,12 +111,18 @@ async fn a_multi_file_job_bundles_the_available_files_byte_for_byte_and_lists_th
     let second = stack.put_file(10_002, 4096).await.unwrap();
     let empty = stack.put_file(10_003, 0).await.unwrap();
 
-    let job_id = stack.initiate("bob", &[10_001, 10_002, 10_002, 99_999, 10_003]).await.unwrap();
+    let job_id = stack
+        .initiate("bob", &[10_001, 10_002, 10_002, 99_999, 10_003])
+        .await
+        .unwrap();
     let status = stack.wait_for_terminal("bob", &job_id).await.unwrap();
     assert_eq!(status["status"], "completed", "{status}");
     let files = status["files"].as_array().unwrap();
     assert_eq!(files.len(), 4, "duplicates count once: {status}");
-    assert_eq!(files[2], serde_json::json!({"fileId": 99999, "available": false, "size": null}));
+    assert_eq!(
+        files[2],
+        serde_json::json!({"fileId": 99999, "available": false, "size": null})
+    );
 
     let bundle_key = format!("bundles/{job_id}.zip");
     let url = status["downloadUrl"].as_str().unwrap();
@@ -131,8 +163,14 @@ async fn two_processors_share_the_work_and_no_job_runs_twice() {
     init_logs();
     let mut stack = Stack::servers_only(&[]).await.unwrap();
     stack.start_presigner().await.unwrap();
-    let first = stack.start_processor(&[("PROCESSOR_CONCURRENCY", "2"), ("PROCESSOR_ID", "worker-a")]).await.unwrap();
-    let second = stack.start_processor(&[("PROCESSOR_CONCURRENCY", "2"), ("PROCESSOR_ID", "worker-b")]).await.unwrap();
+    let first = stack
+        .start_processor(&[("PROCESSOR_CONCURRENCY", "2"), ("PROCESSOR_ID", "worker-a")])
+        .await
+        .unwrap();
+    let second = stack
+        .start_processor(&[("PROCESSOR_CONCURRENCY", "2"), ("PROCESSOR_ID", "worker-b")])
+        .await
+        .unwrap();
     stack.start_intake().await.unwrap();
     stack.put_file(20_000, 2000).await.unwrap();
 
@@ -148,13 +186,26 @@ async fn two_processors_share_the_work_and_no_job_runs_twice() {
         assert_eq!(status["status"], "completed");
         assert_eq!(status["attempt"], 1, "job {job_id} was delivered more than once");
         let record: serde_json::Value = serde_json::from_slice(&kv.get(job_id).await.unwrap().unwrap()).unwrap();
-        *handled_by.entry(record["processedBy"].as_str().unwrap().to_string()).or_default() += 1;
+        *handled_by
+            .entry(record["processedBy"].as_str().unwrap().to_string())
+            .or_default() += 1;
         let events = stack.events(job_id).await.unwrap();
-        let claims = events.iter().filter(|event| event["status"] == "processing" && event["progress"] == 0).count();
+        let claims = events
+            .iter()
+            .filter(|event| event["status"] == "processing" && event["progress"] == 0)
+            .count();
         assert_eq!(claims, 1, "job {job_id} was claimed {claims} times");
         let sequence: Vec<u64> = events.iter().map(|event| event["seq"].as_u64().unwrap()).collect();
-        assert_eq!(sequence, (1..=events.len() as u64).collect::<Vec<_>>(), "events are numbered without gaps");
+        assert_eq!(
+            sequence,
+            (1..=events.len() as u64).collect::<Vec<_>>(),
+            "events are numbered without gaps"
+        );
     }
     let workers: HashSet<&String> = handled_by.keys().collect();
-    assert_eq!(workers, HashSet::from([&first, &second]), "both processors took jobs: {handled_by:?}");
+    assert_eq!(
+        workers,
+        HashSet::from([&first, &second]),
+        "both processors took jobs: {handled_by:?}"
+    );
 }

@@ -21,7 +21,10 @@ pub const S3_BUCKET: &str = "downloads";
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
 }
 
 /// A binary installed by `deploy/local/install` into the project venv.
@@ -41,7 +44,8 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn port_answers(port: u16) -> bool {
+/// Whether something listens on a loopback port.
+pub fn port_answers(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
@@ -61,25 +65,48 @@ pub struct NatsServer {
     pub ports: NatsPorts,
     store: tempfile::TempDir,
     log: PathBuf,
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
     /// Starts a server on free ports.
     pub async fn start() -> anyhow::Result<Self> {
-        let ports = NatsPorts { client: free_port(), monitor: free_port() };
+        let ports = NatsPorts {
+            client: free_port(),
+            monitor: free_port(),
+        };
         Self::start_on(ports, tempfile::tempdir()?).await
     }
 
     /// Starts a server on the given ports and store.
     pub async fn start_on(ports: NatsPorts, store: tempfile::TempDir) -> anyhow::Result<Self> {
-        let mut server = NatsServer { child: None, ports, log: store.path().join("nats.log"), store };
+        Self::start_configured(ports, store, None).await
+    }
+
+    /// Starts a server with a configuration file (ports given here override the file's).
+    pub async fn start_configured(
+        ports: NatsPorts,
+        store: tempfile::TempDir,
+        config: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let mut server = NatsServer {
+            child: None,
+            ports,
+            log: store.path().join("nats.log"),
+            store,
+            config,
+        };
         server.spawn().await?;
         Ok(server)
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::File::create(&self.log)?;
-        let child = Command::new(venv_binary("nats-server")?)
+        let mut command = Command::new(venv_binary("nats-server")?);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1"])
             .args(["-p", &self.ports.client.to_string()])
             .args(["-m", &self.ports.monitor.to_string()])
@@ -91,7 +118,10 @@ impl NatsServer {
             .context("starting nats-server")?;
         self.child = Some(child);
         let port = self.ports.client;
-        wait_until("nats-server to listen", Duration::from_secs(20), || async move { port_answers(port) }).await?;
+        wait_until("nats-server to listen", Duration::from_secs(20), || async move {
+            port_answers(port)
+        })
+        .await?;
         Ok(())
     }
 
@@ -129,6 +159,29 @@ pub struct S3Ports {
     others: Vec<u16>,
 }
 
+impl S3Ports {
+    /// Free ports.
+    pub fn free() -> Self {
+        S3Ports {
+            s3: free_port(),
+            others: (0..9).map(|_| free_port()).collect(),
+        }
+    }
+
+    /// The S3 API on `s3`, SeaweedFS's internal servers on the nine ports from `internal_base`.
+    pub fn fixed(s3: u16, internal_base: u16) -> Self {
+        S3Ports {
+            s3,
+            others: (0..9).map(|offset| internal_base + offset).collect(),
+        }
+    }
+
+    /// Every port the process binds.
+    pub fn all(&self) -> Vec<u16> {
+        std::iter::once(self.s3).chain(self.others.iter().copied()).collect()
+    }
+}
+
 /// A running SeaweedFS with its S3 gateway and the `downloads` bucket.
 pub struct S3Server {
     child: Option<Child>,
@@ -141,14 +194,17 @@ pub struct S3Server {
 impl S3Server {
     /// Starts SeaweedFS on free ports and waits until the bucket answers a signed HEAD.
     pub async fn start() -> anyhow::Result<Self> {
-        let ports = S3Ports { s3: free_port(), others: (0..9).map(|_| free_port()).collect() };
-        let data = tempfile::tempdir()?;
-        Self::start_on(ports, data).await
+        Self::start_on(S3Ports::free(), tempfile::tempdir()?).await
     }
 
     /// Starts SeaweedFS on the given ports and data dir.
     pub async fn start_on(ports: S3Ports, data: tempfile::TempDir) -> anyhow::Result<Self> {
-        let mut server = S3Server { child: None, ports, log: data.path().join("weed.log"), data };
+        let mut server = S3Server {
+            child: None,
+            ports,
+            log: data.path().join("weed.log"),
+            data,
+        };
         server.spawn().await?;
         Ok(server)
     }
@@ -170,7 +226,12 @@ impl S3Server {
             .arg(format!("-s3.port.grpc={}", other[6]))
             .arg(format!("-admin.port={}", other[7]))
             .arg(format!("-admin.port.grpc={}", other[8]))
-            .args(["-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .args([
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
             .arg(format!("-bucket={S3_BUCKET}"))
             .env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)

@@ -25,7 +25,10 @@ pub struct Service {
 impl Service {
     fn spawn(task: impl FnOnce(CancellationToken) -> JoinHandle<anyhow::Result<()>>) -> Self {
         let token = CancellationToken::new();
-        Service { task: Some(task(token.clone())), token }
+        Service {
+            task: Some(task(token.clone())),
+            token,
+        }
     }
 
     /// Signals shutdown and waits for the service to drain and stop.
@@ -103,8 +106,20 @@ impl Stack {
             env = env.with(*key, *value);
         }
         let storage = Storage::new(&s3.settings())?;
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
-        Ok(Stack { nats, s3, env, intake: None, intake_address: None, processors: Vec::new(), presigner: None, http, storage })
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Stack {
+            nats,
+            s3,
+            env,
+            intake: None,
+            intake_address: None,
+            processors: Vec::new(),
+            presigner: None,
+            http,
+            storage,
+        })
     }
 
     /// The configuration services get.
@@ -117,7 +132,9 @@ impl Stack {
         let settings = intake::Settings::from_env(&self.env)?;
         let application = intake::Application::build(settings).await?;
         self.intake_address = Some(application.local_addr());
-        self.intake = Some(Service::spawn(|token| tokio::spawn(application.run_until_stopped(token))));
+        self.intake = Some(Service::spawn(|token| {
+            tokio::spawn(application.run_until_stopped(token))
+        }));
         Ok(())
     }
 
@@ -129,7 +146,8 @@ impl Stack {
         }
         let settings = processor::Settings::from_env(&env)?;
         let instance_id = settings.instance_id.clone();
-        self.processors.push(Service::spawn(|token| tokio::spawn(processor::run(settings, token))));
+        self.processors
+            .push(Service::spawn(|token| tokio::spawn(processor::run(settings, token))));
         self.wait_for_pull_consumers(self.processors.len()).await?;
         Ok(instance_id)
     }
@@ -137,17 +155,21 @@ impl Stack {
     /// Waits until `count` processors are pulling from the shared consumer.
     async fn wait_for_pull_consumers(&self, count: usize) -> anyhow::Result<()> {
         let jetstream = async_nats::jetstream::new(self.nats_client().await?);
-        wait_for("processors to pull from the job consumer", Duration::from_secs(20), || {
-            let jetstream = jetstream.clone();
-            async move {
-                let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
-                    .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
-                    .await
-                    .ok()?;
-                let info = consumer.info().await.ok()?;
-                (info.num_waiting >= count).then_some(())
-            }
-        })
+        wait_for(
+            "processors to pull from the job consumer",
+            Duration::from_secs(20),
+            || {
+                let jetstream = jetstream.clone();
+                async move {
+                    let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
+                        .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
+                        .await
+                        .ok()?;
+                    let info = consumer.info().await.ok()?;
+                    (info.num_waiting >= count).then_some(())
+                }
+            },
+        )
         .await
     }
 
@@ -160,7 +182,10 @@ impl Stack {
             let client = client.clone();
             async move {
                 let subject = format!("$SRV.PING.{}", common::names::PRESIGNER_SERVICE);
-                tokio::time::timeout(Duration::from_millis(500), client.request(subject, "".into())).await.ok()?.ok()
+                tokio::time::timeout(Duration::from_millis(500), client.request(subject, "".into()))
+                    .await
+                    .ok()?
+                    .ok()
             }
         })
         .await?;
@@ -199,14 +224,21 @@ impl Stack {
         if self.storage.object_size(key).await?.is_none() {
             return Ok(None);
         }
-        let response = self.storage.client().get_object(self.storage.bucket(), key)?.build().send().await?;
+        let response = self
+            .storage
+            .client()
+            .get_object(self.storage.bucket(), key)?
+            .build()
+            .send()
+            .await?;
         Ok(Some(response.into_bytes().await?.to_vec()))
     }
 
     /// Uploads `downloads/{id}.zip` with deterministic content of `size` bytes; returns it.
     pub async fn put_file(&self, file_id: u64, size: usize) -> anyhow::Result<Vec<u8>> {
         let bytes = crate::sample_bytes(file_id, size);
-        self.put_object(&common::names::source_key(file_id), bytes.clone()).await?;
+        self.put_object(&common::names::source_key(file_id), bytes.clone())
+            .await?;
         Ok(bytes)
     }
 
@@ -219,7 +251,12 @@ impl Stack {
             .json(&serde_json::json!({ "file_ids": file_ids }))
             .send()
             .await?;
-        anyhow::ensure!(response.status() == 202, "initiate answered {}: {}", response.status(), response.text().await?);
+        anyhow::ensure!(
+            response.status() == 202,
+            "initiate answered {}: {}",
+            response.status(),
+            response.text().await?
+        );
         let body: Value = response.json().await?;
         Ok(body["jobId"].as_str().context("jobId")?.to_string())
     }
@@ -245,10 +282,14 @@ impl Stack {
         predicate: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
         let predicate = &predicate;
-        wait_for(&format!("job {job_id} to reach the expected status"), timeout, || async move {
-            let status = self.status(user, job_id).await.ok()?;
-            predicate(&status).then_some(status)
-        })
+        wait_for(
+            &format!("job {job_id} to reach the expected status"),
+            timeout,
+            || async move {
+                let status = self.status(user, job_id).await.ok()?;
+                predicate(&status).then_some(status)
+            },
+        )
         .await
     }
 

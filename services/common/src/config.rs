@@ -30,12 +30,19 @@ pub struct Env {
 impl Env {
     /// The process environment, read once.
     pub fn from_process() -> Self {
-        Env { variables: std::env::vars().collect() }
+        Env {
+            variables: std::env::vars().collect(),
+        }
     }
 
     /// Variables from explicit pairs (tests, embedded use).
     pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
-        Env { variables: pairs.into_iter().map(|(key, value)| (key.into(), value.into())).collect() }
+        Env {
+            variables: pairs
+                .into_iter()
+                .map(|(key, value)| (key.into(), value.into()))
+                .collect(),
+        }
     }
 
     /// Sets one variable in this snapshot (not in the process).
@@ -46,7 +53,10 @@ impl Env {
 
     /// The raw value, if set and not empty.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.variables.get(key).map(String::as_str).filter(|value| !value.trim().is_empty())
+        self.variables
+            .get(key)
+            .map(String::as_str)
+            .filter(|value| !value.trim().is_empty())
     }
 
     /// A string with a default.
@@ -154,10 +164,9 @@ impl NatsSettings {
                 "scheme must be nats, tls, ws or wss",
             )?;
         }
-        let user_password = match env.get("NATS_USER") {
-            Some(user) => Some((user.to_string(), env.secret("NATS_PASSWORD", ""))),
-            None => None,
-        };
+        let user_password = env
+            .get("NATS_USER")
+            .map(|user| (user.to_string(), env.secret("NATS_PASSWORD", "")));
         let tls_client_cert = match (env.get("NATS_TLS_CERT_FILE"), env.get("NATS_TLS_KEY_FILE")) {
             (Some(cert), Some(key)) => Some((cert.to_string(), key.to_string())),
             (None, None) => None,
@@ -215,7 +224,9 @@ impl S3Settings {
         let bucket = env.string("S3_BUCKET_NAME", "downloads");
         env.require(
             (3..=63).contains(&bucket.len())
-                && bucket.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'.'),
+                && bucket
+                    .bytes()
+                    .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'.'),
             "S3_BUCKET_NAME",
             "must be a valid S3 bucket name (3-63 lowercase letters, digits, '-' or '.')",
         )?;

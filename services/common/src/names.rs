@@ -58,7 +58,10 @@ pub fn bundle_key(job_id: &str) -> String {
 /// Whether `key` is a key this system produces results under: `downloads/{digits}.zip` or
 /// `bundles/{uuid}.zip`. The presigner signs nothing else.
 pub fn is_result_key(key: &str) -> bool {
-    if let Some(digits) = key.strip_prefix("downloads/").and_then(|rest| rest.strip_suffix(".zip")) {
+    if let Some(digits) = key
+        .strip_prefix("downloads/")
+        .and_then(|rest| rest.strip_suffix(".zip"))
+    {
         return !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|byte| byte.is_ascii_digit());
     }
     if let Some(job_id) = key.strip_prefix("bundles/").and_then(|rest| rest.strip_suffix(".zip")) {

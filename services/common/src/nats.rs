@@ -64,7 +64,10 @@ pub async fn connect(settings: &NatsSettings, connection_name: &str) -> Result<a
         .map(|url| url.parse())
         .collect::<Result<_, _>>()
         .map_err(|error| NatsSetupError::Connect(Box::new(error)))?;
-    options.connect(addresses).await.map_err(|error| NatsSetupError::Connect(Box::new(error)))
+    options
+        .connect(addresses)
+        .await
+        .map_err(|error| NatsSetupError::Connect(Box::new(error)))
 }
 
 /// Values of the definitions that depend on configuration.
@@ -80,7 +83,11 @@ pub struct Topology {
 
 impl Default for Topology {
     fn default() -> Self {
-        Topology { replicas: 1, max_deliver: 4, ack_wait: Duration::from_secs(30) }
+        Topology {
+            replicas: 1,
+            max_deliver: 4,
+            ack_wait: Duration::from_secs(30),
+        }
     }
 }
 
@@ -189,7 +196,10 @@ pub async fn provision(client: &async_nats::Client, topology: &Topology) -> Resu
                 .create_or_update_key_value(jobs_bucket_config(topology))
                 .await
                 .map_err(|error| failed(names::JOBS_BUCKET)(Box::new(error)))?;
-            Ok(JetStreamHandles { jetstream: jetstream.clone(), jobs })
+            Ok(JetStreamHandles {
+                jetstream: jetstream.clone(),
+                jobs,
+            })
         }
         .await;
         match result {

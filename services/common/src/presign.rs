@@ -29,15 +29,25 @@ pub async fn request_url(
     filename: &str,
     timeout: Duration,
 ) -> Result<(String, DateTime<Utc>), PresignError> {
-    let request = PresignRequest::V1 { key: key.to_string(), filename: filename.to_string() };
+    let request = PresignRequest::V1 {
+        key: key.to_string(),
+        filename: filename.to_string(),
+    };
     let payload = Bytes::from(serde_json::to_vec(&request).expect("requests serialize"));
     let mut headers = async_nats::HeaderMap::new();
     telemetry::inject_current(&mut headers);
-    let reply = tokio::time::timeout(timeout, client.request_with_headers(names::PRESIGN_SUBJECT, headers, payload))
-        .await
-        .map_err(|elapsed| PresignError::Unavailable(Box::new(elapsed)))?
-        .map_err(|error| PresignError::Unavailable(Box::new(error)))?;
-    if let Some(service_error) = reply.headers.as_ref().and_then(|headers| headers.get("Nats-Service-Error")) {
+    let reply = tokio::time::timeout(
+        timeout,
+        client.request_with_headers(names::PRESIGN_SUBJECT, headers, payload),
+    )
+    .await
+    .map_err(|elapsed| PresignError::Unavailable(Box::new(elapsed)))?
+    .map_err(|error| PresignError::Unavailable(Box::new(error)))?;
+    if let Some(service_error) = reply
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("Nats-Service-Error"))
+    {
         return Err(PresignError::Refused(service_error.as_str().to_string()));
     }
     match serde_json::from_slice(&reply.payload).map_err(PresignError::Malformed)? {

@@ -39,7 +39,11 @@ impl RetryPolicy {
             multiplier: env.parse("JOB_RETRY_MULTIPLIER", defaults.multiplier)?,
             max_delay: env.millis("JOB_RETRY_MAX_DELAY_MS", defaults.max_delay.as_millis() as u64)?,
         };
-        env.require((1..=100).contains(&policy.max_attempts), "JOB_MAX_ATTEMPTS", "must be between 1 and 100")?;
+        env.require(
+            (1..=100).contains(&policy.max_attempts),
+            "JOB_MAX_ATTEMPTS",
+            "must be between 1 and 100",
+        )?;
         env.require(
             policy.multiplier.is_finite() && policy.multiplier >= 1.0,
             "JOB_RETRY_MULTIPLIER",
@@ -76,13 +80,20 @@ mod tests {
 
     #[test]
     fn delays_are_capped() {
-        let policy = RetryPolicy { max_attempts: 50, max_delay: Duration::from_secs(30), ..Default::default() };
+        let policy = RetryPolicy {
+            max_attempts: 50,
+            max_delay: Duration::from_secs(30),
+            ..Default::default()
+        };
         assert_eq!(policy.delay_after(40), Some(Duration::from_secs(30)));
     }
 
     #[test]
     fn a_single_attempt_never_retries() {
-        let policy = RetryPolicy { max_attempts: 1, ..Default::default() };
+        let policy = RetryPolicy {
+            max_attempts: 1,
+            ..Default::default()
+        };
         assert_eq!(policy.delay_after(1), None);
     }
 

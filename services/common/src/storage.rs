@@ -35,7 +35,10 @@ impl StorageError {
         use minio::s3::error::{Error, S3ServerError};
         match &error {
             Error::S3Server(S3ServerError::S3Error(response))
-                if matches!(response.code(), MinioErrorCode::NoSuchKey | MinioErrorCode::NoSuchBucket) =>
+                if matches!(
+                    response.code(),
+                    MinioErrorCode::NoSuchKey | MinioErrorCode::NoSuchBucket
+                ) =>
             {
                 StorageError::NotFound
             }
@@ -61,7 +64,11 @@ fn build_client(endpoint: &str, settings: &S3Settings) -> Result<MinioClient, St
         .map_err(|error: minio::s3::error::ValidationErr| StorageError::Config(error.into()))?;
     base_url.region = Region::new(&settings.region).map_err(|error| StorageError::Config(error.into()))?;
     base_url.virtual_style = !settings.force_path_style;
-    let provider = StaticProvider::new(&settings.access_key_id, settings.secret_access_key.expose_secret(), None);
+    let provider = StaticProvider::new(
+        &settings.access_key_id,
+        settings.secret_access_key.expose_secret(),
+        None,
+    );
     MinioClient::new(base_url, Some(provider), None, None).map_err(StorageError::Config)
 }
 
@@ -110,7 +117,9 @@ impl Storage {
             .map_err(|error| StorageError::Config(error.into()))?
             .build();
         match self.timed(request.send()).await {
-            Ok(response) => Ok(Some(response.size().map_err(|error| StorageError::Config(error.into()))?)),
+            Ok(response) => Ok(Some(
+                response.size().map_err(|error| StorageError::Config(error.into()))?,
+            )),
             Err(StorageError::NotFound) => Ok(None),
             Err(error) => Err(error),
         }
@@ -124,7 +133,11 @@ impl Storage {
             .map_err(|error| StorageError::Config(error.into()))?
             .build();
         let response = self.timed(request.send()).await?;
-        if response.exists() { Ok(()) } else { Err(StorageError::NotFound) }
+        if response.exists() {
+            Ok(())
+        } else {
+            Err(StorageError::NotFound)
+        }
     }
 
     /// A presigned GET URL on the public endpoint that downloads `key` as `filename`.
@@ -135,7 +148,10 @@ impl Storage {
             .chars()
             .filter(|character| character.is_ascii_alphanumeric() || matches!(character, '.' | '-' | '_'))
             .collect();
-        query.add("response-content-disposition", format!("attachment; filename=\"{safe_filename}\""));
+        query.add(
+            "response-content-disposition",
+            format!("attachment; filename=\"{safe_filename}\""),
+        );
         let response = self
             .public_client
             .get_presigned_object_url(&self.bucket, key, http::Method::GET)

@@ -115,8 +115,12 @@ impl JobStore {
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
-        let record = JobRecord::from_json_bytes(&entry.value).map_err(|source| StoreError::Corrupt { job_id, source })?;
-        Ok(Some(Versioned { record, revision: entry.revision }))
+        let record =
+            JobRecord::from_json_bytes(&entry.value).map_err(|source| StoreError::Corrupt { job_id, source })?;
+        Ok(Some(Versioned {
+            record,
+            revision: entry.revision,
+        }))
     }
 
     /// Applies `change` to the current record with compare-and-set, re-reading and re-applying
@@ -135,7 +139,11 @@ impl JobStore {
             }
             next.event_seq = current.record.event_seq + 1;
             next.updated_at = Utc::now();
-            match self.kv.update(job_id.to_string(), next.to_json_bytes(), current.revision).await {
+            match self
+                .kv
+                .update(job_id.to_string(), next.to_json_bytes(), current.revision)
+                .await
+            {
                 Ok(_) => {
                     self.publish_event(&next).await;
                     return Ok(Change::Written(next));

@@ -34,7 +34,9 @@ fn install(service_name: &'static str, json_logs: bool, test_writer: bool) {
     let result = if json_logs {
         registry.with(tracing_subscriber::fmt::layer().json()).try_init()
     } else if test_writer {
-        registry.with(tracing_subscriber::fmt::layer().with_test_writer()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_test_writer())
+            .try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer()).try_init()
     };

@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn duplicates_count_once_in_first_seen_order() {
-        assert_eq!(dedupe_file_ids(&[30000, 10000, 30000, 20000, 10000]), vec![30000, 10000, 20000]);
+        assert_eq!(
+            dedupe_file_ids(&[30000, 10000, 30000, 20000, 10000]),
+            vec![30000, 10000, 20000]
+        );
     }
 
     #[test]

@@ -84,7 +84,9 @@ pub fn parse<T: DeserializeOwned + Validate>(data: &[u8]) -> Result<T, poem::Err
     deserializer
         .end()
         .map_err(|error| invalid(format!("malformed JSON: {error}"), None))?;
-    value.validate().map_err(|problem| poem::Error::from(ApiProblem(problem)))?;
+    value
+        .validate()
+        .map_err(|problem| poem::Error::from(ApiProblem(problem)))?;
     Ok(value)
 }
 
@@ -145,6 +147,10 @@ mod tests {
     fn malformed_json_and_empty_bodies_are_refused() {
         assert!(problem_of("{\"file_id\": 1").detail.starts_with("malformed JSON"));
         assert_eq!(problem_of("  ").detail, "request body is required");
-        assert!(problem_of("{\"file_id\": 1} trailing").detail.starts_with("malformed JSON"));
+        assert!(
+            problem_of("{\"file_id\": 1} trailing")
+                .detail
+                .starts_with("malformed JSON")
+        );
     }
 }

@@ -23,7 +23,9 @@ fn caller_request_id(request: &Request) -> Option<String> {
     let value = request.headers().get(REQUEST_ID_HEADER)?.to_str().ok()?;
     let valid = !value.is_empty()
         && value.len() <= 128
-        && value.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':'));
+        && value
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':'));
     valid.then(|| value.to_string())
 }
 
@@ -38,7 +40,10 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
         request_id = %request_id,
         status = tracing::field::Empty,
     );
-    let traceparent = request.headers().get("traceparent").and_then(|value| value.to_str().ok());
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
     telemetry::set_parent_from_http(&span, traceparent);
     let started = Instant::now();
     let mut response = match endpoint.call(request).instrument(span.clone()).await {
@@ -53,7 +58,10 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
     }
     headers.insert("X-Content-Type-Options", HeaderValue::from_static("nosniff"));
     headers.insert("X-Frame-Options", HeaderValue::from_static("DENY"));
-    headers.insert("Strict-Transport-Security", HeaderValue::from_static("max-age=31536000; includeSubDomains"));
+    headers.insert(
+        "Strict-Transport-Security",
+        HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+    );
     headers.insert("Referrer-Policy", HeaderValue::from_static("no-referrer"));
     Ok(response)
 }
@@ -98,10 +106,15 @@ pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: 
     } else {
         let mut response = Problem::new(
             ErrorCode::RateLimited,
-            format!("more than {} requests in the current window; retry after {} s", decision.limit, decision.reset_seconds),
+            format!(
+                "more than {} requests in the current window; retry after {} s",
+                decision.limit, decision.reset_seconds
+            ),
         )
         .into_response();
-        response.headers_mut().insert("Retry-After", HeaderValue::from(decision.reset_seconds));
+        response
+            .headers_mut()
+            .insert("Retry-After", HeaderValue::from(decision.reset_seconds));
         response
     };
     let headers = response.headers_mut();
@@ -113,9 +126,19 @@ pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: 
 
 /// Bounds the request body (413 beyond `MAX_BODY_BYTES`, whether announced or streamed) and the
 /// time a request may take (`REQUEST_TIMEOUT_MS`).
-pub async fn bound_request<E: Endpoint>(endpoint: Arc<E>, mut request: Request, state: Arc<State>) -> poem::Result<Response> {
+pub async fn bound_request<E: Endpoint>(
+    endpoint: Arc<E>,
+    mut request: Request,
+    state: Arc<State>,
+) -> poem::Result<Response> {
     let limit = state.settings.max_body_bytes;
-    let too_large = || Problem::new(ErrorCode::PayloadTooLarge, format!("request body exceeds {limit} bytes")).into_response();
+    let too_large = || {
+        Problem::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body exceeds {limit} bytes"),
+        )
+        .into_response()
+    };
     let announced = request
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)
@@ -129,7 +152,11 @@ pub async fn bound_request<E: Endpoint>(endpoint: Arc<E>, mut request: Request, 
         Ok(bytes) => request.set_body(bytes),
         Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
         Err(error) => {
-            return Ok(Problem::new(ErrorCode::ValidationFailed, format!("request body could not be read: {error}")).into_response());
+            return Ok(Problem::new(
+                ErrorCode::ValidationFailed,
+                format!("request body could not be read: {error}"),
+            )
+            .into_response());
         }
     }
     let timeout = state.settings.request_timeout;
@@ -138,7 +165,8 @@ pub async fn bound_request<E: Endpoint>(endpoint: Arc<E>, mut request: Request, 
         Ok(Err(error)) => Ok(into_problem(error)),
         Err(_) => {
             tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
-            let mut response = Problem::new(ErrorCode::RequestTimeout, "the request took too long; retry").into_response();
+            let mut response =
+                Problem::new(ErrorCode::RequestTimeout, "the request took too long; retry").into_response();
             response.headers_mut().insert("Retry-After", HeaderValue::from(1));
             Ok(response)
         }

@@ -182,7 +182,8 @@ pub fn into_problem(error: poem::Error) -> poem::Response {
     let problem = if error.is::<poem_openapi::error::AuthorizationError>() {
         Problem::new(ErrorCode::Unauthenticated, "the X-User-Id header is missing or invalid").with_field("X-User-Id")
     } else if error.is::<poem_openapi::error::ContentTypeError>() {
-        Problem::new(ErrorCode::ValidationFailed, format!("{message}; send application/json")).with_field("Content-Type")
+        Problem::new(ErrorCode::ValidationFailed, format!("{message}; send application/json"))
+            .with_field("Content-Type")
     } else if let Some(parse) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
         Problem::new(ErrorCode::ValidationFailed, parse.reason.clone()).with_field(parse.name)
     } else if let Some(parse) = error.downcast_ref::<poem_openapi::error::ParsePathError>() {
@@ -190,7 +191,9 @@ pub fn into_problem(error: poem::Error) -> poem::Response {
     } else {
         match status {
             StatusCode::NOT_FOUND => Problem::new(ErrorCode::NotFound, "no such route"),
-            StatusCode::METHOD_NOT_ALLOWED => Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+            }
             StatusCode::PAYLOAD_TOO_LARGE => Problem::new(ErrorCode::PayloadTooLarge, "request body is too large"),
             status if status.is_client_error() => Problem::new(ErrorCode::ValidationFailed, message),
             _ => {

@@ -41,7 +41,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter of `max_requests` per `window`.
     pub fn new(window: Duration, max_requests: u32) -> Self {
-        RateLimiter { window, max_requests, clients: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            window,
+            max_requests,
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Counts one request of `client` at `now`.
@@ -51,7 +55,9 @@ impl RateLimiter {
             let window = self.window;
             clients.retain(|_, entry| now.duration_since(entry.started) < window);
         }
-        let entry = clients.entry(client.to_string()).or_insert(Window { started: now, count: 0 });
+        let entry = clients
+            .entry(client.to_string())
+            .or_insert(Window { started: now, count: 0 });
         if now.duration_since(entry.started) >= self.window {
             *entry = Window { started: now, count: 0 };
         }

@@ -67,14 +67,26 @@ impl Settings {
             max_body_bytes: env.parse("MAX_BODY_BYTES", 64 * 1024)?,
             presign_timeout: env.millis("PRESIGN_TIMEOUT_MS", 2_000)?,
         };
-        env.require(settings.request_timeout >= Duration::from_secs(1), "REQUEST_TIMEOUT_MS", "must be at least 1000")?;
+        env.require(
+            settings.request_timeout >= Duration::from_secs(1),
+            "REQUEST_TIMEOUT_MS",
+            "must be at least 1000",
+        )?;
         env.require(
             settings.start_wait + Duration::from_secs(1) <= settings.request_timeout,
             "START_WAIT_MS",
             "must be at least 1000 ms below REQUEST_TIMEOUT_MS",
         )?;
-        env.require(!settings.rate_limit_window.is_zero(), "RATE_LIMIT_WINDOW_MS", "must be positive")?;
-        env.require(settings.rate_limit_max_requests > 0, "RATE_LIMIT_MAX_REQUESTS", "must be positive")?;
+        env.require(
+            !settings.rate_limit_window.is_zero(),
+            "RATE_LIMIT_WINDOW_MS",
+            "must be positive",
+        )?;
+        env.require(
+            settings.rate_limit_max_requests > 0,
+            "RATE_LIMIT_MAX_REQUESTS",
+            "must be positive",
+        )?;
         env.require(
             (1024..=16 * 1024 * 1024).contains(&settings.max_body_bytes),
             "MAX_BODY_BYTES",
@@ -85,7 +97,11 @@ impl Settings {
 
     /// The JetStream definitions these settings imply (identical to the processors').
     pub fn topology(&self) -> Topology {
-        Topology { replicas: self.nats.replicas, max_deliver: self.retry.max_attempts as i64, ack_wait: self.ack_wait }
+        Topology {
+            replicas: self.nats.replicas,
+            max_deliver: self.retry.max_attempts as i64,
+            ack_wait: self.ack_wait,
+        }
     }
 }
 

@@ -37,7 +37,11 @@ impl Settings {
             "PRESIGNED_URL_EXPIRY_SECONDS",
             "must be between 1 and 604800 (7 days, the S3 maximum)",
         )?;
-        Ok(Settings { nats: NatsSettings::from_env(env)?, s3: S3Settings::from_env(env)?, url_expiry })
+        Ok(Settings {
+            nats: NatsSettings::from_env(env)?,
+            s3: S3Settings::from_env(env)?,
+            url_expiry,
+        })
     }
 }
 
@@ -71,7 +75,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         };
         let span = tracing::info_span!("presign");
         telemetry::set_parent_from_headers(&span, request.message.headers.as_ref());
-        let response = answer(&storage, settings.url_expiry, &request.message.payload).instrument(span).await;
+        let response = answer(&storage, settings.url_expiry, &request.message.payload)
+            .instrument(span)
+            .await;
         if let Err(error) = request.respond(response).await {
             tracing::warn!(%error, "presign reply not sent");
         }
@@ -98,6 +104,9 @@ async fn answer(
         tracing::error!(error = %error, cause = ?std::error::Error::source(&error), key, "presigning failed");
         refuse(SIGNING_FAILED, "presigning failed".into())
     })?;
-    let response = PresignResponse::V1 { url, expires_at: Utc::now() + expiry };
+    let response = PresignResponse::V1 {
+        url,
+        expires_at: Utc::now() + expiry,
+    };
     Ok(Bytes::from(serde_json::to_vec(&response).expect("responses serialize")))
 }

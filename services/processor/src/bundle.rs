@@ -59,8 +59,13 @@ impl UploadInFlight {
 
     /// Aborts the upload, if one is still open, so no partial parts are left behind.
     pub async fn abort(&self, storage: &Storage) {
-        let Some((key, upload_id)) = self.0.lock().expect("upload lock").take() else { return };
-        let request = match storage.client().abort_multipart_upload(storage.bucket(), key.as_str(), upload_id.as_str()) {
+        let Some((key, upload_id)) = self.0.lock().expect("upload lock").take() else {
+            return;
+        };
+        let request = match storage
+            .client()
+            .abort_multipart_upload(storage.bucket(), key.as_str(), upload_id.as_str())
+        {
             Ok(builder) => builder.build(),
             Err(error) => {
                 tracing::warn!(%error, key, "cannot build multipart abort");
@@ -123,7 +128,12 @@ pub async fn build(
             let chunk = match tokio::time::timeout(stall, body.next()).await {
                 Err(_) => return Err(BundleError::Stalled { key: source_key, stall }),
                 Ok(None) => break,
-                Ok(Some(Err(source))) => return Err(BundleError::Read { key: source_key, source }),
+                Ok(Some(Err(source))) => {
+                    return Err(BundleError::Read {
+                        key: source_key,
+                        source,
+                    });
+                }
                 Ok(Some(Ok(chunk))) => chunk,
             };
             zip.write_data(&chunk, &mut buffer);
@@ -161,7 +171,13 @@ async fn upload_part(
     let size = data.len() as u64;
     let request = storage
         .client()
-        .upload_part(storage.bucket(), key, upload_id, number, SegmentedBytes::from(data.freeze()))
+        .upload_part(
+            storage.bucket(),
+            key,
+            upload_id,
+            number,
+            SegmentedBytes::from(data.freeze()),
+        )
         .map_err(|error| StorageError::Config(error.into()))?
         .build();
     let response = storage.timed(request.send()).await?;

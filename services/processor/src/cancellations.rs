@@ -41,7 +41,11 @@ impl InFlight {
     pub fn register(&self, job_id: JobId) -> Registration {
         let token = CancellationToken::new();
         self.0.lock().expect("in-flight lock").insert(job_id, token.clone());
-        Registration { in_flight: self.clone(), job_id, token }
+        Registration {
+            in_flight: self.clone(),
+            job_id,
+            token,
+        }
     }
 
     /// Cancels a job if it runs here; returns whether it did.
@@ -67,7 +71,12 @@ impl InFlight {
 }
 
 /// Listens for cancellation events until `shutdown`, re-subscribing after errors.
-pub async fn listen(jetstream: jetstream::Context, in_flight: InFlight, ready: tokio::sync::oneshot::Sender<()>, shutdown: CancellationToken) {
+pub async fn listen(
+    jetstream: jetstream::Context,
+    in_flight: InFlight,
+    ready: tokio::sync::oneshot::Sender<()>,
+    shutdown: CancellationToken,
+) {
     let mut ready = Some(ready);
     while !shutdown.is_cancelled() {
         let messages = async {
@@ -106,7 +115,9 @@ pub async fn listen(jetstream: jetstream::Context, in_flight: InFlight, ready: t
                     match job_id {
                         Some(job_id) if in_flight.cancel(job_id) => tracing::info!(%job_id, "cancelling running job"),
                         Some(_) => {}
-                        None => tracing::warn!(subject = %message.subject, "cancellation event with a malformed subject ignored"),
+                        None => {
+                            tracing::warn!(subject = %message.subject, "cancellation event with a malformed subject ignored")
+                        }
                     }
                 }
                 Some(Err(error)) => {

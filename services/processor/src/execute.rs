@@ -55,7 +55,10 @@ pub enum JobError {
 impl JobError {
     fn storage(context: &str, error: &(dyn std::error::Error + 'static)) -> Self {
         tracing::warn!(error = %error, cause = ?error.source(), context, "storage failure");
-        JobError::Transient { code: ErrorCode::StorageUnavailable, message: format!("storage unavailable while {context}") }
+        JobError::Transient {
+            code: ErrorCode::StorageUnavailable,
+            message: format!("storage unavailable while {context}"),
+        }
     }
 }
 
@@ -85,7 +88,13 @@ pub struct JobHooks {
 }
 
 /// Runs a job to its result.
-pub async fn run(context: &Context, job_id: JobId, file_ids: &[u64], delay: Duration, hooks: &JobHooks) -> Result<JobResult, JobError> {
+pub async fn run(
+    context: &Context,
+    job_id: JobId,
+    file_ids: &[u64],
+    delay: Duration,
+    hooks: &JobHooks,
+) -> Result<JobResult, JobError> {
     let storage = &context.storage;
     let checks = futures::stream::iter(file_ids.iter().copied())
         .map(|file_id| async move { (file_id, storage.object_size(&names::source_key(file_id)).await) })
@@ -95,14 +104,23 @@ pub async fn run(context: &Context, job_id: JobId, file_ids: &[u64], delay: Dura
     let mut files = Vec::with_capacity(checks.len());
     for (file_id, checked) in checks {
         match checked {
-            Ok(size) => files.push(FileStatus { file_id, available: size.is_some(), size }),
+            Ok(size) => files.push(FileStatus {
+                file_id,
+                available: size.is_some(),
+                size,
+            }),
             Err(error) => return Err(JobError::storage("checking files", &error)),
         }
     }
     hooks.progress.set(CHECKED);
     let available: Vec<bundle::Source> = files
         .iter()
-        .filter_map(|file| Some(bundle::Source { file_id: file.file_id, size: file.size? }))
+        .filter_map(|file| {
+            Some(bundle::Source {
+                file_id: file.file_id,
+                size: file.size?,
+            })
+        })
         .collect();
     let _ = hooks.files_checked.send(files).await;
     if available.is_empty() {
@@ -116,12 +134,19 @@ pub async fn run(context: &Context, job_id: JobId, file_ids: &[u64], delay: Dura
         });
     }
 
-    let delay_end = if available.len() == 1 { DELAY_END_SINGLE } else { DELAY_END_WITH_BUNDLE };
+    let delay_end = if available.len() == 1 {
+        DELAY_END_SINGLE
+    } else {
+        DELAY_END_WITH_BUNDLE
+    };
     simulate_delay(delay, CHECKED, delay_end, &hooks.progress).await;
 
     if let [single] = available.as_slice() {
         hooks.progress.set(DELAY_END_SINGLE);
-        return Ok(JobResult { result_key: names::source_key(single.file_id), result_size: single.size });
+        return Ok(JobResult {
+            result_key: names::source_key(single.file_id),
+            result_size: single.size,
+        });
     }
 
     let key = names::bundle_key(&job_id.to_string());
@@ -129,19 +154,32 @@ pub async fn run(context: &Context, job_id: JobId, file_ids: &[u64], delay: Dura
     let mut copied = 0u64;
     let progress = hooks.progress.clone();
     let span = (BUNDLE_END - delay_end) as u64;
-    let size = bundle::build(storage, &key, &available, context.settings.part_size, &hooks.upload, |bytes| {
-        copied += bytes;
-        progress.set(delay_end + (span * copied.min(total) / total) as u8);
-    })
+    let size = bundle::build(
+        storage,
+        &key,
+        &available,
+        context.settings.part_size,
+        &hooks.upload,
+        |bytes| {
+            copied += bytes;
+            progress.set(delay_end + (span * copied.min(total) / total) as u8);
+        },
+    )
     .await
     .map_err(|error| match error {
         bundle::BundleError::Storage(StorageError::Config(source)) => {
             tracing::error!(error = %source, "storage client misconfigured");
-            JobError::Transient { code: ErrorCode::StorageUnavailable, message: "storage unavailable while bundling".into() }
+            JobError::Transient {
+                code: ErrorCode::StorageUnavailable,
+                message: "storage unavailable while bundling".into(),
+            }
         }
         other => JobError::storage("bundling", &other),
     })?;
-    Ok(JobResult { result_key: key, result_size: size })
+    Ok(JobResult {
+        result_key: key,
+        result_size: size,
+    })
 }
 
 /// The old service's simulated slowness, reported as progress between `from` and `to`.
@@ -176,7 +214,10 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(5_100)).await;
         let midway = progress.get();
-        assert!((28..=32).contains(&midway), "halfway through the delay progress is {midway}");
+        assert!(
+            (28..=32).contains(&midway),
+            "halfway through the delay progress is {midway}"
+        );
         task.await.unwrap();
         assert_eq!(progress.get(), 50);
     }

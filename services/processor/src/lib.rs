@@ -64,10 +64,21 @@ impl Settings {
             ack_wait: env.seconds("JOB_ACK_WAIT_SECONDS", 30)?,
             part_size: env.parse::<usize>("BUNDLE_PART_SIZE_MB", 8)? * 1024 * 1024,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 30)?,
-            instance_id: env.string("PROCESSOR_ID", &format!("processor-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])),
+            instance_id: env.string(
+                "PROCESSOR_ID",
+                &format!("processor-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            ),
         };
-        env.require((1..=10_000).contains(&settings.concurrency), "PROCESSOR_CONCURRENCY", "must be between 1 and 10000")?;
-        env.require(!settings.job_timeout.is_zero(), "JOB_TIMEOUT_SECONDS", "must be at least 1")?;
+        env.require(
+            (1..=10_000).contains(&settings.concurrency),
+            "PROCESSOR_CONCURRENCY",
+            "must be between 1 and 10000",
+        )?;
+        env.require(
+            !settings.job_timeout.is_zero(),
+            "JOB_TIMEOUT_SECONDS",
+            "must be at least 1",
+        )?;
         env.require(
             (Duration::from_millis(50)..=Duration::from_secs(2)).contains(&settings.progress_interval),
             "PROGRESS_INTERVAL_MS",
@@ -146,7 +157,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         cancellations_ready,
         background_stop.clone(),
     ));
-    background.spawn(max_deliveries::listen(client.clone(), context.clone(), background_stop.clone()));
+    background.spawn(max_deliveries::listen(
+        client.clone(),
+        context.clone(),
+        background_stop.clone(),
+    ));
     background.spawn(stats::publish_periodically(context.clone(), background_stop.clone()));
     let _ = tokio::time::timeout(Duration::from_secs(10), cancellations_ready_receiver).await;
 
@@ -155,8 +170,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     jobs.close();
     tracing::info!(running = context.in_flight.len(), "draining running jobs");
-    if tokio::time::timeout(context.settings.shutdown_grace, jobs.wait()).await.is_err() {
-        tracing::warn!(running = context.in_flight.len(), "grace period over, handing running jobs back to the queue");
+    if tokio::time::timeout(context.settings.shutdown_grace, jobs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            running = context.in_flight.len(),
+            "grace period over, handing running jobs back to the queue"
+        );
         context.abandon.cancel();
         jobs.wait().await;
     }

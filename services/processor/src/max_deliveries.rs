@@ -21,7 +21,10 @@ struct MaxDeliveriesAdvisory {
 /// Listens for max-deliveries advisories (one processor of the queue group gets each).
 pub async fn listen(client: async_nats::Client, context: Arc<Context>, stop: CancellationToken) {
     let subject = names::max_deliveries_advisory_subject();
-    let mut advisories = match client.queue_subscribe(subject.clone(), names::PROCESSOR_CONSUMER.to_string()).await {
+    let mut advisories = match client
+        .queue_subscribe(subject.clone(), names::PROCESSOR_CONSUMER.to_string())
+        .await
+    {
         Ok(subscriber) => subscriber,
         Err(error) => {
             tracing::error!(%error, subject, "cannot subscribe to max-deliveries advisories");

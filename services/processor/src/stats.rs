@@ -49,7 +49,9 @@ pub async fn publish_periodically(context: Arc<Context>, stop: CancellationToken
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let Some(mean) = context.stats.take_if_changed() else { continue };
+        let Some(mean) = context.stats.take_if_changed() else {
+            continue;
+        };
         let value = Bytes::from(format!("{}", mean.round() as u64));
         if let Err(error) = context.store.kv().put(names::JOB_DURATION_STATS_KEY, value).await {
             tracing::warn!(%error, "job duration stats not published");

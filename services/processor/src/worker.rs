@@ -22,12 +22,18 @@ use crate::bundle::UploadInFlight;
 use crate::execute::{self, JobError, JobHooks, JobResult, Progress};
 
 /// Pulls job messages until `shutdown`, running up to `concurrency` jobs at once.
-pub async fn consume(context: Arc<Context>, jetstream: &jetstream::Context, jobs: &TaskTracker, shutdown: CancellationToken) {
+pub async fn consume(
+    context: Arc<Context>,
+    jetstream: &jetstream::Context,
+    jobs: &TaskTracker,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(context.settings.concurrency));
     'subscribe: while !shutdown.is_cancelled() {
         let messages = async {
-            let consumer: consumer::PullConsumer =
-                jetstream.get_consumer_from_stream(names::PROCESSOR_CONSUMER, names::JOBS_STREAM).await?;
+            let consumer: consumer::PullConsumer = jetstream
+                .get_consumer_from_stream(names::PROCESSOR_CONSUMER, names::JOBS_STREAM)
+                .await?;
             let messages = consumer
                 .stream()
                 .max_messages_per_batch(context.settings.concurrency.min(1000))
@@ -90,7 +96,9 @@ async fn handle(context: &Context, message: jetstream::Message) {
     };
     let span = tracing::info_span!("job", job_id = %job.job_id(), attempt = delivered);
     telemetry::set_parent_from_headers(&span, message.headers.as_ref());
-    let decision = process(context, job.job_id(), delivered, &message).instrument(span.clone()).await;
+    let decision = process(context, job.job_id(), delivered, &message)
+        .instrument(span.clone())
+        .await;
     acknowledge(&message, decision).instrument(span).await;
 }
 
@@ -149,13 +157,21 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
             return AckKind::Nak(Some(Duration::from_secs(1)));
         }
     };
-    tracing::info!(files = record.file_ids.len(), delay_ms = delay.as_millis() as u64, "job started");
+    tracing::info!(
+        files = record.file_ids.len(),
+        delay_ms = delay.as_millis() as u64,
+        "job started"
+    );
 
     let token = registration.token().clone();
     let progress = Progress::default();
     let upload = UploadInFlight::default();
     let (files_sender, mut files_receiver) = tokio::sync::mpsc::channel(1);
-    let hooks = JobHooks { progress: progress.clone(), files_checked: files_sender, upload: upload.clone() };
+    let hooks = JobHooks {
+        progress: progress.clone(),
+        files_checked: files_sender,
+        upload: upload.clone(),
+    };
     let mut work = pin!(execute::run(context, job_id, &record.file_ids, delay, &hooks));
     let mut deadline = pin!(tokio::time::sleep(context.settings.job_timeout));
     let mut ticker = tokio::time::interval(context.settings.progress_interval);
@@ -208,7 +224,11 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
             .await;
             if matches!(finished, AckKind::Ack) {
                 context.stats.record(elapsed);
-                tracing::info!(elapsed_ms = elapsed.as_millis() as u64, key = result.result_key, "job completed");
+                tracing::info!(
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    key = result.result_key,
+                    "job completed"
+                );
             }
             finished
         }
@@ -220,30 +240,45 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
             })
             .await
         }
-        Outcome::Finished(Err(JobError::Transient { code, message })) => match context.settings.retry.delay_after(delivered) {
-            Some(retry_in) => {
-                tracing::warn!(%code, message, retry_in_ms = retry_in.as_millis() as u64, "transient failure, retrying");
-                let requeued = finish(context, job_id, |record| {
-                    with_files(record);
-                    record.status = JobStatus::Queued;
-                    record.progress = 0;
-                    record.error = Some(format!("{message}; retrying (attempt {delivered} of {})", context.settings.retry.max_attempts));
-                    record.error_code = Some(code);
-                    record.estimated_completion = Some(Utc::now() + retry_in);
-                })
-                .await;
-                if matches!(requeued, AckKind::Ack) { AckKind::Nak(Some(retry_in)) } else { requeued }
+        Outcome::Finished(Err(JobError::Transient { code, message })) => {
+            match context.settings.retry.delay_after(delivered) {
+                Some(retry_in) => {
+                    tracing::warn!(%code, message, retry_in_ms = retry_in.as_millis() as u64, "transient failure, retrying");
+                    let requeued = finish(context, job_id, |record| {
+                        with_files(record);
+                        record.status = JobStatus::Queued;
+                        record.progress = 0;
+                        record.error = Some(format!(
+                            "{message}; retrying (attempt {delivered} of {})",
+                            context.settings.retry.max_attempts
+                        ));
+                        record.error_code = Some(code);
+                        record.estimated_completion = Some(Utc::now() + retry_in);
+                    })
+                    .await;
+                    if matches!(requeued, AckKind::Ack) {
+                        AckKind::Nak(Some(retry_in))
+                    } else {
+                        requeued
+                    }
+                }
+                None => {
+                    tracing::warn!(%code, message, "transient failure on the last attempt, job failed");
+                    let attempts = context.settings.retry.max_attempts;
+                    finish(context, job_id, |record| {
+                        record.fail(code, format!("{message} (gave up after {attempts} attempts)"))
+                    })
+                    .await
+                }
             }
-            None => {
-                tracing::warn!(%code, message, "transient failure on the last attempt, job failed");
-                let attempts = context.settings.retry.max_attempts;
-                finish(context, job_id, |record| record.fail(code, format!("{message} (gave up after {attempts} attempts)"))).await
-            }
-        },
+        }
         Outcome::TimedOut => {
             let limit = context.settings.job_timeout.as_secs();
             tracing::warn!(limit_seconds = limit, "job timed out");
-            finish(context, job_id, |record| record.fail(ErrorCode::Timeout, format!("job ran longer than {limit} s"))).await
+            finish(context, job_id, |record| {
+                record.fail(ErrorCode::Timeout, format!("job ran longer than {limit} s"))
+            })
+            .await
         }
         Outcome::Cancelled => {
             tracing::info!("job cancelled by its owner, stopped");
@@ -256,7 +291,11 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
                 record.progress = 0;
             })
             .await;
-            if matches!(requeued, AckKind::Ack) { AckKind::Nak(None) } else { requeued }
+            if matches!(requeued, AckKind::Ack) {
+                AckKind::Nak(None)
+            } else {
+                requeued
+            }
         }
     }
 }
@@ -278,7 +317,10 @@ async fn finish(context: &Context, job_id: JobId, mut apply: impl FnMut(&mut com
     match change {
         Ok(Change::Written(_)) => AckKind::Ack,
         Ok(Change::Unchanged(record)) => {
-            tracing::info!(status = record.status.as_str(), "job changed meanwhile, outcome dropped");
+            tracing::info!(
+                status = record.status.as_str(),
+                "job changed meanwhile, outcome dropped"
+            );
             AckKind::Ack
         }
         Err(error) => {

@@ -63,8 +63,15 @@ impl ZipStreamWriter {
         use chrono::{Datelike, Timelike};
         let year = modified.year().clamp(1980, 2107) as u16;
         let dos_date = ((year - 1980) << 9) | ((modified.month() as u16) << 5) | modified.day() as u16;
-        let dos_time = ((modified.hour() as u16) << 11) | ((modified.minute() as u16) << 5) | (modified.second() as u16 / 2);
-        ZipStreamWriter { offset: 0, dos_time, dos_date, entries: Vec::new(), open: None }
+        let dos_time =
+            ((modified.hour() as u16) << 11) | ((modified.minute() as u16) << 5) | (modified.second() as u16 / 2);
+        ZipStreamWriter {
+            offset: 0,
+            dos_time,
+            dos_date,
+            entries: Vec::new(),
+            open: None,
+        }
     }
 
     /// Bytes produced so far.
@@ -119,7 +126,11 @@ impl ZipStreamWriter {
     pub fn finish_entry(&mut self, out: &mut BytesMut) -> Result<(), SizeMismatch> {
         let entry = self.open.take().expect("an entry is open");
         if entry.written != entry.expected_size {
-            return Err(SizeMismatch { name: entry.name, expected: entry.expected_size, actual: entry.written });
+            return Err(SizeMismatch {
+                name: entry.name,
+                expected: entry.expected_size,
+                actual: entry.written,
+            });
         }
         let crc32 = entry.hasher.finalize();
         let start = out.len();
@@ -178,7 +189,11 @@ impl ZipStreamWriter {
             out.put_u16_le(0); // disk
             out.put_u16_le(0); // internal attributes
             out.put_u32_le(0); // external attributes
-            out.put_u32_le(if offset_needs_zip64 { U32_MARK } else { entry.local_header_offset as u32 });
+            out.put_u32_le(if offset_needs_zip64 {
+                U32_MARK
+            } else {
+                entry.local_header_offset as u32
+            });
             out.put_slice(entry.name.as_bytes());
             if any_zip64 {
                 out.put_u16_le(ZIP64_EXTRA_ID);
@@ -245,7 +260,11 @@ mod tests {
         let first: Vec<u8> = (0..10_000u32).map(|index| (index % 251) as u8).collect();
         let second = b"second file".to_vec();
         let empty = Vec::new();
-        let archive = build(&[("10000.zip", first.clone()), ("20000.zip", second.clone()), ("30000.zip", empty)]);
+        let archive = build(&[
+            ("10000.zip", first.clone()),
+            ("20000.zip", second.clone()),
+            ("30000.zip", empty),
+        ]);
         let mut reader = zip::ZipArchive::new(std::io::Cursor::new(archive)).unwrap();
         assert_eq!(reader.len(), 3);
         for (name, expected) in [("10000.zip", &first), ("20000.zip", &second)] {
@@ -265,7 +284,11 @@ mod tests {
         writer.write_data(b"12345", &mut out);
         assert_eq!(
             writer.finish_entry(&mut out),
-            Err(SizeMismatch { name: "a".into(), expected: 10, actual: 5 })
+            Err(SizeMismatch {
+                name: "a".into(),
+                expected: 10,
+                actual: 5
+            })
         );
     }
 

@@ -50,7 +50,10 @@ pub enum StatusResponse {
 pub enum ResultResponse {
     /// Completed: redirect to a freshly presigned URL of the result.
     #[oai(status = 302)]
-    Found(#[oai(header = "Location")] String, #[oai(header = "Cache-Control")] String),
+    Found(
+        #[oai(header = "Location")] String,
+        #[oai(header = "Cache-Control")] String,
+    ),
     /// Not completed yet (or failed, or cancelled): the status, and when to ask again.
     #[oai(status = 200)]
     Pending(
@@ -79,7 +82,12 @@ impl JobsApi {
     /// Reads a job, answering 404 for a missing one and for another user's.
     async fn owned_job(&self, user: &str, job_id: &str) -> Result<JobRecord, ApiError> {
         let job_id = JobId::parse(job_id).ok_or_else(|| ApiError::invalid("jobId", "jobId must be a UUID"))?;
-        let loaded = self.state.store.load(job_id).await.map_err(|error| store_error("reading the job", error))?;
+        let loaded = self
+            .state
+            .store
+            .load(job_id)
+            .await
+            .map_err(|error| store_error("reading the job", error))?;
         match loaded {
             Some(versioned) if versioned.record.user_id == user => Ok(versioned.record),
             _ => Err(ApiError::job_not_found()),
@@ -91,7 +99,9 @@ impl JobsApi {
 pub fn store_error(context: &str, error: StoreError) -> ApiError {
     match error {
         StoreError::Missing(_) => ApiError::job_not_found(),
-        StoreError::Kv(_) | StoreError::Publish(_) => ApiError::unavailable(ErrorCode::QueueUnavailable, "the job queue", &error),
+        StoreError::Kv(_) | StoreError::Publish(_) => {
+            ApiError::unavailable(ErrorCode::QueueUnavailable, "the job queue", &error)
+        }
         other => ApiError::internal(context, &other),
     }
 }
@@ -103,7 +113,11 @@ impl JobsApi {
     /// Answers 202 at once with the job id; the job runs in the background. Poll `statusUrl`
     /// or follow `streamUrl`; when completed, `GET /v1/download/{jobId}` redirects to the file.
     #[oai(path = "/initiate", method = "post", operation_id = "initiateDownload")]
-    async fn initiate(&self, identity: Identity, body: ValidatedJson<InitiateRequest>) -> Result<InitiateResponse, ApiError> {
+    async fn initiate(
+        &self,
+        identity: Identity,
+        body: ValidatedJson<InitiateRequest>,
+    ) -> Result<InitiateResponse, ApiError> {
         let request = body.0;
         let file_ids: Vec<u64> = dedupe_file_ids(&request.file_ids.iter().map(|id| *id as u64).collect::<Vec<_>>());
         let job_id = JobId::new();
@@ -116,8 +130,16 @@ impl JobsApi {
             estimated_seconds,
             telemetry::current_traceparent(),
         );
-        self.state.store.create(&record).await.map_err(|error| store_error("creating the job", error))?;
-        let message = JobMessage::SubmittedV1 { job_id, user_id: identity.0, file_ids: file_ids.clone() };
+        self.state
+            .store
+            .create(&record)
+            .await
+            .map_err(|error| store_error("creating the job", error))?;
+        let message = JobMessage::SubmittedV1 {
+            job_id,
+            user_id: identity.0,
+            file_ids: file_ids.clone(),
+        };
         if let Err(error) = self.state.store.submit(&message).await {
             // Not accepted after all: leave a record that says so instead of one stuck in `queued`.
             let _ = self
@@ -162,7 +184,10 @@ impl JobsApi {
             JobStatus::Completed => Some(self.state.download_url(&record).await?),
             _ => None,
         };
-        Ok(StatusResponse::Ok(Json(JobStatusBody::from_record(&record, download_url)), no_store()))
+        Ok(StatusResponse::Ok(
+            Json(JobStatusBody::from_record(&record, download_url)),
+            no_store(),
+        ))
     }
 
     /// Download a job's result
@@ -182,7 +207,11 @@ impl JobsApi {
             let url = self.state.download_url(&record).await?;
             return Ok(ResultResponse::Found(url, no_store()));
         }
-        Ok(ResultResponse::Pending(Json(JobStatusBody::from_record(&record, None)), POLL_AFTER_SECONDS, no_store()))
+        Ok(ResultResponse::Pending(
+            Json(JobStatusBody::from_record(&record, None)),
+            POLL_AFTER_SECONDS,
+            no_store(),
+        ))
     }
 
     /// Cancel a job
@@ -210,13 +239,18 @@ impl JobsApi {
             })
             .await
             .map_err(|error| store_error("cancelling the job", error))?;
-        let body = CancelBody { job_id: record.job_id.to_string(), status: ApiJobStatus::Cancelled };
+        let body = CancelBody {
+            job_id: record.job_id.to_string(),
+            status: ApiJobStatus::Cancelled,
+        };
         match change {
             Change::Written(_) => {
                 tracing::info!(job_id = %record.job_id, "job cancelled");
                 Ok(CancelResponse::Accepted(Json(body)))
             }
-            Change::Unchanged(current) if current.status == JobStatus::Cancelled => Ok(CancelResponse::AlreadyCancelled(Json(body))),
+            Change::Unchanged(current) if current.status == JobStatus::Cancelled => {
+                Ok(CancelResponse::AlreadyCancelled(Json(body)))
+            }
             Change::Unchanged(current) => Err(ApiError::new(
                 ErrorCode::JobFinished,
                 format!("the job already {}; it cannot be cancelled", current.status.as_str()),

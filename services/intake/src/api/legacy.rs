@@ -13,8 +13,8 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::jobs::store_error;
 use super::types::{
-    ApiJobStatus, CheckBody, CheckRequest, CheckState, HealthBody, HealthChecks, HealthState, RootBody, StartAcceptedBody,
-    StartFinishedBody, StartRequest, StartStatus,
+    ApiJobStatus, CheckBody, CheckRequest, CheckState, HealthBody, HealthChecks, HealthState, RootBody,
+    StartAcceptedBody, StartFinishedBody, StartRequest, StartStatus,
 };
 use super::{ApiTags, status_url, stream_url};
 use crate::State;
@@ -64,7 +64,9 @@ impl LegacyApi {
     /// Service banner
     #[oai(path = "/", method = "get", tag = "ApiTags::Health", operation_id = "root")]
     async fn root(&self) -> Json<RootBody> {
-        Json(RootBody { message: "Download service is running. API documentation: /docs".into() })
+        Json(RootBody {
+            message: "Download service is running. API documentation: /docs".into(),
+        })
     }
 
     /// Health of the service and its dependencies
@@ -75,7 +77,11 @@ impl LegacyApi {
     async fn health(&self) -> HealthResponse {
         let (storage, queue) = tokio::join!(self.check_storage(), self.check_queue());
         let body = HealthBody {
-            status: if storage == CheckState::Ok && queue == CheckState::Ok { HealthState::Healthy } else { HealthState::Unhealthy },
+            status: if storage == CheckState::Ok && queue == CheckState::Ok {
+                HealthState::Healthy
+            } else {
+                HealthState::Unhealthy
+            },
             checks: HealthChecks { storage, queue },
         };
         match body.status {
@@ -85,7 +91,12 @@ impl LegacyApi {
     }
 
     /// Check whether a file exists (legacy)
-    #[oai(path = "/v1/download/check", method = "post", tag = "ApiTags::Legacy", operation_id = "checkFile")]
+    #[oai(
+        path = "/v1/download/check",
+        method = "post",
+        tag = "ApiTags::Legacy",
+        operation_id = "checkFile"
+    )]
     async fn check(&self, body: ValidatedJson<CheckRequest>) -> Result<Json<CheckBody>, ApiError> {
         let file_id = body.0.file_id;
         let key = names::source_key(file_id as u64);
@@ -95,7 +106,12 @@ impl LegacyApi {
             .object_size(&key)
             .await
             .map_err(|error| ApiError::unavailable(ErrorCode::StorageUnavailable, "storage", &error))?;
-        Ok(Json(CheckBody { file_id, available: size.is_some(), s3_key: size.map(|_| key), size }))
+        Ok(Json(CheckBody {
+            file_id,
+            available: size.is_some(),
+            s3_key: size.map(|_| key),
+            size,
+        }))
     }
 
     /// Start a download and wait for it (legacy compatibility shim)
@@ -103,7 +119,12 @@ impl LegacyApi {
     /// Starts a job and waits at most `START_WAIT_MS` (well under the proxy timeout). If the job
     /// ended, answers as the old service did (200); otherwise 202 with the job to poll, instead
     /// of timing out. Without `X-User-Id` the job belongs to `anonymous`.
-    #[oai(path = "/v1/download/start", method = "post", tag = "ApiTags::Legacy", operation_id = "startDownload")]
+    #[oai(
+        path = "/v1/download/start",
+        method = "post",
+        tag = "ApiTags::Legacy",
+        operation_id = "startDownload"
+    )]
     async fn start(
         &self,
         body: ValidatedJson<StartRequest>,
@@ -129,14 +150,21 @@ impl LegacyApi {
         );
         let store = &self.state.store;
         // Watch before submitting, so the outcome cannot slip past between the two.
-        store.create(&record).await.map_err(|error| store_error("creating the job", error))?;
+        store
+            .create(&record)
+            .await
+            .map_err(|error| store_error("creating the job", error))?;
         let mut watch = store
             .kv()
             .watch_with_history(job_id.to_string())
             .await
             .map_err(|error| ApiError::unavailable(ErrorCode::QueueUnavailable, "the job queue", &error))?;
         store
-            .submit(&JobMessage::SubmittedV1 { job_id, user_id, file_ids: vec![file_id as u64] })
+            .submit(&JobMessage::SubmittedV1 {
+                job_id,
+                user_id,
+                file_ids: vec![file_id as u64],
+            })
             .await
             .map_err(|error| store_error("queueing the job", error))?;
         let wait = tokio::time::sleep(self.state.settings.start_wait);
@@ -178,7 +206,10 @@ impl LegacyApi {
                 download_url: None,
                 size: None,
                 processing_time_ms,
-                message: latest.error.clone().unwrap_or_else(|| format!("job {}", latest.status.as_str())),
+                message: latest
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("job {}", latest.status.as_str())),
             }))),
             JobStatus::Queued | JobStatus::Processing => Ok(StartResponse::Accepted(
                 Json(StartAcceptedBody {

@@ -22,7 +22,12 @@ pub enum ApiTags {
 /// The caller's identity: the `X-User-Id` header set by the trusted gateway.
 /// (Real authentication comes later; Swagger UI can set this header through "Authorize".)
 #[derive(SecurityScheme)]
-#[oai(ty = "api_key", key_name = "X-User-Id", key_in = "header", checker = "check_identity")]
+#[oai(
+    ty = "api_key",
+    key_name = "X-User-Id",
+    key_in = "header",
+    checker = "check_identity"
+)]
 pub struct Identity(pub String);
 
 async fn check_identity(_request: &Request, api_key: ApiKey) -> Option<String> {

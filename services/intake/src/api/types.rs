@@ -227,7 +227,11 @@ impl JobStatusBody {
             record
                 .files
                 .iter()
-                .map(|file| FileBody { file_id: file.file_id, available: file.available, size: file.size })
+                .map(|file| FileBody {
+                    file_id: file.file_id,
+                    available: file.available,
+                    size: file.size,
+                })
                 .collect()
         };
         JobStatusBody {
@@ -242,7 +246,10 @@ impl JobStatusBody {
             created_at: iso8601(record.created_at),
             started_at: record.started_at.map(iso8601),
             completed_at: record.completed_at.map(iso8601),
-            estimated_completion: record.estimated_completion.filter(|_| !record.status.is_terminal()).map(iso8601),
+            estimated_completion: record
+                .estimated_completion
+                .filter(|_| !record.status.is_terminal())
+                .map(iso8601),
         }
     }
 }
@@ -338,7 +345,10 @@ mod tests {
 
     #[test]
     fn empty_and_oversized_id_lists_are_refused() {
-        assert_eq!(problem_of::<InitiateRequest>(r#"{"file_ids": []}"#).field.as_deref(), Some("file_ids"));
+        assert_eq!(
+            problem_of::<InitiateRequest>(r#"{"file_ids": []}"#).field.as_deref(),
+            Some("file_ids")
+        );
         let many: Vec<String> = (0..1001).map(|index| (10_000 + index).to_string()).collect();
         let json = format!(r#"{{"file_ids": [{}]}}"#, many.join(","));
         assert_eq!(problem_of::<InitiateRequest>(&json).field.as_deref(), Some("file_ids"));
@@ -358,7 +368,9 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_with_a_z() {
-        let time = DateTime::parse_from_rfc3339("2026-11-28T10:15:30.123456+00:00").unwrap().with_timezone(&Utc);
+        let time = DateTime::parse_from_rfc3339("2026-11-28T10:15:30.123456+00:00")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(iso8601(time), "2026-11-28T10:15:30.123Z");
     }
 }
