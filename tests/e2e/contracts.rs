@@ -120,12 +120,16 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
         let config = serde_json::to_value(&stream.info().await.unwrap().config).unwrap();
         assert_matches_file(file, &pretty(&without_server_metadata(config)));
     }
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
-        .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
-        .await
-        .unwrap();
-    let config = without_server_metadata(serde_json::to_value(&consumer.info().await.unwrap().config).unwrap());
-    assert_matches_file("nats/consumers/DOWNLOAD_JOBS-download-processor.json", &pretty(&config));
+    let consumers = [
+        (common::names::JOBS_STREAM, common::names::PROCESSOR_CONSUMER),
+        (common::names::ADVISORIES_STREAM, common::names::ADVISORIES_CONSUMER),
+    ];
+    for (stream, name) in consumers {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            jetstream.get_consumer_from_stream(name, stream).await.unwrap();
+        let config = without_server_metadata(serde_json::to_value(&consumer.info().await.unwrap().config).unwrap());
+        assert_matches_file(&format!("nats/consumers/{stream}-{name}.json"), &pretty(&config));
+    }
 }
 
 #[test]

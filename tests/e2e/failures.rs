@@ -173,3 +173,65 @@ async fn health_is_healthy_then_names_storage_when_it_stops() {
     let body: serde_json::Value = no_queue.json().await.unwrap();
     assert_eq!(body["checks"], serde_json::json!({"storage": "ok", "queue": "error"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_workers_die_on_every_attempt_fails_once_with_retries_exhausted() {
+    init_logs();
+    let mut stack = Stack::servers_only(&[("JOB_MAX_ATTEMPTS", "2"), ("JOB_ACK_WAIT_SECONDS", "1")])
+        .await
+        .unwrap();
+    stack.start_presigner().await.unwrap();
+    stack.start_intake().await.unwrap();
+    stack.put_file(50_010, 10).await.unwrap();
+    let job_id = stack.initiate("nina", &[50_010]).await.unwrap();
+
+    // The test plays a worker that takes the job and dies without a word, on both attempts.
+    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    let consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
+        .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
+        .await
+        .unwrap();
+    for delivery in 1..=2 {
+        use futures::StreamExt;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .unwrap();
+        let message = batch.next().await.expect("the job is delivered").unwrap();
+        assert_eq!(message.info().unwrap().delivered, delivery);
+    }
+
+    // Only now does a real processor start: the advisory waited for it in its stream.
+    stack.start_processor(&[]).await.unwrap();
+    let status = stack.wait_for_terminal("nina", &job_id).await.unwrap();
+    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["errorCode"], "RETRIES_EXHAUSTED");
+    let events = stack.events(&job_id).await.unwrap();
+    assert_eq!(
+        events.iter().filter(|event| event["status"] == "failed").count(),
+        1,
+        "{events:?}"
+    );
+    wait_until(
+        "the exhausted message to leave the work queue",
+        Duration::from_secs(10),
+        || {
+            let jetstream = jetstream.clone();
+            async move {
+                let Ok(mut stream) = jetstream.get_stream(common::names::JOBS_STREAM).await else {
+                    return false;
+                };
+                stream
+                    .info()
+                    .await
+                    .map(|info| info.state.messages == 0)
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await
+    .unwrap();
+}

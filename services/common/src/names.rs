@@ -42,6 +42,12 @@ pub fn max_deliveries_advisory_subject() -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{PROCESSOR_CONSUMER}")
 }
 
+/// Stream that keeps max-deliveries advisories until a processor has recorded the failure, so
+/// none is lost while every processor is down.
+pub const ADVISORIES_STREAM: &str = "DOWNLOAD_ADVISORIES";
+/// Durable consumer through which processors handle those advisories.
+pub const ADVISORIES_CONSUMER: &str = "download-processor-advisories";
+
 /// Header carrying the JetStream de-duplication id.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 

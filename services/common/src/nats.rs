@@ -131,6 +131,35 @@ pub fn events_stream_config(topology: &Topology) -> stream::Config {
     }
 }
 
+/// The stream that keeps max-deliveries advisories of the job consumer.
+pub fn advisories_stream_config(topology: &Topology) -> stream::Config {
+    stream::Config {
+        name: names::ADVISORIES_STREAM.into(),
+        description: Some(
+            "Max-deliveries advisories of the job consumer, kept until a processor records the failure".into(),
+        ),
+        subjects: vec![names::max_deliveries_advisory_subject()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        max_age: Duration::from_secs(7 * 24 * 60 * 60),
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    }
+}
+
+/// The durable consumer through which processors handle advisories.
+pub fn advisories_consumer_config(topology: &Topology) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(names::ADVISORIES_CONSUMER.into()),
+        description: Some("Processors record the failure of jobs whose deliveries ran out".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: topology.ack_wait,
+        max_deliver: -1,
+        ..Default::default()
+    }
+}
+
 /// The durable pull consumer every processor shares.
 pub fn processor_consumer_config(topology: &Topology) -> consumer::pull::Config {
     consumer::pull::Config {
@@ -192,6 +221,14 @@ pub async fn provision(client: &async_nats::Client, topology: &Topology) -> Resu
                 .create_consumer_on_stream(processor_consumer_config(topology), names::JOBS_STREAM)
                 .await
                 .map_err(|error| failed(names::PROCESSOR_CONSUMER)(Box::new(error)))?;
+            jetstream
+                .create_or_update_stream(advisories_stream_config(topology))
+                .await
+                .map_err(|error| failed(names::ADVISORIES_STREAM)(Box::new(error)))?;
+            jetstream
+                .create_consumer_on_stream(advisories_consumer_config(topology), names::ADVISORIES_STREAM)
+                .await
+                .map_err(|error| failed(names::ADVISORIES_CONSUMER)(Box::new(error)))?;
             let jobs = jetstream
                 .create_or_update_key_value(jobs_bucket_config(topology))
                 .await

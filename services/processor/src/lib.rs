@@ -157,11 +157,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         cancellations_ready,
         background_stop.clone(),
     ));
-    background.spawn(max_deliveries::listen(
-        client.clone(),
-        context.clone(),
-        background_stop.clone(),
-    ));
+    background.spawn(max_deliveries::listen(context.clone(), background_stop.clone()));
     background.spawn(stats::publish_periodically(context.clone(), background_stop.clone()));
     let _ = tokio::time::timeout(Duration::from_secs(10), cancellations_ready_receiver).await;
 

@@ -1,10 +1,13 @@
 //! Records the failure of a job whose message reached the consumer's max deliveries without the
-//! processor recording it (the worker died on the last attempt), then removes the message from
-//! the work queue. The record's compare-and-set makes this exactly-once even if the advisory
-//! arrives twice or a worker recorded the outcome after all.
+//! processor recording it (the worker died on its last attempt), then removes the message from
+//! the work queue. The server's advisories are captured by the `DOWNLOAD_ADVISORIES` stream, so
+//! they wait for a processor even when none is running. The record's compare-and-set makes the
+//! failure exactly-once even if an advisory is handled twice.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_nats::jetstream::{AckKind, consumer};
 use common::messages::JobMessage;
 use common::{ErrorCode, names};
 use futures::StreamExt;
@@ -18,62 +21,96 @@ struct MaxDeliveriesAdvisory {
     deliveries: u64,
 }
 
-/// Listens for max-deliveries advisories (one processor of the queue group gets each).
-pub async fn listen(client: async_nats::Client, context: Arc<Context>, stop: CancellationToken) {
-    let subject = names::max_deliveries_advisory_subject();
-    let mut advisories = match client
-        .queue_subscribe(subject.clone(), names::PROCESSOR_CONSUMER.to_string())
-        .await
-    {
-        Ok(subscriber) => subscriber,
-        Err(error) => {
-            tracing::error!(%error, subject, "cannot subscribe to max-deliveries advisories");
-            return;
+/// Handles advisories until `stop`, re-subscribing after errors.
+pub async fn listen(context: Arc<Context>, stop: CancellationToken) {
+    let jetstream = context.store.jetstream().clone();
+    while !stop.is_cancelled() {
+        let messages = async {
+            let consumer: consumer::PullConsumer = jetstream
+                .get_consumer_from_stream(names::ADVISORIES_CONSUMER, names::ADVISORIES_STREAM)
+                .await?;
+            Ok::<_, async_nats::Error>(consumer.messages().await?)
         }
-    };
-    loop {
-        let advisory = tokio::select! {
-            _ = stop.cancelled() => return,
-            advisory = advisories.next() => match advisory {
-                Some(advisory) => advisory,
-                None => return,
-            },
-        };
-        let parsed: MaxDeliveriesAdvisory = match serde_json::from_slice(&advisory.payload) {
-            Ok(parsed) => parsed,
+        .await;
+        let mut messages = match messages {
+            Ok(messages) => messages,
             Err(error) => {
-                tracing::warn!(%error, "malformed max-deliveries advisory ignored");
-                continue;
+                tracing::warn!(%error, "cannot pull max-deliveries advisories, retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
             }
         };
-        if let Err(error) = record_exhausted(&context, parsed.stream_seq, parsed.deliveries).await {
-            tracing::error!(error = %error, stream_seq = parsed.stream_seq, "exhausted job not recorded");
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "advisory pull interrupted, re-subscribing");
+                    break;
+                }
+                None => break,
+            };
+            let decision = match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
+                Err(error) => {
+                    tracing::warn!(%error, "malformed max-deliveries advisory terminated");
+                    AckKind::Term
+                }
+                Ok(advisory) => match record_exhausted(&context, advisory.stream_seq, advisory.deliveries).await {
+                    Ok(()) => AckKind::Ack,
+                    Err(error) => {
+                        tracing::warn!(%error, stream_seq = advisory.stream_seq, "exhausted job not recorded yet, retrying");
+                        AckKind::Nak(Some(Duration::from_secs(1)))
+                    }
+                },
+            };
+            if let Err(error) = message.ack_with(decision).await {
+                tracing::warn!(%error, "advisory acknowledgement not sent");
+            }
         }
     }
 }
 
 async fn record_exhausted(context: &Context, stream_seq: u64, deliveries: u64) -> Result<(), async_nats::Error> {
     let stream = context.store.jetstream().get_stream(names::JOBS_STREAM).await?;
-    let message = stream.get_raw_message(stream_seq).await?;
-    if let Ok(job) = serde_json::from_slice::<JobMessage>(&message.payload) {
-        let job_id = job.job_id();
-        let change = context
-            .store
-            .update(job_id, |record| {
-                if record.status.is_terminal() {
-                    return false;
-                }
-                record.fail(
-                    ErrorCode::RetriesExhausted,
-                    format!("job was delivered {deliveries} times without finishing"),
-                );
-                true
-            })
-            .await;
-        match change {
-            Ok(_) => tracing::warn!(%job_id, deliveries, "job failed after its last delivery"),
-            Err(error) => tracing::warn!(%job_id, error = %error, "exhausted job not updated"),
+    let message = match stream.get_raw_message(stream_seq).await {
+        Ok(message) => message,
+        Err(error) if error.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+            // Already removed (advisory handled before, or the job was acknowledged after all).
+            return Ok(());
         }
+        Err(error) => return Err(error.into()),
+    };
+    match serde_json::from_slice::<JobMessage>(&message.payload) {
+        Ok(job) => {
+            let job_id = job.job_id();
+            let change = context
+                .store
+                .update(job_id, |record| {
+                    if record.status.is_terminal() {
+                        return false;
+                    }
+                    record.fail(
+                        ErrorCode::RetriesExhausted,
+                        format!("the job was delivered {deliveries} times without finishing"),
+                    );
+                    true
+                })
+                .await;
+            match change {
+                Ok(common::store::Change::Written(_)) => {
+                    tracing::warn!(%job_id, deliveries, "job failed after its last delivery")
+                }
+                Ok(common::store::Change::Unchanged(_)) => {}
+                Err(common::store::StoreError::Missing(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(error) => tracing::warn!(%error, stream_seq, "exhausted message is not a job; removing it"),
     }
     stream.delete_message(stream_seq).await?;
     Ok(())
