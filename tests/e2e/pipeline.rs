@@ -209,3 +209,92 @@ async fn two_processors_share_the_work_and_no_job_runs_twice() {
         "both processors took jobs: {handled_by:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_trace_follows_the_job_through_nats() {
+    init_logs();
+    let stack = Stack::start(&[]).await.unwrap();
+    stack.put_file(20_100, 100).await.unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = stack
+        .http
+        .post(stack.url("/v1/download/initiate"))
+        .header("X-User-Id", "tracy")
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({ "file_ids": [20100] }))
+        .send()
+        .await
+        .unwrap();
+    let job_id = response.json::<serde_json::Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stack.wait_for_terminal("tracy", &job_id).await.unwrap();
+
+    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    let stream = jetstream.get_stream(common::names::EVENTS_STREAM).await.unwrap();
+    let subject = format!("downloads.events.{job_id}.completed");
+    let completed = stream.get_last_raw_message_by_subject(&subject).await.unwrap();
+    let traceparent = completed
+        .headers
+        .get("traceparent")
+        .expect("events carry trace context")
+        .as_str()
+        .to_string();
+    assert!(traceparent.starts_with(&format!("00-{trace_id}-")), "{traceparent}");
+
+    let kv = jetstream.get_key_value(common::names::JOBS_BUCKET).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&kv.get(&job_id).await.unwrap().unwrap()).unwrap();
+    assert!(record["traceparent"].as_str().unwrap().contains(trace_id), "{record}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estimates_follow_the_durations_of_recent_jobs() {
+    init_logs();
+    let mut stack = Stack::servers_only(&[
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "10000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "10000"),
+    ])
+    .await
+    .unwrap();
+    stack.start_presigner().await.unwrap();
+    stack.start_intake().await.unwrap();
+    // This processor has no simulated delay: its jobs take milliseconds.
+    stack
+        .start_processor(&[("DOWNLOAD_DELAY_ENABLED", "false")])
+        .await
+        .unwrap();
+    stack.put_file(20_200, 100).await.unwrap();
+
+    let estimate = |stack: &Stack| {
+        let request = stack
+            .http
+            .post(stack.url("/v1/download/initiate"))
+            .header("X-User-Id", "esti")
+            .json(&serde_json::json!({ "file_ids": [20200] }));
+        async move {
+            let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            (
+                body["jobId"].as_str().unwrap().to_string(),
+                body["estimatedTime"].as_u64().unwrap(),
+            )
+        }
+    };
+    let (first_job, first_estimate) = estimate(&stack).await;
+    assert_eq!(
+        first_estimate, 11,
+        "before any job finished: the configured delay plus a second"
+    );
+    stack.wait_for_terminal("esti", &first_job).await.unwrap();
+    system_tests::wait::wait_for(
+        "the estimate to learn from the finished job",
+        Duration::from_secs(15),
+        || async {
+            let (_, estimate) = estimate(&stack).await;
+            (estimate == 1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+}

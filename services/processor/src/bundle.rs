@@ -53,6 +53,11 @@ impl UploadInFlight {
         *self.0.lock().expect("upload lock") = Some((key.to_string(), upload_id.to_string()));
     }
 
+    /// The open upload as `(key, upload id)`, if any.
+    pub fn current(&self) -> Option<(String, String)> {
+        self.0.lock().expect("upload lock").clone()
+    }
+
     fn clear(&self) {
         *self.0.lock().expect("upload lock") = None;
     }

@@ -1,0 +1,253 @@
+//! Benchmark harness, run by hand (release build) and reported in notes, never in CI:
+//!
+//! ```sh
+//! cargo build --release -p intake -p processor -p presigner -p system-tests --bins
+//! target/release/bench [seconds=10] [connections=64]
+//! ```
+//!
+//! Starts nats-server and SeaweedFS on free ports and every service as its own process (the
+//! binaries next to this one), then measures: idle RSS per service; initiate throughput and
+//! latency under `connections` concurrent clients for `seconds`; end-to-end jobs/s with no
+//! simulated delay (from the first initiate until the work queue is drained); the processor's
+//! peak RSS while bundling two 256 MiB files.
+
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use system_tests::servers::{NatsServer, S3Server, free_port, port_answers};
+use system_tests::wait::{wait_for, wait_until};
+
+struct Services {
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Resident set size and its peak, in MiB, from /proc.
+fn memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(f64::NAN)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn percentile(sorted: &[u64], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+fn main() -> anyhow::Result<()> {
+    let arguments: Vec<String> = std::env::args().collect();
+    let seconds: u64 = arguments.get(1).map(|value| value.parse()).transpose()?.unwrap_or(10);
+    let connections: usize = arguments.get(2).map(|value| value.parse()).transpose()?.unwrap_or(64);
+    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections))
+}
+
+async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
+    let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
+    let storage = common::storage::Storage::new(&s3.settings())?;
+    let api_port = free_port();
+    let mut env = s3.env();
+    env.extend([
+        ("NATS_URL".to_string(), nats.url()),
+        ("PORT".to_string(), api_port.to_string()),
+        ("RATE_LIMIT_MAX_REQUESTS".to_string(), "1000000000".to_string()),
+        ("RUST_LOG".to_string(), "warn".to_string()),
+    ]);
+    let binaries = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_path_buf();
+    let mut services = Services { children: Vec::new() };
+    for service in ["presigner", "processor", "intake"] {
+        let child = Command::new(binaries.join(service))
+            .envs(env.iter().cloned())
+            .spawn()
+            .with_context(|| format!("starting {service}"))?;
+        services.children.push((service, child));
+    }
+    wait_until("the intake", Duration::from_secs(60), || async {
+        port_answers(api_port)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    println!("## idle memory");
+    for (name, child) in &services.children {
+        let (rss, _) = memory_mib(child.id());
+        println!("{name:>10}: {rss:.1} MiB RSS");
+    }
+
+    {
+        use minio::s3::types::S3Api;
+        storage
+            .client()
+            .put_object_content(
+                storage.bucket(),
+                "downloads/10000.zip",
+                system_tests::sample_bytes(10000, 1024),
+            )?
+            .build()
+            .send()
+            .await?;
+    }
+
+    let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
+    let url = format!("http://127.0.0.1:{api_port}/v1/download/initiate");
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(seconds);
+    let mut workers = Vec::new();
+    for worker in 0..connections {
+        let client = client.clone();
+        let url = url.clone();
+        let accepted = accepted.clone();
+        let refused = refused.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("X-User-Id", format!("bench-{worker}"))
+                    .header("Content-Type", "application/json")
+                    .body(r#"{"file_ids":[10000]}"#)
+                    .send()
+                    .await;
+                match response {
+                    Ok(response) if response.status() == 202 => {
+                        let _ = response.bytes().await;
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    }
+                    _ => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for worker in workers {
+        latencies.extend(worker.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let total = accepted.load(Ordering::Relaxed);
+    println!("\n## initiate ({connections} connections, {seconds} s, 1 file id, processors running)");
+    println!(
+        "accepted {total} ({:.0}/s), refused {}",
+        total as f64 / elapsed,
+        refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "latency ms: p50 {:.2}, p99 {:.2}, max {:.2}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+
+    let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    wait_for("the work queue to drain", Duration::from_secs(600), || {
+        let jetstream = jetstream.clone();
+        async move {
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
+                .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
+                .await
+                .ok()?;
+            let info = consumer.info().await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await?;
+    let drained = started.elapsed().as_secs_f64();
+    println!("\n## end to end (no simulated delay)");
+    println!(
+        "{total} jobs done {drained:.1} s after the first initiate: {:.0} jobs/s",
+        total as f64 / drained
+    );
+    for (name, child) in &services.children {
+        let (rss, peak) = memory_mib(child.id());
+        println!("{name:>10}: {rss:.1} MiB RSS after load (peak {peak:.1})");
+    }
+
+    println!("\n## bundling two 256 MiB files");
+    for file_id in [10001u64, 10002] {
+        use minio::s3::types::S3Api;
+        let bytes = system_tests::sample_bytes(file_id, 256 * 1024 * 1024);
+        storage
+            .client()
+            .put_object_content(storage.bucket(), format!("downloads/{file_id}.zip").as_str(), bytes)?
+            .build()
+            .send()
+            .await?;
+    }
+    let processor_pid = services
+        .children
+        .iter()
+        .find(|(name, _)| *name == "processor")
+        .map(|(_, child)| child.id())
+        .unwrap();
+    let (before, peak_before) = memory_mib(processor_pid);
+    let response: serde_json::Value = client
+        .post(&url)
+        .header("X-User-Id", "bench-bundle")
+        .header("Content-Type", "application/json")
+        .body(r#"{"file_ids":[10001,10002]}"#)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let job_id = response["jobId"].as_str().context("jobId")?.to_string();
+    let bundle_started = Instant::now();
+    let status_url = format!("http://127.0.0.1:{api_port}/v1/download/status/{job_id}");
+    let mut peak_during = 0.0f64;
+    let final_status = wait_for("the bundle", Duration::from_secs(600), || {
+        let client = client.clone();
+        let status_url = status_url.clone();
+        let (rss, _) = memory_mib(processor_pid);
+        peak_during = peak_during.max(rss);
+        async move {
+            let status: serde_json::Value = client
+                .get(&status_url)
+                .header("X-User-Id", "bench-bundle")
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            matches!(status["status"].as_str(), Some("completed" | "failed")).then_some(status)
+        }
+    })
+    .await?;
+    let (_, peak_after) = memory_mib(processor_pid);
+    println!(
+        "{} in {:.1} s; processor RSS {before:.1} MiB before, {peak_during:.1} MiB highest sampled during, VmHWM {peak_before:.1} -> {peak_after:.1} MiB",
+        final_status["status"],
+        bundle_started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
