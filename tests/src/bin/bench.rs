@@ -99,7 +99,6 @@ async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
     }
 
     {
-        use minio::s3::types::S3Api;
         storage
             .client()
             .put_object_content(
@@ -195,7 +194,6 @@ async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
 
     println!("\n## bundling two 256 MiB files");
     for file_id in [10001u64, 10002] {
-        use minio::s3::types::S3Api;
         let bytes = system_tests::sample_bytes(file_id, 256 * 1024 * 1024);
         storage
             .client()
