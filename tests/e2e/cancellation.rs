@@ -8,21 +8,8 @@ use system_tests::wait::wait_until;
 use crate::init_logs;
 
 async fn job_consumer_is_idle(stack: &Stack) -> bool {
-    let Ok(client) = stack.nats_client().await else {
-        return false;
-    };
-    let jetstream = async_nats::jetstream::new(client);
-    let Ok(mut consumer) = jetstream
-        .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
-            common::names::PROCESSOR_CONSUMER,
-            common::names::JOBS_STREAM,
-        )
-        .await
-    else {
-        return false;
-    };
-    match consumer.info().await {
-        Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+    match stack.nats_client().await {
+        Ok(client) => system_tests::queue::job_consumer_idle(&async_nats::jetstream::new(client)).await,
         Err(_) => false,
     }
 }

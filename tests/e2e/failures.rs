@@ -129,17 +129,7 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
         "completed"
     );
     wait_until("the work queue to be empty", Duration::from_secs(10), || {
-        let jetstream = jetstream.clone();
-        async move {
-            let Ok(mut stream) = jetstream.get_stream(common::names::JOBS_STREAM).await else {
-                return false;
-            };
-            stream
-                .info()
-                .await
-                .map(|info| info.state.messages == 0)
-                .unwrap_or(false)
-        }
+        system_tests::queue::work_queue_empty(&jetstream)
     })
     .await
     .unwrap();
@@ -218,19 +208,7 @@ async fn a_job_whose_workers_die_on_every_attempt_fails_once_with_retries_exhaus
     wait_until(
         "the exhausted message to leave the work queue",
         Duration::from_secs(10),
-        || {
-            let jetstream = jetstream.clone();
-            async move {
-                let Ok(mut stream) = jetstream.get_stream(common::names::JOBS_STREAM).await else {
-                    return false;
-                };
-                stream
-                    .info()
-                    .await
-                    .map(|info| info.state.messages == 0)
-                    .unwrap_or(false)
-            }
-        },
+        || system_tests::queue::work_queue_empty(&jetstream),
     )
     .await
     .unwrap();

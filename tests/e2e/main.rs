@@ -8,6 +8,7 @@ mod failures;
 mod http;
 mod legacy;
 mod pipeline;
+mod presigner;
 
 use std::sync::Once;
 

@@ -4,13 +4,12 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use common::config::{Env, S3Settings};
 use common::storage::Storage;
-
-use crate::wait::wait_until;
 
 /// Test credentials of the local S3.
 pub const S3_ACCESS_KEY: &str = "test-access-key";
@@ -36,12 +35,76 @@ pub fn venv_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// A free loopback TCP port (bound and released).
+/// Ports handed out by [`free_port`] in this process, never handed out twice.
+static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// A free loopback TCP port, below the kernel's ephemeral range (32768 and up) so that no
+/// outgoing connection can take it between this check and the server binding it, and never one
+/// already handed to another server of this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
+    let mut handed_out = HANDED_OUT.lock().expect("port registry lock");
+    loop {
+        let candidate: u16 = rand::random_range(20_000..32_000);
+        if handed_out.contains(&candidate) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", candidate)).is_ok() {
+            handed_out.push(candidate);
+            return candidate;
+        }
+    }
+}
+
+/// How many times a server is started on fresh ports before the harness gives up (a port taken
+/// by something outside this process between the check and the bind).
+const START_ATTEMPTS: usize = 3;
+
+/// The last lines of a server's log, for errors.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Kills a server process and reaps it.
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Waits until `ready` holds; fails at once (with the log's tail) if the process exits, and kills
+/// it if it is not ready in time.
+async fn await_ready<F, Fut>(
+    child: &mut Option<Child>,
+    log: &Path,
+    what: &str,
+    timeout: Duration,
+    mut ready: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if ready().await {
+            return Ok(());
+        }
+        let exited = match child.as_mut() {
+            Some(process) => process.try_wait()?.is_some(),
+            None => true,
+        };
+        if exited {
+            bail!("the server exited while waiting for {what}:\n{}", log_tail(log));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            kill(child);
+            bail!("timed out after {timeout:?} waiting for {what}:\n{}", log_tail(log));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// Whether something listens on a loopback port.
@@ -71,11 +134,18 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on free ports.
     pub async fn start() -> anyhow::Result<Self> {
-        let ports = NatsPorts {
-            client: free_port(),
-            monitor: free_port(),
-        };
-        Self::start_on(ports, tempfile::tempdir()?).await
+        let mut failure = None;
+        for _ in 0..START_ATTEMPTS {
+            let ports = NatsPorts {
+                client: free_port(),
+                monitor: free_port(),
+            };
+            match Self::start_on(ports, tempfile::tempdir()?).await {
+                Ok(server) => return Ok(server),
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(failure.expect("at least one attempt"))
     }
 
     /// Starts a server on the given ports and store.
@@ -118,9 +188,13 @@ impl NatsServer {
             .context("starting nats-server")?;
         self.child = Some(child);
         let port = self.ports.client;
-        wait_until("nats-server to listen", Duration::from_secs(20), || async move {
-            port_answers(port)
-        })
+        await_ready(
+            &mut self.child,
+            &self.log,
+            "nats-server to listen",
+            Duration::from_secs(20),
+            || async move { port_answers(port) },
+        )
         .await?;
         Ok(())
     }
@@ -132,10 +206,7 @@ impl NatsServer {
 
     /// Kills the server (its store stays).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts it again on the same ports and store.
@@ -194,7 +265,14 @@ pub struct S3Server {
 impl S3Server {
     /// Starts SeaweedFS on free ports and waits until the bucket answers a signed HEAD.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::start_on(S3Ports::free(), tempfile::tempdir()?).await
+        let mut failure = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::start_on(S3Ports::free(), tempfile::tempdir()?).await {
+                Ok(server) => return Ok(server),
+                Err(error) => failure = Some(error),
+            }
+        }
+        Err(failure.expect("at least one attempt"))
     }
 
     /// Starts SeaweedFS on the given ports and data dir.
@@ -242,10 +320,16 @@ impl S3Server {
         std::fs::create_dir_all(self.data.path().join("data"))?;
         self.child = Some(child);
         let storage = Storage::new(&self.settings())?;
-        wait_until("the S3 bucket to answer a signed HEAD", Duration::from_secs(60), || {
-            let storage = storage.clone();
-            async move { storage.check_bucket().await.is_ok() }
-        })
+        await_ready(
+            &mut self.child,
+            &self.log,
+            "the S3 bucket to answer a signed HEAD",
+            Duration::from_secs(30),
+            || {
+                let storage = storage.clone();
+                async move { storage.check_bucket().await.is_ok() }
+            },
+        )
         .await?;
         Ok(())
     }
@@ -275,10 +359,7 @@ impl S3Server {
 
     /// Kills the server (its data stays).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts it again on the same ports and data.

@@ -81,6 +81,18 @@ pub struct Topology {
     pub ack_wait: Duration,
 }
 
+impl Topology {
+    /// The definitions implied by a service's settings; every service derives them the same way,
+    /// so whichever starts first provisions what the others expect.
+    pub fn from_settings(nats: &NatsSettings, retry: &crate::retry::RetryPolicy, ack_wait: Duration) -> Self {
+        Topology {
+            replicas: nats.replicas,
+            max_deliver: retry.max_attempts as i64,
+            ack_wait,
+        }
+    }
+}
+
 impl Default for Topology {
     fn default() -> Self {
         Topology {

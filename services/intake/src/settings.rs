@@ -97,11 +97,7 @@ impl Settings {
 
     /// The JetStream definitions these settings imply (identical to the processors').
     pub fn topology(&self) -> Topology {
-        Topology {
-            replicas: self.nats.replicas,
-            max_deliver: self.retry.max_attempts as i64,
-            ack_wait: self.ack_wait,
-        }
+        Topology::from_settings(&self.nats, &self.retry, self.ack_wait)
     }
 }
 

@@ -21,7 +21,13 @@ use crate::Context;
 use crate::bundle::UploadInFlight;
 use crate::execute::{self, JobError, JobHooks, JobResult, Progress};
 
+/// How long one pull request waits for jobs before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
 /// Pulls job messages until `shutdown`, running up to `concurrency` jobs at once.
+///
+/// A pull asks for exactly as many jobs as there are free slots, so no job ever waits in this
+/// process's buffer while its lease runs out (which would hand it to a second processor).
 pub async fn consume(
     context: Arc<Context>,
     jetstream: &jetstream::Context,
@@ -29,42 +35,56 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(context.settings.concurrency));
-    'subscribe: while !shutdown.is_cancelled() {
-        let messages = async {
-            let consumer: consumer::PullConsumer = jetstream
-                .get_consumer_from_stream(names::PROCESSOR_CONSUMER, names::JOBS_STREAM)
-                .await?;
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(context.settings.concurrency.min(1000))
-                .heartbeat(Duration::from_secs(5))
-                .messages()
-                .await?;
-            Ok::<_, async_nats::Error>(messages)
+    let mut consumer: Option<consumer::PullConsumer> = None;
+    while !shutdown.is_cancelled() {
+        let first_slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let mut free_slots = vec![first_slot];
+        while let Ok(slot) = slots.clone().try_acquire_owned() {
+            free_slots.push(slot);
         }
-        .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(error) => {
-                tracing::warn!(%error, "cannot pull jobs, retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+        if consumer.is_none() {
+            match jetstream
+                .get_consumer_from_stream(names::PROCESSOR_CONSUMER, names::JOBS_STREAM)
+                .await
+            {
+                Ok(found) => consumer = Some(found),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot reach the job consumer, retrying");
+                    pause(&shutdown).await;
+                    continue;
                 }
             }
+        }
+        let pull = consumer
+            .as_ref()
+            .expect("set above")
+            .batch()
+            .max_messages(free_slots.len())
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        let mut batch = match pull {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(%error, "cannot pull jobs, retrying");
+                consumer = None;
+                pause(&shutdown).await;
+                continue;
+            }
         };
-        tracing::info!(consumer = names::PROCESSOR_CONSUMER, "pulling jobs");
         loop {
-            let slot = tokio::select! {
-                _ = shutdown.cancelled() => break 'subscribe,
-                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            };
             let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'subscribe,
-                next = messages.next() => next,
+                _ = shutdown.cancelled() => break,
+                next = batch.next() => next,
             };
             match next {
                 Some(Ok(message)) => {
+                    let slot = free_slots
+                        .pop()
+                        .expect("a pull never returns more jobs than it asked for");
                     let context = context.clone();
                     jobs.spawn(async move {
                         handle(&context, message).await;
@@ -72,15 +92,22 @@ pub async fn consume(
                     });
                 }
                 Some(Err(error)) => {
-                    // Heartbeat and no-responder errors can leave the stream stalled: start over.
-                    tracing::warn!(%error, "job pull interrupted, re-subscribing");
-                    continue 'subscribe;
+                    tracing::warn!(%error, "job pull interrupted");
+                    consumer = None;
+                    break;
                 }
-                None => continue 'subscribe,
+                None => break,
             }
         }
     }
     tracing::info!("stopped pulling jobs");
+}
+
+async fn pause(shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
 }
 
 /// Handles one message; never panics on its content.
@@ -99,7 +126,9 @@ async fn handle(context: &Context, message: jetstream::Message) {
     let decision = process(context, job.job_id(), delivered, &message)
         .instrument(span.clone())
         .await;
-    acknowledge(&message, decision).instrument(span).await;
+    if let Some(decision) = decision {
+        acknowledge(&message, decision).instrument(span).await;
+    }
 }
 
 async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
@@ -112,11 +141,21 @@ async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
 enum Outcome {
     Finished(Result<JobResult, JobError>),
     Cancelled,
+    TakenOver,
     TimedOut,
     Abandoned,
 }
 
-async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jetstream::Message) -> AckKind {
+/// What a progress write found.
+enum Ownership {
+    Held,
+    Cancelled,
+    TakenOver,
+}
+
+/// Runs one delivery of a job; returns how to acknowledge it (`None`: not at all, because a newer
+/// delivery owns the job now and acknowledging this one would remove the message under it).
+async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jetstream::Message) -> Option<AckKind> {
     let registration = context.in_flight.register(job_id);
     let delay = context.settings.pick_delay();
     let attempt_started = tokio::time::Instant::now();
@@ -142,19 +181,19 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
         Ok(Change::Written(record)) => record,
         Ok(Change::Unchanged(record)) => {
             tracing::info!(status = record.status.as_str(), "job already finished, acknowledging");
-            return AckKind::Ack;
+            return Some(AckKind::Ack);
         }
         Err(StoreError::Missing(_)) => {
             tracing::warn!("job record missing (expired or never written), message terminated");
-            return AckKind::Term;
+            return Some(AckKind::Term);
         }
         Err(error @ StoreError::Corrupt { .. }) => {
             tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "job record unreadable, message terminated");
-            return AckKind::Term;
+            return Some(AckKind::Term);
         }
         Err(error) => {
             tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "cannot claim job, retrying soon");
-            return AckKind::Nak(Some(Duration::from_secs(1)));
+            return Some(AckKind::Nak(Some(Duration::from_secs(1))));
         }
     };
     tracing::info!(
@@ -176,6 +215,10 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
     let mut deadline = pin!(tokio::time::sleep(context.settings.job_timeout));
     let mut ticker = tokio::time::interval(context.settings.progress_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let attempt = Attempt {
+        processor: context.settings.instance_id.clone(),
+        number: delivered,
+    };
     let mut progress_written = 0u8;
     let outcome = loop {
         tokio::select! {
@@ -186,15 +229,21 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
             result = &mut work => break Outcome::Finished(result),
             Some(files) = files_receiver.recv() => {
                 let current = progress.get();
-                write_progress(context, job_id, &token, current, Some(files)).await;
-                progress_written = current;
+                match write_progress(context, job_id, &attempt, current, Some(files)).await {
+                    Ownership::Held => progress_written = current,
+                    Ownership::Cancelled => break Outcome::Cancelled,
+                    Ownership::TakenOver => break Outcome::TakenOver,
+                }
             }
             _ = ticker.tick() => {
                 acknowledge(message, AckKind::Progress).await;
                 let current = progress.get();
                 if current != progress_written {
-                    write_progress(context, job_id, &token, current, None).await;
-                    progress_written = current;
+                    match write_progress(context, job_id, &attempt, current, None).await {
+                        Ownership::Held => progress_written = current,
+                        Ownership::Cancelled => break Outcome::Cancelled,
+                        Ownership::TakenOver => break Outcome::TakenOver,
+                    }
                 }
             }
         }
@@ -212,7 +261,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
     let elapsed = attempt_started.elapsed();
     match outcome {
         Outcome::Finished(Ok(result)) => {
-            let finished = finish(context, job_id, |record| {
+            let finished = finish(context, job_id, &attempt, |record| {
                 with_files(record);
                 record.status = JobStatus::Completed;
                 record.progress = 100;
@@ -222,7 +271,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
                 record.estimated_completion = None;
             })
             .await;
-            if matches!(finished, AckKind::Ack) {
+            if matches!(finished, Some(AckKind::Ack)) {
                 context.stats.record(elapsed);
                 tracing::info!(
                     elapsed_ms = elapsed.as_millis() as u64,
@@ -234,7 +283,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
         }
         Outcome::Finished(Err(JobError::Permanent { code, message })) => {
             tracing::info!(%code, message, "job failed");
-            finish(context, job_id, |record| {
+            finish(context, job_id, &attempt, |record| {
                 with_files(record);
                 record.fail(code, message.clone());
             })
@@ -244,7 +293,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
             match context.settings.retry.delay_after(delivered) {
                 Some(retry_in) => {
                     tracing::warn!(%code, message, retry_in_ms = retry_in.as_millis() as u64, "transient failure, retrying");
-                    let requeued = finish(context, job_id, |record| {
+                    let requeued = finish(context, job_id, &attempt, |record| {
                         with_files(record);
                         record.status = JobStatus::Queued;
                         record.progress = 0;
@@ -256,8 +305,8 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
                         record.estimated_completion = Some(Utc::now() + retry_in);
                     })
                     .await;
-                    if matches!(requeued, AckKind::Ack) {
-                        AckKind::Nak(Some(retry_in))
+                    if matches!(requeued, Some(AckKind::Ack)) {
+                        Some(AckKind::Nak(Some(retry_in)))
                     } else {
                         requeued
                     }
@@ -265,7 +314,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
                 None => {
                     tracing::warn!(%code, message, "transient failure on the last attempt, job failed");
                     let attempts = context.settings.retry.max_attempts;
-                    finish(context, job_id, |record| {
+                    finish(context, job_id, &attempt, |record| {
                         record.fail(code, format!("{message} (gave up after {attempts} attempts)"))
                     })
                     .await
@@ -275,24 +324,28 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
         Outcome::TimedOut => {
             let limit = context.settings.job_timeout.as_secs();
             tracing::warn!(limit_seconds = limit, "job timed out");
-            finish(context, job_id, |record| {
+            finish(context, job_id, &attempt, |record| {
                 record.fail(ErrorCode::Timeout, format!("job ran longer than {limit} s"))
             })
             .await
         }
         Outcome::Cancelled => {
             tracing::info!("job cancelled by its owner, stopped");
-            AckKind::Ack
+            Some(AckKind::Ack)
+        }
+        Outcome::TakenOver => {
+            tracing::warn!("job taken over by a newer delivery, stopped without acknowledging");
+            None
         }
         Outcome::Abandoned => {
             tracing::warn!("processor shutting down, job handed back to the queue");
-            let requeued = finish(context, job_id, |record| {
+            let requeued = finish(context, job_id, &attempt, |record| {
                 record.status = JobStatus::Queued;
                 record.progress = 0;
             })
             .await;
-            if matches!(requeued, AckKind::Ack) {
-                AckKind::Nak(None)
+            if matches!(requeued, Some(AckKind::Ack)) {
+                Some(AckKind::Nak(None))
             } else {
                 requeued
             }
@@ -300,14 +353,34 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
     }
 }
 
-/// Writes a change that only applies while this processor holds the job (status `processing`).
-/// Returns `Ack` when written or when the job was meanwhile cancelled; a store failure asks for a
-/// quick redelivery, and the next attempt finds the record as it is.
-async fn finish(context: &Context, job_id: JobId, mut apply: impl FnMut(&mut common::JobRecord)) -> AckKind {
+/// The attempt this processor runs: its writes apply only while the record still names it, so a
+/// processor that lost its lease (and whose job went to another) can never overwrite the other.
+struct Attempt {
+    processor: String,
+    number: u32,
+}
+
+impl Attempt {
+    fn owns(&self, record: &common::JobRecord) -> bool {
+        record.status == JobStatus::Processing
+            && record.attempt == self.number
+            && record.processed_by.as_deref() == Some(self.processor.as_str())
+    }
+}
+
+/// Writes a change that only applies while this attempt holds the job. Returns `Ack` when written
+/// or when the job ended meanwhile (e.g. cancelled), nothing when another attempt took it over; a
+/// store failure asks for a quick redelivery, and the next attempt finds the record as it is.
+async fn finish(
+    context: &Context,
+    job_id: JobId,
+    attempt: &Attempt,
+    mut apply: impl FnMut(&mut common::JobRecord),
+) -> Option<AckKind> {
     let change = context
         .store
         .update(job_id, |record| {
-            if record.status != JobStatus::Processing {
+            if !attempt.owns(record) {
                 return false;
             }
             apply(record);
@@ -315,33 +388,35 @@ async fn finish(context: &Context, job_id: JobId, mut apply: impl FnMut(&mut com
         })
         .await;
     match change {
-        Ok(Change::Written(_)) => AckKind::Ack,
+        Ok(Change::Written(_)) => Some(AckKind::Ack),
+        Ok(Change::Unchanged(record)) if record.status.is_terminal() => {
+            tracing::info!(status = record.status.as_str(), "job ended meanwhile, outcome dropped");
+            Some(AckKind::Ack)
+        }
         Ok(Change::Unchanged(record)) => {
-            tracing::info!(
-                status = record.status.as_str(),
-                "job changed meanwhile, outcome dropped"
-            );
-            AckKind::Ack
+            tracing::warn!(attempt = record.attempt, by = ?record.processed_by, "job taken over, outcome dropped without acknowledging");
+            None
         }
         Err(error) => {
             tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "outcome not recorded, job will be redelivered");
-            AckKind::Nak(Some(Duration::from_secs(1)))
+            Some(AckKind::Nak(Some(Duration::from_secs(1))))
         }
     }
 }
 
-/// Writes progress (and the checked files) while the job is still ours; notices cancellation.
+/// Writes progress (and the checked files) while the job is still ours; stops the job when it
+/// was cancelled or taken over by another processor.
 async fn write_progress(
     context: &Context,
     job_id: JobId,
-    token: &CancellationToken,
+    attempt: &Attempt,
     progress: u8,
     files: Option<Vec<common::FileStatus>>,
-) {
+) -> Ownership {
     let change = context
         .store
         .update(job_id, |record| {
-            if record.status != JobStatus::Processing {
+            if !attempt.owns(record) {
                 return false;
             }
             record.progress = progress.max(record.progress);
@@ -352,8 +427,15 @@ async fn write_progress(
         })
         .await;
     match change {
-        Ok(Change::Unchanged(record)) if record.status == JobStatus::Cancelled => token.cancel(),
-        Ok(_) => {}
-        Err(error) => tracing::warn!(error = %error, "progress not written"),
+        Ok(Change::Unchanged(record)) if record.status == JobStatus::Cancelled => Ownership::Cancelled,
+        Ok(Change::Unchanged(record)) => {
+            tracing::warn!(status = record.status.as_str(), attempt = record.attempt, by = ?record.processed_by, "job taken over");
+            Ownership::TakenOver
+        }
+        Ok(Change::Written(_)) => Ownership::Held,
+        Err(error) => {
+            tracing::warn!(error = %error, "progress not written");
+            Ownership::Held
+        }
     }
 }

@@ -169,16 +169,8 @@ async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
     );
 
     let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
-    wait_for("the work queue to drain", Duration::from_secs(600), || {
-        let jetstream = jetstream.clone();
-        async move {
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
-                .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
-                .await
-                .ok()?;
-            let info = consumer.info().await.ok()?;
-            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-        }
+    wait_until("the work queue to drain", Duration::from_secs(600), || {
+        system_tests::queue::job_consumer_idle(&jetstream)
     })
     .await?;
     let drained = started.elapsed().as_secs_f64();

@@ -1,0 +1,28 @@
+//! Observations of the work queue, for waiting on it in tests and the bench.
+
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use common::names;
+
+/// Whether the processors' consumer has nothing pending and nothing in flight.
+pub async fn job_consumer_idle(jetstream: &jetstream::Context) -> bool {
+    let consumer: Result<PullConsumer, _> = jetstream
+        .get_consumer_from_stream(names::PROCESSOR_CONSUMER, names::JOBS_STREAM)
+        .await;
+    let Ok(mut consumer) = consumer else { return false };
+    match consumer.info().await {
+        Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+        Err(_) => false,
+    }
+}
+
+/// Whether the work-queue stream holds no message at all (acknowledged, terminated or removed).
+pub async fn work_queue_empty(jetstream: &jetstream::Context) -> bool {
+    let Ok(mut stream) = jetstream.get_stream(names::JOBS_STREAM).await else {
+        return false;
+    };
+    stream
+        .info()
+        .await
+        .map(|info| info.state.messages == 0)
+        .unwrap_or(false)
+}
