@@ -61,15 +61,6 @@ pub enum Change {
     Unchanged(JobRecord),
 }
 
-impl Change {
-    /// The record after the update, written or not.
-    pub fn record(&self) -> &JobRecord {
-        match self {
-            Change::Written(record) | Change::Unchanged(record) => record,
-        }
-    }
-}
-
 /// Job records, submissions and events.
 #[derive(Clone)]
 pub struct JobStore {

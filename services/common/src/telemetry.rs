@@ -85,15 +85,10 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&async_nats
     let _ = span.set_parent(parent);
 }
 
-/// Makes `span` a child of a stored `traceparent`, if any.
+/// Makes `span` a child of a `traceparent` (an HTTP header or one stored in a record), if any.
 pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
     let Some(traceparent) = traceparent else { return };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("traceparent", traceparent);
     set_parent_from_headers(span, Some(&headers));
-}
-
-/// Makes `span` a child of the trace context in HTTP headers, if any.
-pub fn set_parent_from_http(span: &tracing::Span, traceparent: Option<&str>) {
-    set_parent_from_traceparent(span, traceparent);
 }

@@ -44,7 +44,7 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
         .headers()
         .get("traceparent")
         .and_then(|value| value.to_str().ok());
-    telemetry::set_parent_from_http(&span, traceparent);
+    telemetry::set_parent_from_traceparent(&span, traceparent);
     let started = Instant::now();
     let mut response = match endpoint.call(request).instrument(span.clone()).await {
         Ok(response) => response.into_response(),

@@ -2,8 +2,11 @@
 //!
 //! ```sh
 //! cargo build --release -p intake -p processor -p presigner -p system-tests --bins
-//! target/release/bench [seconds=10] [connections=64]
+//! target/release/bench [seconds=10] [connections=64] [processors=1]
 //! ```
+//!
+//! With `processors=0` only the intake runs, so initiate is measured without the processor,
+//! SeaweedFS and the events competing for the same two cores.
 //!
 //! Starts nats-server and SeaweedFS on free ports and every service as its own process (the
 //! binaries next to this one), then measures: idle RSS per service; initiate throughput and
@@ -60,10 +63,11 @@ fn main() -> anyhow::Result<()> {
     let arguments: Vec<String> = std::env::args().collect();
     let seconds: u64 = arguments.get(1).map(|value| value.parse()).transpose()?.unwrap_or(10);
     let connections: usize = arguments.get(2).map(|value| value.parse()).transpose()?.unwrap_or(64);
-    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections))
+    let processors: usize = arguments.get(3).map(|value| value.parse()).transpose()?.unwrap_or(1);
+    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections, processors))
 }
 
-async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
+async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Result<()> {
     let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
     let storage = common::storage::Storage::new(&s3.settings())?;
     let api_port = free_port();
@@ -79,7 +83,9 @@ async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
         .context("binary directory")?
         .to_path_buf();
     let mut services = Services { children: Vec::new() };
-    for service in ["presigner", "processor", "intake"] {
+    let mut names = vec!["presigner", "intake"];
+    names.extend(std::iter::repeat_n("processor", processors));
+    for service in names {
         let child = Command::new(binaries.join(service))
             .envs(env.iter().cloned())
             .spawn()
@@ -155,7 +161,7 @@ async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let total = accepted.load(Ordering::Relaxed);
-    println!("\n## initiate ({connections} connections, {seconds} s, 1 file id, processors running)");
+    println!("\n## initiate ({connections} connections, {seconds} s, 1 file id, {processors} processor(s) running)");
     println!(
         "accepted {total} ({:.0}/s), refused {}",
         total as f64 / elapsed,
@@ -168,6 +174,9 @@ async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
         percentile(&latencies, 1.0)
     );
 
+    if processors == 0 {
+        return Ok(());
+    }
     let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
     wait_until("the work queue to drain", Duration::from_secs(600), || {
         system_tests::queue::job_consumer_idle(&jetstream)
@@ -184,60 +193,58 @@ async fn run(seconds: u64, connections: usize) -> anyhow::Result<()> {
         println!("{name:>10}: {rss:.1} MiB RSS after load (peak {peak:.1})");
     }
 
-    println!("\n## bundling two 256 MiB files");
-    for file_id in [10001u64, 10002] {
-        let bytes = system_tests::sample_bytes(file_id, 256 * 1024 * 1024);
-        storage
-            .client()
-            .put_object_content(storage.bucket(), format!("downloads/{file_id}.zip").as_str(), bytes)?
-            .build()
-            .send()
-            .await?;
-    }
     let processor_pid = services
         .children
         .iter()
         .find(|(name, _)| *name == "processor")
         .map(|(_, child)| child.id())
-        .unwrap();
-    let (before, peak_before) = memory_mib(processor_pid);
-    let response: serde_json::Value = client
-        .post(&url)
-        .header("X-User-Id", "bench-bundle")
-        .header("Content-Type", "application/json")
-        .body(r#"{"file_ids":[10001,10002]}"#)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let job_id = response["jobId"].as_str().context("jobId")?.to_string();
-    let bundle_started = Instant::now();
-    let status_url = format!("http://127.0.0.1:{api_port}/v1/download/status/{job_id}");
-    let mut peak_during = 0.0f64;
-    let final_status = wait_for("the bundle", Duration::from_secs(600), || {
-        let client = client.clone();
-        let status_url = status_url.clone();
-        let (rss, _) = memory_mib(processor_pid);
-        peak_during = peak_during.max(rss);
-        async move {
-            let status: serde_json::Value = client
-                .get(&status_url)
-                .header("X-User-Id", "bench-bundle")
+        .context("a processor runs")?;
+    for (size_mib, first_id) in [(64usize, 10_001u64), (256, 10_003)] {
+        println!("\n## bundling two {size_mib} MiB files");
+        for file_id in [first_id, first_id + 1] {
+            let bytes = system_tests::sample_bytes(file_id, size_mib * 1024 * 1024);
+            let key = format!("downloads/{file_id}.zip");
+            storage
+                .client()
+                .put_object_content(storage.bucket(), key.as_str(), bytes)?
+                .build()
                 .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            matches!(status["status"].as_str(), Some("completed" | "failed")).then_some(status)
+                .await?;
         }
-    })
-    .await?;
-    let (_, peak_after) = memory_mib(processor_pid);
-    println!(
-        "{} in {:.1} s; processor RSS {before:.1} MiB before, {peak_during:.1} MiB highest sampled during, VmHWM {peak_before:.1} -> {peak_after:.1} MiB",
-        final_status["status"],
-        bundle_started.elapsed().as_secs_f64()
-    );
+        let (before, peak_before) = memory_mib(processor_pid);
+        let response: serde_json::Value = client
+            .post(&url)
+            .header("X-User-Id", "bench-bundle")
+            .header("Content-Type", "application/json")
+            .body(format!(r#"{{"file_ids":[{first_id},{}]}}"#, first_id + 1))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let job_id = response["jobId"].as_str().context("jobId")?.to_string();
+        let bundle_started = Instant::now();
+        let status_url = format!("http://127.0.0.1:{api_port}/v1/download/status/{job_id}");
+        let final_status = wait_for("the bundle", Duration::from_secs(600), || {
+            let client = client.clone();
+            let status_url = status_url.clone();
+            async move {
+                let response = client
+                    .get(&status_url)
+                    .header("X-User-Id", "bench-bundle")
+                    .send()
+                    .await
+                    .ok()?;
+                let status: serde_json::Value = response.json().await.ok()?;
+                matches!(status["status"].as_str(), Some("completed" | "failed")).then_some(status)
+            }
+        })
+        .await?;
+        let (after, peak_after) = memory_mib(processor_pid);
+        println!(
+            "{} in {:.1} s; processor RSS {before:.1} -> {after:.1} MiB, peak (VmHWM) {peak_before:.1} -> {peak_after:.1} MiB",
+            final_status["status"],
+            bundle_started.elapsed().as_secs_f64()
+        );
+    }
     Ok(())
 }

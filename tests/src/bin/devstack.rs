@@ -100,7 +100,7 @@ async fn run() -> anyhow::Result<()> {
         nats.url()
     );
     println!(
-        "  S3 endpoint    {} (bucket downloads, key {} / secret in deploy/local/README)",
+        "  S3 endpoint    {} (bucket downloads, credentials in deploy/local/README.md, access key {})",
         s3.endpoint(),
         system_tests::servers::S3_ACCESS_KEY
     );
