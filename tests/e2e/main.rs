@@ -7,6 +7,7 @@ mod contracts;
 mod failures;
 mod http;
 mod legacy;
+mod notifier;
 mod pipeline;
 mod presigner;
 

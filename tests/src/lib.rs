@@ -3,6 +3,7 @@
 
 pub mod queue;
 pub mod servers;
+pub mod sse;
 pub mod stack;
 pub mod wait;
 

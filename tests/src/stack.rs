@@ -79,6 +79,9 @@ pub struct Stack {
     pub processors: Vec<Service>,
     /// The presigner, when running.
     pub presigner: Option<Service>,
+    /// The notifier, when running.
+    pub notifier: Option<Service>,
+    notifier_address: Option<SocketAddr>,
     /// An HTTP client that does not follow redirects.
     pub http: reqwest::Client,
     /// Direct access to the bucket.
@@ -117,6 +120,8 @@ impl Stack {
             intake_address: None,
             processors: Vec::new(),
             presigner: None,
+            notifier: None,
+            notifier_address: None,
             http,
             storage,
         })
@@ -171,6 +176,25 @@ impl Stack {
             },
         )
         .await
+    }
+
+    /// Starts the notifier on a free port.
+    pub async fn start_notifier(&mut self) -> anyhow::Result<()> {
+        let settings = notifier::Settings::from_env(&self.env)?;
+        let application = notifier::Application::build(settings).await?;
+        self.notifier_address = Some(application.local_addr());
+        self.notifier = Some(Service::spawn(|token| {
+            tokio::spawn(application.run_until_stopped(token))
+        }));
+        Ok(())
+    }
+
+    /// The SSE stream URL of a job on the notifier.
+    pub fn stream_url(&self, job_id: &str) -> String {
+        format!(
+            "http://{}/v1/download/{job_id}/stream",
+            self.notifier_address.expect("the notifier is running")
+        )
     }
 
     /// Starts the presigner and waits until it answers discovery pings.

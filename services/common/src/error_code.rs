@@ -62,6 +62,31 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The HTTP status a problem with this code is answered with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::ValidationFailed => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::JobFinished => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::StorageUnavailable
+            | ErrorCode::QueueUnavailable
+            | ErrorCode::PresignerUnavailable
+            | ErrorCode::RequestTimeout => 503,
+            ErrorCode::FileNotFound | ErrorCode::Timeout | ErrorCode::RetriesExhausted | ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The RFC 9457 problem `type` URI of this code.
+    pub fn problem_type(self) -> String {
+        format!("urn:problem:{}", self.as_str().to_ascii_lowercase().replace('_', "-"))
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(self.as_str())

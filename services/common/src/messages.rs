@@ -59,6 +59,41 @@ pub enum JobEvent {
 }
 
 impl JobEvent {
+    /// The job this event is about.
+    pub fn job_id(&self) -> JobId {
+        match self {
+            JobEvent::V1 { job_id, .. } => *job_id,
+        }
+    }
+
+    /// The per-job event number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            JobEvent::V1 { seq, .. } => *seq,
+        }
+    }
+
+    /// The status after the change.
+    pub fn status(&self) -> JobStatus {
+        match self {
+            JobEvent::V1 { status, .. } => *status,
+        }
+    }
+
+    /// The event a record's current state corresponds to (its latest event).
+    pub fn of_record(record: &crate::JobRecord) -> Self {
+        JobEvent::V1 {
+            job_id: record.job_id,
+            seq: record.event_seq,
+            status: record.status,
+            progress: record.progress,
+            error: record.error.clone(),
+            error_code: record.error_code,
+            attempt: record.attempt,
+            at: record.updated_at,
+        }
+    }
+
     /// The kind token used in the event's subject.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -212,6 +212,23 @@ pub struct JetStreamHandles {
 /// Creates or updates every stream, consumer and bucket. Idempotent, and safe when several
 /// instances start at once (the server treats an identical create as success).
 pub async fn provision(client: &async_nats::Client, topology: &Topology) -> Result<JetStreamHandles, NatsSetupError> {
+    provision_with(client, topology, true).await
+}
+
+/// Creates or updates the streams and the bucket, leaving the consumers alone: for services that
+/// only read and publish events, and do not know the processors' retry settings.
+pub async fn provision_streams(
+    client: &async_nats::Client,
+    topology: &Topology,
+) -> Result<JetStreamHandles, NatsSetupError> {
+    provision_with(client, topology, false).await
+}
+
+async fn provision_with(
+    client: &async_nats::Client,
+    topology: &Topology,
+    with_consumers: bool,
+) -> Result<JetStreamHandles, NatsSetupError> {
     let jetstream = jetstream::new(client.clone());
     let failed = |what: &str| {
         let what = what.to_string();
@@ -230,17 +247,19 @@ pub async fn provision(client: &async_nats::Client, topology: &Topology) -> Resu
                 .await
                 .map_err(|error| failed(names::EVENTS_STREAM)(Box::new(error)))?;
             jetstream
-                .create_consumer_on_stream(processor_consumer_config(topology), names::JOBS_STREAM)
-                .await
-                .map_err(|error| failed(names::PROCESSOR_CONSUMER)(Box::new(error)))?;
-            jetstream
                 .create_or_update_stream(advisories_stream_config(topology))
                 .await
                 .map_err(|error| failed(names::ADVISORIES_STREAM)(Box::new(error)))?;
-            jetstream
-                .create_consumer_on_stream(advisories_consumer_config(topology), names::ADVISORIES_STREAM)
-                .await
-                .map_err(|error| failed(names::ADVISORIES_CONSUMER)(Box::new(error)))?;
+            if with_consumers {
+                jetstream
+                    .create_consumer_on_stream(processor_consumer_config(topology), names::JOBS_STREAM)
+                    .await
+                    .map_err(|error| failed(names::PROCESSOR_CONSUMER)(Box::new(error)))?;
+                jetstream
+                    .create_consumer_on_stream(advisories_consumer_config(topology), names::ADVISORIES_STREAM)
+                    .await
+                    .map_err(|error| failed(names::ADVISORIES_CONSUMER)(Box::new(error)))?;
+            }
             let jobs = jetstream
                 .create_or_update_key_value(jobs_bucket_config(topology))
                 .await

@@ -150,16 +150,7 @@ impl JobStore {
     /// `Nats-Msg-Id` so a retried publish is stored once. The KV record stays the source of
     /// truth: if the publish keeps failing the change is still visible by polling.
     async fn publish_event(&self, record: &JobRecord) {
-        let event = JobEvent::V1 {
-            job_id: record.job_id,
-            seq: record.event_seq,
-            status: record.status,
-            progress: record.progress,
-            error: record.error.clone(),
-            error_code: record.error_code,
-            attempt: record.attempt,
-            at: record.updated_at,
-        };
+        let event = JobEvent::of_record(record);
         let subject = names::event_subject(&record.job_id.to_string(), event.kind());
         let payload = Bytes::from(serde_json::to_vec(&event).expect("events serialize"));
         let message_id = format!("{}:{}", record.job_id, record.event_seq);
@@ -183,6 +174,54 @@ impl JobStore {
             }
         }
         tracing::error!(job_id = %record.job_id, seq = record.event_seq, "event not published; the record in KV is still current");
+    }
+
+    /// The events of a job numbered above `after_seq`, in order, as the events stream holds them
+    /// now. Reads with a short-lived ordered consumer filtered to the job's subjects.
+    pub async fn events_after(&self, job_id: JobId, after_seq: u64) -> Result<Vec<JobEvent>, StoreError> {
+        use async_nats::jetstream::consumer;
+        use futures::StreamExt;
+        let unavailable = |error: async_nats::Error| StoreError::Kv(error);
+        let stream = self
+            .jetstream
+            .get_stream(names::EVENTS_STREAM)
+            .await
+            .map_err(|error| unavailable(error.into()))?;
+        let mut ordered = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("downloads.events.{job_id}.*"),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| unavailable(error.into()))?;
+        let mut remaining = ordered
+            .info()
+            .await
+            .map_err(|error| unavailable(error.into()))?
+            .num_pending;
+        let mut events = Vec::new();
+        if remaining == 0 {
+            return Ok(events);
+        }
+        let mut messages = ordered.messages().await.map_err(|error| unavailable(error.into()))?;
+        while remaining > 0 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), messages.next())
+                .await
+                .map_err(|elapsed| unavailable(elapsed.into()))?;
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => return Err(unavailable(error.into())),
+                None => break,
+            };
+            remaining = message.info().map(|info| info.pending).unwrap_or(0);
+            match serde_json::from_slice::<JobEvent>(&message.payload) {
+                Ok(event) if event.seq() > after_seq => events.push(event),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%job_id, %error, "unreadable job event skipped"),
+            }
+        }
+        Ok(events)
     }
 
     /// Puts a job on the work queue and waits for the stream's acknowledgement. The job id is the

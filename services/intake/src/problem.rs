@@ -35,7 +35,7 @@ impl Problem {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         let status = status_of(code);
         Problem {
-            problem_type: format!("urn:problem:{}", code.as_str().to_ascii_lowercase().replace('_', "-")),
+            problem_type: code.problem_type(),
             title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
             detail: detail.into(),
@@ -77,22 +77,7 @@ impl Problem {
 
 /// HTTP status of each code.
 pub fn status_of(code: ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::ValidationFailed => StatusCode::BAD_REQUEST,
-        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::JobFinished => StatusCode::CONFLICT,
-        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::StorageUnavailable
-        | ErrorCode::QueueUnavailable
-        | ErrorCode::PresignerUnavailable
-        | ErrorCode::RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
-        ErrorCode::FileNotFound | ErrorCode::Timeout | ErrorCode::RetriesExhausted | ErrorCode::Internal => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-    }
+    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 /// Seconds a client should wait before retrying after a 503.

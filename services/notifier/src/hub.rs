@@ -1,0 +1,210 @@
+//! Fan-out of job events to open streams. Each notifier instance follows the events stream with
+//! one ordered consumer and hands every event to the streams of its job in memory, through
+//! bounded per-stream buffers: a client that falls too far behind is disconnected (it resumes
+//! with `Last-Event-ID`), so a slow client never delays the others.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use common::messages::JobEvent;
+use common::{JobId, names};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+type Subscribers = HashMap<JobId, Vec<(u64, mpsc::Sender<JobEvent>)>>;
+
+/// Open streams by job.
+pub struct Hub {
+    next_id: AtomicU64,
+    buffer: usize,
+    subscribers: Mutex<Subscribers>,
+}
+
+/// One stream's feed of live events; leaves the hub when dropped.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    job_id: JobId,
+    id: u64,
+    /// Live events of the job, in order. Ends if the client fell too far behind.
+    pub receiver: mpsc::Receiver<JobEvent>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut subscribers = self.hub.subscribers.lock().expect("hub lock");
+        if let Some(list) = subscribers.get_mut(&self.job_id) {
+            list.retain(|(id, _)| *id != self.id);
+            if list.is_empty() {
+                subscribers.remove(&self.job_id);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub whose streams buffer up to `buffer` events each.
+    pub fn new(buffer: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            next_id: AtomicU64::new(1),
+            buffer: buffer.max(1),
+            subscribers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Starts receiving a job's live events.
+    pub fn subscribe(self: &Arc<Self>, job_id: JobId) -> Subscription {
+        let (sender, receiver) = mpsc::channel(self.buffer);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.subscribers
+            .lock()
+            .expect("hub lock")
+            .entry(job_id)
+            .or_default()
+            .push((id, sender));
+        Subscription {
+            hub: self.clone(),
+            job_id,
+            id,
+            receiver,
+        }
+    }
+
+    /// Hands an event to every stream of its job, dropping streams whose buffer is full.
+    pub fn dispatch(&self, event: &JobEvent) {
+        let job_id = event.job_id();
+        let mut subscribers = self.subscribers.lock().expect("hub lock");
+        let Some(list) = subscribers.get_mut(&job_id) else {
+            return;
+        };
+        list.retain(|(_, sender)| match sender.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::info!(%job_id, "stream too far behind, disconnecting it (it resumes with Last-Event-ID)");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        if list.is_empty() {
+            subscribers.remove(&job_id);
+        }
+    }
+
+    /// Streams open on this instance.
+    pub fn open_streams(&self) -> usize {
+        self.subscribers.lock().expect("hub lock").values().map(Vec::len).sum()
+    }
+}
+
+/// Follows every new job event and dispatches it, until `stop`; re-subscribes after errors.
+pub async fn follow(
+    jetstream: jetstream::Context,
+    hub: Arc<Hub>,
+    ready: tokio::sync::oneshot::Sender<()>,
+    stop: CancellationToken,
+) {
+    let mut ready = Some(ready);
+    while !stop.is_cancelled() {
+        let messages = async {
+            let stream = jetstream.get_stream(names::EVENTS_STREAM).await?;
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: names::EVENTS_STREAM_SUBJECTS.into(),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ..Default::default()
+                })
+                .await?;
+            Ok::<_, async_nats::Error>(consumer.messages().await?)
+        }
+        .await;
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow job events, retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => match serde_json::from_slice::<JobEvent>(&message.payload) {
+                    Ok(event) => hub.dispatch(&event),
+                    Err(error) => tracing::warn!(subject = %message.subject, %error, "unreadable job event skipped"),
+                },
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "job event subscription failed, re-subscribing");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(job_id: JobId, seq: u64) -> JobEvent {
+        JobEvent::V1 {
+            job_id,
+            seq,
+            status: common::JobStatus::Processing,
+            progress: 10,
+            error: None,
+            error_code: None,
+            attempt: 1,
+            at: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_reach_only_the_streams_of_their_job() {
+        let hub = Hub::new(8);
+        let first = JobId::new();
+        let mut a = hub.subscribe(first);
+        let mut b = hub.subscribe(first);
+        let mut other = hub.subscribe(JobId::new());
+        hub.dispatch(&event(first, 1));
+        assert_eq!(a.receiver.recv().await.unwrap().seq(), 1);
+        assert_eq!(b.receiver.recv().await.unwrap().seq(), 1);
+        assert!(other.receiver.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_falls_behind_is_dropped_without_holding_up_the_others() {
+        let hub = Hub::new(2);
+        let job_id = JobId::new();
+        let mut slow = hub.subscribe(job_id);
+        let mut fast = hub.subscribe(job_id);
+        for seq in 1..=3 {
+            hub.dispatch(&event(job_id, seq));
+            assert_eq!(fast.receiver.recv().await.unwrap().seq(), seq);
+        }
+        assert_eq!(slow.receiver.recv().await.unwrap().seq(), 1);
+        assert_eq!(slow.receiver.recv().await.unwrap().seq(), 2);
+        assert!(slow.receiver.recv().await.is_none(), "the slow stream was disconnected");
+        assert_eq!(hub.open_streams(), 1);
+    }
+
+    #[test]
+    fn dropping_a_subscription_leaves_the_hub() {
+        let hub = Hub::new(2);
+        let subscription = hub.subscribe(JobId::new());
+        assert_eq!(hub.open_streams(), 1);
+        drop(subscription);
+        assert_eq!(hub.open_streams(), 0);
+    }
+}

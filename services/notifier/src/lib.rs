@@ -1,0 +1,174 @@
+//! The notifier: pushes job progress to browsers and other clients over Server-Sent Events.
+//!
+//! `GET /v1/download/{jobId}/stream` answers `text/event-stream` with events `progress`,
+//! `completed` (with a freshly presigned `downloadUrl`), `failed` and `cancelled`. Every event's
+//! `id:` is the job's event number: a client reconnecting with `Last-Event-ID` gets every event it
+//! missed, then live ones, without gap or duplicate. Comment heartbeats keep idle proxies from
+//! cutting quiet streams; the stream ends after a terminal event.
+
+pub mod hub;
+pub mod limits;
+mod stream;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::config::{ConfigError, Env, NatsSettings};
+use common::store::JobStore;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{EndpointExt, Route, get};
+use tokio_util::sync::CancellationToken;
+
+/// Notifier configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `HOST` and `PORT` (default 127.0.0.1:3001).
+    pub listen: SocketAddr,
+    /// NATS connection.
+    pub nats: NatsSettings,
+    /// `SSE_HEARTBEAT_SECONDS`: comment heartbeat interval (default 15).
+    pub heartbeat: Duration,
+    /// `SSE_RETRY_MS`: reconnection delay suggested to clients (default 3000).
+    pub retry: Duration,
+    /// `SSE_MAX_STREAMS_PER_USER`: open streams per user on one instance (default 20).
+    pub max_streams_per_user: usize,
+    /// `SSE_CLIENT_BUFFER`: events buffered per stream before a slow client is disconnected
+    /// (default 64).
+    pub client_buffer: usize,
+    /// `PRESIGN_TIMEOUT_MS`: how long to wait for the presigner (default 2000).
+    pub presign_timeout: Duration,
+}
+
+impl Settings {
+    /// Reads and validates the settings.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let host: IpAddr = env.parse("HOST", IpAddr::from([127, 0, 0, 1]))?;
+        let port: u16 = env.parse("PORT", 3001)?;
+        let settings = Settings {
+            listen: SocketAddr::new(host, port),
+            nats: NatsSettings::from_env(env)?,
+            heartbeat: env.seconds("SSE_HEARTBEAT_SECONDS", 15)?,
+            retry: env.millis("SSE_RETRY_MS", 3000)?,
+            max_streams_per_user: env.parse("SSE_MAX_STREAMS_PER_USER", 20)?,
+            client_buffer: env.parse("SSE_CLIENT_BUFFER", 64)?,
+            presign_timeout: env.millis("PRESIGN_TIMEOUT_MS", 2000)?,
+        };
+        env.require(
+            !settings.heartbeat.is_zero(),
+            "SSE_HEARTBEAT_SECONDS",
+            "must be at least 1",
+        )?;
+        env.require(
+            settings.max_streams_per_user > 0,
+            "SSE_MAX_STREAMS_PER_USER",
+            "must be at least 1",
+        )?;
+        env.require(
+            (1..=10_000).contains(&settings.client_buffer),
+            "SSE_CLIENT_BUFFER",
+            "must be between 1 and 10000",
+        )?;
+        Ok(settings)
+    }
+}
+
+/// What every stream shares.
+pub struct State {
+    /// Settings.
+    pub settings: Settings,
+    /// Job records and event history.
+    pub store: JobStore,
+    /// NATS, for presign requests.
+    pub nats: async_nats::Client,
+    /// Open streams by job.
+    pub hub: Arc<hub::Hub>,
+    /// Open streams by user.
+    pub limits: Arc<limits::StreamLimits>,
+}
+
+/// The HTTP application.
+pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
+    Route::new()
+        .at("/v1/download/:job_id/stream", get(stream::stream))
+        .at("/health", get(stream::health))
+        .data(state)
+        .map_to_response()
+}
+
+/// A built notifier: connected, following events, bound to its port.
+pub struct Application {
+    state: Arc<State>,
+    acceptor: poem::listener::TcpAcceptor,
+    local_addr: SocketAddr,
+    follower: tokio::task::JoinHandle<()>,
+    follower_stop: CancellationToken,
+}
+
+impl Application {
+    /// Connects, provisions, starts following events and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let nats = common::nats::connect(&settings.nats, "download-notifier").await?;
+        let topology = common::nats::Topology {
+            replicas: settings.nats.replicas,
+            ..Default::default()
+        };
+        let handles = common::nats::provision_streams(&nats, &topology).await?;
+        let store = JobStore::new(handles.jetstream.clone(), handles.jobs);
+        let hub = hub::Hub::new(settings.client_buffer);
+        let follower_stop = CancellationToken::new();
+        let (ready, ready_receiver) = tokio::sync::oneshot::channel();
+        let follower = tokio::spawn(hub::follow(
+            handles.jetstream,
+            hub.clone(),
+            ready,
+            follower_stop.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(10), ready_receiver)
+            .await
+            .map_err(|_| anyhow::anyhow!("could not follow job events within 10 s"))??;
+        let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
+        let local_addr = acceptor
+            .local_addr()
+            .first()
+            .and_then(|address| address.as_socket_addr().copied())
+            .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
+        let state = Arc::new(State {
+            limits: limits::StreamLimits::new(settings.max_streams_per_user),
+            settings,
+            store,
+            nats,
+            hub,
+        });
+        Ok(Application {
+            state,
+            acceptor,
+            local_addr,
+            follower,
+            follower_stop,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown`. Open streams are closed at shutdown; clients resume elsewhere
+    /// with `Last-Event-ID`.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(address = %self.local_addr, "notifier listening");
+        poem::Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(
+                app(self.state.clone()),
+                shutdown.cancelled_owned(),
+                Some(Duration::from_secs(1)),
+            )
+            .await?;
+        self.follower_stop.cancel();
+        let _ = self.follower.await;
+        self.state.nats.drain().await.ok();
+        tracing::info!("notifier stopped");
+        Ok(())
+    }
+}

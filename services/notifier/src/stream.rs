@@ -1,0 +1,230 @@
+//! The SSE endpoint: checks identity and ownership before the stream starts, replays what a
+//! resuming client missed, then forwards live events until the job's terminal event.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use common::messages::JobEvent;
+use common::{ErrorCode, JobId, JobStatus};
+use poem::http::StatusCode;
+use poem::web::sse::{Event, SSE};
+use poem::web::{Data, Path};
+use poem::{IntoResponse, Request, Response, handler};
+
+use crate::State;
+use crate::hub::Subscription;
+use crate::limits::StreamSlot;
+
+/// An RFC 9457 problem response.
+fn problem(code: ErrorCode, detail: &str, field: Option<&str>) -> Response {
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut body = serde_json::json!({
+        "type": code.problem_type(),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+        "code": code.as_str(),
+    });
+    if let Some(field) = field {
+        body["field"] = serde_json::Value::from(field);
+    }
+    Response::builder()
+        .status(status)
+        .content_type("application/problem+json")
+        .body(body.to_string())
+}
+
+/// `GET /health`: the instance answers, with its open streams.
+#[handler]
+pub async fn health(Data(state): Data<&Arc<State>>) -> Response {
+    let body = serde_json::json!({ "status": "healthy", "openStreams": state.hub.open_streams() });
+    Response::builder()
+        .content_type("application/json")
+        .body(body.to_string())
+}
+
+/// `GET /v1/download/{jobId}/stream`.
+#[handler]
+pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): Data<&Arc<State>>) -> Response {
+    let user = request
+        .headers()
+        .get("X-User-Id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| common::validation::check_user_id(value).ok());
+    let Some(user) = user else {
+        return problem(
+            ErrorCode::Unauthenticated,
+            "the X-User-Id header is missing or invalid",
+            Some("X-User-Id"),
+        );
+    };
+    let Some(job_id) = JobId::parse(&job_id) else {
+        return problem(ErrorCode::ValidationFailed, "jobId must be a UUID", Some("jobId"));
+    };
+    let last_event_id = match request
+        .headers()
+        .get("Last-Event-ID")
+        .map(|value| value.to_str().map(str::trim))
+    {
+        None => None,
+        Some(Ok(text)) => match text.parse::<u64>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return problem(
+                    ErrorCode::ValidationFailed,
+                    "Last-Event-ID must be an event number",
+                    Some("Last-Event-ID"),
+                );
+            }
+        },
+        Some(Err(_)) => {
+            return problem(
+                ErrorCode::ValidationFailed,
+                "Last-Event-ID must be an event number",
+                Some("Last-Event-ID"),
+            );
+        }
+    };
+    let Some(slot) = state.limits.acquire(user) else {
+        let detail = format!("at most {} open streams per user", state.settings.max_streams_per_user);
+        return problem(ErrorCode::RateLimited, &detail, None);
+    };
+    // Subscribe before reading the record and the history: an event published in between is then
+    // in both, and is de-duplicated by its number rather than lost.
+    let subscription = state.hub.subscribe(job_id);
+    let record = match state.store.load(job_id).await {
+        Ok(Some(versioned)) if versioned.record.user_id == user => versioned.record,
+        Ok(_) => return problem(ErrorCode::NotFound, "no such job", None),
+        Err(error) => {
+            tracing::warn!(error = %error, "job store unavailable");
+            return problem(
+                ErrorCode::QueueUnavailable,
+                "the job store is unavailable, retry shortly",
+                None,
+            );
+        }
+    };
+    let mut initial: VecDeque<JobEvent> = match last_event_id {
+        None => VecDeque::from([JobEvent::of_record(&record)]),
+        Some(after) => match state.store.events_after(job_id, after).await {
+            Ok(events) => events.into(),
+            Err(error) => {
+                tracing::warn!(error = %error, "event history unavailable");
+                return problem(
+                    ErrorCode::QueueUnavailable,
+                    "the event history is unavailable, retry shortly",
+                    None,
+                );
+            }
+        },
+    };
+    let newest_known = initial.back().map(JobEvent::seq).or(last_event_id).unwrap_or(0);
+    if record.status.is_terminal() && record.event_seq > newest_known {
+        // The record is the truth: its terminal state is delivered even if its event was lost.
+        initial.push_back(JobEvent::of_record(&record));
+    }
+    if record.status.is_terminal() && initial.is_empty() {
+        // The client has seen the end already; 204 tells EventSource not to reconnect.
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let feed = Feed {
+        state: state.clone(),
+        pending: initial,
+        subscription,
+        last_sent: last_event_id,
+        retry_sent: false,
+        finished: false,
+        _slot: slot,
+    };
+    let events = futures::stream::unfold(feed, Feed::next);
+    SSE::new(events).keep_alive(state.settings.heartbeat).into_response()
+}
+
+/// One client's position in its job's events.
+struct Feed {
+    state: Arc<State>,
+    pending: VecDeque<JobEvent>,
+    subscription: Subscription,
+    last_sent: Option<u64>,
+    retry_sent: bool,
+    finished: bool,
+    _slot: StreamSlot,
+}
+
+impl Feed {
+    async fn next(mut self) -> Option<(Event, Feed)> {
+        if !self.retry_sent {
+            self.retry_sent = true;
+            let retry = Event::retry(self.state.settings.retry.as_millis() as u64);
+            return Some((retry, self));
+        }
+        if self.finished {
+            return None;
+        }
+        loop {
+            let event = match self.pending.pop_front() {
+                Some(event) => event,
+                // `None`: the hub dropped this stream for falling behind; the client resumes.
+                None => self.subscription.receiver.recv().await?,
+            };
+            if self.last_sent.is_some_and(|last| event.seq() <= last) {
+                continue;
+            }
+            self.last_sent = Some(event.seq());
+            self.finished = event.status().is_terminal();
+            let sse = self.to_sse(&event).await;
+            return Some((sse, self));
+        }
+    }
+
+    async fn to_sse(&self, event: &JobEvent) -> Event {
+        let JobEvent::V1 {
+            job_id,
+            seq,
+            status,
+            progress,
+            error,
+            error_code,
+            attempt,
+            at,
+        } = event;
+        let mut data = serde_json::json!({
+            "jobId": job_id,
+            "seq": seq,
+            "status": status,
+            "progress": progress,
+            "attempt": attempt,
+            "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        match status {
+            JobStatus::Completed => data["downloadUrl"] = self.download_url(*job_id).await.into(),
+            JobStatus::Failed => {
+                data["error"] = error.clone().into();
+                data["errorCode"] = error_code.map(|code| code.as_str()).into();
+            }
+            _ => {}
+        }
+        Event::message(data.to_string())
+            .event_type(event.kind())
+            .id(seq.to_string())
+    }
+
+    /// A fresh presigned URL of a completed job's result, `None` if it cannot be had right now
+    /// (the client can still fetch `GET /v1/download/{jobId}`).
+    async fn download_url(&self, job_id: JobId) -> Option<String> {
+        let record = self.state.store.load(job_id).await.ok()??.record;
+        let key = record.result_key.as_deref()?;
+        let filename = match record.file_ids.as_slice() {
+            [single] if key == common::names::source_key(*single) => format!("{single}.zip"),
+            _ => format!("download-{job_id}.zip"),
+        };
+        match common::presign::request_url(&self.state.nats, key, &filename, self.state.settings.presign_timeout).await
+        {
+            Ok((url, _)) => Some(url),
+            Err(error) => {
+                tracing::warn!(%job_id, error = %error, "no download URL for the completed event");
+                None
+            }
+        }
+    }
+}

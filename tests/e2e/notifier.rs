@@ -1,0 +1,253 @@
+//! Server-Sent Events from the notifier: order, resumption, heartbeats, identity, fan-out.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use system_tests::sse::{SseItem, SseReader};
+use system_tests::stack::Stack;
+
+use crate::init_logs;
+
+const QUIET: Duration = Duration::from_secs(20);
+
+async fn stack_with_notifier(overrides: &[(&str, &str)]) -> Stack {
+    let mut stack = Stack::start(overrides).await.unwrap();
+    stack.start_notifier().await.unwrap();
+    stack
+}
+
+async fn open(stack: &Stack, user: &str, job_id: &str, last_event_id: Option<u64>) -> reqwest::Response {
+    let mut request = stack.http.get(stack.stream_url(job_id)).header("X-User-Id", user);
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    request.send().await.unwrap()
+}
+
+/// Reads a stream to its end: (event ids, event names, data), heartbeats seen.
+async fn read_all(reader: &mut SseReader) -> (Vec<u64>, Vec<String>, Vec<Value>, usize) {
+    let (mut ids, mut names, mut data, mut heartbeats) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    while let Some((id, event, body)) = reader.next_event(QUIET, &mut heartbeats).await.unwrap() {
+        ids.push(id.unwrap().parse().unwrap());
+        names.push(event.unwrap());
+        data.push(body);
+    }
+    (ids, names, data, heartbeats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_sends_every_change_in_order_with_heartbeats_then_the_completion_and_closes() {
+    init_logs();
+    let stack = stack_with_notifier(&[
+        ("SSE_HEARTBEAT_SECONDS", "1"),
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "2500"),
+        ("DOWNLOAD_DELAY_MAX_MS", "2500"),
+        ("PROGRESS_INTERVAL_MS", "1000"),
+    ])
+    .await;
+    let content = stack.put_file(91_000, 3000).await.unwrap();
+    let job_id = stack.initiate("sara", &[91_000]).await.unwrap();
+    let response = open(&stack, "sara", &job_id, None).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(response.headers()["cache-control"], "no-cache");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    let mut reader = SseReader::new(response);
+    assert!(
+        matches!(reader.next(QUIET).await.unwrap(), Some(SseItem::Retry(_))),
+        "the stream opens with a retry hint"
+    );
+
+    let (ids, names, data, heartbeats) = read_all(&mut reader).await;
+    assert!(heartbeats >= 1, "a quiet stream carries heartbeats");
+    assert_eq!(names.last().unwrap(), "completed");
+    assert!(
+        names[..names.len() - 1].iter().all(|name| name == "progress"),
+        "{names:?}"
+    );
+    assert!(
+        ids.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "ids count up without gaps: {ids:?}"
+    );
+    let progress: Vec<u64> = data.iter().map(|event| event["progress"].as_u64().unwrap()).collect();
+    assert!(progress.windows(2).all(|pair| pair[0] <= pair[1]), "{progress:?}");
+    let history: Vec<u64> = stack
+        .events(&job_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|event| event["seq"].as_u64().unwrap())
+        .collect();
+    let first = ids[0];
+    assert_eq!(
+        &ids[usize::from(first == 0)..],
+        &history[history.iter().position(|seq| *seq >= first.max(1)).unwrap()..]
+    );
+    let url = data.last().unwrap()["downloadUrl"].as_str().unwrap();
+    assert_eq!(
+        reqwest::get(url).await.unwrap().bytes().await.unwrap().to_vec(),
+        content
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resuming_with_last_event_id_misses_nothing_and_sees_nothing_twice() {
+    init_logs();
+    let stack = stack_with_notifier(&[
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "3000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "3000"),
+        ("PROGRESS_INTERVAL_MS", "200"),
+    ])
+    .await;
+    stack.put_file(91_001, 100).await.unwrap();
+    let job_id = stack.initiate("rory", &[91_001]).await.unwrap();
+    let mut reader = SseReader::new(open(&stack, "rory", &job_id, None).await);
+    let mut seen = Vec::new();
+    let mut heartbeats = 0;
+    while seen.len() < 3 {
+        let (id, _, _) = reader.next_event(QUIET, &mut heartbeats).await.unwrap().unwrap();
+        seen.push(id.unwrap().parse::<u64>().unwrap());
+    }
+    drop(reader);
+    // Let events pass while the client is away.
+    stack
+        .wait_for_status("rory", &job_id, QUIET, |status| {
+            status["progress"].as_u64().unwrap_or(0) >= 60
+        })
+        .await
+        .unwrap();
+
+    let last = *seen.last().unwrap();
+    let mut resumed = SseReader::new(open(&stack, "rory", &job_id, Some(last)).await);
+    let (ids, names, _, _) = read_all(&mut resumed).await;
+    assert_eq!(ids[0], last + 1, "the first resumed event follows the last one seen");
+    seen.extend(ids);
+    let unique: HashSet<&u64> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no event twice: {seen:?}");
+    assert!(seen.windows(2).all(|pair| pair[1] == pair[0] + 1), "no gap: {seen:?}");
+    assert_eq!(names.last().unwrap(), "completed");
+    let history = stack.events(&job_id).await.unwrap();
+    assert_eq!(*seen.last().unwrap(), history.last().unwrap()["seq"].as_u64().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_yields_its_terminal_event_at_once_and_nothing_after_it() {
+    init_logs();
+    let stack = stack_with_notifier(&[]).await;
+    let job_id = stack.initiate("fin", &[91_404]).await.unwrap();
+    let status = stack.wait_for_terminal("fin", &job_id).await.unwrap();
+    assert_eq!(status["status"], "failed");
+    let mut reader = SseReader::new(open(&stack, "fin", &job_id, None).await);
+    let (ids, names, data, _) = read_all(&mut reader).await;
+    assert_eq!(names, vec!["failed"]);
+    assert_eq!(data[0]["errorCode"], "FILE_NOT_FOUND");
+    let resumed = open(&stack, "fin", &job_id, Some(ids[0])).await;
+    assert_eq!(
+        resumed.status(),
+        204,
+        "a client that saw the end is told not to reconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_need_an_identity_and_belong_to_the_jobs_owner() {
+    init_logs();
+    let stack = stack_with_notifier(&[
+        ("SSE_MAX_STREAMS_PER_USER", "2"),
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "20000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "20000"),
+    ])
+    .await;
+    stack.put_file(91_002, 10).await.unwrap();
+    let job_id = stack.initiate("olga", &[91_002]).await.unwrap();
+    let anonymous = stack.http.get(stack.stream_url(&job_id)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.headers()["content-type"], "application/problem+json");
+    assert_eq!(open(&stack, "intruder", &job_id, None).await.status(), 404);
+    assert_eq!(
+        open(&stack, "olga", &uuid::Uuid::now_v7().to_string(), None)
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(open(&stack, "olga", "not-a-job", None).await.status(), 400);
+    let bad_resume = stack
+        .http
+        .get(stack.stream_url(&job_id))
+        .header("X-User-Id", "olga")
+        .header("Last-Event-ID", "x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_resume.status(), 400);
+
+    let first = open(&stack, "olga", &job_id, None).await;
+    let second = open(&stack, "olga", &job_id, None).await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (reqwest::StatusCode::OK, reqwest::StatusCode::OK)
+    );
+    let third = open(&stack, "olga", &job_id, None).await;
+    assert_eq!(third.status(), 429, "a third open stream is over the per-user cap");
+    drop(first);
+    system_tests::wait::wait_for("a slot to free up", QUIET, || async {
+        (open(&stack, "olga", &job_id, None).await.status() == 200).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_notifier_delivers_the_completion_to_a_thousand_concurrent_streams() {
+    init_logs();
+    let stack = stack_with_notifier(&[
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "4000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "4000"),
+        ("SSE_MAX_STREAMS_PER_USER", "1000"),
+    ])
+    .await;
+    stack.put_file(92_000, 100).await.unwrap();
+    let mut job_ids = Vec::new();
+    for _ in 0..50 {
+        job_ids.push(stack.initiate("crowd", &[92_000]).await.unwrap());
+    }
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let mut streams = Vec::new();
+    for index in 0..1000 {
+        let job_id = job_ids[index % job_ids.len()].clone();
+        let request = client.get(stack.stream_url(&job_id)).header("X-User-Id", "crowd");
+        streams.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let mut reader = SseReader::new(response);
+            let mut heartbeats = 0;
+            let mut last = None;
+            while let Some((_, event, data)) = reader
+                .next_event(Duration::from_secs(60), &mut heartbeats)
+                .await
+                .unwrap()
+            {
+                last = Some((event.unwrap(), data));
+            }
+            last
+        }));
+    }
+    let mut completed = 0;
+    for stream in streams {
+        let (event, data) = stream.await.unwrap().expect("every stream ends with an event");
+        assert_eq!(event, "completed");
+        assert!(data["downloadUrl"].is_string());
+        completed += 1;
+    }
+    assert_eq!(completed, 1000);
+}
