@@ -15,6 +15,7 @@ const NATS_MONITOR_PORT: u16 = 18222;
 const S3_PORT: u16 = 18333;
 const S3_INTERNAL_BASE: u16 = 19330;
 const API_PORT: u16 = 18080;
+const NOTIFIER_PORT: u16 = 18081;
 
 /// Sample files: small ones, and two large enough that bundling them takes visible time.
 const SAMPLES: &[(u64, usize)] = &[
@@ -34,7 +35,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let s3_ports = S3Ports::fixed(S3_PORT, S3_INTERNAL_BASE);
-    let mut wanted = vec![NATS_PORT, NATS_MONITOR_PORT, API_PORT];
+    let mut wanted = vec![NATS_PORT, NATS_MONITOR_PORT, API_PORT, NOTIFIER_PORT];
     wanted.extend(s3_ports.all());
     if let Some(busy) = wanted.iter().find(|port| port_answers(**port)) {
         bail!("port {busy} is already in use (another dev stack running?); stop it and retry");
@@ -77,16 +78,18 @@ async fn run() -> anyhow::Result<()> {
         .context("binary directory")?
         .to_path_buf();
     let mut children: Vec<(&str, Child)> = Vec::new();
-    for service in ["presigner", "processor", "intake"] {
+    for service in ["presigner", "processor", "intake", "notifier"] {
         let path = binaries.join(service);
+        let port = if service == "notifier" { NOTIFIER_PORT } else { API_PORT };
         let child = Command::new(&path)
             .envs(env.iter().cloned())
+            .env("PORT", port.to_string())
             .spawn()
             .with_context(|| format!("starting {} (built by deploy/local/up?)", path.display()))?;
         children.push((service, child));
     }
-    wait_until("the intake to listen", Duration::from_secs(60), || async {
-        port_answers(API_PORT)
+    wait_until("the intake and the notifier to listen", Duration::from_secs(60), || async {
+        port_answers(API_PORT) && port_answers(NOTIFIER_PORT)
     })
     .await?;
 
@@ -95,6 +98,7 @@ async fn run() -> anyhow::Result<()> {
     println!("  API base URL   {base}");
     println!("  Swagger UI     {base}/docs");
     println!("  OpenAPI        {base}/openapi.json");
+    println!("  SSE streams    http://127.0.0.1:{NOTIFIER_PORT}/v1/download/{{jobId}}/stream (the notifier; one base URL behind nginx comes next)");
     println!(
         "  NATS           {} (monitoring http://127.0.0.1:{NATS_MONITOR_PORT})",
         nats.url()
