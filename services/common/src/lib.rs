@@ -14,6 +14,7 @@ pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod validation;
+pub mod webhook;
 
 pub use error_code::ErrorCode;
 pub use job::{FileStatus, JobId, JobRecord, JobStatus};
