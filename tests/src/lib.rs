@@ -2,6 +2,7 @@
 //! SeaweedFS processes on free ports, the services in-process, and HTTP helpers.
 
 pub mod queue;
+pub mod receiver;
 pub mod servers;
 pub mod sse;
 pub mod stack;

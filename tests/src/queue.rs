@@ -5,9 +5,13 @@ use common::names;
 
 /// Whether the processors' consumer has nothing pending and nothing in flight.
 pub async fn job_consumer_idle(jetstream: &jetstream::Context) -> bool {
-    let consumer: Result<PullConsumer, _> = jetstream
-        .get_consumer_from_stream(names::PROCESSOR_CONSUMER, names::JOBS_STREAM)
-        .await;
+    consumer_idle(jetstream, names::JOBS_STREAM, names::PROCESSOR_CONSUMER).await
+}
+
+/// Whether a durable consumer has nothing pending and nothing in flight (nor waiting for a
+/// redelivery).
+pub async fn consumer_idle(jetstream: &jetstream::Context, stream: &str, name: &str) -> bool {
+    let consumer: Result<PullConsumer, _> = jetstream.get_consumer_from_stream(name, stream).await;
     let Ok(mut consumer) = consumer else { return false };
     match consumer.info().await {
         Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,

@@ -268,11 +268,30 @@ impl Stack {
 
     /// `POST /v1/download/initiate` as `user`; returns the job id.
     pub async fn initiate(&self, user: &str, file_ids: &[u64]) -> anyhow::Result<String> {
+        self.initiate_with(user, serde_json::json!({ "file_ids": file_ids }))
+            .await
+    }
+
+    /// `POST /v1/download/initiate` with a `callbackUrl`; returns the job id.
+    pub async fn initiate_with_callback(
+        &self,
+        user: &str,
+        file_ids: &[u64],
+        callback_url: &str,
+    ) -> anyhow::Result<String> {
+        self.initiate_with(
+            user,
+            serde_json::json!({ "file_ids": file_ids, "callbackUrl": callback_url }),
+        )
+        .await
+    }
+
+    async fn initiate_with(&self, user: &str, body: Value) -> anyhow::Result<String> {
         let response = self
             .http
             .post(self.url("/v1/download/initiate"))
             .header("X-User-Id", user)
-            .json(&serde_json::json!({ "file_ids": file_ids }))
+            .json(&body)
             .send()
             .await?;
         anyhow::ensure!(

@@ -51,6 +51,23 @@ pub const ADVISORIES_CONSUMER: &str = "download-processor-advisories";
 /// Header carrying the JetStream de-duplication id.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
+/// Durable consumer of terminal job events through which notifiers deliver webhooks.
+pub const WEBHOOK_CONSUMER: &str = "download-webhooks";
+/// Event subjects that trigger a webhook.
+pub const WEBHOOK_EVENT_FILTERS: [&str; 3] = [
+    "downloads.events.*.completed",
+    "downloads.events.*.failed",
+    "downloads.events.*.cancelled",
+];
+/// Work-queue stream of webhook deliveries replayed by an operator from the dead letters.
+pub const WEBHOOK_REPLAYS_STREAM: &str = "DOWNLOAD_WEBHOOK_REPLAYS";
+/// Subject of a replayed delivery.
+pub const WEBHOOK_REPLAY_SUBJECT: &str = "downloads.webhooks.replay";
+/// Durable consumer of replayed deliveries.
+pub const WEBHOOK_REPLAY_CONSUMER: &str = "download-webhook-replays";
+/// KV bucket of webhook deliveries that ran out of attempts, keyed by webhook id.
+pub const WEBHOOK_DEAD_LETTERS_BUCKET: &str = "download-webhook-dead-letters";
+
 /// S3 key of the source archive of a file id. Only ever built from a validated integer.
 pub fn source_key(file_id: u64) -> String {
     format!("downloads/{file_id}.zip")

@@ -172,6 +172,81 @@ pub fn advisories_consumer_config(topology: &Topology) -> consumer::pull::Config
     }
 }
 
+/// The stream of webhook deliveries an operator replays from the dead letters.
+pub fn webhook_replays_stream_config(topology: &Topology) -> stream::Config {
+    stream::Config {
+        name: names::WEBHOOK_REPLAYS_STREAM.into(),
+        description: Some("Webhook deliveries replayed from the dead letters, until delivered".into()),
+        subjects: vec![names::WEBHOOK_REPLAY_SUBJECT.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        max_age: Duration::from_secs(7 * 24 * 60 * 60),
+        ..Default::default()
+    }
+}
+
+/// Dead-lettered webhook deliveries, kept a week for an operator to list and replay.
+pub fn webhook_dead_letters_bucket_config(topology: &Topology) -> kv::Config {
+    kv::Config {
+        bucket: names::WEBHOOK_DEAD_LETTERS_BUCKET.into(),
+        description: "Webhook deliveries that ran out of attempts, keyed by webhook id".into(),
+        history: 1,
+        max_age: Duration::from_secs(7 * 24 * 60 * 60),
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    }
+}
+
+/// The webhook consumers' settings, owned by the notifier.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookTopology {
+    /// Attempts per delivery (the consumers' `max_deliver`, with room for crashed attempts).
+    pub max_attempts: i64,
+    /// Lease of one delivery attempt (its timeout plus a margin).
+    pub ack_wait: Duration,
+}
+
+impl Default for WebhookTopology {
+    fn default() -> Self {
+        WebhookTopology {
+            max_attempts: 8,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The durable consumer of terminal job events that drives webhook deliveries.
+pub fn webhook_consumer_config(webhooks: &WebhookTopology) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(names::WEBHOOK_CONSUMER.into()),
+        description: Some("Notifiers deliver one signed webhook per terminal job event".into()),
+        filter_subjects: names::WEBHOOK_EVENT_FILTERS
+            .iter()
+            .map(|subject| subject.to_string())
+            .collect(),
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: webhooks.ack_wait,
+        max_deliver: webhooks.max_attempts + 2,
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// The durable consumer of replayed webhook deliveries.
+pub fn webhook_replay_consumer_config(webhooks: &WebhookTopology) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(names::WEBHOOK_REPLAY_CONSUMER.into()),
+        description: Some("Notifiers deliver webhooks replayed from the dead letters".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: webhooks.ack_wait,
+        max_deliver: webhooks.max_attempts + 2,
+        ..Default::default()
+    }
+}
+
 /// The durable pull consumer every processor shares.
 pub fn processor_consumer_config(topology: &Topology) -> consumer::pull::Config {
     consumer::pull::Config {
@@ -250,6 +325,14 @@ async fn provision_with(
                 .create_or_update_stream(advisories_stream_config(topology))
                 .await
                 .map_err(|error| failed(names::ADVISORIES_STREAM)(Box::new(error)))?;
+            jetstream
+                .create_or_update_stream(webhook_replays_stream_config(topology))
+                .await
+                .map_err(|error| failed(names::WEBHOOK_REPLAYS_STREAM)(Box::new(error)))?;
+            jetstream
+                .create_or_update_key_value(webhook_dead_letters_bucket_config(topology))
+                .await
+                .map_err(|error| failed(names::WEBHOOK_DEAD_LETTERS_BUCKET)(Box::new(error)))?;
             if with_consumers {
                 jetstream
                     .create_consumer_on_stream(processor_consumer_config(topology), names::JOBS_STREAM)

@@ -56,7 +56,8 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<Strin
 
 /// The `webhook-signature` header value: one signature per secret, space-separated.
 pub fn signature_header(secrets: &[String], id: &str, timestamp: i64, body: &[u8]) -> Result<String, BadSecret> {
-    let signatures: Result<Vec<String>, BadSecret> = secrets.iter().map(|secret| sign(secret, id, timestamp, body)).collect();
+    let signatures: Result<Vec<String>, BadSecret> =
+        secrets.iter().map(|secret| sign(secret, id, timestamp, body)).collect();
     Ok(signatures?.join(" "))
 }
 
@@ -77,8 +78,12 @@ pub fn verify(
     for secret in secrets {
         let key = key_of(secret)?;
         for candidate in signature_header.split_whitespace() {
-            let Some(encoded) = candidate.strip_prefix("v1,") else { continue };
-            let Ok(signature) = STANDARD.decode(encoded) else { continue };
+            let Some(encoded) = candidate.strip_prefix("v1,") else {
+                continue;
+            };
+            let Ok(signature) = STANDARD.decode(encoded) else {
+                continue;
+            };
             let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| BadSecret)?;
             mac.update(format!("{id}.{timestamp}.").as_bytes());
             mac.update(body);
@@ -107,11 +112,26 @@ mod tests {
     #[test]
     fn a_receiver_accepts_a_signed_delivery_and_refuses_tampering() {
         let header = signature_header(&[SECRET.to_string()], "id-1", 1_700_000_000, b"{}").unwrap();
-        assert_eq!(verify(&[SECRET], "id-1", "1700000000", &header, b"{}", 1_700_000_010), Ok(()));
-        assert_eq!(verify(&[SECRET], "id-1", "1700000000", &header, b"{ }", 1_700_000_010), Err(VerifyError::NoMatch));
-        assert_eq!(verify(&[SECRET], "id-2", "1700000000", &header, b"{}", 1_700_000_010), Err(VerifyError::NoMatch));
-        assert_eq!(verify(&[SECRET], "id-1", "1700000000", &header, b"{}", 1_700_001_000), Err(VerifyError::StaleTimestamp));
-        assert_eq!(verify(&[SECRET], "id-1", "soon", &header, b"{}", 1_700_000_000), Err(VerifyError::BadTimestamp));
+        assert_eq!(
+            verify(&[SECRET], "id-1", "1700000000", &header, b"{}", 1_700_000_010),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&[SECRET], "id-1", "1700000000", &header, b"{ }", 1_700_000_010),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify(&[SECRET], "id-2", "1700000000", &header, b"{}", 1_700_000_010),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify(&[SECRET], "id-1", "1700000000", &header, b"{}", 1_700_001_000),
+            Err(VerifyError::StaleTimestamp)
+        );
+        assert_eq!(
+            verify(&[SECRET], "id-1", "soon", &header, b"{}", 1_700_000_000),
+            Err(VerifyError::BadTimestamp)
+        );
     }
 
     #[test]

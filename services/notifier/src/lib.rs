@@ -9,6 +9,7 @@
 pub mod hub;
 pub mod limits;
 mod stream;
+pub mod webhooks;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct Settings {
     pub client_buffer: usize,
     /// `PRESIGN_TIMEOUT_MS`: how long to wait for the presigner (default 2000).
     pub presign_timeout: Duration,
+    /// Webhook delivery.
+    pub webhooks: webhooks::WebhookSettings,
 }
 
 impl Settings {
@@ -53,6 +56,7 @@ impl Settings {
             max_streams_per_user: env.parse("SSE_MAX_STREAMS_PER_USER", 20)?,
             client_buffer: env.parse("SSE_CLIENT_BUFFER", 64)?,
             presign_timeout: env.millis("PRESIGN_TIMEOUT_MS", 2000)?,
+            webhooks: webhooks::WebhookSettings::from_env(env)?,
         };
         env.require(
             !settings.heartbeat.is_zero(),
@@ -101,8 +105,8 @@ pub struct Application {
     state: Arc<State>,
     acceptor: poem::listener::TcpAcceptor,
     local_addr: SocketAddr,
-    follower: tokio::task::JoinHandle<()>,
-    follower_stop: CancellationToken,
+    background: tokio_util::task::TaskTracker,
+    background_stop: CancellationToken,
 }
 
 impl Application {
@@ -116,17 +120,62 @@ impl Application {
         let handles = common::nats::provision_streams(&nats, &topology).await?;
         let store = JobStore::new(handles.jetstream.clone(), handles.jobs);
         let hub = hub::Hub::new(settings.client_buffer);
-        let follower_stop = CancellationToken::new();
+        let background = tokio_util::task::TaskTracker::new();
+        let background_stop = CancellationToken::new();
         let (ready, ready_receiver) = tokio::sync::oneshot::channel();
-        let follower = tokio::spawn(hub::follow(
-            handles.jetstream,
+        background.spawn(hub::follow(
+            handles.jetstream.clone(),
             hub.clone(),
             ready,
-            follower_stop.clone(),
+            background_stop.clone(),
         ));
         tokio::time::timeout(Duration::from_secs(10), ready_receiver)
             .await
             .map_err(|_| anyhow::anyhow!("could not follow job events within 10 s"))??;
+        if settings.webhooks.secrets.is_empty() {
+            tracing::warn!(
+                "WEBHOOK_SECRETS is empty: webhooks wait in their durable consumer until a notifier has a secret"
+            );
+        } else {
+            let topology = settings.webhooks.topology();
+            let jetstream = handles.jetstream.clone();
+            jetstream
+                .create_consumer_on_stream(
+                    common::nats::webhook_consumer_config(&topology),
+                    common::names::EVENTS_STREAM,
+                )
+                .await?;
+            jetstream
+                .create_consumer_on_stream(
+                    common::nats::webhook_replay_consumer_config(&topology),
+                    common::names::WEBHOOK_REPLAYS_STREAM,
+                )
+                .await?;
+            let dead_letters = jetstream
+                .get_key_value(common::names::WEBHOOK_DEAD_LETTERS_BUCKET)
+                .await?;
+            let deliverer = webhooks::Deliverer::new(
+                settings.webhooks.clone(),
+                store.clone(),
+                nats.clone(),
+                settings.presign_timeout,
+                dead_letters,
+            )?;
+            background.spawn(webhooks::run(
+                deliverer.clone(),
+                jetstream.clone(),
+                common::names::EVENTS_STREAM,
+                common::names::WEBHOOK_CONSUMER,
+                background_stop.clone(),
+            ));
+            background.spawn(webhooks::run(
+                deliverer,
+                jetstream,
+                common::names::WEBHOOK_REPLAYS_STREAM,
+                common::names::WEBHOOK_REPLAY_CONSUMER,
+                background_stop.clone(),
+            ));
+        }
         let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
         let local_addr = acceptor
             .local_addr()
@@ -144,8 +193,8 @@ impl Application {
             state,
             acceptor,
             local_addr,
-            follower,
-            follower_stop,
+            background,
+            background_stop,
         })
     }
 
@@ -165,8 +214,9 @@ impl Application {
                 Some(Duration::from_secs(1)),
             )
             .await?;
-        self.follower_stop.cancel();
-        let _ = self.follower.await;
+        self.background_stop.cancel();
+        self.background.close();
+        self.background.wait().await;
         self.state.nats.drain().await.ok();
         tracing::info!("notifier stopped");
         Ok(())

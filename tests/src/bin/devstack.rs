@@ -88,9 +88,11 @@ async fn run() -> anyhow::Result<()> {
             .with_context(|| format!("starting {} (built by deploy/local/up?)", path.display()))?;
         children.push((service, child));
     }
-    wait_until("the intake and the notifier to listen", Duration::from_secs(60), || async {
-        port_answers(API_PORT) && port_answers(NOTIFIER_PORT)
-    })
+    wait_until(
+        "the intake and the notifier to listen",
+        Duration::from_secs(60),
+        || async { port_answers(API_PORT) && port_answers(NOTIFIER_PORT) },
+    )
     .await?;
 
     let base = format!("http://127.0.0.1:{API_PORT}");
@@ -98,7 +100,9 @@ async fn run() -> anyhow::Result<()> {
     println!("  API base URL   {base}");
     println!("  Swagger UI     {base}/docs");
     println!("  OpenAPI        {base}/openapi.json");
-    println!("  SSE streams    http://127.0.0.1:{NOTIFIER_PORT}/v1/download/{{jobId}}/stream (the notifier; one base URL behind nginx comes next)");
+    println!(
+        "  SSE streams    http://127.0.0.1:{NOTIFIER_PORT}/v1/download/{{jobId}}/stream (the notifier; one base URL behind nginx comes next)"
+    );
     println!(
         "  NATS           {} (monitoring http://127.0.0.1:{NATS_MONITOR_PORT})",
         nats.url()

@@ -1,0 +1,447 @@
+//! Signed webhooks: one POST per terminal job event to the job's `callbackUrl`, durable and
+//! at-least-once. A durable consumer of terminal events drives deliveries; each attempt's outcome
+//! becomes its acknowledgement: 2xx delivered (Ack), 410 stop (Ack), anything else retried with
+//! exponential backoff and jitter (Nak with delay; `Retry-After` honoured on 429/503), until the
+//! last attempt, after which the delivery goes to the dead-letter bucket for an operator to list
+//! and replay. Deliveries run concurrently, so a slow or dead receiver never delays the others.
+
+pub mod dead_letters;
+pub mod ssrf;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use common::config::{ConfigError, Env};
+use common::messages::JobEvent;
+use common::nats::WebhookTopology;
+use common::store::JobStore;
+use common::{JobStatus, webhook};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Webhook configuration.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// `WEBHOOK_SECRETS`: comma-separated `whsec_` secrets; the first signs, all are sent during
+    /// rotation. Empty: webhooks are not delivered (they wait in the durable consumer).
+    pub secrets: Vec<String>,
+    /// `WEBHOOK_TIMEOUT_MS`: per-attempt timeout (default 15000).
+    pub timeout: Duration,
+    /// `WEBHOOK_MAX_ATTEMPTS` (default 8).
+    pub max_attempts: u32,
+    /// `WEBHOOK_INITIAL_DELAY_MS`: delay before the first retry (default 1000), doubling.
+    pub initial_delay: Duration,
+    /// `WEBHOOK_MAX_DELAY_MS`: longest delay between attempts (default 300000).
+    pub max_delay: Duration,
+    /// `WEBHOOK_ALLOWED_NETWORKS`: CIDRs allowed although private (default none).
+    pub allowed_networks: Vec<ssrf::Network>,
+    /// `WEBHOOK_CONCURRENCY`: deliveries in flight per instance (default 256).
+    pub concurrency: usize,
+}
+
+impl WebhookSettings {
+    /// Reads and validates the settings.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let secrets: Vec<String> = env
+            .string("WEBHOOK_SECRETS", "")
+            .split(',')
+            .map(|secret| secret.trim().to_string())
+            .filter(|secret| !secret.is_empty())
+            .collect();
+        for secret in &secrets {
+            if webhook::check_secret(secret).is_err() {
+                return Err(ConfigError {
+                    key: "WEBHOOK_SECRETS".into(),
+                    value: "(hidden)".into(),
+                    reason: "every secret must look like whsec_<base64>".into(),
+                });
+            }
+        }
+        let mut allowed_networks = Vec::new();
+        for text in env
+            .string("WEBHOOK_ALLOWED_NETWORKS", "")
+            .split(',')
+            .filter(|text| !text.trim().is_empty())
+        {
+            allowed_networks.push(text.parse().map_err(|reason| ConfigError {
+                key: "WEBHOOK_ALLOWED_NETWORKS".into(),
+                value: text.into(),
+                reason,
+            })?);
+        }
+        let settings = WebhookSettings {
+            secrets,
+            timeout: env.millis("WEBHOOK_TIMEOUT_MS", 15_000)?,
+            max_attempts: env.parse("WEBHOOK_MAX_ATTEMPTS", 8)?,
+            initial_delay: env.millis("WEBHOOK_INITIAL_DELAY_MS", 1_000)?,
+            max_delay: env.millis("WEBHOOK_MAX_DELAY_MS", 300_000)?,
+            allowed_networks,
+            concurrency: env.parse("WEBHOOK_CONCURRENCY", 256)?,
+        };
+        env.require(
+            (1..=50).contains(&settings.max_attempts),
+            "WEBHOOK_MAX_ATTEMPTS",
+            "must be between 1 and 50",
+        )?;
+        env.require(!settings.timeout.is_zero(), "WEBHOOK_TIMEOUT_MS", "must be positive")?;
+        env.require(settings.concurrency > 0, "WEBHOOK_CONCURRENCY", "must be positive")?;
+        Ok(settings)
+    }
+
+    /// The consumers' settings.
+    pub fn topology(&self) -> WebhookTopology {
+        WebhookTopology {
+            max_attempts: self.max_attempts as i64,
+            ack_wait: self.timeout + Duration::from_secs(15),
+        }
+    }
+
+    /// Delay before the attempt after `failed_attempt`: doubling from the initial delay, capped,
+    /// with up to 25 % jitter so retries of many deliveries spread out.
+    pub fn retry_delay(&self, failed_attempt: u32) -> Duration {
+        let exponent = failed_attempt.saturating_sub(1).min(30) as i32;
+        let base = (self.initial_delay.as_secs_f64() * 2f64.powi(exponent)).min(self.max_delay.as_secs_f64());
+        let jitter = 1.0 + rand::random_range(0.0..0.25);
+        Duration::from_secs_f64((base * jitter).min(self.max_delay.as_secs_f64()))
+    }
+}
+
+/// The JSON body of a webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookPayload {
+    /// `download.completed`, `download.failed` or `download.cancelled`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The job.
+    pub job_id: String,
+    /// Its status.
+    pub status: JobStatus,
+    /// A fresh presigned URL, for completed jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_url: Option<String>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Stable failure code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// When the job reached this state (ISO 8601 UTC).
+    pub timestamp: String,
+}
+
+/// What one attempt came to.
+#[derive(Debug, PartialEq)]
+pub enum Attempt {
+    /// 2xx.
+    Delivered,
+    /// 410 Gone: the receiver wants no more for this job.
+    Stopped,
+    /// Worth another attempt after the delay.
+    Retry { delay: Option<Duration>, reason: String },
+    /// Never worth another attempt (refused target, no URL).
+    Refused(String),
+}
+
+/// Shared by deliveries.
+pub struct Deliverer {
+    /// Settings.
+    pub settings: WebhookSettings,
+    /// Job records.
+    pub store: JobStore,
+    /// NATS, for presigning.
+    pub nats: async_nats::Client,
+    /// The SSRF policy.
+    pub policy: ssrf::TargetPolicy,
+    /// The guarded HTTP client (no redirects, resolver that refuses forbidden addresses).
+    pub http: reqwest::Client,
+    /// Presign timeout.
+    pub presign_timeout: Duration,
+    /// Dead letters.
+    pub dead_letters: async_nats::jetstream::kv::Store,
+}
+
+impl Deliverer {
+    /// Builds the guarded client.
+    pub fn new(
+        settings: WebhookSettings,
+        store: JobStore,
+        nats: async_nats::Client,
+        presign_timeout: Duration,
+        dead_letters: async_nats::jetstream::kv::Store,
+    ) -> anyhow::Result<Arc<Self>> {
+        let policy = ssrf::TargetPolicy::new(settings.allowed_networks.clone());
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(ssrf::GuardedResolver::new(policy.clone()))
+            .timeout(settings.timeout)
+            .connect_timeout(settings.timeout)
+            .user_agent("download-service-webhooks/1")
+            .build()?;
+        Ok(Arc::new(Deliverer {
+            settings,
+            store,
+            nats,
+            policy,
+            http,
+            presign_timeout,
+            dead_letters,
+        }))
+    }
+
+    /// The webhook of an event, or `None` when its job has no callback URL.
+    async fn payload_of(&self, event: &JobEvent) -> Result<Option<(String, WebhookPayload)>, String> {
+        let record = match self.store.load(event.job_id()).await {
+            Ok(Some(versioned)) => versioned.record,
+            Ok(None) => return Ok(None),
+            Err(error) => return Err(format!("job store unavailable: {error}")),
+        };
+        let Some(url) = record.callback_url.clone() else {
+            return Ok(None);
+        };
+        let JobEvent::V1 {
+            job_id,
+            status,
+            error,
+            error_code,
+            at,
+            ..
+        } = event;
+        let download_url = match (status, record.result_key.as_deref()) {
+            (JobStatus::Completed, Some(key)) => {
+                let filename = format!("download-{job_id}.zip");
+                match common::presign::request_url(&self.nats, key, &filename, self.presign_timeout).await {
+                    Ok((url, _)) => Some(url),
+                    Err(error) => return Err(format!("presigner unavailable: {error}")),
+                }
+            }
+            _ => None,
+        };
+        Ok(Some((
+            url,
+            WebhookPayload {
+                event_type: format!("download.{}", status.as_str()),
+                job_id: job_id.to_string(),
+                status: *status,
+                download_url,
+                error: error.clone(),
+                error_code: error_code.map(|code| code.as_str().to_string()),
+                timestamp: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            },
+        )))
+    }
+
+    /// One attempt to deliver `payload` to `url` as webhook `webhook_id`.
+    pub async fn attempt(&self, webhook_id: &str, url: &str, payload: &WebhookPayload) -> Attempt {
+        let parsed = match url::Url::parse(url) {
+            Ok(parsed) => parsed,
+            Err(error) => return Attempt::Refused(format!("invalid callback URL: {error}")),
+        };
+        if let Err(reason) = self.policy.check_url(&parsed) {
+            return Attempt::Refused(reason);
+        }
+        if self.settings.secrets.is_empty() {
+            return Attempt::Retry {
+                delay: None,
+                reason: "no webhook secret configured".into(),
+            };
+        }
+        let body = serde_json::to_vec(payload).expect("payloads serialize");
+        let timestamp = chrono::Utc::now().timestamp();
+        let signature = match webhook::signature_header(&self.settings.secrets, webhook_id, timestamp, &body) {
+            Ok(signature) => signature,
+            Err(error) => return Attempt::Refused(error.to_string()),
+        };
+        let response = self
+            .http
+            .post(parsed)
+            .header("content-type", "application/json")
+            .header("webhook-id", webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status().is_success() => Attempt::Delivered,
+            Ok(response) if response.status() == reqwest::StatusCode::GONE => Attempt::Stopped,
+            Ok(response) => {
+                let status = response.status();
+                let retry_after = matches!(status.as_u16(), 429 | 503)
+                    .then(|| {
+                        response
+                            .headers()
+                            .get("retry-after")?
+                            .to_str()
+                            .ok()?
+                            .trim()
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .flatten()
+                    .map(|seconds| Duration::from_secs(seconds.min(self.settings.max_delay.as_secs())));
+                Attempt::Retry {
+                    delay: retry_after,
+                    reason: format!("receiver answered {status}"),
+                }
+            }
+            Err(error) => {
+                let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+                while let Some(cause) = source {
+                    if let Some(refused) = cause.downcast_ref::<ssrf::Refused>() {
+                        return Attempt::Refused(refused.to_string());
+                    }
+                    source = cause.source();
+                }
+                let kind = if error.is_timeout() {
+                    "timed out"
+                } else if error.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                Attempt::Retry {
+                    delay: None,
+                    reason: format!("{kind}: {error}"),
+                }
+            }
+        }
+    }
+
+    /// Handles one delivery message (an event, or a replay) and decides its acknowledgement.
+    async fn handle(&self, event: JobEvent, delivered: u32) -> AckKind {
+        let webhook_id = format!("{}-{}", event.job_id(), event.seq());
+        let (url, payload) = match self.payload_of(&event).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return AckKind::Ack,
+            Err(reason) => {
+                tracing::warn!(webhook_id, reason, "webhook not prepared, retrying");
+                return AckKind::Nak(Some(self.settings.retry_delay(delivered)));
+            }
+        };
+        let outcome = self.attempt(&webhook_id, &url, &payload).await;
+        match outcome {
+            Attempt::Delivered => {
+                tracing::info!(webhook_id, attempt = delivered, "webhook delivered");
+                AckKind::Ack
+            }
+            Attempt::Stopped => {
+                tracing::info!(webhook_id, "receiver answered 410, no more deliveries for this job");
+                AckKind::Ack
+            }
+            Attempt::Refused(reason) => {
+                tracing::warn!(webhook_id, reason, "webhook target refused");
+                self.dead_letter(&webhook_id, &url, &event, delivered, &reason).await
+            }
+            Attempt::Retry { delay, reason } if delivered < self.settings.max_attempts => {
+                let backoff = self.settings.retry_delay(delivered);
+                let wait = delay.map_or(backoff, |asked| asked.max(backoff));
+                tracing::info!(
+                    webhook_id,
+                    attempt = delivered,
+                    reason,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "webhook not delivered, retrying"
+                );
+                AckKind::Nak(Some(wait))
+            }
+            Attempt::Retry { reason, .. } => {
+                tracing::warn!(webhook_id, attempts = delivered, reason, "webhook attempts exhausted");
+                self.dead_letter(&webhook_id, &url, &event, delivered, &reason).await
+            }
+        }
+    }
+
+    async fn dead_letter(&self, webhook_id: &str, url: &str, event: &JobEvent, attempts: u32, reason: &str) -> AckKind {
+        let letter = dead_letters::DeadLetter {
+            webhook_id: webhook_id.to_string(),
+            url: url.to_string(),
+            attempts,
+            last_error: reason.to_string(),
+            failed_at: chrono::Utc::now(),
+            event: event.clone(),
+        };
+        match self
+            .dead_letters
+            .put(
+                webhook_id,
+                serde_json::to_vec_pretty(&letter).expect("letters serialize").into(),
+            )
+            .await
+        {
+            Ok(_) => AckKind::Ack,
+            Err(error) => {
+                tracing::warn!(%error, webhook_id, "dead letter not stored, retrying later");
+                AckKind::Nak(Some(self.settings.retry_delay(attempts)))
+            }
+        }
+    }
+}
+
+/// Delivers webhooks from `consumer` (events or replays) until `stop`.
+pub async fn run(
+    deliverer: Arc<Deliverer>,
+    jetstream: jetstream::Context,
+    stream: &'static str,
+    consumer_name: &'static str,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(deliverer.settings.concurrency));
+    let tasks = TaskTracker::new();
+    while !stop.is_cancelled() {
+        let messages = async {
+            let consumer: consumer::PullConsumer = jetstream.get_consumer_from_stream(consumer_name, stream).await?;
+            Ok::<_, async_nats::Error>(consumer.messages().await?)
+        }
+        .await;
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(%error, consumer_name, "cannot pull webhook deliveries, retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let slot = tokio::select! {
+                _ = stop.cancelled() => break,
+                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            };
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                next = messages.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, consumer_name, "webhook pull interrupted, re-subscribing");
+                    break;
+                }
+                None => break,
+            };
+            let deliverer = deliverer.clone();
+            tasks.spawn(async move {
+                let delivered = message.info().map(|info| info.delivered.max(1) as u32).unwrap_or(1);
+                let decision = match serde_json::from_slice::<JobEvent>(&message.payload) {
+                    Ok(event) => deliverer.handle(event, delivered).await,
+                    Err(error) => {
+                        tracing::warn!(%error, subject = %message.subject, "malformed webhook message terminated");
+                        AckKind::Term
+                    }
+                };
+                if let Err(error) = message.ack_with(decision).await {
+                    tracing::warn!(%error, "webhook acknowledgement not sent");
+                }
+                drop(slot);
+            });
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+}

@@ -1,0 +1,207 @@
+//! Signed, durable webhooks: verification, retries with a stable id, 410, dead letters and
+//! replay, SSRF refusals.
+
+use std::time::Duration;
+
+use system_tests::receiver::Receiver;
+use system_tests::stack::Stack;
+use system_tests::wait::{wait_for, wait_until};
+
+use crate::init_logs;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn stack_with_webhooks(extra: &[(&str, &str)]) -> Stack {
+    let mut overrides = vec![
+        ("WEBHOOK_SECRETS", SECRET),
+        ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"),
+        ("WEBHOOK_INITIAL_DELAY_MS", "200"),
+        ("WEBHOOK_MAX_DELAY_MS", "1000"),
+        ("WEBHOOK_TIMEOUT_MS", "2000"),
+        ("WEBHOOK_MAX_ATTEMPTS", "3"),
+    ];
+    overrides.extend_from_slice(extra);
+    let mut stack = Stack::start(&overrides).await.unwrap();
+    stack.start_notifier().await.unwrap();
+    stack
+}
+
+async fn webhooks_idle(stack: &Stack) -> bool {
+    let Ok(client) = stack.nats_client().await else {
+        return false;
+    };
+    let jetstream = async_nats::jetstream::new(client);
+    system_tests::queue::consumer_idle(
+        &jetstream,
+        common::names::EVENTS_STREAM,
+        common::names::WEBHOOK_CONSUMER,
+    )
+    .await
+        && system_tests::queue::consumer_idle(
+            &jetstream,
+            common::names::WEBHOOK_REPLAYS_STREAM,
+            common::names::WEBHOOK_REPLAY_CONSUMER,
+        )
+        .await
+}
+
+async fn dead_letters(stack: &Stack) -> Vec<notifier::webhooks::dead_letters::DeadLetter> {
+    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    notifier::webhooks::dead_letters::list(&jetstream).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_gets_the_same_signed_webhook_until_it_accepts_it_and_then_no_more() {
+    init_logs();
+    let stack = stack_with_webhooks(&[]).await;
+    let mut receiver = Receiver::start(0, &[500, 500, 200]).await.unwrap();
+    let content = stack.put_file(93_000, 500).await.unwrap();
+    let job_id = stack
+        .initiate_with_callback("web", &[93_000], &receiver.url())
+        .await
+        .unwrap();
+
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 3 {
+        let delivery = tokio::time::timeout(PATIENCE, receiver.deliveries.recv())
+            .await
+            .expect("a delivery")
+            .unwrap();
+        let now = chrono::Utc::now().timestamp();
+        common::webhook::verify(
+            &[SECRET],
+            &delivery.id,
+            &delivery.timestamp,
+            &delivery.signature,
+            &delivery.body,
+            now,
+        )
+        .expect("every delivery verifies");
+        deliveries.push(delivery);
+    }
+    assert!(
+        deliveries.iter().all(|delivery| delivery.id == deliveries[0].id),
+        "the webhook-id is stable across retries"
+    );
+    let payload = deliveries[2].json();
+    assert_eq!(payload["type"], "download.completed");
+    assert_eq!(payload["jobId"], job_id.as_str());
+    assert_eq!(payload["status"], "completed");
+    assert!(payload["timestamp"].as_str().unwrap().ends_with('Z'));
+    let url = payload["downloadUrl"].as_str().unwrap();
+    assert_eq!(
+        reqwest::get(url).await.unwrap().bytes().await.unwrap().to_vec(),
+        content
+    );
+
+    wait_until("webhook deliveries to settle", PATIENCE, || webhooks_idle(&stack))
+        .await
+        .unwrap();
+    assert!(receiver.deliveries.try_recv().is_err(), "nothing more after the 200");
+    assert!(dead_letters(&stack).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_410_is_not_called_again() {
+    init_logs();
+    let stack = stack_with_webhooks(&[]).await;
+    let mut receiver = Receiver::start(0, &[410]).await.unwrap();
+    let job_id = stack
+        .initiate_with_callback("gone", &[93_404], &receiver.url())
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(PATIENCE, receiver.deliveries.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.json()["type"], "download.failed");
+    assert_eq!(delivery.json()["errorCode"], "FILE_NOT_FOUND");
+    assert_eq!(delivery.json()["jobId"], job_id.as_str());
+    wait_until("webhook deliveries to settle", PATIENCE, || webhooks_idle(&stack))
+        .await
+        .unwrap();
+    assert!(receiver.deliveries.try_recv().is_err());
+    assert!(dead_letters(&stack).await.is_empty(), "410 is an answer, not a failure");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_receiver_ends_in_the_dead_letters_and_a_replay_delivers_once_it_is_back() {
+    init_logs();
+    let stack = stack_with_webhooks(&[]).await;
+    let port = system_tests::servers::free_port();
+    let callback = format!("http://127.0.0.1:{port}/hook");
+    stack.put_file(93_001, 10).await.unwrap();
+    let job_id = stack
+        .initiate_with_callback("dead", &[93_001], &callback)
+        .await
+        .unwrap();
+    let letters = wait_for("the delivery to be dead-lettered", PATIENCE, || async {
+        let letters = dead_letters(&stack).await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 3);
+    assert_eq!(letters[0].url, callback);
+    assert!(
+        letters[0].last_error.contains("connection"),
+        "{}",
+        letters[0].last_error
+    );
+    assert!(letters[0].webhook_id.starts_with(&job_id));
+
+    let mut receiver = Receiver::start(port, &[200]).await.unwrap();
+    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    let replayed =
+        notifier::webhooks::dead_letters::replay(&jetstream, Some(std::slice::from_ref(&letters[0].webhook_id)))
+            .await
+            .unwrap();
+    assert_eq!(replayed, 1);
+    let delivery = tokio::time::timeout(PATIENCE, receiver.deliveries.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        delivery.id, letters[0].webhook_id,
+        "the replay carries the original webhook-id"
+    );
+    assert_eq!(delivery.json()["status"], "completed");
+    assert!(dead_letters(&stack).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_and_metadata_targets_are_refused_even_through_a_name() {
+    init_logs();
+    // No allowlist: the defaults refuse loopback, private and link-local targets.
+    let stack = stack_with_webhooks(&[("WEBHOOK_ALLOWED_NETWORKS", "")]).await;
+    let mut receiver = Receiver::start(0, &[200]).await.unwrap();
+    let by_name = format!("http://localhost:{}/hook", receiver.address.port());
+    let targets = [
+        by_name.as_str(),
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.7/hook",
+    ];
+    for target in targets {
+        stack.initiate_with_callback("ssrf", &[93_405], target).await.unwrap();
+    }
+    let letters = wait_for("every refused delivery to be dead-lettered", PATIENCE, || async {
+        let letters = dead_letters(&stack).await;
+        (letters.len() == targets.len()).then_some(letters)
+    })
+    .await
+    .unwrap();
+    for letter in &letters {
+        assert!(
+            letter.last_error.contains("forbidden") || letter.last_error.contains("refused"),
+            "{}",
+            letter.last_error
+        );
+        assert_eq!(letter.attempts, 1, "a refused target is not retried");
+    }
+    assert!(
+        receiver.deliveries.try_recv().is_err(),
+        "the loopback receiver was never called"
+    );
+}
