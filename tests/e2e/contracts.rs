@@ -100,6 +100,22 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
     // A second provisioning (another instance starting) changes nothing and does not fail.
     common::nats::provision(&client, &topology).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
+    // The webhook consumers belong to the notifier, which creates them from its own settings.
+    let webhooks = common::nats::WebhookTopology::default();
+    jetstream
+        .create_consumer_on_stream(
+            common::nats::webhook_consumer_config(&webhooks),
+            common::names::EVENTS_STREAM,
+        )
+        .await
+        .unwrap();
+    jetstream
+        .create_consumer_on_stream(
+            common::nats::webhook_replay_consumer_config(&webhooks),
+            common::names::WEBHOOK_REPLAYS_STREAM,
+        )
+        .await
+        .unwrap();
 
     let streams = [
         (
@@ -111,10 +127,32 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
             "nats/streams/DOWNLOAD_EVENTS.json",
         ),
         (
+            common::names::ADVISORIES_STREAM.to_string(),
+            "nats/streams/DOWNLOAD_ADVISORIES.json",
+        ),
+        (
+            common::names::WEBHOOK_REPLAYS_STREAM.to_string(),
+            "nats/streams/DOWNLOAD_WEBHOOK_REPLAYS.json",
+        ),
+        (
             format!("KV_{}", common::names::JOBS_BUCKET),
             "nats/kv/download-jobs.json",
         ),
+        (
+            format!("KV_{}", common::names::WEBHOOK_DEAD_LETTERS_BUCKET),
+            "nats/kv/download-webhook-dead-letters.json",
+        ),
     ];
+    let committed_files = |folder: &str| {
+        std::fs::read_dir(workspace_root().join(folder))
+            .map(|entries| entries.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        committed_files("nats/streams") + committed_files("nats/kv"),
+        streams.len(),
+        "a stream or bucket file in nats/ that the code no longer creates"
+    );
     for (name, file) in streams {
         let mut stream = jetstream.get_stream(&name).await.unwrap();
         let config = serde_json::to_value(&stream.info().await.unwrap().config).unwrap();
@@ -123,7 +161,17 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
     let consumers = [
         (common::names::JOBS_STREAM, common::names::PROCESSOR_CONSUMER),
         (common::names::ADVISORIES_STREAM, common::names::ADVISORIES_CONSUMER),
+        (common::names::EVENTS_STREAM, common::names::WEBHOOK_CONSUMER),
+        (
+            common::names::WEBHOOK_REPLAYS_STREAM,
+            common::names::WEBHOOK_REPLAY_CONSUMER,
+        ),
     ];
+    assert_eq!(
+        committed_files("nats/consumers"),
+        consumers.len(),
+        "a consumer file the code no longer creates"
+    );
     for (stream, name) in consumers {
         let mut consumer: async_nats::jetstream::consumer::PullConsumer =
             jetstream.get_consumer_from_stream(name, stream).await.unwrap();
