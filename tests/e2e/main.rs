@@ -10,6 +10,7 @@ mod legacy;
 mod notifier;
 mod pipeline;
 mod presigner;
+mod proxy;
 mod webhooks;
 
 use std::sync::Once;

@@ -374,3 +374,100 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// nginx in front of the intake and the notifier, with the production template of
+/// `deploy/nginx/downloads.conf.template`, on a free port with a temp dir.
+pub struct NginxServer {
+    child: Option<Child>,
+    /// Where it listens.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// The nginx binary: on the PATH or where Debian installs it.
+pub fn nginx_binary() -> anyhow::Result<PathBuf> {
+    for candidate in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
+        if Path::new(candidate).exists() {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    bail!("nginx is missing: run deploy/local/install first")
+}
+
+/// Renders the production template with only its own variables replaced.
+pub fn render_nginx_template(variables: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut text = std::fs::read_to_string(workspace_root().join("deploy/nginx/downloads.conf.template"))?;
+    for (name, value) in variables {
+        text = text.replace(&format!("${{{name}}}"), value);
+    }
+    Ok(text)
+}
+
+impl NginxServer {
+    /// Starts nginx on `port` (0: a free one) proxying to `intake` and `notifier`.
+    pub async fn start(
+        port: u16,
+        intake: std::net::SocketAddr,
+        notifier: std::net::SocketAddr,
+        read_timeout: &str,
+        stream_timeout: &str,
+    ) -> anyhow::Result<Self> {
+        let port = if port == 0 { free_port() } else { port };
+        let dir = tempfile::tempdir()?;
+        let site = render_nginx_template(&[
+            ("LISTEN", format!("127.0.0.1:{port}")),
+            ("INTAKE_UPSTREAM", format!("server {intake};")),
+            ("NOTIFIER_UPSTREAM", format!("server {notifier};")),
+            ("READ_TIMEOUT", read_timeout.to_string()),
+            ("STREAM_TIMEOUT", stream_timeout.to_string()),
+        ])?;
+        std::fs::write(dir.path().join("downloads.conf"), site)?;
+        let root = dir.path().display().to_string();
+        let main = format!(
+            "daemon off;\nmaster_process off;\npid {root}/nginx.pid;\nerror_log {root}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {root}/body;\n  proxy_temp_path {root}/proxy;\n\
+               fastcgi_temp_path {root}/fastcgi;\n  uwsgi_temp_path {root}/uwsgi;\n  scgi_temp_path {root}/scgi;\n\
+               include {root}/downloads.conf;\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), main)?;
+        let log = dir.path().join("error.log");
+        let child = Command::new(nginx_binary()?)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .arg("-e")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log"))?)
+            .spawn()
+            .context("starting nginx")?;
+        let mut server = NginxServer {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let log = server.dir.path().join("stderr.log");
+        await_ready(
+            &mut server.child,
+            &log,
+            "nginx to listen",
+            Duration::from_secs(20),
+            || async move { port_answers(port) },
+        )
+        .await?;
+        Ok(server)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NginxServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}

@@ -180,13 +180,35 @@ impl Stack {
 
     /// Starts the notifier on a free port.
     pub async fn start_notifier(&mut self) -> anyhow::Result<()> {
-        let settings = notifier::Settings::from_env(&self.env)?;
-        let application = notifier::Application::build(settings).await?;
-        self.notifier_address = Some(application.local_addr());
-        self.notifier = Some(Service::spawn(|token| {
-            tokio::spawn(application.run_until_stopped(token))
-        }));
+        let (address, service) = self.spawn_notifier(&[]).await?;
+        self.notifier_address = Some(address);
+        self.notifier = Some(service);
         Ok(())
+    }
+
+    /// Starts one more notifier with extra settings; returns its address and handle.
+    pub async fn spawn_notifier(&self, extra: &[(&str, &str)]) -> anyhow::Result<(SocketAddr, Service)> {
+        let mut env = self.env.clone();
+        for (key, value) in extra {
+            env = env.with(*key, *value);
+        }
+        let settings = notifier::Settings::from_env(&env)?;
+        let application = notifier::Application::build(settings).await?;
+        let address = application.local_addr();
+        Ok((
+            address,
+            Service::spawn(|token| tokio::spawn(application.run_until_stopped(token))),
+        ))
+    }
+
+    /// The intake's address.
+    pub fn intake_address(&self) -> SocketAddr {
+        self.intake_address.expect("the intake is running")
+    }
+
+    /// The notifier's address.
+    pub fn notifier_address(&self) -> SocketAddr {
+        self.notifier_address.expect("the notifier is running")
     }
 
     /// The SSE stream URL of a job on the notifier.

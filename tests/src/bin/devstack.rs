@@ -14,8 +14,10 @@ const NATS_PORT: u16 = 14222;
 const NATS_MONITOR_PORT: u16 = 18222;
 const S3_PORT: u16 = 18333;
 const S3_INTERNAL_BASE: u16 = 19330;
+/// nginx: the one base URL of the API.
 const API_PORT: u16 = 18080;
 const NOTIFIER_PORT: u16 = 18081;
+const INTAKE_PORT: u16 = 18082;
 
 /// Sample files: small ones, and two large enough that bundling them takes visible time.
 const SAMPLES: &[(u64, usize)] = &[
@@ -35,7 +37,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let s3_ports = S3Ports::fixed(S3_PORT, S3_INTERNAL_BASE);
-    let mut wanted = vec![NATS_PORT, NATS_MONITOR_PORT, API_PORT, NOTIFIER_PORT];
+    let mut wanted = vec![NATS_PORT, NATS_MONITOR_PORT, API_PORT, NOTIFIER_PORT, INTAKE_PORT];
     wanted.extend(s3_ports.all());
     if let Some(busy) = wanted.iter().find(|port| port_answers(**port)) {
         bail!("port {busy} is already in use (another dev stack running?); stop it and retry");
@@ -70,6 +72,8 @@ async fn run() -> anyhow::Result<()> {
         ("HOST".to_string(), "127.0.0.1".to_string()),
         ("PORT".to_string(), API_PORT.to_string()),
         ("DOWNLOAD_DELAY_ENABLED".to_string(), "true".to_string()),
+        // Behind nginx: rate limits key anonymous clients by X-Forwarded-For.
+        ("TRUST_PROXY".to_string(), "true".to_string()),
         ("DOWNLOAD_DELAY_MIN_MS".to_string(), "5000".to_string()),
         ("DOWNLOAD_DELAY_MAX_MS".to_string(), "15000".to_string()),
     ]);
@@ -80,7 +84,11 @@ async fn run() -> anyhow::Result<()> {
     let mut children: Vec<(&str, Child)> = Vec::new();
     for service in ["presigner", "processor", "intake", "notifier"] {
         let path = binaries.join(service);
-        let port = if service == "notifier" { NOTIFIER_PORT } else { API_PORT };
+        let port = if service == "notifier" {
+            NOTIFIER_PORT
+        } else {
+            INTAKE_PORT
+        };
         let child = Command::new(&path)
             .envs(env.iter().cloned())
             .env("PORT", port.to_string())
@@ -91,7 +99,15 @@ async fn run() -> anyhow::Result<()> {
     wait_until(
         "the intake and the notifier to listen",
         Duration::from_secs(60),
-        || async { port_answers(API_PORT) && port_answers(NOTIFIER_PORT) },
+        || async { port_answers(INTAKE_PORT) && port_answers(NOTIFIER_PORT) },
+    )
+    .await?;
+    let proxy = system_tests::servers::NginxServer::start(
+        API_PORT,
+        ([127, 0, 0, 1], INTAKE_PORT).into(),
+        ([127, 0, 0, 1], NOTIFIER_PORT).into(),
+        "60s",
+        "1h",
     )
     .await?;
 
@@ -100,9 +116,7 @@ async fn run() -> anyhow::Result<()> {
     println!("  API base URL   {base}");
     println!("  Swagger UI     {base}/docs");
     println!("  OpenAPI        {base}/openapi.json");
-    println!(
-        "  SSE streams    http://127.0.0.1:{NOTIFIER_PORT}/v1/download/{{jobId}}/stream (the notifier; one base URL behind nginx comes next)"
-    );
+    println!("  SSE streams    {base}/v1/download/{{jobId}}/stream (nginx routes them to the notifier)");
     println!(
         "  NATS           {} (monitoring http://127.0.0.1:{NATS_MONITOR_PORT})",
         nats.url()
@@ -144,6 +158,7 @@ async fn run() -> anyhow::Result<()> {
             let _ = child.wait();
         }
     }
+    drop(proxy);
     drop(s3);
     drop(nats);
     Ok(())

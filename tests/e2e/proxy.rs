@@ -1,0 +1,122 @@
+//! The production nginx front (deploy/nginx) with its read timeout cut to two seconds: streams
+//! survive far longer thanks to heartbeats, and polling works through it.
+
+use std::time::Duration;
+
+use system_tests::servers::NginxServer;
+use system_tests::sse::SseReader;
+use system_tests::stack::Stack;
+
+use crate::init_logs;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outlives_a_short_proxy_timeout_thanks_to_heartbeats_and_polling_works_through_the_proxy() {
+    init_logs();
+    let mut stack = Stack::servers_only(&[("SSE_HEARTBEAT_SECONDS", "1")]).await.unwrap();
+    stack.start_presigner().await.unwrap();
+    stack.start_intake().await.unwrap();
+    stack.start_notifier().await.unwrap();
+    // A second notifier whose heartbeats are slower than the proxy timeout: the control.
+    let (quiet_notifier, _quiet) = stack.spawn_notifier(&[("SSE_HEARTBEAT_SECONDS", "30")]).await.unwrap();
+    let proxy = NginxServer::start(0, stack.intake_address(), stack.notifier_address(), "2s", "2s")
+        .await
+        .unwrap();
+    let quiet_proxy = NginxServer::start(0, stack.intake_address(), quiet_notifier, "2s", "2s")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let content = stack.put_file(94_000, 2048).await.unwrap();
+
+    // Initiate and poll through the proxy.
+    let initiated = http
+        .post(format!("{}/v1/download/initiate", proxy.base_url()))
+        .header("X-User-Id", "proxied")
+        .json(&serde_json::json!({"file_ids": [94000]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(initiated.status(), 202);
+    let job_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = http
+        .get(format!("{}/v1/download/status/{job_id}", proxy.base_url()))
+        .header("X-User-Id", "proxied")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    assert_eq!(status.json::<serde_json::Value>().await.unwrap()["status"], "queued");
+    let health = http.get(format!("{}/health", proxy.base_url())).send().await.unwrap();
+    assert_eq!(health.status(), 200, "health is served through the proxy");
+
+    // No processor runs yet: the job stays queued and its stream is silent but for heartbeats.
+    let stream_url = |base: String| format!("{base}/v1/download/{job_id}/stream");
+    let response = http
+        .get(stream_url(proxy.base_url()))
+        .header("X-User-Id", "proxied")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut reader = SseReader::new(response);
+    let quiet = http
+        .get(stream_url(quiet_proxy.base_url()))
+        .header("X-User-Id", "proxied")
+        .send()
+        .await
+        .unwrap();
+    let mut quiet_reader = SseReader::new(quiet);
+
+    let mut heartbeats = 0;
+    let (_, first, _) = reader
+        .next_event(Duration::from_secs(10), &mut heartbeats)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("progress"));
+    let mut quiet_heartbeats = 0;
+    let quiet_first = quiet_reader
+        .next_event(Duration::from_secs(10), &mut quiet_heartbeats)
+        .await
+        .unwrap();
+    assert!(quiet_first.is_some(), "the quiet stream starts with the current state");
+    // Three times the proxy's timeout: the quiet stream is cut, the heartbeating one is not.
+    while heartbeats < 6 {
+        match reader.next(Duration::from_secs(5)).await.unwrap() {
+            Some(system_tests::sse::SseItem::Comment) => heartbeats += 1,
+            Some(other) => panic!("only heartbeats while the job is queued, got {other:?}"),
+            None => panic!("the proxy cut a stream that had heartbeats"),
+        }
+    }
+    // nginx ends a timed-out response mid-chunk: the client sees the body break off.
+    match quiet_reader
+        .next_event(Duration::from_secs(10), &mut quiet_heartbeats)
+        .await
+    {
+        Ok(None) => {}
+        Ok(Some(event)) => panic!("the quiet stream should carry nothing more, got {event:?}"),
+        Err(error) => assert!(
+            !error.to_string().starts_with("no event stream data"),
+            "without heartbeats the proxy cuts the stream, but it stayed open: {error}"
+        ),
+    }
+
+    stack.start_processor(&[]).await.unwrap();
+    let mut last = None;
+    while let Some((_, event, data)) = reader
+        .next_event(Duration::from_secs(20), &mut heartbeats)
+        .await
+        .unwrap()
+    {
+        last = Some((event.unwrap(), data));
+    }
+    let (event, data) = last.unwrap();
+    assert_eq!(event, "completed");
+    let url = data["downloadUrl"].as_str().unwrap();
+    assert_eq!(
+        reqwest::get(url).await.unwrap().bytes().await.unwrap().to_vec(),
+        content
+    );
+}
