@@ -2,6 +2,7 @@
 //! configuration sections, NATS and S3 setup, telemetry, shutdown and the error-code enum.
 
 pub mod config;
+pub mod consume;
 pub mod error_code;
 pub mod job;
 pub mod messages;

@@ -6,12 +6,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use common::messages::JobEvent;
 use common::{JobId, names};
-use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -106,9 +104,9 @@ pub async fn follow(
     ready: tokio::sync::oneshot::Sender<()>,
     stop: CancellationToken,
 ) {
-    let mut ready = Some(ready);
-    while !stop.is_cancelled() {
-        let messages = async {
+    let open = || {
+        let jetstream = jetstream.clone();
+        async move {
             let stream = jetstream.get_stream(names::EVENTS_STREAM).await?;
             let consumer = stream
                 .create_consumer(consumer::pull::OrderedConfig {
@@ -119,38 +117,15 @@ pub async fn follow(
                 .await?;
             Ok::<_, async_nats::Error>(consumer.messages().await?)
         }
-        .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(error) => {
-                tracing::warn!(%error, "cannot follow job events, retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
+    };
+    let dispatch = |message: jetstream::Message| {
+        match serde_json::from_slice::<JobEvent>(&message.payload) {
+            Ok(event) => hub.dispatch(&event),
+            Err(error) => tracing::warn!(subject = %message.subject, %error, "unreadable job event skipped"),
         }
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => return,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => match serde_json::from_slice::<JobEvent>(&message.payload) {
-                    Ok(event) => hub.dispatch(&event),
-                    Err(error) => tracing::warn!(subject = %message.subject, %error, "unreadable job event skipped"),
-                },
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "job event subscription failed, re-subscribing");
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
+        std::future::ready(())
+    };
+    common::consume::consume_forever("job events", open, dispatch, Some(ready), stop).await;
 }
 
 #[cfg(test)]

@@ -5,11 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use common::{JobId, names};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 /// In-flight jobs of this instance and their cancellation tokens.
@@ -77,9 +75,9 @@ pub async fn listen(
     ready: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) {
-    let mut ready = Some(ready);
-    while !shutdown.is_cancelled() {
-        let messages = async {
+    let open = || {
+        let jetstream = jetstream.clone();
+        async move {
             let stream = jetstream.get_stream(names::EVENTS_STREAM).await?;
             let consumer = stream
                 .create_consumer(consumer::pull::OrderedConfig {
@@ -90,42 +88,15 @@ pub async fn listen(
                 .await?;
             Ok::<_, async_nats::Error>(consumer.messages().await?)
         }
-        .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(error) => {
-                tracing::warn!(%error, "cannot subscribe to cancellations, retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
+    };
+    let cancel = |message: jetstream::Message| {
+        let job_id = message.subject.split('.').nth(2).and_then(JobId::parse);
+        match job_id {
+            Some(job_id) if in_flight.cancel(job_id) => tracing::info!(%job_id, "cancelling running job"),
+            Some(_) => {}
+            None => tracing::warn!(subject = %message.subject, "cancellation event with a malformed subject ignored"),
         }
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let job_id = message.subject.split('.').nth(2).and_then(JobId::parse);
-                    match job_id {
-                        Some(job_id) if in_flight.cancel(job_id) => tracing::info!(%job_id, "cancelling running job"),
-                        Some(_) => {}
-                        None => {
-                            tracing::warn!(subject = %message.subject, "cancellation event with a malformed subject ignored")
-                        }
-                    }
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "cancellation subscription failed, re-subscribing");
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
+        std::future::ready(())
+    };
+    common::consume::consume_forever("cancellations", open, cancel, Some(ready), shutdown).await;
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, consumer};
 use common::messages::JobMessage;
 use common::{ErrorCode, names};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::Context;
@@ -24,37 +23,18 @@ struct MaxDeliveriesAdvisory {
 /// Handles advisories until `stop`, re-subscribing after errors.
 pub async fn listen(context: Arc<Context>, stop: CancellationToken) {
     let jetstream = context.store.jetstream().clone();
-    while !stop.is_cancelled() {
-        let messages = async {
+    let open = || {
+        let jetstream = jetstream.clone();
+        async move {
             let consumer: consumer::PullConsumer = jetstream
                 .get_consumer_from_stream(names::ADVISORIES_CONSUMER, names::ADVISORIES_STREAM)
                 .await?;
             Ok::<_, async_nats::Error>(consumer.messages().await?)
         }
-        .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(error) => {
-                tracing::warn!(%error, "cannot pull max-deliveries advisories, retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => return,
-                next = messages.next() => next,
-            };
-            let message = match next {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "advisory pull interrupted, re-subscribing");
-                    break;
-                }
-                None => break,
-            };
+    };
+    let handle = |message: async_nats::jetstream::Message| {
+        let context = context.clone();
+        async move {
             let decision = match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
                 Err(error) => {
                     tracing::warn!(%error, "malformed max-deliveries advisory terminated");
@@ -72,7 +52,8 @@ pub async fn listen(context: Arc<Context>, stop: CancellationToken) {
                 tracing::warn!(%error, "advisory acknowledgement not sent");
             }
         }
-    }
+    };
+    common::consume::consume_forever("max-deliveries advisories", open, handle, None, stop).await;
 }
 
 async fn record_exhausted(context: &Context, stream_seq: u64, deliveries: u64) -> Result<(), async_nats::Error> {

@@ -17,7 +17,6 @@ use common::messages::JobEvent;
 use common::nats::WebhookTopology;
 use common::store::JobStore;
 use common::{JobStatus, webhook};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -382,7 +381,8 @@ impl Deliverer {
     }
 }
 
-/// Delivers webhooks from `consumer` (events or replays) until `stop`.
+/// Delivers webhooks from `consumer` (events or replays) until `stop`, each delivery on its own
+/// task (at most `WEBHOOK_CONCURRENCY` at once), and waits for those in flight.
 pub async fn run(
     deliverer: Arc<Deliverer>,
     jetstream: jetstream::Context,
@@ -392,40 +392,19 @@ pub async fn run(
 ) {
     let slots = Arc::new(Semaphore::new(deliverer.settings.concurrency));
     let tasks = TaskTracker::new();
-    while !stop.is_cancelled() {
-        let messages = async {
+    let open = || {
+        let jetstream = jetstream.clone();
+        async move {
             let consumer: consumer::PullConsumer = jetstream.get_consumer_from_stream(consumer_name, stream).await?;
             Ok::<_, async_nats::Error>(consumer.messages().await?)
         }
-        .await;
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(error) => {
-                tracing::warn!(%error, consumer_name, "cannot pull webhook deliveries, retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let slot = tokio::select! {
-                _ = stop.cancelled() => break,
-                slot = slots.clone().acquire_owned() => slot.expect("never closed"),
-            };
-            let next = tokio::select! {
-                _ = stop.cancelled() => break,
-                next = messages.next() => next,
-            };
-            let message = match next {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, consumer_name, "webhook pull interrupted, re-subscribing");
-                    break;
-                }
-                None => break,
-            };
-            let deliverer = deliverer.clone();
+    };
+    let dispatch = |message: jetstream::Message| {
+        let slots = slots.clone();
+        let deliverer = deliverer.clone();
+        let tasks = tasks.clone();
+        async move {
+            let slot = slots.acquire_owned().await.expect("never closed");
             tasks.spawn(async move {
                 let delivered = message.info().map(|info| info.delivered.max(1) as u32).unwrap_or(1);
                 let decision = match serde_json::from_slice::<JobEvent>(&message.payload) {
@@ -441,7 +420,8 @@ pub async fn run(
                 drop(slot);
             });
         }
-    }
+    };
+    common::consume::consume_forever(consumer_name, open, dispatch, None, stop).await;
     tasks.close();
     tasks.wait().await;
 }
