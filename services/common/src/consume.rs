@@ -64,3 +64,21 @@ pub async fn consume_forever<Open, Opening, Messages, Failure, Handle, Handling>
         }
     }
 }
+
+/// Opens an ordered consumer that delivers the messages of `stream` on `filter` published from
+/// now on.
+pub async fn new_messages(
+    jetstream: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<jetstream::consumer::pull::Ordered, async_nats::Error> {
+    let stream = jetstream.get_stream(stream).await?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.to_string(),
+            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}

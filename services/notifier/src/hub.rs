@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use common::messages::JobEvent;
 use common::{JobId, names};
 use tokio::sync::mpsc;
@@ -104,20 +104,7 @@ pub async fn follow(
     ready: tokio::sync::oneshot::Sender<()>,
     stop: CancellationToken,
 ) {
-    let open = || {
-        let jetstream = jetstream.clone();
-        async move {
-            let stream = jetstream.get_stream(names::EVENTS_STREAM).await?;
-            let consumer = stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: names::EVENTS_STREAM_SUBJECTS.into(),
-                    deliver_policy: consumer::DeliverPolicy::New,
-                    ..Default::default()
-                })
-                .await?;
-            Ok::<_, async_nats::Error>(consumer.messages().await?)
-        }
-    };
+    let open = || common::consume::new_messages(&jetstream, names::EVENTS_STREAM, names::EVENTS_STREAM_SUBJECTS);
     let dispatch = |message: jetstream::Message| {
         match serde_json::from_slice::<JobEvent>(&message.payload) {
             Ok(event) => hub.dispatch(&event),

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use common::{JobId, names};
 use tokio_util::sync::CancellationToken;
 
@@ -75,20 +75,7 @@ pub async fn listen(
     ready: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) {
-    let open = || {
-        let jetstream = jetstream.clone();
-        async move {
-            let stream = jetstream.get_stream(names::EVENTS_STREAM).await?;
-            let consumer = stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: names::CANCELLED_EVENTS_FILTER.into(),
-                    deliver_policy: consumer::DeliverPolicy::New,
-                    ..Default::default()
-                })
-                .await?;
-            Ok::<_, async_nats::Error>(consumer.messages().await?)
-        }
-    };
+    let open = || common::consume::new_messages(&jetstream, names::EVENTS_STREAM, names::CANCELLED_EVENTS_FILTER);
     let cancel = |message: jetstream::Message| {
         let job_id = message.subject.split('.').nth(2).and_then(JobId::parse);
         match job_id {
