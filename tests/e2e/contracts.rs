@@ -60,6 +60,40 @@ async fn the_committed_openapi_document_is_what_the_intake_serves() {
         .await
         .unwrap();
     assert_eq!(json["info"]["title"], "Download service");
+    // The documented webhook is the one the notifier sends: same fields, same type names.
+    assert!(
+        json["webhooks"]["downloadFinished"]["post"].is_object(),
+        "the webhook is in the document"
+    );
+    let documented: std::collections::BTreeSet<String> =
+        json["components"]["schemas"]["DownloadWebhookBody"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+    let sent = notifier::webhooks::WebhookPayload {
+        event_type: "download.completed".into(),
+        job_id: common::JobId::new().to_string(),
+        status: common::JobStatus::Completed,
+        download_url: Some("https://example.com/x".into()),
+        error: Some("e".into()),
+        error_code: Some("TIMEOUT".into()),
+        timestamp: "2026-01-01T00:00:00.000Z".into(),
+    };
+    let sent: std::collections::BTreeSet<String> = serde_json::to_value(&sent)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(documented, sent);
+    let documented_types = &json["components"]["schemas"]["WebhookType"]["enum"];
+    assert_eq!(
+        documented_types,
+        &serde_json::json!(["download.completed", "download.failed", "download.cancelled"])
+    );
     assert_matches_file("openapi/openapi.json", &pretty(&json));
     let yaml = stack
         .http

@@ -79,7 +79,7 @@ impl State {
 pub fn openapi(
     state: Arc<State>,
     server_url: &str,
-) -> OpenApiService<(api::jobs::JobsApi, api::legacy::LegacyApi), ()> {
+) -> OpenApiService<(api::jobs::JobsApi, api::legacy::LegacyApi), &'static dyn api::webhooks::DownloadWebhooks> {
     OpenApiService::new(
         (
             api::jobs::JobsApi { state: state.clone() },
@@ -94,6 +94,7 @@ pub fn openapi(
          `application/problem+json` with a stable `code`.",
     )
     .server(server_url)
+    .webhooks::<&dyn api::webhooks::DownloadWebhooks>()
 }
 
 /// The whole HTTP application: API, spec, docs and middleware.

@@ -3,6 +3,7 @@
 pub mod jobs;
 pub mod legacy;
 pub mod types;
+pub mod webhooks;
 
 use poem::Request;
 use poem_openapi::auth::ApiKey;
