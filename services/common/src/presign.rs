@@ -20,6 +20,31 @@ pub enum PresignError {
     /// The reply was not a presign response.
     #[error("presigner reply is malformed")]
     Malformed(#[source] serde_json::Error),
+    /// The job has no result to sign (not completed).
+    #[error("job {0} has no result")]
+    NoResult(crate::JobId),
+}
+
+/// The file name a job's result downloads as: `{fileId}.zip` for a single file, else
+/// `download-{jobId}.zip` for a bundle.
+pub fn result_filename(record: &crate::JobRecord) -> Option<String> {
+    let key = record.result_key.as_deref()?;
+    Some(match record.file_ids.as_slice() {
+        [single] if key == names::source_key(*single) => format!("{single}.zip"),
+        _ => format!("download-{}.zip", record.job_id),
+    })
+}
+
+/// A fresh presigned URL of a completed job's result.
+pub async fn result_url(
+    client: &async_nats::Client,
+    record: &crate::JobRecord,
+    timeout: Duration,
+) -> Result<String, PresignError> {
+    let (Some(key), Some(filename)) = (record.result_key.as_deref(), result_filename(record)) else {
+        return Err(PresignError::NoResult(record.job_id));
+    };
+    request_url(client, key, &filename, timeout).await.map(|(url, _)| url)
 }
 
 /// Asks the presigner for a GET URL of `key` that saves as `filename`.
@@ -52,5 +77,22 @@ pub async fn request_url(
     }
     match serde_json::from_slice(&reply.payload).map_err(PresignError::Malformed)? {
         PresignResponse::V1 { url, expires_at } => Ok((url, expires_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_files_keep_their_name_and_bundles_are_named_after_the_job() {
+        let job_id = crate::JobId::new();
+        let mut record = crate::JobRecord::queued(job_id, "u".into(), vec![70000], None, 1, None);
+        assert_eq!(result_filename(&record), None);
+        record.result_key = Some(names::source_key(70000));
+        assert_eq!(result_filename(&record).as_deref(), Some("70000.zip"));
+        record.file_ids = vec![70000, 70001];
+        record.result_key = Some(names::bundle_key(&job_id.to_string()));
+        assert_eq!(result_filename(&record), Some(format!("download-{job_id}.zip")));
     }
 }

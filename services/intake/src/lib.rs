@@ -60,18 +60,12 @@ impl State {
 
     /// A freshly presigned URL of a completed job's result.
     pub async fn download_url(&self, record: &JobRecord) -> Result<String, ApiError> {
-        let key = record.result_key.as_deref().ok_or_else(|| {
-            tracing::error!(job_id = %record.job_id, "completed job has no result key");
-            ApiError::new(ErrorCode::Internal, "internal error")
-        })?;
-        let filename = match record.file_ids.as_slice() {
-            [single] if key == names::source_key(*single) => format!("{single}.zip"),
-            _ => format!("download-{}.zip", record.job_id),
-        };
-        common::presign::request_url(&self.nats, key, &filename, self.settings.presign_timeout)
+        common::presign::result_url(&self.nats, record, self.settings.presign_timeout)
             .await
-            .map(|(url, _)| url)
-            .map_err(|error| ApiError::unavailable(ErrorCode::PresignerUnavailable, "the presigner", &error))
+            .map_err(|error| match error {
+                common::presign::PresignError::NoResult(_) => ApiError::internal("presigning a completed job", &error),
+                other => ApiError::unavailable(ErrorCode::PresignerUnavailable, "the presigner", &other),
+            })
     }
 }
 

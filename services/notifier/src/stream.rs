@@ -213,14 +213,8 @@ impl Feed {
     /// (the client can still fetch `GET /v1/download/{jobId}`).
     async fn download_url(&self, job_id: JobId) -> Option<String> {
         let record = self.state.store.load(job_id).await.ok()??.record;
-        let key = record.result_key.as_deref()?;
-        let filename = match record.file_ids.as_slice() {
-            [single] if key == common::names::source_key(*single) => format!("{single}.zip"),
-            _ => format!("download-{job_id}.zip"),
-        };
-        match common::presign::request_url(&self.state.nats, key, &filename, self.state.settings.presign_timeout).await
-        {
-            Ok((url, _)) => Some(url),
+        match common::presign::result_url(&self.state.nats, &record, self.state.settings.presign_timeout).await {
+            Ok(url) => Some(url),
             Err(error) => {
                 tracing::warn!(%job_id, error = %error, "no download URL for the completed event");
                 None

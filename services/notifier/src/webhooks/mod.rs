@@ -210,11 +210,10 @@ impl Deliverer {
             at,
             ..
         } = event;
-        let download_url = match (status, record.result_key.as_deref()) {
-            (JobStatus::Completed, Some(key)) => {
-                let filename = format!("download-{job_id}.zip");
-                match common::presign::request_url(&self.nats, key, &filename, self.presign_timeout).await {
-                    Ok((url, _)) => Some(url),
+        let download_url = match status {
+            JobStatus::Completed => {
+                match common::presign::result_url(&self.nats, &record, self.presign_timeout).await {
+                    Ok(url) => Some(url),
                     Err(error) => return Err(format!("presigner unavailable: {error}")),
                 }
             }
