@@ -366,41 +366,13 @@ impl Stack {
         .await
     }
 
-    /// Every event of a job from the events stream, in order.
+    /// Every event of a job from the events stream, in order, as JSON.
     pub async fn events(&self, job_id: &str) -> anyhow::Result<Vec<Value>> {
         let jetstream = async_nats::jetstream::new(self.nats_client().await?);
-        let stream = jetstream.get_stream(common::names::EVENTS_STREAM).await?;
-        let info = stream.info_with_subjects(format!("downloads.events.{job_id}.*")).await;
-        let count: usize = match info {
-            Ok(mut subjects) => {
-                use futures::TryStreamExt;
-                let mut total = 0;
-                while let Some((_, messages)) = subjects.try_next().await? {
-                    total += messages;
-                }
-                total
-            }
-            Err(_) => 0,
-        };
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                filter_subject: format!("downloads.events.{job_id}.*"),
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = consumer.messages().await?;
-        let mut events = Vec::with_capacity(count);
-        use futures::StreamExt;
-        while events.len() < count {
-            let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
-                .await
-                .context("events stream stalled")?
-                .context("events stream ended")??;
-            events.push(serde_json::from_slice(&message.payload)?);
-        }
-        Ok(events)
+        let jobs = jetstream.get_key_value(common::names::JOBS_BUCKET).await?;
+        let store = common::store::JobStore::new(jetstream, jobs);
+        let job_id = common::JobId::parse(job_id).context("a job id")?;
+        let events = store.events_after(job_id, 0).await?;
+        Ok(events.iter().map(serde_json::to_value).collect::<Result<_, _>>()?)
     }
 }
