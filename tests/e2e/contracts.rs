@@ -94,6 +94,7 @@ async fn the_committed_openapi_document_is_what_the_intake_serves() {
         documented_types,
         &serde_json::json!(["download.completed", "download.failed", "download.cancelled"])
     );
+    assert_stream_matches_the_document(&stack, &json).await;
     assert_matches_file("openapi/openapi.json", &pretty(&json));
     let yaml = stack
         .http
@@ -105,6 +106,82 @@ async fn the_committed_openapi_document_is_what_the_intake_serves() {
         .await
         .unwrap();
     assert_matches_file("openapi/openapi.yaml", &yaml);
+}
+
+/// The documented stream operation is what the notifier serves: statuses, headers, event names
+/// and data fields; and an intake reached directly names the misrouting.
+async fn assert_stream_matches_the_document(stack: &Stack, json: &Value) {
+    let operation = &json["paths"]["/v1/download/{jobId}/stream"]["get"];
+    assert_eq!(operation["operationId"], "streamDownloadEvents");
+    let statuses: std::collections::BTreeSet<&str> = operation["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for status in ["200", "204", "400", "401", "404", "429", "503"] {
+        assert!(statuses.contains(status), "{status} is documented: {statuses:?}");
+    }
+    let ok = &operation["responses"]["200"];
+    assert!(ok["content"]["text/event-stream"].is_object());
+    for header in ["CACHE-CONTROL", "X-ACCEL-BUFFERING"] {
+        assert!(ok["headers"][header].is_object(), "{header} is documented: {ok}");
+    }
+    let schema = &json["components"]["schemas"]["StreamEventData"];
+    let documented: std::collections::BTreeSet<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+
+    // A real completed job's stream, read from the notifier.
+    let (notifier_url, notifier) = stack.spawn_notifier(&[]).await.unwrap();
+    stack.put_file(93_001, 100).await.unwrap();
+    let job_id = stack.initiate("contract", &[93_001]).await.unwrap();
+    stack.wait_for_terminal("contract", &job_id).await.unwrap();
+    let response = stack
+        .http
+        .get(format!("http://{notifier_url}/v1/download/{job_id}/stream"))
+        .header("X-User-Id", "contract")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    let mut reader = system_tests::sse::SseReader::new(response);
+    let mut heartbeats = 0;
+    let (id, name, data) = reader
+        .next_event(std::time::Duration::from_secs(10), &mut heartbeats)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(name.as_deref(), Some("completed"));
+    assert_eq!(id.unwrap(), data["seq"].to_string());
+    let sent: std::collections::BTreeSet<&str> = data.as_object().unwrap().keys().map(String::as_str).collect();
+    assert!(sent.is_subset(&documented), "sent {sent:?}, documented {documented:?}");
+    for field in required {
+        assert!(sent.contains(field), "required {field} is sent");
+    }
+    assert!(data["downloadUrl"].is_string());
+    drop(notifier);
+
+    let misdirected = stack
+        .http
+        .get(stack.url(&format!("/v1/download/{job_id}/stream")))
+        .header("X-User-Id", "contract")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(misdirected.status(), 421);
+    let problem: Value = misdirected.json().await.unwrap();
+    assert_eq!(problem["code"], "MISDIRECTED");
 }
 
 #[test]

@@ -180,6 +180,18 @@ async fn streams_need_an_identity_and_belong_to_the_jobs_owner() {
         404
     );
     assert_eq!(open(&stack, "olga", "not-a-job", None).await.status(), 400);
+    // EventSource cannot send headers: the identity may come in the query, percent-encoded.
+    let pia_job = stack.initiate("pia@example.com", &[91_002]).await.unwrap();
+    let by_query = |user: &str| {
+        let mut url = reqwest::Url::parse(&stack.stream_url(&pia_job)).unwrap();
+        url.query_pairs_mut().append_pair("userId", user);
+        stack.http.get(url).send()
+    };
+    let mut browser = SseReader::new(by_query("pia@example.com").await.unwrap());
+    assert!(matches!(browser.next(QUIET).await.unwrap(), Some(SseItem::Retry(_))));
+    drop(browser);
+    assert_eq!(by_query("olga").await.unwrap().status(), 404, "another user's job");
+    assert_eq!(by_query("bad user").await.unwrap().status(), 401);
     let bad_resume = stack
         .http
         .get(stack.stream_url(&job_id))

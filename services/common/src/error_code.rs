@@ -35,6 +35,8 @@ pub enum ErrorCode {
     RetriesExhausted,
     /// The request took longer than the server's request timeout.
     RequestTimeout,
+    /// The request reached a service that does not serve it (a misrouted proxy).
+    Misdirected,
     /// An unexpected server-side failure; the details are only in the logs.
     Internal,
 }
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::PresignerUnavailable => "PRESIGNER_UNAVAILABLE",
             ErrorCode::RetriesExhausted => "RETRIES_EXHAUSTED",
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
+            ErrorCode::Misdirected => "MISDIRECTED",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -72,6 +75,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::JobFinished => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Misdirected => 421,
             ErrorCode::RateLimited => 429,
             ErrorCode::StorageUnavailable
             | ErrorCode::QueueUnavailable

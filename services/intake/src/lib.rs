@@ -73,10 +73,14 @@ impl State {
 pub fn openapi(
     state: Arc<State>,
     server_url: &str,
-) -> OpenApiService<(api::jobs::JobsApi, api::legacy::LegacyApi), &'static dyn api::webhooks::DownloadWebhooks> {
+) -> OpenApiService<
+    (api::jobs::JobsApi, api::stream::StreamApi, api::legacy::LegacyApi),
+    &'static dyn api::webhooks::DownloadWebhooks,
+> {
     OpenApiService::new(
         (
             api::jobs::JobsApi { state: state.clone() },
+            api::stream::StreamApi,
             api::legacy::LegacyApi { state },
         ),
         "Download service",

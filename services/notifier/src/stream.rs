@@ -43,18 +43,27 @@ pub async fn health(Data(state): Data<&Arc<State>>) -> Response {
         .body(body.to_string())
 }
 
+/// The caller: the `X-User-Id` header, else the `userId` query parameter (`EventSource` cannot
+/// send headers). A header that is present but invalid is not overridden by the query.
+fn identity(request: &Request) -> Option<String> {
+    let text = match request.headers().get("X-User-Id") {
+        Some(value) => value.to_str().ok()?.to_string(),
+        None => url::form_urlencoded::parse(request.uri().query()?.as_bytes())
+            .find(|(key, _)| key == "userId")?
+            .1
+            .into_owned(),
+    };
+    common::validation::check_user_id(&text).ok()?;
+    Some(text)
+}
+
 /// `GET /v1/download/{jobId}/stream`.
 #[handler]
 pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): Data<&Arc<State>>) -> Response {
-    let user = request
-        .headers()
-        .get("X-User-Id")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| common::validation::check_user_id(value).ok());
-    let Some(user) = user else {
+    let Some(user) = identity(request) else {
         return problem(
             ErrorCode::Unauthenticated,
-            "the X-User-Id header is missing or invalid",
+            "the X-User-Id header (or, for EventSource, the userId query parameter) is missing or invalid",
             Some("X-User-Id"),
         );
     };
@@ -85,7 +94,7 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
             );
         }
     };
-    let Some(slot) = state.limits.acquire(user) else {
+    let Some(slot) = state.limits.acquire(&user) else {
         let detail = format!("at most {} open streams per user", state.settings.max_streams_per_user);
         return problem(ErrorCode::RateLimited, &detail, None);
     };

@@ -2,6 +2,7 @@
 
 pub mod jobs;
 pub mod legacy;
+pub mod stream;
 pub mod types;
 pub mod webhooks;
 

@@ -1,0 +1,112 @@
+//! The job's event stream as the published document describes it. The notifier serves it: the
+//! proxy (`deploy/nginx/`) routes `/v1/download/{jobId}/stream` there, so one base URL serves the
+//! whole API. An intake reached directly answers 421 naming the misrouting. A contract test runs
+//! a real stream against this description (statuses, headers, event names and data fields).
+
+use futures::stream::BoxStream;
+use poem_openapi::auth::ApiKey;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
+
+use super::types::ApiJobStatus;
+use super::{ApiTags, Identity};
+use crate::problem::{ApiError, Problem};
+
+/// `userId` query parameter: the identity for `EventSource`, which cannot send headers.
+#[derive(SecurityScheme)]
+#[oai(
+    ty = "api_key",
+    key_name = "userId",
+    key_in = "query",
+    checker = "check_query_identity"
+)]
+pub struct QueryIdentity(pub String);
+
+async fn check_query_identity(_request: &poem::Request, api_key: ApiKey) -> Option<String> {
+    common::validation::check_user_id(&api_key.key).ok().map(str::to_string)
+}
+
+/// Who is asking for a stream: the `X-User-Id` header, or `userId` in the query.
+#[derive(SecurityScheme)]
+pub enum StreamIdentity {
+    /// The header, as on every other operation.
+    Header(Identity),
+    /// The query parameter, for browsers' `EventSource`.
+    Query(QueryIdentity),
+}
+
+/// The JSON `data` of one stream event. The event's name is `progress` (while queued or
+/// processing), `completed`, `failed` or `cancelled`; its `id` is `seq`.
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct StreamEventData {
+    /// The job.
+    pub job_id: String,
+    /// The job's event number (also the event's `id`), from 1, without gaps.
+    pub seq: u64,
+    /// Status after this event.
+    pub status: ApiJobStatus,
+    /// 0-100.
+    pub progress: u8,
+    /// Processing attempt.
+    pub attempt: u32,
+    /// When the change happened (ISO 8601 UTC).
+    pub at: String,
+    /// `completed` only: a freshly presigned URL of the result (absent if the presigner was
+    /// unavailable; `GET /v1/download/{jobId}` then mints one).
+    pub download_url: Option<String>,
+    /// `failed` only: why.
+    pub error: Option<String>,
+    /// `failed` only: stable code of `error`.
+    pub error_code: Option<String>,
+}
+
+/// Answer of `GET /v1/download/{jobId}/stream`.
+#[derive(ApiResponse)]
+pub enum StreamResponse {
+    /// `text/event-stream`: first a `retry:` hint, then the job's current state (or, with
+    /// `Last-Event-ID`, every event after it), then live events; comment heartbeats every
+    /// `SSE_HEARTBEAT_SECONDS`; the stream ends after the terminal event.
+    #[oai(status = 200)]
+    Events(
+        EventStream<BoxStream<'static, StreamEventData>>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "X-Accel-Buffering")] String,
+    ),
+    /// `Last-Event-ID` is already the job's terminal event: nothing more will come (and
+    /// `EventSource` does not reconnect).
+    #[oai(status = 204)]
+    Finished,
+    /// This request reached the intake: streams are served by the notifier, behind the same proxy.
+    #[oai(status = 421, content_type = "application/problem+json")]
+    Misdirected(Json<Problem>),
+}
+
+/// The stream operation.
+pub struct StreamApi;
+
+#[OpenApi(prefix_path = "/v1/download", tag = "ApiTags::Jobs")]
+impl StreamApi {
+    /// Follow a job's progress (Server-Sent Events)
+    ///
+    /// Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
+    /// without gap or duplicate (`EventSource` does this by itself). Served by the notifier
+    /// behind the API's proxy; at most `SSE_MAX_STREAMS_PER_USER` open streams per user (429).
+    #[oai(path = "/:jobId/stream", method = "get", operation_id = "streamDownloadEvents")]
+    async fn stream(
+        &self,
+        #[oai(name = "jobId")] job_id: Path<String>,
+        /// The last event id this client received.
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<String>>,
+        identity: StreamIdentity,
+    ) -> Result<StreamResponse, ApiError> {
+        let _ = (job_id, last_event_id, identity);
+        Ok(StreamResponse::Misdirected(Json(Problem::new(
+            common::ErrorCode::Misdirected,
+            "event streams are served by the notifier: send this request through the API's proxy \
+             (deploy/nginx routes /v1/download/{jobId}/stream to the notifier)",
+        ))))
+    }
+}
