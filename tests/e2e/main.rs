@@ -1,6 +1,7 @@
 //! End-to-end tests on real nats-server and SeaweedFS. Each test starts its own servers on free
 //! ports with temp dirs; they are killed when the test's `Stack` drops.
 
+mod browser;
 mod bundling;
 mod cancellation;
 mod contracts;

@@ -1,6 +1,7 @@
 //! Test harness shared by the end-to-end tests and the dev stack: real `nats-server` and
 //! SeaweedFS processes on free ports, the services in-process, and HTTP helpers.
 
+pub mod browser;
 pub mod queue;
 pub mod receiver;
 pub mod servers;

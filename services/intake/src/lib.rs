@@ -9,6 +9,7 @@
 pub mod api;
 pub mod body;
 pub mod middleware;
+pub mod page;
 pub mod problem;
 pub mod rate_limit;
 pub mod settings;
@@ -24,7 +25,7 @@ use common::{ErrorCode, JobRecord, names};
 use futures::StreamExt;
 use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::middleware::Cors;
-use poem::{EndpointExt, IntoEndpoint, Route};
+use poem::{EndpointExt, IntoEndpoint, Route, get};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
 
@@ -128,6 +129,10 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
         .nest("/docs", docs)
+        .at("/app", get(page::index))
+        .at("/app/", get(page::index))
+        .at("/app/app.js", get(page::script))
+        .at("/app/app.css", get(page::style))
         .around(move |endpoint, request| middleware::bound_request(endpoint, request, bound_state.clone()))
         .around(move |endpoint, request| middleware::rate_limit(endpoint, request, rate_state.clone()))
         .with(cors)

@@ -113,6 +113,7 @@ async fn run() -> anyhow::Result<()> {
 
     let base = format!("http://127.0.0.1:{API_PORT}");
     println!();
+    println!("  Download page  {base}/app");
     println!("  API base URL   {base}");
     println!("  Swagger UI     {base}/docs");
     println!("  OpenAPI        {base}/openapi.json");
