@@ -76,6 +76,7 @@ async fn the_committed_openapi_document_is_what_the_intake_serves() {
         event_type: "download.completed".into(),
         job_id: common::JobId::new().to_string(),
         status: common::JobStatus::Completed,
+        progress: Some(50),
         download_url: Some("https://example.com/x".into()),
         error: Some("e".into()),
         error_code: Some("TIMEOUT".into()),
@@ -92,7 +93,12 @@ async fn the_committed_openapi_document_is_what_the_intake_serves() {
     let documented_types = &json["components"]["schemas"]["WebhookType"]["enum"];
     assert_eq!(
         documented_types,
-        &serde_json::json!(["download.completed", "download.failed", "download.cancelled"])
+        &serde_json::json!([
+            "download.completed",
+            "download.failed",
+            "download.cancelled",
+            "download.progress"
+        ])
     );
     assert_stream_matches_the_document(&stack, &json).await;
     assert_matches_file("openapi/openapi.json", &pretty(&json));

@@ -172,6 +172,109 @@ async fn a_dead_receiver_ends_in_the_dead_letters_and_a_replay_delivers_once_it_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_milestones_are_posted_once_each_as_the_job_crosses_them() {
+    init_logs();
+    let stack = stack_with_webhooks(&[
+        ("WEBHOOK_PROGRESS_MILESTONES", "75, 25,50"),
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "3000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "3000"),
+        ("PROGRESS_INTERVAL_MS", "200"),
+    ])
+    .await;
+    let mut receiver = Receiver::start(0, &[200]).await.unwrap();
+    stack.put_file(93_050, 100).await.unwrap();
+    let job_id = stack
+        .initiate_with_callback("miles", &[93_050], &receiver.url())
+        .await
+        .unwrap();
+    stack.wait_for_terminal("miles", &job_id).await.unwrap();
+    wait_until("webhook deliveries to settle", PATIENCE, || webhooks_idle(&stack))
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    while let Ok(delivery) = receiver.deliveries.try_recv() {
+        common::webhook::verify(
+            &[SECRET],
+            &delivery.id,
+            &delivery.timestamp,
+            &delivery.signature,
+            &delivery.body,
+            chrono::Utc::now().timestamp(),
+        )
+        .expect("every delivery verifies");
+        deliveries.push(delivery);
+    }
+
+    // What the job's own events say should have been posted: the highest milestone each change
+    // crossed (a change can cross several when progress jumps).
+    let events: Vec<common::messages::JobEvent> = stack
+        .events(&job_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| serde_json::from_value(event).unwrap())
+        .collect();
+    let expected: Vec<String> = events
+        .iter()
+        .filter(|event| !event.status().is_terminal())
+        .filter_map(|event| event.crossed(&[25, 50, 75]))
+        .map(|milestone| format!("{job_id}-p{milestone}"))
+        .collect();
+    assert!(!expected.is_empty(), "the job crossed milestones: {events:?}");
+    let progress: Vec<&system_tests::receiver::Delivery> = deliveries
+        .iter()
+        .filter(|delivery| delivery.json()["type"] == "download.progress")
+        .collect();
+    let mut posted: Vec<String> = progress.iter().map(|delivery| delivery.id.clone()).collect();
+    posted.sort();
+    assert_eq!(posted, expected, "one webhook per milestone crossed, none twice");
+    for delivery in &progress {
+        let body = delivery.json();
+        let milestone: u64 = delivery.id.rsplit_once("-p").unwrap().1.parse().unwrap();
+        assert!(body["progress"].as_u64().unwrap() >= milestone, "{body}");
+        assert_eq!(body["status"], "processing");
+        assert_eq!(body["jobId"], job_id.as_str());
+    }
+    let outcomes: Vec<serde_json::Value> = deliveries
+        .iter()
+        .map(|delivery| delivery.json())
+        .filter(|body| body["type"] != "download.progress")
+        .collect();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0]["type"], "download.completed");
+    assert!(outcomes[0].get("progress").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_ends_in_the_dead_letters_when_its_time_window_closes_before_its_attempts_run_out() {
+    init_logs();
+    let stack = stack_with_webhooks(&[("WEBHOOK_MAX_ATTEMPTS", "50"), ("WEBHOOK_MAX_WINDOW_SECONDS", "2")]).await;
+    let callback = format!("http://127.0.0.1:{}/hook", system_tests::servers::free_port());
+    stack.put_file(93_060, 10).await.unwrap();
+    stack
+        .initiate_with_callback("window", &[93_060], &callback)
+        .await
+        .unwrap();
+    let letters = wait_for("the delivery to be dead-lettered", PATIENCE, || async {
+        let letters = dead_letters(&stack).await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await
+    .unwrap();
+    assert!(
+        (2..50).contains(&letters[0].attempts),
+        "retried, then stopped by the window: {} attempts",
+        letters[0].attempts
+    );
+    assert!(
+        letters[0].last_error.contains("gave up after"),
+        "{}",
+        letters[0].last_error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_and_metadata_targets_are_refused_even_through_a_name() {
     init_logs();
     // No allowlist: the defaults refuse loopback, private and link-local targets.

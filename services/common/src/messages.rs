@@ -47,6 +47,11 @@ pub enum JobEvent {
         status: JobStatus,
         /// Progress after the change, 0-100.
         progress: u8,
+        /// Progress before the change, when the event comes from a change (absent on an event
+        /// built from a record's current state). Lets a consumer tell which thresholds this
+        /// change crossed without any state of its own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        previous_progress: Option<u8>,
         /// Failure reason, for failed jobs (and retries).
         error: Option<String>,
         /// Stable failure code.
@@ -87,11 +92,37 @@ impl JobEvent {
             seq: record.event_seq,
             status: record.status,
             progress: record.progress,
+            previous_progress: None,
             error: record.error.clone(),
             error_code: record.error_code,
             attempt: record.attempt,
             at: record.updated_at,
         }
+    }
+
+    /// The event of a change from `before` to `after`.
+    pub fn of_change(before: &crate::JobRecord, after: &crate::JobRecord) -> Self {
+        let mut event = Self::of_record(after);
+        let JobEvent::V1 { previous_progress, .. } = &mut event;
+        *previous_progress = Some(before.progress);
+        event
+    }
+
+    /// The highest of `thresholds` (percentages) this event's change crossed upwards: above the
+    /// progress before it, at most the progress after it. `None` for events of records and for
+    /// changes that crossed none.
+    pub fn crossed(&self, thresholds: &[u8]) -> Option<u8> {
+        let JobEvent::V1 {
+            progress,
+            previous_progress,
+            ..
+        } = self;
+        let before = (*previous_progress)?;
+        thresholds
+            .iter()
+            .copied()
+            .filter(|threshold| before < *threshold && *threshold <= *progress)
+            .max()
     }
 
     /// The kind token used in the event's subject.
@@ -170,12 +201,30 @@ mod tests {
     }
 
     #[test]
+    fn a_change_crosses_the_thresholds_between_its_progress_before_and_after() {
+        let record = |progress| {
+            let mut record = crate::JobRecord::queued(JobId::new(), "u".into(), vec![1], None, 1, None);
+            record.progress = progress;
+            record
+        };
+        let thresholds = [25, 50, 75];
+        let crossed = |before, after| JobEvent::of_change(&record(before), &record(after)).crossed(&thresholds);
+        assert_eq!(crossed(10, 30), Some(25));
+        assert_eq!(crossed(10, 80), Some(75), "the highest of several");
+        assert_eq!(crossed(25, 49), None, "25 was crossed before");
+        assert_eq!(crossed(49, 50), Some(50), "reaching a threshold crosses it");
+        assert_eq!(crossed(60, 60), None);
+        assert_eq!(JobEvent::of_record(&record(90)).crossed(&thresholds), None);
+    }
+
+    #[test]
     fn event_kind_is_progress_until_terminal() {
         let event = |status| JobEvent::V1 {
             job_id: JobId::new(),
             seq: 1,
             status,
             progress: 0,
+            previous_progress: None,
             error: None,
             error_code: None,
             attempt: 1,

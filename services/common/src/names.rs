@@ -59,6 +59,8 @@ pub const WEBHOOK_EVENT_FILTERS: [&str; 3] = [
     "downloads.events.*.failed",
     "downloads.events.*.cancelled",
 ];
+/// Progress events, added to the webhook consumer's filters when milestones are configured.
+pub const WEBHOOK_PROGRESS_FILTER: &str = "downloads.events.*.progress";
 /// Work-queue stream of webhook deliveries replayed by an operator from the dead letters.
 pub const WEBHOOK_REPLAYS_STREAM: &str = "DOWNLOAD_WEBHOOK_REPLAYS";
 /// Subject of a replayed delivery.

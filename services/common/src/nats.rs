@@ -202,34 +202,41 @@ pub fn webhook_dead_letters_bucket_config(topology: &Topology) -> kv::Config {
 /// The webhook consumers' settings, owned by the notifier.
 #[derive(Debug, Clone, Copy)]
 pub struct WebhookTopology {
-    /// Attempts per delivery (the consumers' `max_deliver`, with room for crashed attempts).
-    pub max_attempts: i64,
     /// Lease of one delivery attempt (its timeout plus a margin).
     pub ack_wait: Duration,
+    /// Whether progress events are delivered too (progress milestones are configured).
+    pub progress_events: bool,
 }
 
 impl Default for WebhookTopology {
     fn default() -> Self {
         WebhookTopology {
-            max_attempts: 8,
             ack_wait: Duration::from_secs(30),
+            progress_events: false,
         }
     }
 }
 
-/// The durable consumer of terminal job events that drives webhook deliveries.
+/// The durable consumer of job events that drives webhook deliveries: terminal events, and
+/// progress events when milestones are configured. No `max_deliver`: the notifier decides when a
+/// delivery is exhausted (attempts and time window) and dead-letters it, so a notifier crashing
+/// during the last attempts cannot make the server drop a delivery silently.
 pub fn webhook_consumer_config(webhooks: &WebhookTopology) -> consumer::pull::Config {
+    let mut filter_subjects: Vec<String> = names::WEBHOOK_EVENT_FILTERS
+        .iter()
+        .map(|subject| subject.to_string())
+        .collect();
+    if webhooks.progress_events {
+        filter_subjects.push(names::WEBHOOK_PROGRESS_FILTER.to_string());
+    }
     consumer::pull::Config {
         durable_name: Some(names::WEBHOOK_CONSUMER.into()),
-        description: Some("Notifiers deliver one signed webhook per terminal job event".into()),
-        filter_subjects: names::WEBHOOK_EVENT_FILTERS
-            .iter()
-            .map(|subject| subject.to_string())
-            .collect(),
+        description: Some("Notifiers deliver signed webhooks of job outcomes (and progress milestones)".into()),
+        filter_subjects,
         deliver_policy: consumer::DeliverPolicy::New,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: webhooks.ack_wait,
-        max_deliver: webhooks.max_attempts + 2,
+        max_deliver: -1,
         max_ack_pending: 20_000,
         ..Default::default()
     }
@@ -242,7 +249,7 @@ pub fn webhook_replay_consumer_config(webhooks: &WebhookTopology) -> consumer::p
         description: Some("Notifiers deliver webhooks replayed from the dead letters".into()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: webhooks.ack_wait,
-        max_deliver: webhooks.max_attempts + 2,
+        max_deliver: -1,
         ..Default::default()
     }
 }

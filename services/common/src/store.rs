@@ -136,7 +136,7 @@ impl JobStore {
                 .await
             {
                 Ok(_) => {
-                    self.publish_event(&next).await;
+                    self.publish_event(&JobEvent::of_change(&current.record, &next)).await;
                     return Ok(Change::Written(next));
                 }
                 Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
@@ -149,11 +149,11 @@ impl JobStore {
     /// Publishes the event of a written record, numbered by its `eventSeq`, de-duplicated by
     /// `Nats-Msg-Id` so a retried publish is stored once. The KV record stays the source of
     /// truth: if the publish keeps failing the change is still visible by polling.
-    async fn publish_event(&self, record: &JobRecord) {
-        let event = JobEvent::of_record(record);
-        let subject = names::event_subject(&record.job_id.to_string(), event.kind());
-        let payload = Bytes::from(serde_json::to_vec(&event).expect("events serialize"));
-        let message_id = format!("{}:{}", record.job_id, record.event_seq);
+    async fn publish_event(&self, event: &JobEvent) {
+        let (job_id, seq) = (event.job_id(), event.seq());
+        let subject = names::event_subject(&job_id.to_string(), event.kind());
+        let payload = Bytes::from(serde_json::to_vec(event).expect("events serialize"));
+        let message_id = format!("{job_id}:{seq}");
         for attempt in 1..=3u64 {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(names::MSG_ID_HEADER, message_id.as_str());
@@ -168,12 +168,12 @@ impl JobStore {
             match published {
                 Ok(_) => return,
                 Err(error) => {
-                    tracing::warn!(job_id = %record.job_id, seq = record.event_seq, attempt, error = %error, "event publish failed");
+                    tracing::warn!(%job_id, seq, attempt, error = %error, "event publish failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
                 }
             }
         }
-        tracing::error!(job_id = %record.job_id, seq = record.event_seq, "event not published; the record in KV is still current");
+        tracing::error!(%job_id, seq, "event not published; the record in KV is still current");
     }
 
     /// The events of a job numbered above `after_seq`, in order, as the events stream holds them

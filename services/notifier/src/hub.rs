@@ -125,6 +125,7 @@ mod tests {
             seq,
             status: common::JobStatus::Processing,
             progress: 10,
+            previous_progress: None,
             error: None,
             error_code: None,
             attempt: 1,

@@ -196,6 +196,7 @@ impl Feed {
             error_code,
             attempt,
             at,
+            ..
         } = event;
         let mut data = serde_json::json!({
             "jobId": job_id,

@@ -20,19 +20,25 @@ pub enum WebhookType {
     /// The job was cancelled by its owner.
     #[oai(rename = "download.cancelled")]
     Cancelled,
+    /// The job crossed a progress milestone (`WEBHOOK_PROGRESS_MILESTONES`); see `progress`.
+    #[oai(rename = "download.progress")]
+    Progress,
 }
 
-/// Body of the webhook sent when a job ends.
+/// Body of the webhook sent when a job ends (or crosses a configured progress milestone).
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct DownloadWebhookBody {
-    /// `download.completed`, `download.failed` or `download.cancelled`.
+    /// `download.completed`, `download.failed`, `download.cancelled` or `download.progress`.
     #[oai(rename = "type")]
     pub event_type: WebhookType,
     /// The job.
     pub job_id: String,
-    /// Its final status.
+    /// Its final status (for progress webhooks, its status then).
     pub status: ApiJobStatus,
+    /// Progress webhooks only: the job's progress when it crossed the milestone (at least the
+    /// milestone, 1-99).
+    pub progress: Option<u8>,
     /// Presigned URL of the result (completed jobs), valid for `PRESIGNED_URL_EXPIRY_SECONDS`.
     pub download_url: Option<String>,
     /// Why the job failed.
@@ -46,10 +52,13 @@ pub struct DownloadWebhookBody {
 /// Webhooks of the download service.
 #[Webhook]
 pub trait DownloadWebhooks {
-    /// A job ended
+    /// A job ended (or crossed a progress milestone)
     ///
     /// POSTed to the job's `callbackUrl` once per outcome, at least once (retried with backoff
-    /// until a 2xx; 410 stops). Signed per Standard Webhooks: verify `webhook-signature` over
+    /// until a 2xx or the attempts and time window run out; 410 stops). With
+    /// `WEBHOOK_PROGRESS_MILESTONES` configured, also once per milestone crossed
+    /// (`download.progress`, webhook id `{jobId}-p{milestone}`); a milestone reached after the
+    /// job ended is not sent, and milestones may arrive after the outcome when retried. Signed per Standard Webhooks: verify `webhook-signature` over
     /// `{webhook-id}.{webhook-timestamp}.{body}` with your `whsec_` secret, and reject timestamps
     /// more than 5 minutes off.
     #[oai(name = "downloadFinished", method = "post")]

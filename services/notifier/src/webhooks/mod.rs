@@ -1,9 +1,11 @@
-//! Signed webhooks: one POST per terminal job event to the job's `callbackUrl`, durable and
-//! at-least-once. A durable consumer of terminal events drives deliveries; each attempt's outcome
-//! becomes its acknowledgement: 2xx delivered (Ack), 410 stop (Ack), anything else retried with
-//! exponential backoff and jitter (Nak with delay; `Retry-After` honoured on 429/503), until the
-//! last attempt, after which the delivery goes to the dead-letter bucket for an operator to list
-//! and replay. Deliveries run concurrently, so a slow or dead receiver never delays the others.
+//! Signed webhooks: one POST per terminal job event to the job's `callbackUrl` (and, when
+//! `WEBHOOK_PROGRESS_MILESTONES` is set, one per milestone crossed), durable and at-least-once. A
+//! durable consumer of events drives deliveries; each attempt's outcome becomes its
+//! acknowledgement: 2xx delivered (Ack), 410 stop (Ack), anything else retried with exponential
+//! backoff and jitter (Nak with delay; `Retry-After` honoured on 429/503), until the last attempt
+//! or the end of the delivery's time window, after which it goes to the dead-letter bucket for an
+//! operator to list and replay. Deliveries run concurrently, so a slow or dead receiver never
+//! delays the others.
 
 pub mod dead_letters;
 pub mod ssrf;
@@ -30,12 +32,18 @@ pub struct WebhookSettings {
     pub secrets: Vec<String>,
     /// `WEBHOOK_TIMEOUT_MS`: per-attempt timeout (default 15000).
     pub timeout: Duration,
-    /// `WEBHOOK_MAX_ATTEMPTS` (default 8).
+    /// `WEBHOOK_MAX_ATTEMPTS` (default 15).
     pub max_attempts: u32,
+    /// `WEBHOOK_MAX_WINDOW_SECONDS`: time from the event to the last attempt (default 21600, 6 h;
+    /// under the 24 h the events stream keeps events).
+    pub max_window: Duration,
     /// `WEBHOOK_INITIAL_DELAY_MS`: delay before the first retry (default 1000), doubling.
     pub initial_delay: Duration,
-    /// `WEBHOOK_MAX_DELAY_MS`: longest delay between attempts (default 300000).
+    /// `WEBHOOK_MAX_DELAY_MS`: longest delay between attempts (default 3600000, 1 h).
     pub max_delay: Duration,
+    /// `WEBHOOK_PROGRESS_MILESTONES`: comma-separated percentages (1-99) at which a
+    /// `download.progress` webhook is sent (default none: outcomes only).
+    pub progress_milestones: Vec<u8>,
     /// `WEBHOOK_ALLOWED_NETWORKS`: CIDRs allowed although private (default none).
     pub allowed_networks: Vec<ssrf::Network>,
     /// `WEBHOOK_CONCURRENCY`: deliveries in flight per instance (default 256).
@@ -72,12 +80,34 @@ impl WebhookSettings {
                 reason,
             })?);
         }
+        let mut progress_milestones = Vec::new();
+        for text in env
+            .string("WEBHOOK_PROGRESS_MILESTONES", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+        {
+            match text.parse::<u8>() {
+                Ok(percent) if (1..=99).contains(&percent) => progress_milestones.push(percent),
+                _ => {
+                    return Err(ConfigError {
+                        key: "WEBHOOK_PROGRESS_MILESTONES".into(),
+                        value: text.into(),
+                        reason: "every milestone must be a percentage from 1 to 99".into(),
+                    });
+                }
+            }
+        }
+        progress_milestones.sort_unstable();
+        progress_milestones.dedup();
         let settings = WebhookSettings {
             secrets,
             timeout: env.millis("WEBHOOK_TIMEOUT_MS", 15_000)?,
-            max_attempts: env.parse("WEBHOOK_MAX_ATTEMPTS", 8)?,
+            max_attempts: env.parse("WEBHOOK_MAX_ATTEMPTS", 15)?,
+            max_window: env.seconds("WEBHOOK_MAX_WINDOW_SECONDS", 6 * 60 * 60)?,
             initial_delay: env.millis("WEBHOOK_INITIAL_DELAY_MS", 1_000)?,
-            max_delay: env.millis("WEBHOOK_MAX_DELAY_MS", 300_000)?,
+            max_delay: env.millis("WEBHOOK_MAX_DELAY_MS", 3_600_000)?,
+            progress_milestones,
             allowed_networks,
             concurrency: env.parse("WEBHOOK_CONCURRENCY", 256)?,
         };
@@ -87,6 +117,11 @@ impl WebhookSettings {
             "must be between 1 and 50",
         )?;
         env.require(!settings.timeout.is_zero(), "WEBHOOK_TIMEOUT_MS", "must be positive")?;
+        env.require(
+            !settings.max_window.is_zero() && settings.max_window < common::nats::EVENTS_MAX_AGE,
+            "WEBHOOK_MAX_WINDOW_SECONDS",
+            "must be positive and under 86400 (the events stream keeps events 24 h)",
+        )?;
         env.require(settings.concurrency > 0, "WEBHOOK_CONCURRENCY", "must be positive")?;
         Ok(settings)
     }
@@ -94,8 +129,8 @@ impl WebhookSettings {
     /// The consumers' settings.
     pub fn topology(&self) -> WebhookTopology {
         WebhookTopology {
-            max_attempts: self.max_attempts as i64,
             ack_wait: self.timeout + Duration::from_secs(15),
+            progress_events: !self.progress_milestones.is_empty(),
         }
     }
 
@@ -113,13 +148,17 @@ impl WebhookSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookPayload {
-    /// `download.completed`, `download.failed` or `download.cancelled`.
+    /// `download.completed`, `download.failed`, `download.cancelled` or `download.progress`.
     #[serde(rename = "type")]
     pub event_type: String,
     /// The job.
     pub job_id: String,
     /// Its status.
     pub status: JobStatus,
+    /// Progress webhooks: the job's progress when it crossed the milestone (at least the
+    /// milestone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
     /// A fresh presigned URL, for completed jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub download_url: Option<String>,
@@ -192,7 +231,8 @@ impl Deliverer {
         }))
     }
 
-    /// The webhook of an event, or `None` when its job has no callback URL.
+    /// The webhook of an event, or `None` when its job has no callback URL (or, for a progress
+    /// milestone, when the job has ended since: its outcome's webhook says more).
     async fn payload_of(&self, event: &JobEvent) -> Result<Option<(String, WebhookPayload)>, String> {
         let record = match self.store.load(event.job_id()).await {
             Ok(Some(versioned)) => versioned.record,
@@ -205,11 +245,16 @@ impl Deliverer {
         let JobEvent::V1 {
             job_id,
             status,
+            progress,
             error,
             error_code,
             at,
             ..
         } = event;
+        let milestone = !status.is_terminal();
+        if milestone && record.status.is_terminal() {
+            return Ok(None);
+        }
         let download_url = match status {
             JobStatus::Completed => {
                 match common::presign::result_url(&self.nats, &record, self.presign_timeout).await {
@@ -222,9 +267,14 @@ impl Deliverer {
         Ok(Some((
             url,
             WebhookPayload {
-                event_type: format!("download.{}", status.as_str()),
+                event_type: if milestone {
+                    "download.progress".to_string()
+                } else {
+                    format!("download.{}", status.as_str())
+                },
                 job_id: job_id.to_string(),
                 status: *status,
+                progress: milestone.then_some(*progress),
                 download_url,
                 error: error.clone(),
                 error_code: error_code.map(|code| code.as_str().to_string()),
@@ -310,15 +360,37 @@ impl Deliverer {
         }
     }
 
+    /// The webhook id of an event: `{jobId}-{seq}` for outcomes, `{jobId}-p{milestone}` for
+    /// progress milestones (the same milestone reached again by a retried attempt keeps its id,
+    /// so receivers de-duplicating by id see it once). `None`: the event calls for no webhook.
+    pub fn webhook_id(&self, event: &JobEvent) -> Option<String> {
+        if event.status().is_terminal() {
+            return Some(format!("{}-{}", event.job_id(), event.seq()));
+        }
+        let milestone = event.crossed(&self.settings.progress_milestones)?;
+        Some(format!("{}-p{milestone}", event.job_id()))
+    }
+
     /// Handles one delivery message (an event, or a replay) and decides its acknowledgement.
-    async fn handle(&self, event: JobEvent, delivered: u32) -> AckKind {
-        let webhook_id = format!("{}-{}", event.job_id(), event.seq());
+    /// `age` is the time since the message was published: deliveries end at
+    /// `WEBHOOK_MAX_WINDOW_SECONDS` as they end at `WEBHOOK_MAX_ATTEMPTS`.
+    async fn handle(&self, event: JobEvent, delivered: u32, age: Duration) -> AckKind {
+        let Some(webhook_id) = self.webhook_id(&event) else {
+            return AckKind::Ack;
+        };
         let (url, payload) = match self.payload_of(&event).await {
             Ok(Some(found)) => found,
             Ok(None) => return AckKind::Ack,
             Err(reason) => {
+                let wait = self.settings.retry_delay(delivered);
+                if age + wait > self.settings.max_window {
+                    // Nothing to post yet, but the window is over: keep the event for a replay.
+                    tracing::warn!(webhook_id, reason, "webhook not prepared within its window");
+                    let url = String::new();
+                    return self.dead_letter(&webhook_id, &url, &event, delivered, &reason).await;
+                }
                 tracing::warn!(webhook_id, reason, "webhook not prepared, retrying");
-                return AckKind::Nak(Some(self.settings.retry_delay(delivered)));
+                return AckKind::Nak(Some(wait));
             }
         };
         let outcome = self.attempt(&webhook_id, &url, &payload).await;
@@ -335,9 +407,11 @@ impl Deliverer {
                 tracing::warn!(webhook_id, reason, "webhook target refused");
                 self.dead_letter(&webhook_id, &url, &event, delivered, &reason).await
             }
-            Attempt::Retry { delay, reason } if delivered < self.settings.max_attempts => {
-                let backoff = self.settings.retry_delay(delivered);
-                let wait = delay.map_or(backoff, |asked| asked.max(backoff));
+            Attempt::Retry { delay, reason }
+                if delivered < self.settings.max_attempts
+                    && age + self.retry_wait(delivered, delay) <= self.settings.max_window =>
+            {
+                let wait = self.retry_wait(delivered, delay);
                 tracing::info!(
                     webhook_id,
                     attempt = delivered,
@@ -348,10 +422,17 @@ impl Deliverer {
                 AckKind::Nak(Some(wait))
             }
             Attempt::Retry { reason, .. } => {
+                let reason = format!("{reason} (gave up after {delivered} attempts over {}s)", age.as_secs());
                 tracing::warn!(webhook_id, attempts = delivered, reason, "webhook attempts exhausted");
                 self.dead_letter(&webhook_id, &url, &event, delivered, &reason).await
             }
         }
+    }
+
+    /// The wait before the next attempt: the backoff, or longer if the receiver asked for it.
+    fn retry_wait(&self, failed_attempt: u32, asked: Option<Duration>) -> Duration {
+        let backoff = self.settings.retry_delay(failed_attempt);
+        asked.map_or(backoff, |asked| asked.max(backoff))
     }
 
     async fn dead_letter(&self, webhook_id: &str, url: &str, event: &JobEvent, attempts: u32, reason: &str) -> AckKind {
@@ -405,9 +486,17 @@ pub async fn run(
         async move {
             let slot = slots.acquire_owned().await.expect("never closed");
             tasks.spawn(async move {
-                let delivered = message.info().map(|info| info.delivered.max(1) as u32).unwrap_or(1);
+                let (delivered, age) = message
+                    .info()
+                    .map(|info| {
+                        let published = info.published.unix_timestamp_nanos();
+                        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
+                        let age = Duration::from_nanos((now - published).clamp(0, u64::MAX as i128) as u64);
+                        (info.delivered.max(1) as u32, age)
+                    })
+                    .unwrap_or((1, Duration::ZERO));
                 let decision = match serde_json::from_slice::<JobEvent>(&message.payload) {
-                    Ok(event) => deliverer.handle(event, delivered).await,
+                    Ok(event) => deliverer.handle(event, delivered, age).await,
                     Err(error) => {
                         tracing::warn!(%error, subject = %message.subject, "malformed webhook message terminated");
                         AckKind::Term
