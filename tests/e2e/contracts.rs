@@ -259,22 +259,26 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
             format!("KV_{}", common::names::WEBHOOK_DEAD_LETTERS_BUCKET),
             "nats/kv/download-webhook-dead-letters.json",
         ),
+        (
+            format!("KV_{}", common::names::STREAM_LEASES_BUCKET),
+            "nats/kv/download-stream-leases.json",
+        ),
     ];
     let committed_files = |folder: &str| {
         std::fs::read_dir(workspace_root().join(folder))
             .map(|entries| entries.count())
             .unwrap_or(0)
     };
+    for (name, file) in &streams {
+        let mut stream = jetstream.get_stream(name).await.unwrap();
+        let config = serde_json::to_value(&stream.info().await.unwrap().config).unwrap();
+        assert_matches_file(file, &pretty(&without_server_metadata(config)));
+    }
     assert_eq!(
         committed_files("nats/streams") + committed_files("nats/kv"),
         streams.len(),
         "a stream or bucket file in nats/ that the code no longer creates"
     );
-    for (name, file) in streams {
-        let mut stream = jetstream.get_stream(&name).await.unwrap();
-        let config = serde_json::to_value(&stream.info().await.unwrap().config).unwrap();
-        assert_matches_file(file, &pretty(&without_server_metadata(config)));
-    }
     let consumers = [
         (common::names::JOBS_STREAM, common::names::PROCESSOR_CONSUMER),
         (common::names::ADVISORIES_STREAM, common::names::ADVISORIES_CONSUMER),

@@ -219,6 +219,98 @@ async fn streams_need_an_identity_and_belong_to_the_jobs_owner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_user_stream_cap_holds_across_notifiers_and_a_crashed_instances_leases_lapse() {
+    init_logs();
+    let stack = Stack::start(&[
+        ("SSE_MAX_STREAMS_PER_USER", "2"),
+        ("SSE_HEARTBEAT_SECONDS", "1"),
+        ("SSE_STREAM_LEASE_SECONDS", "3"),
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "30000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "30000"),
+    ])
+    .await
+    .unwrap();
+    let (first_notifier, _first) = stack.spawn_notifier(&[]).await.unwrap();
+    let (second_notifier, _second) = stack.spawn_notifier(&[]).await.unwrap();
+    stack.put_file(91_010, 10).await.unwrap();
+    let job_id = stack.initiate("capped", &[91_010]).await.unwrap();
+    let open_on = |notifier: std::net::SocketAddr| {
+        stack
+            .http
+            .get(format!("http://{notifier}/v1/download/{job_id}/stream"))
+            .header("X-User-Id", "capped")
+            .send()
+    };
+
+    let on_first = open_on(first_notifier).await.unwrap();
+    let on_second = open_on(second_notifier).await.unwrap();
+    assert_eq!(
+        (on_first.status(), on_second.status()),
+        (200.try_into().unwrap(), 200.try_into().unwrap())
+    );
+    for notifier in [first_notifier, second_notifier] {
+        let over = open_on(notifier).await.unwrap();
+        assert_eq!(over.status(), 429, "the cap counts the streams of every notifier");
+        assert_eq!(over.json::<Value>().await.unwrap()["code"], "RATE_LIMITED");
+    }
+    // Streams open longer than a lease stay counted: their notifiers renew the leases.
+    let mut reader = SseReader::new(on_first);
+    let mut heartbeats = 0;
+    while heartbeats < 5 {
+        let item = reader.next(QUIET).await.unwrap();
+        if matches!(item, Some(SseItem::Comment)) {
+            heartbeats += 1;
+        }
+    }
+    assert_eq!(
+        open_on(second_notifier).await.unwrap().status(),
+        429,
+        "leases were renewed"
+    );
+    // A closed stream gives its slot back, to any notifier.
+    drop(reader);
+    system_tests::wait::wait_for("the closed stream's slot", QUIET, || async {
+        (open_on(second_notifier).await.ok()?.status() == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    drop(on_second);
+
+    // A crashed instance's leases: one already expired, one still running. Only the running one
+    // counts, until it lapses by itself.
+    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    let leases = jetstream
+        .get_key_value(common::names::STREAM_LEASES_BUCKET)
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let crashed = serde_json::json!({"leases": {"crashed-1": now - 1_000, "crashed-2": now + 4_000}});
+    let other = "crash-victim";
+    let job_of_other = stack.initiate(other, &[91_010]).await.unwrap();
+    leases
+        .put(notifier::limits::key_of(other), crashed.to_string().into())
+        .await
+        .unwrap();
+    let open_other = || {
+        stack
+            .http
+            .get(format!("http://{first_notifier}/v1/download/{job_of_other}/stream"))
+            .header("X-User-Id", other)
+            .send()
+    };
+    let kept = open_other().await.unwrap();
+    assert_eq!(kept.status(), 200, "the expired lease does not count");
+    assert_eq!(open_other().await.unwrap().status(), 429, "the running lease does");
+    system_tests::wait::wait_for("the crashed instance's lease to lapse", QUIET, || async {
+        (open_other().await.ok()?.status() == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    drop(kept);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_notifier_delivers_the_completion_to_a_thousand_concurrent_streams() {
     init_logs();
     let stack = stack_with_notifier(&[

@@ -69,6 +69,8 @@ pub const WEBHOOK_REPLAY_SUBJECT: &str = "downloads.webhooks.replay";
 pub const WEBHOOK_REPLAY_CONSUMER: &str = "download-webhook-replays";
 /// KV bucket of webhook deliveries that ran out of attempts, keyed by webhook id.
 pub const WEBHOOK_DEAD_LETTERS_BUCKET: &str = "download-webhook-dead-letters";
+/// KV bucket of open SSE streams per user, shared by every notifier (the per-user cap).
+pub const STREAM_LEASES_BUCKET: &str = "download-stream-leases";
 
 /// S3 key of the source archive of a file id. Only ever built from a validated integer.
 pub fn source_key(file_id: u64) -> String {

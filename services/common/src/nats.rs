@@ -199,6 +199,20 @@ pub fn webhook_dead_letters_bucket_config(topology: &Topology) -> kv::Config {
     }
 }
 
+/// Open SSE streams per user, across notifier instances: one key per user holding its streams'
+/// leases with their expiry. A user's key disappears an hour after its last change.
+pub fn stream_leases_bucket_config(topology: &Topology) -> kv::Config {
+    kv::Config {
+        bucket: names::STREAM_LEASES_BUCKET.into(),
+        description: "Open SSE streams of each user across notifiers (leases with expiry)".into(),
+        history: 1,
+        max_age: Duration::from_secs(60 * 60),
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    }
+}
+
 /// The webhook consumers' settings, owned by the notifier.
 #[derive(Debug, Clone, Copy)]
 pub struct WebhookTopology {
@@ -340,6 +354,10 @@ async fn provision_with(
                 .create_or_update_key_value(webhook_dead_letters_bucket_config(topology))
                 .await
                 .map_err(|error| failed(names::WEBHOOK_DEAD_LETTERS_BUCKET)(Box::new(error)))?;
+            jetstream
+                .create_or_update_key_value(stream_leases_bucket_config(topology))
+                .await
+                .map_err(|error| failed(names::STREAM_LEASES_BUCKET)(Box::new(error)))?;
             if with_consumers {
                 jetstream
                     .create_consumer_on_stream(processor_consumer_config(topology), names::JOBS_STREAM)

@@ -32,8 +32,11 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// `SSE_RETRY_MS`: reconnection delay suggested to clients (default 3000).
     pub retry: Duration,
-    /// `SSE_MAX_STREAMS_PER_USER`: open streams per user on one instance (default 20).
+    /// `SSE_MAX_STREAMS_PER_USER`: open streams per user across all instances (default 20).
     pub max_streams_per_user: usize,
+    /// `SSE_STREAM_LEASE_SECONDS`: how long a stream's slot outlives a crashed instance
+    /// (default 30; renewed every third of it while the stream is open).
+    pub stream_lease: Duration,
     /// `SSE_CLIENT_BUFFER`: events buffered per stream before a slow client is disconnected
     /// (default 64).
     pub client_buffer: usize,
@@ -54,6 +57,7 @@ impl Settings {
             heartbeat: env.seconds("SSE_HEARTBEAT_SECONDS", 15)?,
             retry: env.millis("SSE_RETRY_MS", 3000)?,
             max_streams_per_user: env.parse("SSE_MAX_STREAMS_PER_USER", 20)?,
+            stream_lease: env.seconds("SSE_STREAM_LEASE_SECONDS", 30)?,
             client_buffer: env.parse("SSE_CLIENT_BUFFER", 64)?,
             presign_timeout: env.millis("PRESIGN_TIMEOUT_MS", 2000)?,
             webhooks: webhooks::WebhookSettings::from_env(env)?,
@@ -67,6 +71,11 @@ impl Settings {
             settings.max_streams_per_user > 0,
             "SSE_MAX_STREAMS_PER_USER",
             "must be at least 1",
+        )?;
+        env.require(
+            settings.stream_lease >= Duration::from_secs(3),
+            "SSE_STREAM_LEASE_SECONDS",
+            "must be at least 3",
         )?;
         env.require(
             (1..=10_000).contains(&settings.client_buffer),
@@ -129,6 +138,15 @@ impl Application {
             ready,
             background_stop.clone(),
         ));
+        let limits = limits::StreamLimits::new(
+            handles
+                .jetstream
+                .get_key_value(common::names::STREAM_LEASES_BUCKET)
+                .await?,
+            settings.max_streams_per_user,
+            settings.stream_lease,
+        );
+        background.spawn(limits.clone().renew_forever(background_stop.clone()));
         tokio::time::timeout(Duration::from_secs(10), ready_receiver)
             .await
             .map_err(|_| anyhow::anyhow!("could not follow job events within 10 s"))??;
@@ -183,7 +201,7 @@ impl Application {
             .and_then(|address| address.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
         let state = Arc::new(State {
-            limits: limits::StreamLimits::new(settings.max_streams_per_user),
+            limits,
             settings,
             store,
             nats,

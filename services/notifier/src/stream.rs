@@ -94,10 +94,6 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
             );
         }
     };
-    let Some(slot) = state.limits.acquire(&user) else {
-        let detail = format!("at most {} open streams per user", state.settings.max_streams_per_user);
-        return problem(ErrorCode::RateLimited, &detail, None);
-    };
     // Subscribe before reading the record and the history: an event published in between is then
     // in both, and is de-duplicated by its number rather than lost.
     let subscription = state.hub.subscribe(job_id);
@@ -109,6 +105,21 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
             return problem(
                 ErrorCode::QueueUnavailable,
                 "the job store is unavailable, retry shortly",
+                None,
+            );
+        }
+    };
+    let slot = match state.limits.acquire(&user).await {
+        Ok(Some(slot)) => slot,
+        Ok(None) => {
+            let detail = format!("at most {} open streams per user", state.settings.max_streams_per_user);
+            return problem(ErrorCode::RateLimited, &detail, None);
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "stream leases unavailable");
+            return problem(
+                ErrorCode::QueueUnavailable,
+                "open streams cannot be counted right now, retry shortly",
                 None,
             );
         }
