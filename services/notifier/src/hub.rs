@@ -13,7 +13,8 @@ use common::{JobId, names};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-type Subscribers = HashMap<JobId, Vec<(u64, mpsc::Sender<JobEvent>)>>;
+/// Events are shared between the streams of a job, so a buffer slot is one pointer.
+type Subscribers = HashMap<JobId, Vec<(u64, mpsc::Sender<Arc<JobEvent>>)>>;
 
 /// Open streams by job.
 pub struct Hub {
@@ -28,7 +29,7 @@ pub struct Subscription {
     job_id: JobId,
     id: u64,
     /// Live events of the job, in order. Ends if the client fell too far behind.
-    pub receiver: mpsc::Receiver<JobEvent>,
+    pub receiver: mpsc::Receiver<Arc<JobEvent>>,
 }
 
 impl Drop for Subscription {
@@ -72,8 +73,9 @@ impl Hub {
     }
 
     /// Hands an event to every stream of its job, dropping streams whose buffer is full.
-    pub fn dispatch(&self, event: &JobEvent) {
+    pub fn dispatch(&self, event: JobEvent) {
         let job_id = event.job_id();
+        let event = Arc::new(event);
         let mut subscribers = self.subscribers.lock().expect("hub lock");
         let Some(list) = subscribers.get_mut(&job_id) else {
             return;
@@ -107,7 +109,7 @@ pub async fn follow(
     let open = || common::consume::new_messages(&jetstream, names::EVENTS_STREAM, names::EVENTS_STREAM_SUBJECTS);
     let dispatch = |message: jetstream::Message| {
         match serde_json::from_slice::<JobEvent>(&message.payload) {
-            Ok(event) => hub.dispatch(&event),
+            Ok(event) => hub.dispatch(event),
             Err(error) => tracing::warn!(subject = %message.subject, %error, "unreadable job event skipped"),
         }
         std::future::ready(())
@@ -140,7 +142,7 @@ mod tests {
         let mut a = hub.subscribe(first);
         let mut b = hub.subscribe(first);
         let mut other = hub.subscribe(JobId::new());
-        hub.dispatch(&event(first, 1));
+        hub.dispatch(event(first, 1));
         assert_eq!(a.receiver.recv().await.unwrap().seq(), 1);
         assert_eq!(b.receiver.recv().await.unwrap().seq(), 1);
         assert!(other.receiver.try_recv().is_err());
@@ -153,7 +155,7 @@ mod tests {
         let mut slow = hub.subscribe(job_id);
         let mut fast = hub.subscribe(job_id);
         for seq in 1..=3 {
-            hub.dispatch(&event(job_id, seq));
+            hub.dispatch(event(job_id, seq));
             assert_eq!(fast.receiver.recv().await.unwrap().seq(), seq);
         }
         assert_eq!(slow.receiver.recv().await.unwrap().seq(), 1);

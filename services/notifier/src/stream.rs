@@ -3,13 +3,17 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use common::messages::JobEvent;
 use common::{ErrorCode, JobId, JobStatus};
 use poem::http::StatusCode;
-use poem::web::sse::{Event, SSE};
+use poem::web::sse::Event;
 use poem::web::{Data, Path};
-use poem::{IntoResponse, Request, Response, handler};
+use poem::{Body, IntoResponse, Request, Response, handler};
 
 use crate::State;
 use crate::hub::Subscription;
@@ -124,10 +128,10 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
             );
         }
     };
-    let mut initial: VecDeque<JobEvent> = match last_event_id {
-        None => VecDeque::from([JobEvent::of_record(&record)]),
+    let mut initial: VecDeque<Arc<JobEvent>> = match last_event_id {
+        None => VecDeque::from([Arc::new(JobEvent::of_record(&record))]),
         Some(after) => match state.store.events_after(job_id, after).await {
-            Ok(events) => events.into(),
+            Ok(events) => events.into_iter().map(Arc::new).collect(),
             Err(error) => {
                 tracing::warn!(error = %error, "event history unavailable");
                 return problem(
@@ -138,10 +142,10 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
             }
         },
     };
-    let newest_known = initial.back().map(JobEvent::seq).or(last_event_id).unwrap_or(0);
+    let newest_known = initial.back().map(|event| event.seq()).or(last_event_id).unwrap_or(0);
     if record.status.is_terminal() && record.event_seq > newest_known {
         // The record is the truth: its terminal state is delivered even if its event was lost.
-        initial.push_back(JobEvent::of_record(&record));
+        initial.push_back(Arc::new(JobEvent::of_record(&record)));
     }
     if record.status.is_terminal() && initial.is_empty() {
         // The client has seen the end already; 204 tells EventSource not to reconnect.
@@ -156,14 +160,32 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
         finished: false,
         _slot: slot,
     };
-    let events = futures::stream::unfold(feed, Feed::next);
-    SSE::new(events).keep_alive(state.settings.heartbeat).into_response()
+    sse_response(futures::stream::unfold(feed, Feed::next), state.settings.heartbeat)
+}
+
+/// The `text/event-stream` response: each event as it comes, and a comment heartbeat every
+/// `heartbeat`. The body is the stream of encoded events itself (no intermediate reader and
+/// buffer), which keeps an open stream small.
+fn sse_response(events: impl futures::Stream<Item = Event> + Send + 'static, heartbeat: Duration) -> Response {
+    let mut events = Box::pin(events);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let body = futures::stream::poll_fn(move |context| {
+        if let Poll::Ready(event) = events.as_mut().poll_next(context) {
+            return Poll::Ready(event.map(|event| Ok::<_, std::io::Error>(Bytes::from(event.to_string()))));
+        }
+        ticks.poll_tick(context).map(|_| Some(Ok(Bytes::from_static(b":\n\n"))))
+    });
+    Response::builder()
+        .content_type("text/event-stream")
+        .header("Cache-Control", "no-cache")
+        .header("X-Accel-Buffering", "no")
+        .body(Body::from_bytes_stream(body))
 }
 
 /// One client's position in its job's events.
 struct Feed {
     state: Arc<State>,
-    pending: VecDeque<JobEvent>,
+    pending: VecDeque<Arc<JobEvent>>,
     subscription: Subscription,
     last_sent: Option<u64>,
     retry_sent: bool,
