@@ -252,6 +252,7 @@ async fn the_per_user_stream_cap_holds_across_notifiers_and_a_crashed_instances_
     for notifier in [first_notifier, second_notifier] {
         let over = open_on(notifier).await.unwrap();
         assert_eq!(over.status(), 429, "the cap counts the streams of every notifier");
+        assert_eq!(over.headers()["retry-after"], "2");
         assert_eq!(over.json::<Value>().await.unwrap()["code"], "RATE_LIMITED");
     }
     // Streams open longer than a lease stay counted: their notifiers renew the leases.

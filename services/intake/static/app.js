@@ -6,7 +6,7 @@
 const API = '/v1/download';
 const PENDING_KEY = 'downloads.pending';
 const USER_KEY = 'downloads.user';
-const POLL_MS = 1500;
+const POLL_MS = 2000; // the intake's advice (Retry-After of a pending result)
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 // Consecutive stream errors without an event before giving up on the stream for polling.
 const STREAM_ERRORS_BEFORE_POLLING = 3;
@@ -218,6 +218,7 @@ function follow(job, card) {
 async function poll(job, card) {
   card.setMode('polling');
   while (!card.done) {
+    let wait = POLL_MS;
     try {
       const response = await api(`/status/${encodeURIComponent(job.jobId)}`, job.user);
       if (response.ok) {
@@ -232,12 +233,15 @@ async function poll(job, card) {
         card.fail('error', 'This job no longer exists.', () => start(job.user, job.fileIds, card));
         return;
       } else {
+        // 429 and 503 say when to ask again.
+        const after = Number(response.headers.get('Retry-After'));
+        if (after > 0) wait = after * 1000;
         card.note(`Status unavailable, still trying: ${await problemText(response)}`);
       }
     } catch (error) {
       card.note(`Connection lost, still trying: ${error.message}`);
     }
-    await sleep(POLL_MS);
+    await sleep(wait);
   }
 }
 

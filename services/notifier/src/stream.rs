@@ -32,10 +32,14 @@ fn problem(code: ErrorCode, detail: &str, field: Option<&str>) -> Response {
     if let Some(field) = field {
         body["field"] = serde_json::Value::from(field);
     }
-    Response::builder()
+    let mut response = Response::builder()
         .status(status)
-        .content_type("application/problem+json")
-        .body(body.to_string())
+        .content_type("application/problem+json");
+    if matches!(status.as_u16(), 429 | 503) {
+        // Streams free up and dependencies come back within seconds.
+        response = response.header("Retry-After", "2");
+    }
+    response.body(body.to_string())
 }
 
 /// `GET /health`: the instance answers, with its open streams.

@@ -144,8 +144,15 @@ async fn run() -> anyhow::Result<()> {
 
     tokio::signal::ctrl_c().await?;
     println!("stopping ...");
+    for (_, child) in &children {
+        // A terminal's Ctrl-C reaches the services too, but a supervisor's signal reaches only
+        // this process: ask every service to stop either way.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
     for (name, child) in &mut children {
-        // The terminal's Ctrl-C reached the services too; give them a moment to drain.
+        // Give them a moment to drain.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::time::Instant::now() < deadline {
             if child.try_wait()?.is_some() {
