@@ -51,6 +51,16 @@ async fn dead_letters(stack: &Stack) -> Vec<notifier::webhooks::dead_letters::De
     notifier::webhooks::dead_letters::list(&jetstream).await.unwrap()
 }
 
+/// Waits for the first dead letters to appear.
+async fn first_dead_letters(stack: &Stack) -> Vec<notifier::webhooks::dead_letters::DeadLetter> {
+    wait_for("a delivery to be dead-lettered", PATIENCE, || async {
+        let letters = dead_letters(stack).await;
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_receiver_gets_the_same_signed_webhook_until_it_accepts_it_and_then_no_more() {
     init_logs();
@@ -136,12 +146,7 @@ async fn a_dead_receiver_ends_in_the_dead_letters_and_a_replay_delivers_once_it_
         .initiate_with_callback("dead", &[93_001], &callback)
         .await
         .unwrap();
-    let letters = wait_for("the delivery to be dead-lettered", PATIENCE, || async {
-        let letters = dead_letters(&stack).await;
-        (!letters.is_empty()).then_some(letters)
-    })
-    .await
-    .unwrap();
+    let letters = first_dead_letters(&stack).await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 3);
     assert_eq!(letters[0].url, callback);
@@ -256,12 +261,7 @@ async fn a_delivery_ends_in_the_dead_letters_when_its_time_window_closes_before_
         .initiate_with_callback("window", &[93_060], &callback)
         .await
         .unwrap();
-    let letters = wait_for("the delivery to be dead-lettered", PATIENCE, || async {
-        let letters = dead_letters(&stack).await;
-        (!letters.is_empty()).then_some(letters)
-    })
-    .await
-    .unwrap();
+    let letters = first_dead_letters(&stack).await;
     assert!(
         (2..50).contains(&letters[0].attempts),
         "retried, then stopped by the window: {} attempts",

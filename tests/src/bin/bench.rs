@@ -14,42 +14,14 @@
 //! simulated delay (from the first initiate until the work queue is drained); the processor's
 //! peak RSS while bundling two 256 MiB files.
 
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use system_tests::processes::{Services, memory_mib};
 use system_tests::servers::{NatsServer, S3Server, free_port, port_answers};
 use system_tests::wait::{wait_for, wait_until};
-
-struct Services {
-    children: Vec<(&'static str, Child)>,
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Resident set size and its peak, in MiB, from /proc.
-fn memory_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|line| line.starts_with(name))
-            .and_then(|line| line.split_whitespace().nth(1))
-            .and_then(|kib| kib.parse::<f64>().ok())
-            .map(|kib| kib / 1024.0)
-            .unwrap_or(f64::NAN)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 fn percentile(sorted: &[u64], fraction: f64) -> f64 {
     if sorted.is_empty() {
@@ -78,20 +50,9 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
         ("RATE_LIMIT_MAX_REQUESTS".to_string(), "1000000000".to_string()),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
-    let binaries = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .to_path_buf();
-    let mut services = Services { children: Vec::new() };
     let mut names = vec!["presigner", "intake"];
     names.extend(std::iter::repeat_n("processor", processors));
-    for service in names {
-        let child = Command::new(binaries.join(service))
-            .envs(env.iter().cloned())
-            .spawn()
-            .with_context(|| format!("starting {service}"))?;
-        services.children.push((service, child));
-    }
+    let services = Services::start(&names, &env)?;
     wait_until("the intake", Duration::from_secs(60), || async {
         port_answers(api_port)
     })

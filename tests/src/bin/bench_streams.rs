@@ -12,40 +12,17 @@
 //! stream, and how long each `progress` and `completed` event took from its KV write (the
 //! event's `at`, stamped just before the write) to its client, as percentiles.
 
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::{JobId, JobRecord, JobStatus};
 use futures::StreamExt;
+use system_tests::processes::{Services, memory_mib};
 use system_tests::servers::{NatsServer, S3Server, free_port, port_answers};
 use system_tests::sse::{SseItem, SseReader};
 use system_tests::wait::wait_until;
 use tokio::sync::mpsc;
-
-struct Services {
-    children: Vec<(&'static str, Child)>,
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn rss_kib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(f64::NAN)
-}
 
 fn report(name: &str, mut millis: Vec<f64>) {
     if millis.is_empty() {
@@ -85,20 +62,9 @@ async fn run(streams: usize, writers: usize) -> anyhow::Result<()> {
         ("SSE_MAX_STREAMS_PER_USER".to_string(), "5".to_string()),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
-    let binaries = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .to_path_buf();
-    let mut services = Services { children: Vec::new() };
-    for service in ["presigner", "notifier"] {
-        let child = Command::new(binaries.join(service))
-            .envs(env.iter().cloned())
-            .spawn()
-            .with_context(|| format!("starting {service} (build it with --release)"))?;
-        services.children.push((service, child));
-    }
+    let services = Services::start(&["presigner", "notifier"], &env)?;
     wait_until("the notifier", Duration::from_secs(60), || async { port_answers(port) }).await?;
-    let notifier_pid = services.children[1].1.id();
+    let notifier_pid = services.pid("notifier").context("the notifier runs")?;
 
     let client = async_nats::connect(nats.url()).await?;
     let jetstream = async_nats::jetstream::new(client);
@@ -126,7 +92,7 @@ async fn run(streams: usize, writers: usize) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_kib(notifier_pid);
+    let idle = memory_mib(notifier_pid).0 * 1024.0;
     println!("notifier idle: {:.1} MiB RSS", idle / 1024.0);
 
     // Open every stream; each reports (event name, latency ms) and ends after `completed`.
@@ -194,7 +160,7 @@ async fn run(streams: usize, writers: usize) -> anyhow::Result<()> {
         opening.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let loaded = rss_kib(notifier_pid);
+    let loaded = memory_mib(notifier_pid).0 * 1024.0;
     println!(
         "notifier with {open} streams: {:.1} MiB RSS, {:.1} KiB per stream",
         loaded / 1024.0,

@@ -32,7 +32,8 @@ pub enum ApiTags {
 )]
 pub struct Identity(pub String);
 
-async fn check_identity(_request: &Request, api_key: ApiKey) -> Option<String> {
+/// Accepts a well-formed user id (header or query).
+pub(crate) async fn check_identity(_request: &Request, api_key: ApiKey) -> Option<String> {
     common::validation::check_user_id(&api_key.key).ok().map(str::to_string)
 }
 

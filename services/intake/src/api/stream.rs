@@ -4,7 +4,6 @@
 //! a real stream against this description (statuses, headers, event names and data fields).
 
 use futures::stream::BoxStream;
-use poem_openapi::auth::ApiKey;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
@@ -19,13 +18,9 @@ use crate::problem::{ApiError, Problem};
     ty = "api_key",
     key_name = "userId",
     key_in = "query",
-    checker = "check_query_identity"
+    checker = "super::check_identity"
 )]
 pub struct QueryIdentity(pub String);
-
-async fn check_query_identity(_request: &poem::Request, api_key: ApiKey) -> Option<String> {
-    common::validation::check_user_id(&api_key.key).ok().map(str::to_string)
-}
 
 /// Who is asking for a stream: the `X-User-Id` header, or `userId` in the query.
 #[derive(SecurityScheme)]
