@@ -4,6 +4,7 @@
 //! leader changes), until stopped.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -65,18 +66,51 @@ pub async fn consume_forever<Open, Opening, Messages, Failure, Handle, Handling>
     }
 }
 
-/// Opens an ordered consumer that delivers the messages of `stream` on `filter` published from
-/// now on.
-pub async fn new_messages(
+/// Follows the messages of `stream` on `filter` published from now on, handing each to `handle`
+/// until `stop`. After a failure (the server restarting, say) it resumes right after the last
+/// message handled rather than "from now on", so an outage loses nothing the stream still holds.
+pub async fn follow_new<Handle, Handling>(
+    what: &'static str,
     jetstream: &jetstream::Context,
     stream: &str,
     filter: &str,
+    mut handle: Handle,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: CancellationToken,
+) where
+    Handle: FnMut(jetstream::Message) -> Handling,
+    Handling: Future<Output = ()>,
+{
+    let last_handled = AtomicU64::new(0);
+    let open = || open_after(jetstream, stream, filter, last_handled.load(Ordering::Relaxed));
+    let handle = |message: jetstream::Message| {
+        if let Ok(info) = message.info() {
+            last_handled.store(info.stream_sequence, Ordering::Relaxed);
+        }
+        handle(message)
+    };
+    consume_forever(what, open, handle, ready, stop).await;
+}
+
+/// An ordered consumer of `stream` on `filter`: new messages when `after` is 0, else the messages
+/// after stream sequence `after`.
+async fn open_after(
+    jetstream: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+    after: u64,
 ) -> Result<jetstream::consumer::pull::Ordered, async_nats::Error> {
     let stream = jetstream.get_stream(stream).await?;
+    let deliver_policy = match after {
+        0 => jetstream::consumer::DeliverPolicy::New,
+        after => jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        },
+    };
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             filter_subject: filter.to_string(),
-            deliver_policy: jetstream::consumer::DeliverPolicy::New,
+            deliver_policy,
             ..Default::default()
         })
         .await?;

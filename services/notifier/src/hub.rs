@@ -106,7 +106,6 @@ pub async fn follow(
     ready: tokio::sync::oneshot::Sender<()>,
     stop: CancellationToken,
 ) {
-    let open = || common::consume::new_messages(&jetstream, names::EVENTS_STREAM, names::EVENTS_STREAM_SUBJECTS);
     let dispatch = |message: jetstream::Message| {
         match serde_json::from_slice::<JobEvent>(&message.payload) {
             Ok(event) => hub.dispatch(event),
@@ -114,7 +113,16 @@ pub async fn follow(
         }
         std::future::ready(())
     };
-    common::consume::consume_forever("job events", open, dispatch, Some(ready), stop).await;
+    common::consume::follow_new(
+        "job events",
+        &jetstream,
+        names::EVENTS_STREAM,
+        names::EVENTS_STREAM_SUBJECTS,
+        dispatch,
+        Some(ready),
+        stop,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -75,7 +75,6 @@ pub async fn listen(
     ready: tokio::sync::oneshot::Sender<()>,
     shutdown: CancellationToken,
 ) {
-    let open = || common::consume::new_messages(&jetstream, names::EVENTS_STREAM, names::CANCELLED_EVENTS_FILTER);
     let cancel = |message: jetstream::Message| {
         let job_id = message.subject.split('.').nth(2).and_then(JobId::parse);
         match job_id {
@@ -85,5 +84,14 @@ pub async fn listen(
         }
         std::future::ready(())
     };
-    common::consume::consume_forever("cancellations", open, cancel, Some(ready), shutdown).await;
+    common::consume::follow_new(
+        "cancellations",
+        &jetstream,
+        names::EVENTS_STREAM,
+        names::CANCELLED_EVENTS_FILTER,
+        cancel,
+        Some(ready),
+        shutdown,
+    )
+    .await;
 }
