@@ -407,21 +407,18 @@ impl Deliverer {
                 tracing::warn!(webhook_id, reason, "webhook target refused");
                 self.dead_letter(&webhook_id, &url, &event, delivered, &reason).await
             }
-            Attempt::Retry { delay, reason }
-                if delivered < self.settings.max_attempts
-                    && age + self.retry_wait(delivered, delay) <= self.settings.max_window =>
-            {
+            Attempt::Retry { delay, reason } => {
                 let wait = self.retry_wait(delivered, delay);
-                tracing::info!(
-                    webhook_id,
-                    attempt = delivered,
-                    reason,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "webhook not delivered, retrying"
-                );
-                AckKind::Nak(Some(wait))
-            }
-            Attempt::Retry { reason, .. } => {
+                if delivered < self.settings.max_attempts && age + wait <= self.settings.max_window {
+                    tracing::info!(
+                        webhook_id,
+                        attempt = delivered,
+                        reason,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "webhook not delivered, retrying"
+                    );
+                    return AckKind::Nak(Some(wait));
+                }
                 let reason = format!("{reason} (gave up after {delivered} attempts over {}s)", age.as_secs());
                 tracing::warn!(webhook_id, attempts = delivered, reason, "webhook attempts exhausted");
                 self.dead_letter(&webhook_id, &url, &event, delivered, &reason).await
