@@ -28,6 +28,18 @@ impl Delivery {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("webhook bodies are JSON")
     }
+
+    /// Verifies the signature as a receiver holding `secrets` would, now.
+    pub fn verify(&self, secrets: &[&str]) -> Result<(), common::webhook::VerifyError> {
+        common::webhook::verify(
+            secrets,
+            &self.id,
+            &self.timestamp,
+            &self.signature,
+            &self.body,
+            chrono::Utc::now().timestamp(),
+        )
+    }
 }
 
 struct Script {
