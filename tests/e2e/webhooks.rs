@@ -67,10 +67,22 @@ async fn a_failing_receiver_gets_the_same_signed_webhook_until_it_accepts_it_and
     let stack = stack_with_webhooks(&[]).await;
     let mut receiver = Receiver::start(0, &[500, 500, 200]).await.unwrap();
     let content = stack.put_file(93_000, 500).await.unwrap();
-    let job_id = stack
-        .initiate_with_callback("web", &[93_000], &receiver.url())
+    // The caller's trace reaches the receiver.
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let initiated = stack
+        .http
+        .post(stack.url("/v1/download/initiate"))
+        .header("X-User-Id", "web")
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&serde_json::json!({ "file_ids": [93_000], "callbackUrl": receiver.url() }))
+        .send()
         .await
         .unwrap();
+    assert_eq!(initiated.status(), 202);
+    let job_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let mut deliveries = Vec::new();
     while deliveries.len() < 3 {
@@ -85,6 +97,13 @@ async fn a_failing_receiver_gets_the_same_signed_webhook_until_it_accepts_it_and
         deliveries.iter().all(|delivery| delivery.id == deliveries[0].id),
         "the webhook-id is stable across retries"
     );
+    for delivery in &deliveries {
+        assert!(
+            delivery.traceparent.starts_with(&format!("00-{trace_id}-")),
+            "the job's trace continues at the receiver: {:?}",
+            delivery.traceparent
+        );
+    }
     let payload = deliveries[2].json();
     assert_eq!(payload["type"], "download.completed");
     assert_eq!(payload["jobId"], job_id.as_str());

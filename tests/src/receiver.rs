@@ -19,6 +19,8 @@ pub struct Delivery {
     pub timestamp: String,
     /// `webhook-signature`.
     pub signature: String,
+    /// `traceparent` (empty when absent).
+    pub traceparent: String,
     /// The raw body.
     pub body: Vec<u8>,
 }
@@ -77,6 +79,7 @@ async fn hook(request: &Request, body: Vec<u8>, Data(script): Data<&Arc<Script>>
         id: header("webhook-id"),
         timestamp: header("webhook-timestamp"),
         signature: header("webhook-signature"),
+        traceparent: header("traceparent"),
         body,
     });
     let status = script

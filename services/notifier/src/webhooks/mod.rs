@@ -18,11 +18,12 @@ use common::config::{ConfigError, Env};
 use common::messages::JobEvent;
 use common::nats::WebhookTopology;
 use common::store::JobStore;
-use common::{JobStatus, webhook};
+use common::{JobStatus, telemetry, webhook};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 /// Webhook configuration.
 #[derive(Debug, Clone)]
@@ -304,16 +305,18 @@ impl Deliverer {
             Ok(signature) => signature,
             Err(error) => return Attempt::Refused(error.to_string()),
         };
-        let response = self
+        let mut request = self
             .http
             .post(parsed)
             .header("content-type", "application/json")
             .header("webhook-id", webhook_id)
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await;
+            .header("webhook-signature", signature);
+        if let Some(traceparent) = telemetry::current_traceparent() {
+            // The job's trace continues at the receiver.
+            request = request.header("traceparent", traceparent);
+        }
+        let response = request.body(body).send().await;
         match response {
             Ok(response) if response.status().is_success() => Attempt::Delivered,
             Ok(response) if response.status() == reqwest::StatusCode::GONE => Attempt::Stopped,
@@ -492,8 +495,11 @@ pub async fn run(
                         (info.delivered.max(1) as u32, age)
                     })
                     .unwrap_or((1, Duration::ZERO));
+                // The delivery is a span of the job's trace, carried in the event's headers.
+                let span = tracing::info_span!("webhook", subject = %message.subject, attempt = delivered);
+                telemetry::set_parent_from_headers(&span, message.headers.as_ref());
                 let decision = match serde_json::from_slice::<JobEvent>(&message.payload) {
-                    Ok(event) => deliverer.handle(event, delivered, age).await,
+                    Ok(event) => deliverer.handle(event, delivered, age).instrument(span).await,
                     Err(error) => {
                         tracing::warn!(%error, subject = %message.subject, "malformed webhook message terminated");
                         AckKind::Term
