@@ -60,6 +60,10 @@ pub enum JobEvent {
         attempt: u32,
         /// When the change happened.
         at: DateTime<Utc>,
+        /// Completed events: the S3 key of the result, so a consumer can have it presigned
+        /// without reading the record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result_key: Option<String>,
     },
 }
 
@@ -97,6 +101,10 @@ impl JobEvent {
             error_code: record.error_code,
             attempt: record.attempt,
             at: record.updated_at,
+            result_key: record
+                .result_key
+                .clone()
+                .filter(|_| record.status == crate::JobStatus::Completed),
         }
     }
 
@@ -218,6 +226,18 @@ mod tests {
     }
 
     #[test]
+    fn only_completed_events_carry_the_result_key() {
+        let mut record = crate::JobRecord::queued(JobId::new(), "u".into(), vec![1], None, 1, None);
+        record.result_key = Some("downloads/1.zip".into());
+        record.status = JobStatus::Processing;
+        let JobEvent::V1 { result_key, .. } = JobEvent::of_record(&record);
+        assert_eq!(result_key, None);
+        record.status = JobStatus::Completed;
+        let JobEvent::V1 { result_key, .. } = JobEvent::of_record(&record);
+        assert_eq!(result_key.as_deref(), Some("downloads/1.zip"));
+    }
+
+    #[test]
     fn event_kind_is_progress_until_terminal() {
         let event = |status| JobEvent::V1 {
             job_id: JobId::new(),
@@ -229,6 +249,7 @@ mod tests {
             error_code: None,
             attempt: 1,
             at: Utc::now(),
+            result_key: None,
         };
         assert_eq!(event(JobStatus::Processing).kind(), "progress");
         assert_eq!(event(JobStatus::Queued).kind(), "progress");

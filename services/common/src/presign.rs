@@ -28,11 +28,16 @@ pub enum PresignError {
 /// The file name a job's result downloads as: `{fileId}.zip` for a single file, else
 /// `download-{jobId}.zip` for a bundle.
 pub fn result_filename(record: &crate::JobRecord) -> Option<String> {
-    let key = record.result_key.as_deref()?;
-    Some(match record.file_ids.as_slice() {
-        [single] if key == names::source_key(*single) => format!("{single}.zip"),
-        _ => format!("download-{}.zip", record.job_id),
-    })
+    Some(filename_of(record.job_id, record.result_key.as_deref()?))
+}
+
+/// The download name of result `key` of `job_id`: a single file's result is the source object
+/// itself (`downloads/{fileId}.zip`), a bundle's is `bundles/{jobId}.zip`.
+pub fn filename_of(job_id: crate::JobId, key: &str) -> String {
+    match key.strip_prefix("downloads/") {
+        Some(name) if names::is_result_key(key) => name.to_string(),
+        _ => format!("download-{job_id}.zip"),
+    }
 }
 
 /// A fresh presigned URL of a completed job's result.
@@ -41,10 +46,22 @@ pub async fn result_url(
     record: &crate::JobRecord,
     timeout: Duration,
 ) -> Result<String, PresignError> {
-    let (Some(key), Some(filename)) = (record.result_key.as_deref(), result_filename(record)) else {
+    let Some(key) = record.result_key.as_deref() else {
         return Err(PresignError::NoResult(record.job_id));
     };
-    request_url(client, key, &filename, timeout).await.map(|(url, _)| url)
+    key_url(client, record.job_id, key, timeout).await
+}
+
+/// A fresh presigned URL of result `key` of `job_id` (as a completed event carries it).
+pub async fn key_url(
+    client: &async_nats::Client,
+    job_id: crate::JobId,
+    key: &str,
+    timeout: Duration,
+) -> Result<String, PresignError> {
+    request_url(client, key, &filename_of(job_id, key), timeout)
+        .await
+        .map(|(url, _)| url)
 }
 
 /// Asks the presigner for a GET URL of `key` that saves as `filename`.

@@ -140,6 +140,7 @@ mod tests {
             error_code: None,
             attempt: 1,
             at: chrono::Utc::now(),
+            result_key: None,
         }
     }
 

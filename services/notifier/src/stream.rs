@@ -244,7 +244,7 @@ impl Feed {
             "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
         match status {
-            JobStatus::Completed => data["downloadUrl"] = self.download_url(*job_id).await.into(),
+            JobStatus::Completed => data["downloadUrl"] = self.download_url(event).await.into(),
             JobStatus::Failed => {
                 data["error"] = error.clone().into();
                 data["errorCode"] = error_code.map(|code| code.as_str()).into();
@@ -258,9 +258,18 @@ impl Feed {
 
     /// A fresh presigned URL of a completed job's result, `None` if it cannot be had right now
     /// (the client can still fetch `GET /v1/download/{jobId}`).
-    async fn download_url(&self, job_id: JobId) -> Option<String> {
-        let record = self.state.store.load(job_id).await.ok()??.record;
-        match common::presign::result_url(&self.state.nats, &record, self.state.settings.presign_timeout).await {
+    async fn download_url(&self, event: &JobEvent) -> Option<String> {
+        let (job_id, timeout) = (event.job_id(), self.state.settings.presign_timeout);
+        let JobEvent::V1 { result_key, .. } = event;
+        let url = match result_key {
+            // Events carry the result's key: no need to read the record.
+            Some(key) => common::presign::key_url(&self.state.nats, job_id, key, timeout).await,
+            None => {
+                let record = self.state.store.load(job_id).await.ok()??.record;
+                common::presign::result_url(&self.state.nats, &record, timeout).await
+            }
+        };
+        match url {
             Ok(url) => Some(url),
             Err(error) => {
                 tracing::warn!(%job_id, error = %error, "no download URL for the completed event");
