@@ -28,10 +28,12 @@ pub struct UserLeases {
 
 /// The key of a user: user ids may hold characters keys cannot (`@`, `:`, `+`), so hex.
 pub fn key_of(user: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut key = String::with_capacity(5 + user.len() * 2);
     key.push_str("user.");
     for byte in user.bytes() {
-        key.push_str(&format!("{byte:02x}"));
+        key.push(char::from(HEX[usize::from(byte >> 4)]));
+        key.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     key
 }
