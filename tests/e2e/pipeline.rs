@@ -225,10 +225,7 @@ async fn the_callers_trace_follows_the_job_through_nats() {
         .send()
         .await
         .unwrap();
-    let job_id = response.json::<serde_json::Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job_id = system_tests::stack::accepted_job_id(response).await.unwrap();
     stack.wait_for_terminal("tracy", &job_id).await.unwrap();
 
     let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());

@@ -35,11 +35,7 @@ async fn a_stream_outlives_a_short_proxy_timeout_thanks_to_heartbeats_and_pollin
         .send()
         .await
         .unwrap();
-    assert_eq!(initiated.status(), 202);
-    let job_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job_id = system_tests::stack::accepted_job_id(initiated).await.unwrap();
     let status = http
         .get(format!("{}/v1/download/status/{job_id}", proxy.base_url()))
         .header("X-User-Id", "proxied")

@@ -78,11 +78,7 @@ async fn a_failing_receiver_gets_the_same_signed_webhook_until_it_accepts_it_and
         .send()
         .await
         .unwrap();
-    assert_eq!(initiated.status(), 202);
-    let job_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let job_id = system_tests::stack::accepted_job_id(initiated).await.unwrap();
 
     let mut deliveries = Vec::new();
     while deliveries.len() < 3 {

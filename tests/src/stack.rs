@@ -316,14 +316,7 @@ impl Stack {
             .json(&body)
             .send()
             .await?;
-        anyhow::ensure!(
-            response.status() == 202,
-            "initiate answered {}: {}",
-            response.status(),
-            response.text().await?
-        );
-        let body: Value = response.json().await?;
-        Ok(body["jobId"].as_str().context("jobId")?.to_string())
+        accepted_job_id(response).await
     }
 
     /// `GET /v1/download/status/{jobId}` as `user`.
@@ -375,4 +368,16 @@ impl Stack {
         let events = store.events_after(job_id, 0).await?;
         Ok(events.iter().map(serde_json::to_value).collect::<Result<_, _>>()?)
     }
+}
+
+/// The job id of an initiate answer, which must be 202 Accepted.
+pub async fn accepted_job_id(response: reqwest::Response) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        response.status() == 202,
+        "initiate answered {}: {}",
+        response.status(),
+        response.text().await?
+    );
+    let body: Value = response.json().await?;
+    Ok(body["jobId"].as_str().context("jobId")?.to_string())
 }
