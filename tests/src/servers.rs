@@ -222,6 +222,36 @@ impl Drop for NatsServer {
     }
 }
 
+/// Volumes the SeaweedFS master knows (its `/vol/status`), `None` if it does not answer. After a
+/// restart the S3 API answers before the volume server has registered the volumes it loaded, and
+/// reading an object of a volume not yet registered fails with an internal error.
+async fn served_volumes(url: &str) -> Option<usize> {
+    let status: serde_json::Value = reqwest::get(url).await.ok()?.json().await.ok()?;
+    let racks = status["Volumes"]["DataCenters"].as_object()?.values();
+    let servers = racks
+        .filter_map(|racks| racks.as_object())
+        .flat_map(|racks| racks.values());
+    let volumes = servers
+        .filter_map(|servers| servers.as_object())
+        .flat_map(|servers| servers.values())
+        .filter_map(|volumes| volumes.as_array())
+        .map(Vec::len)
+        .sum();
+    Some(volumes)
+}
+
+/// Volume files (`*.dat`) SeaweedFS keeps directly in its data directory.
+fn volume_files(data: &Path) -> usize {
+    std::fs::read_dir(data)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().extension().is_some_and(|extension| extension == "dat"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Ports of one SeaweedFS `mini` process.
 #[derive(Debug, Clone)]
 pub struct S3Ports {
@@ -320,14 +350,21 @@ impl S3Server {
         std::fs::create_dir_all(self.data.path().join("data"))?;
         self.child = Some(child);
         let storage = Storage::new(&self.settings())?;
+        let volumes_url = format!("http://127.0.0.1:{}/vol/status", other[0]);
+        let data = self.data.path().join("data");
         await_ready(
             &mut self.child,
             &self.log,
-            "the S3 bucket to answer a signed HEAD",
+            "the S3 bucket to answer a signed HEAD and every volume on disk to be served",
             Duration::from_secs(30),
             || {
                 let storage = storage.clone();
-                async move { storage.check_bucket().await.is_ok() }
+                let volumes_url = volumes_url.clone();
+                let data = data.clone();
+                async move {
+                    storage.check_bucket().await.is_ok()
+                        && served_volumes(&volumes_url).await >= Some(volume_files(&data))
+                }
             },
         )
         .await?;
