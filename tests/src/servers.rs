@@ -60,14 +60,14 @@ pub fn free_port() -> u16 {
 const START_ATTEMPTS: usize = 3;
 
 /// The last lines of a server's log, for errors.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 /// Kills a server process and reaps it.
-fn kill(child: &mut Option<Child>) {
+pub(crate) fn kill(child: &mut Option<Child>) {
     if let Some(mut child) = child.take() {
         let _ = child.kill();
         let _ = child.wait();
@@ -76,7 +76,7 @@ fn kill(child: &mut Option<Child>) {
 
 /// Waits until `ready` holds; fails at once (with the log's tail) if the process exits, and kills
 /// it if it is not ready in time.
-async fn await_ready<F, Fut>(
+pub(crate) async fn await_ready<F, Fut>(
     child: &mut Option<Child>,
     log: &Path,
     what: &str,
