@@ -213,9 +213,13 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
     let server = NatsServer::start().await.unwrap();
     let client = async_nats::connect(server.url()).await.unwrap();
     let topology = common::nats::Topology::default();
-    common::nats::provision(&client, &topology).await.unwrap();
+    common::nats::provision(&client, &topology, common::nats::Resource::ALL)
+        .await
+        .unwrap();
     // A second provisioning (another instance starting) changes nothing and does not fail.
-    common::nats::provision(&client, &topology).await.unwrap();
+    common::nats::provision(&client, &topology, common::nats::Resource::ALL)
+        .await
+        .unwrap();
     let jetstream = async_nats::jetstream::new(client);
     // The webhook consumers belong to the notifier, which creates them from its own settings.
     let webhooks = common::nats::WebhookTopology::default();

@@ -167,16 +167,35 @@ async fn health_is_healthy_then_names_storage_when_it_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_workers_die_on_every_attempt_fails_once_with_retries_exhausted() {
     init_logs();
-    let mut stack = Stack::servers_only(&[("JOB_MAX_ATTEMPTS", "2"), ("JOB_ACK_WAIT_SECONDS", "1")])
-        .await
-        .unwrap();
+    let mut stack = Stack::servers_only(&[
+        ("JOB_MAX_ATTEMPTS", "2"),
+        ("JOB_MAX_DELIVERIES", "2"),
+        ("JOB_ACK_WAIT_SECONDS", "1"),
+    ])
+    .await
+    .unwrap();
     stack.start_presigner().await.unwrap();
     stack.start_intake().await.unwrap();
     stack.put_file(50_010, 10).await.unwrap();
     let job_id = stack.initiate("nina", &[50_010]).await.unwrap();
 
-    // The test plays a worker that takes the job and dies without a word, on both attempts.
-    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    // The consumers as a processor with these settings creates them (the processor owns them).
+    let client = stack.nats_client().await.unwrap();
+    let settings = processor::Settings::from_env(stack.env()).unwrap();
+    use common::nats::Resource;
+    common::nats::provision(
+        &client,
+        &settings.topology(),
+        &[
+            Resource::AdvisoriesStream,
+            Resource::ProcessorConsumer,
+            Resource::AdvisoriesConsumer,
+        ],
+    )
+    .await
+    .unwrap();
+    // The test plays a worker that takes the job and dies without a word, on both deliveries.
+    let jetstream = async_nats::jetstream::new(client);
     let consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
         .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
         .await

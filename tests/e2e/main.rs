@@ -4,6 +4,7 @@
 mod browser;
 mod bundling;
 mod cancellation;
+mod cluster;
 mod contracts;
 mod failures;
 mod http;

@@ -139,6 +139,59 @@ async fn a_client_resuming_with_last_event_id_misses_nothing_and_sees_nothing_tw
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_beyond_the_jobs_events_or_empty_still_ends_with_the_terminal_event() {
+    init_logs();
+    let stack = stack_with_notifier(&[
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "1500"),
+        ("DOWNLOAD_DELAY_MAX_MS", "1500"),
+        ("PROGRESS_INTERVAL_MS", "200"),
+    ])
+    .await;
+    stack.put_file(91_002, 100).await.unwrap();
+    let job_id = stack.initiate("lea", &[91_002]).await.unwrap();
+
+    // An id no event of this job has reached (another job's, or a client's bug) resumes from the
+    // job's latest event instead of skipping every event to come.
+    let mut beyond = SseReader::new(open(&stack, "lea", &job_id, Some(1_000)).await);
+    // An empty Last-Event-ID is what EventSource sends before any event had an id: "none".
+    let empty = stack
+        .http
+        .get(stack.stream_url(&job_id))
+        .header("X-User-Id", "lea")
+        .header("Last-Event-ID", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 200);
+    let mut empty = SseReader::new(empty);
+    let (beyond_ids, beyond_names, _, _) = read_all(&mut beyond).await;
+    let (empty_ids, empty_names, _, _) = read_all(&mut empty).await;
+    assert_eq!(
+        beyond_names.last().map(String::as_str),
+        Some("completed"),
+        "{beyond_names:?}"
+    );
+    assert_eq!(
+        empty_names.last().map(String::as_str),
+        Some("completed"),
+        "{empty_names:?}"
+    );
+    assert_eq!(beyond_ids.last(), empty_ids.last());
+    let junk = stack
+        .http
+        .get(stack.stream_url(&job_id))
+        .header("X-User-Id", "lea")
+        .header("Last-Event-ID", "seven")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(junk.status(), 400);
+    let problem: Value = junk.json().await.unwrap();
+    assert_eq!(problem["field"], "Last-Event-ID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_job_yields_its_terminal_event_at_once_and_nothing_after_it() {
     init_logs();
     let stack = stack_with_notifier(&[]).await;

@@ -306,3 +306,29 @@ async fn private_and_metadata_targets_are_refused_even_through_a_name() {
         "the loopback receiver was never called"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_ended_before_any_notifier_ever_ran_still_get_their_webhooks() {
+    init_logs();
+    let mut stack = Stack::start(&[("WEBHOOK_SECRETS", SECRET), ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")])
+        .await
+        .unwrap();
+    let mut receiver = Receiver::start(0, &[200]).await.unwrap();
+    stack.put_file(93_100, 64).await.unwrap();
+    let job_id = stack
+        .initiate_with_callback("early", &[93_100], &receiver.url())
+        .await
+        .unwrap();
+    stack.wait_for_terminal("early", &job_id).await.unwrap();
+
+    // The first notifier starts after the job ended: its webhook consumer delivers from the
+    // stream's first event, not from "now".
+    stack.start_notifier().await.unwrap();
+    let delivery = tokio::time::timeout(PATIENCE, receiver.deliveries.recv())
+        .await
+        .expect("the webhook of a job that ended before the notifier started")
+        .unwrap();
+    delivery.verify(&[SECRET]).unwrap();
+    assert_eq!(delivery.json()["jobId"], job_id.as_str());
+    assert_eq!(delivery.json()["type"], "download.completed");
+}

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::NatsCluster;
 use crate::servers::{NatsServer, S3Server};
 use crate::wait::wait_for;
 
@@ -65,10 +66,52 @@ pub fn fast_defaults() -> Vec<(&'static str, &'static str)> {
     ]
 }
 
+/// The NATS a stack runs on: one server, or a JetStream cluster with replicated streams.
+pub enum Broker {
+    /// One `nats-server`.
+    Single(NatsServer),
+    /// A cluster (`NATS_REPLICAS` = its size).
+    Cluster(NatsCluster),
+}
+
+impl Broker {
+    /// The client URL(s), as `NATS_URL` takes them.
+    pub fn urls(&self) -> String {
+        match self {
+            Broker::Single(server) => server.url(),
+            Broker::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// Kills the server, or every node of the cluster (their stores stay).
+    pub fn stop(&mut self) {
+        match self {
+            Broker::Single(server) => server.stop(),
+            Broker::Cluster(cluster) => cluster.stop_all(),
+        }
+    }
+
+    /// Starts it again on the same ports and stores.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        match self {
+            Broker::Single(server) => server.restart().await,
+            Broker::Cluster(cluster) => cluster.restart_all().await,
+        }
+    }
+
+    /// The cluster; panics on a single server.
+    pub fn cluster(&mut self) -> &mut NatsCluster {
+        match self {
+            Broker::Cluster(cluster) => cluster,
+            Broker::Single(_) => panic!("this stack runs on a single nats-server"),
+        }
+    }
+}
+
 /// NATS, S3 and the services.
 pub struct Stack {
-    /// The NATS server.
-    pub nats: NatsServer,
+    /// NATS.
+    pub nats: Broker,
     /// The S3 server.
     pub s3: S3Server,
     env: Env,
@@ -101,7 +144,21 @@ impl Stack {
     /// Only NATS and S3; start services as the test needs.
     pub async fn servers_only(overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
         let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
-        let mut env = Env::from_pairs(fast_defaults()).with("NATS_URL", nats.url());
+        Self::on(Broker::Single(nats), s3, overrides)
+    }
+
+    /// A JetStream cluster of `size` nodes (streams and buckets with `size` replicas) and S3;
+    /// start services as the test needs.
+    pub async fn on_cluster(size: usize, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let (cluster, s3) = tokio::try_join!(NatsCluster::start(size), S3Server::start())?;
+        let replicas = size.to_string();
+        let mut with_replicas = vec![("NATS_REPLICAS", replicas.as_str())];
+        with_replicas.extend_from_slice(overrides);
+        Self::on(Broker::Cluster(cluster), s3, &with_replicas)
+    }
+
+    fn on(nats: Broker, s3: S3Server, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut env = Env::from_pairs(fast_defaults()).with("NATS_URL", nats.urls());
         for (key, value) in s3.env() {
             env = env.with(key, value);
         }
@@ -157,12 +214,36 @@ impl Stack {
         Ok(instance_id)
     }
 
+    /// Starts the presigner, a processor, the intake and the notifier all at once, as a fresh
+    /// deployment does, and waits until each is up.
+    pub async fn start_together(&mut self) -> anyhow::Result<()> {
+        let presigner_settings = presigner::Settings::from_env(&self.env)?;
+        let processor_settings = processor::Settings::from_env(&self.env)?;
+        let intake_settings = intake::Settings::from_env(&self.env)?;
+        let notifier_settings = notifier::Settings::from_env(&self.env)?;
+        self.presigner = Some(Service::spawn(|token| {
+            tokio::spawn(presigner::run(presigner_settings, token))
+        }));
+        self.processors.push(Service::spawn(|token| {
+            tokio::spawn(processor::run(processor_settings, token))
+        }));
+        let (intake, notifier) = tokio::try_join!(
+            intake::Application::build(intake_settings),
+            notifier::Application::build(notifier_settings)
+        )?;
+        self.intake_address = Some(intake.local_addr());
+        self.intake = Some(Service::spawn(|token| tokio::spawn(intake.run_until_stopped(token))));
+        self.notifier_address = Some(notifier.local_addr());
+        self.notifier = Some(Service::spawn(|token| tokio::spawn(notifier.run_until_stopped(token))));
+        self.wait_for_pull_consumers(1).await
+    }
+
     /// Waits until `count` processors are pulling from the shared consumer.
     async fn wait_for_pull_consumers(&self, count: usize) -> anyhow::Result<()> {
         let jetstream = async_nats::jetstream::new(self.nats_client().await?);
         wait_for(
             "processors to pull from the job consumer",
-            Duration::from_secs(20),
+            Duration::from_secs(60),
             || {
                 let jetstream = jetstream.clone();
                 async move {
@@ -240,7 +321,13 @@ impl Stack {
 
     /// A NATS client of the test itself.
     pub async fn nats_client(&self) -> anyhow::Result<async_nats::Client> {
-        Ok(async_nats::connect(self.nats.url()).await?)
+        let servers = self
+            .nats
+            .urls()
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+        Ok(async_nats::connect(servers).await?)
     }
 
     /// The intake's base URL.

@@ -140,6 +140,10 @@ pub struct NatsSettings {
     pub tls_client_cert: Option<(String, String)>,
     /// `NATS_REPLICAS`: replicas of streams and buckets (1 single node, 3 in a cluster).
     pub replicas: usize,
+    /// `NATS_RETRY_WINDOW_SECONDS`: how long a JetStream call is retried (backoff with jitter)
+    /// while the cluster cannot answer it, before the failure counts (default 30: a leader
+    /// election takes up to ~10 s).
+    pub patience: crate::retry::Patience,
 }
 
 impl NatsSettings {
@@ -180,6 +184,12 @@ impl NatsSettings {
         };
         let replicas = env.parse("NATS_REPLICAS", 1usize)?;
         env.require((1..=5).contains(&replicas), "NATS_REPLICAS", "must be between 1 and 5")?;
+        let window = env.seconds("NATS_RETRY_WINDOW_SECONDS", 30)?;
+        env.require(
+            (Duration::from_secs(1)..=Duration::from_secs(600)).contains(&window),
+            "NATS_RETRY_WINDOW_SECONDS",
+            "must be between 1 and 600",
+        )?;
         Ok(NatsSettings {
             urls,
             credentials_file: env.get("NATS_CREDS_FILE").map(str::to_string),
@@ -188,6 +198,7 @@ impl NatsSettings {
             tls_ca_file: env.get("NATS_TLS_CA_FILE").map(str::to_string),
             tls_client_cert,
             replicas,
+            patience: crate::retry::Patience { window },
         })
     }
 }

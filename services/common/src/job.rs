@@ -112,8 +112,13 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Stable code of `error`.
     pub error_code: Option<ErrorCode>,
-    /// Number of processing attempts so far (1 on the first).
+    /// The delivery of the job that ran the latest attempt (1 on the first; a delivery cut short
+    /// by a dead processor or a takeover counts too).
     pub attempt: u32,
+    /// Attempts that failed transiently so far (storage down); only these count towards
+    /// `JOB_MAX_ATTEMPTS`.
+    #[serde(default)]
+    pub failed_attempts: u32,
     /// The processor instance that ran the latest attempt.
     #[serde(default)]
     pub processed_by: Option<String>,
@@ -158,6 +163,7 @@ impl JobRecord {
             error: None,
             error_code: None,
             attempt: 0,
+            failed_attempts: 0,
             processed_by: None,
             callback_url,
             created_at: now,

@@ -75,20 +75,29 @@ pub async fn connect(settings: &NatsSettings, connection_name: &str) -> Result<a
 pub struct Topology {
     /// Replicas of every stream and bucket.
     pub replicas: usize,
-    /// Max deliveries of a job message (the job's attempts).
+    /// Max deliveries of a job message: a bound on deliveries cut short by dead processors or an
+    /// unavailable broker (a job whose worker dies on every delivery), above the job's attempts.
     pub max_deliver: i64,
     /// How long a processor may hold a job without acking progress before it is redelivered.
     pub ack_wait: Duration,
 }
 
 impl Topology {
-    /// The definitions implied by a service's settings; every service derives them the same way,
-    /// so whichever starts first provisions what the others expect.
-    pub fn from_settings(nats: &NatsSettings, retry: &crate::retry::RetryPolicy, ack_wait: Duration) -> Self {
+    /// The definitions of the job consumer implied by the processor's settings. Only the
+    /// processor provisions its consumers; other services pass [`Topology::streams`].
+    pub fn from_settings(nats: &NatsSettings, max_deliveries: u32, ack_wait: Duration) -> Self {
         Topology {
             replicas: nats.replicas,
-            max_deliver: retry.max_attempts as i64,
+            max_deliver: max_deliveries as i64,
             ack_wait,
+        }
+    }
+
+    /// The definitions of streams and buckets, for a service that provisions no consumer.
+    pub fn streams(nats: &NatsSettings) -> Self {
+        Topology {
+            replicas: nats.replicas,
+            ..Default::default()
         }
     }
 }
@@ -97,11 +106,69 @@ impl Default for Topology {
     fn default() -> Self {
         Topology {
             replicas: 1,
-            max_deliver: 4,
-            ack_wait: Duration::from_secs(30),
+            max_deliver: 10,
+            ack_wait: Duration::from_secs(6),
         }
     }
 }
+
+/// A stream, bucket or consumer a service provisions. Each service provisions what it uses, so
+/// a fresh cluster is asked for fewer resources at once when everything starts together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    /// `DOWNLOAD_JOBS`.
+    JobsStream,
+    /// `DOWNLOAD_EVENTS`.
+    EventsStream,
+    /// `DOWNLOAD_ADVISORIES`.
+    AdvisoriesStream,
+    /// `DOWNLOAD_WEBHOOK_REPLAYS`.
+    WebhookReplaysStream,
+    /// `download-webhook-dead-letters`.
+    DeadLettersBucket,
+    /// `download-stream-leases`.
+    StreamLeasesBucket,
+    /// `download-jobs`.
+    JobsBucket,
+    /// `download-processor` on `DOWNLOAD_JOBS`.
+    ProcessorConsumer,
+    /// `download-processor-advisories` on `DOWNLOAD_ADVISORIES`.
+    AdvisoriesConsumer,
+}
+
+impl Resource {
+    /// Every stream, bucket and processor consumer (the webhook consumers are the notifier's).
+    pub const ALL: &'static [Resource] = &[
+        Resource::JobsStream,
+        Resource::EventsStream,
+        Resource::AdvisoriesStream,
+        Resource::WebhookReplaysStream,
+        Resource::DeadLettersBucket,
+        Resource::StreamLeasesBucket,
+        Resource::JobsBucket,
+        Resource::ProcessorConsumer,
+        Resource::AdvisoriesConsumer,
+    ];
+
+    /// Its name, for errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::JobsStream => names::JOBS_STREAM,
+            Resource::EventsStream => names::EVENTS_STREAM,
+            Resource::AdvisoriesStream => names::ADVISORIES_STREAM,
+            Resource::WebhookReplaysStream => names::WEBHOOK_REPLAYS_STREAM,
+            Resource::DeadLettersBucket => names::WEBHOOK_DEAD_LETTERS_BUCKET,
+            Resource::StreamLeasesBucket => names::STREAM_LEASES_BUCKET,
+            Resource::JobsBucket => names::JOBS_BUCKET,
+            Resource::ProcessorConsumer => names::PROCESSOR_CONSUMER,
+            Resource::AdvisoriesConsumer => names::ADVISORIES_CONSUMER,
+        }
+    }
+}
+
+/// How long provisioning retries one resource before the service gives up: a fresh cluster
+/// elects its meta leader and places many streams at once when everything starts together.
+pub const PROVISION_WINDOW: Duration = Duration::from_secs(120);
 
 /// How long job records live after their last write (the terminal one).
 pub const JOB_RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -232,7 +299,9 @@ impl Default for WebhookTopology {
 }
 
 /// The durable consumer of job events that drives webhook deliveries: terminal events, and
-/// progress events when milestones are configured. No `max_deliver`: the notifier decides when a
+/// progress events when milestones are configured. It delivers from the first event the stream
+/// holds, so events published before the first notifier created it are delivered too (the
+/// notifier creates it at startup, with or without signing secrets). No `max_deliver`: the notifier decides when a
 /// delivery is exhausted (attempts and time window) and dead-letters it, so a notifier crashing
 /// during the last attempts cannot make the server drop a delivery silently.
 pub fn webhook_consumer_config(webhooks: &WebhookTopology) -> consumer::pull::Config {
@@ -247,7 +316,7 @@ pub fn webhook_consumer_config(webhooks: &WebhookTopology) -> consumer::pull::Co
         durable_name: Some(names::WEBHOOK_CONSUMER.into()),
         description: Some("Notifiers deliver signed webhooks of job outcomes (and progress milestones)".into()),
         filter_subjects,
-        deliver_policy: consumer::DeliverPolicy::New,
+        deliver_policy: consumer::DeliverPolicy::All,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: webhooks.ack_wait,
         max_deliver: -1,
@@ -305,86 +374,102 @@ pub struct JetStreamHandles {
     pub jobs: kv::Store,
 }
 
-/// Creates or updates every stream, consumer and bucket. Idempotent, and safe when several
-/// instances start at once (the server treats an identical create as success).
-pub async fn provision(client: &async_nats::Client, topology: &Topology) -> Result<JetStreamHandles, NatsSetupError> {
-    provision_with(client, topology, true).await
-}
-
-/// Creates or updates the streams and the bucket, leaving the consumers alone: for services that
-/// only read and publish events, and do not know the processors' retry settings.
-pub async fn provision_streams(
+/// Creates or updates `resources`, and the job records bucket, which every caller gets a handle
+/// to. Idempotent and safe when several instances start at once (an identical create is a
+/// success); each resource is retried with jittered backoff for [`PROVISION_WINDOW`], so
+/// services started together on a new cluster neither fail nor retry in lockstep.
+pub async fn provision(
     client: &async_nats::Client,
     topology: &Topology,
-) -> Result<JetStreamHandles, NatsSetupError> {
-    provision_with(client, topology, false).await
-}
-
-async fn provision_with(
-    client: &async_nats::Client,
-    topology: &Topology,
-    with_consumers: bool,
+    resources: &[Resource],
 ) -> Result<JetStreamHandles, NatsSetupError> {
     let jetstream = jetstream::new(client.clone());
-    let failed = |what: &str| {
-        let what = what.to_string();
-        move |source: Box<dyn std::error::Error + Send + Sync>| NatsSetupError::Provision { what, source }
+    let patience = crate::retry::Patience {
+        window: PROVISION_WINDOW,
     };
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result: Result<JetStreamHandles, NatsSetupError> = async {
-            jetstream
-                .create_or_update_stream(jobs_stream_config(topology))
-                .await
-                .map_err(|error| failed(names::JOBS_STREAM)(Box::new(error)))?;
+    for resource in resources
+        .iter()
+        .copied()
+        .filter(|resource| *resource != Resource::JobsBucket)
+    {
+        patience
+            .retry(
+                "provisioning",
+                || provision_one(&jetstream, topology, resource),
+                |_| true,
+            )
+            .await
+            .map_err(|source| NatsSetupError::Provision {
+                what: resource.name().to_string(),
+                source,
+            })?;
+    }
+    let jobs = patience
+        .retry(
+            "provisioning",
+            || async {
+                jetstream
+                    .create_or_update_key_value(jobs_bucket_config(topology))
+                    .await
+                    .map_err(|error| Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
+            },
+            |_| true,
+        )
+        .await
+        .map_err(|source| NatsSetupError::Provision {
+            what: names::JOBS_BUCKET.to_string(),
+            source,
+        })?;
+    Ok(JetStreamHandles { jetstream, jobs })
+}
+
+async fn provision_one(
+    jetstream: &jetstream::Context,
+    topology: &Topology,
+    resource: Resource,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    match resource {
+        Resource::JobsStream => drop(jetstream.create_or_update_stream(jobs_stream_config(topology)).await?),
+        Resource::EventsStream => drop(
             jetstream
                 .create_or_update_stream(events_stream_config(topology))
-                .await
-                .map_err(|error| failed(names::EVENTS_STREAM)(Box::new(error)))?;
+                .await?,
+        ),
+        Resource::AdvisoriesStream => drop(
             jetstream
                 .create_or_update_stream(advisories_stream_config(topology))
-                .await
-                .map_err(|error| failed(names::ADVISORIES_STREAM)(Box::new(error)))?;
+                .await?,
+        ),
+        Resource::WebhookReplaysStream => drop(
             jetstream
                 .create_or_update_stream(webhook_replays_stream_config(topology))
-                .await
-                .map_err(|error| failed(names::WEBHOOK_REPLAYS_STREAM)(Box::new(error)))?;
+                .await?,
+        ),
+        Resource::DeadLettersBucket => drop(
             jetstream
                 .create_or_update_key_value(webhook_dead_letters_bucket_config(topology))
-                .await
-                .map_err(|error| failed(names::WEBHOOK_DEAD_LETTERS_BUCKET)(Box::new(error)))?;
+                .await?,
+        ),
+        Resource::StreamLeasesBucket => drop(
             jetstream
                 .create_or_update_key_value(stream_leases_bucket_config(topology))
-                .await
-                .map_err(|error| failed(names::STREAM_LEASES_BUCKET)(Box::new(error)))?;
-            if with_consumers {
-                jetstream
-                    .create_consumer_on_stream(processor_consumer_config(topology), names::JOBS_STREAM)
-                    .await
-                    .map_err(|error| failed(names::PROCESSOR_CONSUMER)(Box::new(error)))?;
-                jetstream
-                    .create_consumer_on_stream(advisories_consumer_config(topology), names::ADVISORIES_STREAM)
-                    .await
-                    .map_err(|error| failed(names::ADVISORIES_CONSUMER)(Box::new(error)))?;
-            }
-            let jobs = jetstream
+                .await?,
+        ),
+        Resource::JobsBucket => drop(
+            jetstream
                 .create_or_update_key_value(jobs_bucket_config(topology))
-                .await
-                .map_err(|error| failed(names::JOBS_BUCKET)(Box::new(error)))?;
-            Ok(JetStreamHandles {
-                jetstream: jetstream.clone(),
-                jobs,
-            })
-        }
-        .await;
-        match result {
-            Ok(handles) => return Ok(handles),
-            Err(error) if attempt < 5 => {
-                tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), attempt, "provisioning failed, retrying");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-            Err(error) => return Err(error),
-        }
+                .await?,
+        ),
+        Resource::ProcessorConsumer => drop(
+            jetstream
+                .create_consumer_on_stream(processor_consumer_config(topology), names::JOBS_STREAM)
+                .await?,
+        ),
+        Resource::AdvisoriesConsumer => drop(
+            jetstream
+                .create_consumer_on_stream(advisories_consumer_config(topology), names::ADVISORIES_STREAM)
+                .await?,
+        ),
     }
+    Ok(())
 }

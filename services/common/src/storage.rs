@@ -109,6 +109,18 @@ impl Storage {
         }
     }
 
+    /// Runs one storage call under `timeout` (a large upload's own), classifying its error.
+    pub async fn timed_within<T>(
+        &self,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, minio::s3::error::Error>>,
+    ) -> Result<T, StorageError> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result.map_err(StorageError::from_minio),
+            Err(_) => Err(StorageError::TimedOut(timeout)),
+        }
+    }
+
     /// Size of an object, `None` when it does not exist.
     pub async fn object_size(&self, key: &str) -> Result<Option<u64>, StorageError> {
         let request = self

@@ -4,11 +4,14 @@
 //! reporting progress, an owner cancelling) never overwrite each other: the loser re-reads and
 //! decides again. Each successful change bumps `eventSeq` and publishes that numbered event.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use chrono::Utc;
 
 use crate::messages::{JobEvent, JobMessage};
+use crate::retry::Patience;
 use crate::{JobId, JobRecord, names, telemetry};
 
 /// How many compare-and-set rounds a change may lose before giving up.
@@ -61,17 +64,40 @@ pub enum Change {
     Unchanged(JobRecord),
 }
 
-/// Job records, submissions and events.
+/// Job records, submissions and events. Every call rides out a cluster that cannot answer for a
+/// while (a leader election) with [`Patience`], and only then reports the failure.
 #[derive(Clone)]
 pub struct JobStore {
     jetstream: jetstream::Context,
     kv: kv::Store,
+    patience: Patience,
+}
+
+/// A write whose answer was lost (a timeout): it may have been stored.
+struct Unanswered {
+    before: JobRecord,
+    after: JobRecord,
 }
 
 impl JobStore {
-    /// Wraps provisioned handles.
+    /// Wraps provisioned handles, with the default patience.
     pub fn new(jetstream: jetstream::Context, kv: kv::Store) -> Self {
-        JobStore { jetstream, kv }
+        JobStore {
+            jetstream,
+            kv,
+            patience: Patience::default(),
+        }
+    }
+
+    /// The same store with another patience (`NATS_RETRY_WINDOW_SECONDS`).
+    pub fn with_patience(mut self, patience: Patience) -> Self {
+        self.patience = patience;
+        self
+    }
+
+    /// How long calls are retried while the cluster cannot answer.
+    pub fn patience(&self) -> Patience {
+        self.patience
     }
 
     /// The KV bucket, for watches.
@@ -84,101 +110,249 @@ impl JobStore {
         &self.jetstream
     }
 
-    /// Stores a new record; fails if its id exists.
-    pub async fn create(&self, record: &JobRecord) -> Result<u64, StoreError> {
-        self.kv
-            .create(record.job_id.to_string(), record.to_json_bytes())
-            .await
-            .map_err(|error| match error.kind() {
-                kv::CreateErrorKind::AlreadyExists => StoreError::AlreadyExists(record.job_id),
-                _ => StoreError::Kv(Box::new(error)),
-            })
+    /// Whether a failure is the cluster's (worth retrying) rather than the data's.
+    pub fn is_transient(error: &StoreError) -> bool {
+        matches!(error, StoreError::Kv(_) | StoreError::Publish(_))
     }
 
-    /// Reads a record and its revision.
-    pub async fn load(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
-        let entry = self
-            .kv
-            .entry(job_id.to_string())
+    /// Stores a new record; fails if its id exists. A create whose answer was lost and that
+    /// finds its own record on the retry succeeds.
+    pub async fn create(&self, record: &JobRecord) -> Result<u64, StoreError> {
+        self.create_with(record, self.patience).await
+    }
+
+    async fn create_with(&self, record: &JobRecord, patience: Patience) -> Result<u64, StoreError> {
+        let mut unanswered = false;
+        patience
+            .retry(
+                "creating a job record",
+                || {
+                    let was_unanswered = unanswered;
+                    unanswered = true;
+                    async move {
+                        match self.kv.create(record.job_id.to_string(), record.to_json_bytes()).await {
+                            Ok(revision) => Ok(revision),
+                            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                                match self.read(record.job_id, true).await? {
+                                    Some(found) if was_unanswered && found.record == *record => Ok(found.revision),
+                                    _ => Err(StoreError::AlreadyExists(record.job_id)),
+                                }
+                            }
+                            Err(error) => Err(StoreError::Kv(Box::new(error))),
+                        }
+                    }
+                },
+                Self::is_transient,
+            )
             .await
-            .map_err(|error| StoreError::Kv(Box::new(error)))?;
-        let Some(entry) = entry else { return Ok(None) };
-        if entry.operation != kv::Operation::Put {
-            return Ok(None);
-        }
-        let record =
-            JobRecord::from_json_bytes(&entry.value).map_err(|source| StoreError::Corrupt { job_id, source })?;
-        Ok(Some(Versioned {
-            record,
-            revision: entry.revision,
-        }))
+    }
+
+    /// Reads a record and its revision. A miss is confirmed with the stream's leader, since a
+    /// replica answering a direct get may not have applied the latest writes yet.
+    pub async fn load(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
+        self.patience
+            .retry(
+                "reading a job record",
+                || async move {
+                    match self.read(job_id, false).await? {
+                        Some(found) => Ok(Some(found)),
+                        None => self.read(job_id, true).await,
+                    }
+                },
+                Self::is_transient,
+            )
+            .await
+    }
+
+    /// One read: a direct get (any replica), or through the stream's leader.
+    async fn read(&self, job_id: JobId, from_leader: bool) -> Result<Option<Versioned>, StoreError> {
+        let key = job_id.to_string();
+        let (value, revision) = if from_leader {
+            let subject = format!("{}{key}", self.kv.prefix);
+            match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => {
+                    let removed = message
+                        .headers
+                        .get(KV_OPERATION_HEADER)
+                        .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
+                    if removed {
+                        return Ok(None);
+                    }
+                    (message.payload, message.sequence)
+                }
+                Err(error) if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                    return Ok(None);
+                }
+                Err(error) => return Err(StoreError::Kv(Box::new(error))),
+            }
+        } else {
+            let entry = self
+                .kv
+                .entry(key)
+                .await
+                .map_err(|error| StoreError::Kv(Box::new(error)))?;
+            match entry {
+                Some(entry) if entry.operation == kv::Operation::Put => (entry.value, entry.revision),
+                _ => return Ok(None),
+            }
+        };
+        let record = JobRecord::from_json_bytes(&value).map_err(|source| StoreError::Corrupt { job_id, source })?;
+        Ok(Some(Versioned { record, revision }))
     }
 
     /// Applies `change` to the current record with compare-and-set, re-reading and re-applying
     /// when another writer got there first. `change` returns `false` to leave the record alone.
+    /// A write whose answer was lost is recognised when the record turns out to be it, and its
+    /// event is then published as if the answer had come. `Written` means the record and its
+    /// event are stored; an error after the write (the event could not be published within the
+    /// patience window) leaves the record changed and the event to be re-published by whoever
+    /// next finds the record ([`publish_current`](Self::publish_current)).
     pub async fn update<F>(&self, job_id: JobId, mut change: F) -> Result<Change, StoreError>
     where
         F: FnMut(&mut JobRecord) -> bool,
     {
-        for _ in 0..MAX_CONFLICTS {
-            let Some(current) = self.load(job_id).await? else {
-                return Err(StoreError::Missing(job_id));
-            };
-            let mut next = current.record.clone();
-            if !change(&mut next) {
-                return Ok(Change::Unchanged(current.record));
-            }
-            next.event_seq = current.record.event_seq + 1;
-            next.updated_at = Utc::now();
-            match self
-                .kv
-                .update(job_id.to_string(), next.to_json_bytes(), current.revision)
-                .await
-            {
-                Ok(_) => {
-                    self.publish_event(&JobEvent::of_change(&current.record, &next)).await;
-                    return Ok(Change::Written(next));
+        let started = tokio::time::Instant::now();
+        let mut unanswered: Vec<Unanswered> = Vec::new();
+        let mut conflicts = 0;
+        let mut failures = 0;
+        loop {
+            let round = self
+                .update_round(job_id, &mut change, conflicts > 0, &mut unanswered)
+                .await;
+            match round {
+                Ok(Some(change)) => return Ok(change),
+                Ok(None) => {
+                    conflicts += 1;
+                    if conflicts >= MAX_CONFLICTS {
+                        return Err(StoreError::Contended(job_id));
+                    }
                 }
-                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(error) => return Err(StoreError::Kv(Box::new(error))),
+                Err(error) if Self::is_transient(&error) => {
+                    failures += 1;
+                    let pause = Patience::pause(failures, rand::random());
+                    if started.elapsed() + pause > self.patience.window {
+                        return Err(error);
+                    }
+                    if failures == 1 {
+                        tracing::warn!(%job_id, error = %error, "job store unavailable, retrying");
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(error) => return Err(error),
             }
         }
-        Err(StoreError::Contended(job_id))
+    }
+
+    /// One round of [`update`](Self::update): the change, or `None` when another writer won the
+    /// compare-and-set.
+    async fn update_round<F>(
+        &self,
+        job_id: JobId,
+        change: &mut F,
+        from_leader: bool,
+        unanswered: &mut Vec<Unanswered>,
+    ) -> Result<Option<Change>, StoreError>
+    where
+        F: FnMut(&mut JobRecord) -> bool,
+    {
+        let Some(current) = self.read(job_id, from_leader).await? else {
+            return Err(StoreError::Missing(job_id));
+        };
+        if let Some(landed) = unanswered.iter().find(|write| write.after == current.record) {
+            tracing::info!(%job_id, seq = landed.after.event_seq, "a write whose answer was lost was stored");
+            self.publish_event(&JobEvent::of_change(&landed.before, &landed.after))
+                .await?;
+            return Ok(Some(Change::Written(landed.after.clone())));
+        }
+        let mut next = current.record.clone();
+        if !change(&mut next) {
+            return Ok(Some(Change::Unchanged(current.record)));
+        }
+        next.event_seq = current.record.event_seq + 1;
+        next.updated_at = Utc::now();
+        match self
+            .kv
+            .update(job_id.to_string(), next.to_json_bytes(), current.revision)
+            .await
+        {
+            Ok(_) => {
+                self.publish_event(&JobEvent::of_change(&current.record, &next)).await?;
+                Ok(Some(Change::Written(next)))
+            }
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(error) => {
+                unanswered.push(Unanswered {
+                    before: current.record,
+                    after: next,
+                });
+                Err(StoreError::Kv(Box::new(error)))
+            }
+        }
+    }
+
+    /// Re-publishes the event of a record's current state under its own `Nats-Msg-Id`, for a
+    /// writer that may have died between its KV write and its event: the duplicate window drops
+    /// it if it was published, and consumers de-duplicate by event number after that.
+    pub async fn publish_current(&self, record: &JobRecord) -> Result<(), StoreError> {
+        if record.event_seq == 0 {
+            return Ok(());
+        }
+        self.publish_event(&JobEvent::of_record(record)).await
     }
 
     /// Publishes the event of a written record, numbered by its `eventSeq`, de-duplicated by
-    /// `Nats-Msg-Id` so a retried publish is stored once. The KV record stays the source of
-    /// truth: if the publish keeps failing the change is still visible by polling.
-    async fn publish_event(&self, event: &JobEvent) {
+    /// `Nats-Msg-Id` so a retried publish is stored once.
+    async fn publish_event(&self, event: &JobEvent) -> Result<(), StoreError> {
         let (job_id, seq) = (event.job_id(), event.seq());
         let subject = names::event_subject(&job_id.to_string(), event.kind());
         let payload = Bytes::from(serde_json::to_vec(event).expect("events serialize"));
         let message_id = format!("{job_id}:{seq}");
-        for attempt in 1..=3u64 {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(names::MSG_ID_HEADER, message_id.as_str());
-            telemetry::inject_current(&mut headers);
-            let published = async {
-                self.jetstream
-                    .publish_with_headers(subject.clone(), headers, payload.clone())
-                    .await?
-                    .await
-            }
+        let published = self
+            .patience
+            .retry(
+                "publishing a job event",
+                || {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(names::MSG_ID_HEADER, message_id.as_str());
+                    telemetry::inject_current(&mut headers);
+                    let (subject, payload) = (subject.clone(), payload.clone());
+                    async move {
+                        self.jetstream
+                            .publish_with_headers(subject, headers, payload)
+                            .await
+                            .map_err(|error| StoreError::Publish(Box::new(error)))?
+                            .await
+                            .map_err(|error| StoreError::Publish(Box::new(error)))
+                    }
+                },
+                Self::is_transient,
+            )
             .await;
-            match published {
-                Ok(_) => return,
-                Err(error) => {
-                    tracing::warn!(%job_id, seq, attempt, error = %error, "event publish failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
-                }
-            }
+        if let Err(error) = &published {
+            tracing::error!(%job_id, seq, error = %error, "event not published; the record is current and whoever finds it next re-publishes it");
         }
-        tracing::error!(%job_id, seq, "event not published; the record in KV is still current");
+        published.map(|_| ())
     }
 
-    /// The events of a job numbered above `after_seq`, in order, as the events stream holds them
-    /// now. Reads with a short-lived ordered consumer filtered to the job's subjects.
+    /// The events of a job numbered above `after_seq`, in order of their numbers and each once
+    /// (a re-published event can be stored twice, and two writers' events can land out of
+    /// order), as the events stream holds them now.
     pub async fn events_after(&self, job_id: JobId, after_seq: u64) -> Result<Vec<JobEvent>, StoreError> {
+        let mut events = self
+            .patience
+            .retry(
+                "reading job events",
+                || self.stored_events_after(job_id, after_seq),
+                Self::is_transient,
+            )
+            .await?;
+        events.sort_by_key(JobEvent::seq);
+        events.dedup_by_key(|event| event.seq());
+        Ok(events)
+    }
+
+    /// One read of the events with a short-lived ordered consumer filtered to the job's subjects.
+    async fn stored_events_after(&self, job_id: JobId, after_seq: u64) -> Result<Vec<JobEvent>, StoreError> {
         use async_nats::jetstream::consumer;
         use futures::StreamExt;
         let unavailable = |error: async_nats::Error| StoreError::Kv(error);
@@ -225,18 +399,86 @@ impl JobStore {
     }
 
     /// Puts a job on the work queue and waits for the stream's acknowledgement. The job id is the
-    /// `Nats-Msg-Id`, so a retried submission is stored once.
+    /// `Nats-Msg-Id`, so a submission retried after a lost answer is stored once.
     pub async fn submit(&self, message: &JobMessage) -> Result<(), StoreError> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(names::MSG_ID_HEADER, message.job_id().to_string().as_str());
-        telemetry::inject_current(&mut headers);
+        self.submit_with(message, self.patience).await
+    }
+
+    async fn submit_with(&self, message: &JobMessage, patience: Patience) -> Result<(), StoreError> {
         let payload = Bytes::from(serde_json::to_vec(message).expect("messages serialize"));
-        let ack = self
-            .jetstream
-            .publish_with_headers(names::JOB_SUBMITTED_SUBJECT, headers, payload)
+        let message_id = message.job_id().to_string();
+        patience
+            .retry(
+                "queueing a job",
+                || {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(names::MSG_ID_HEADER, message_id.as_str());
+                    telemetry::inject_current(&mut headers);
+                    let payload = payload.clone();
+                    async move {
+                        self.jetstream
+                            .publish_with_headers(names::JOB_SUBMITTED_SUBJECT, headers, payload)
+                            .await
+                            .map_err(|error| StoreError::Publish(Box::new(error)))?
+                            .await
+                            .map_err(|error| StoreError::Publish(Box::new(error)))
+                    }
+                },
+                Self::is_transient,
+            )
             .await
-            .map_err(|error| StoreError::Publish(Box::new(error)))?;
-        ack.await.map_err(|error| StoreError::Publish(Box::new(error)))?;
-        Ok(())
+            .map(|_| ())
+    }
+
+    /// Accepts a job within `budget`: stores its record, then queues its message, riding out an
+    /// unavailable cluster for two thirds of the budget. Either both happen, or the job leaves
+    /// nothing behind: when the message cannot be queued in time, the record is deleted again in
+    /// the last third (unless a processor claimed it meanwhile, which proves the message was
+    /// queued after all, and the job counts as accepted). Run it on a task of its own, so a
+    /// caller that goes away cannot stop it half-way.
+    pub async fn accept(&self, record: &JobRecord, message: &JobMessage, budget: Duration) -> Result<(), StoreError> {
+        let job_id = record.job_id;
+        let started = tokio::time::Instant::now();
+        let queueing = Patience { window: budget * 2 / 3 };
+        let revision = self.create_with(record, queueing).await?;
+        let remaining = Patience {
+            window: queueing.window.saturating_sub(started.elapsed()),
+        };
+        let Err(failure) = self.submit_with(message, remaining).await else {
+            return Ok(());
+        };
+        let cleanup = Patience {
+            window: budget.saturating_sub(started.elapsed()).max(Patience::MAX_PAUSE),
+        };
+        let deleted = cleanup
+            .retry(
+                "removing a job that could not be queued",
+                || async move {
+                    match self.kv.delete_expect_revision(job_id.to_string(), Some(revision)).await {
+                        Ok(()) => Ok(true),
+                        Err(error) => match self.read(job_id, true).await? {
+                            Some(current) if current.revision != revision => Ok(false),
+                            None => Ok(true),
+                            Some(_) => Err(StoreError::Kv(Box::new(error))),
+                        },
+                    }
+                },
+                Self::is_transient,
+            )
+            .await;
+        match deleted {
+            Ok(true) => Err(failure),
+            Ok(false) => {
+                tracing::info!(%job_id, "job claimed although its queueing seemed to fail: accepted");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%job_id, error = %error, "job neither queued nor removed; its record stays queued");
+                Err(failure)
+            }
+        }
     }
 }
+
+/// The header in which KV marks deletes and purges.
+const KV_OPERATION_HEADER: &str = "KV-Operation";

@@ -28,6 +28,7 @@ use poem::middleware::Cors;
 use poem::{EndpointExt, IntoEndpoint, Route, get};
 use poem_openapi::OpenApiService;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use settings::Settings;
 
@@ -56,6 +57,26 @@ impl State {
         match self.recent_job_ms.load(Ordering::Relaxed) {
             0 => self.settings.delay.mean().as_secs() + 1,
             milliseconds => milliseconds.div_ceil(1000),
+        }
+    }
+
+    /// Accepts a job (its record, then its message) on a task of its own, so that neither a
+    /// client going away nor the request timeout can stop it half-way; rides out an unavailable
+    /// cluster within [`Settings::accept_budget`]. An error leaves no job behind.
+    pub async fn accept_job(
+        &self,
+        record: JobRecord,
+        message: common::messages::JobMessage,
+    ) -> Result<(), common::store::StoreError> {
+        let store = self.store.clone();
+        let budget = self.settings.accept_budget();
+        // The task continues the request's span, so the job message carries its trace.
+        let accepting = tokio::spawn(
+            async move { store.accept(&record, &message, budget).await }.instrument(tracing::Span::current()),
+        );
+        match accepting.await {
+            Ok(accepted) => accepted,
+            Err(panicked) => Err(common::store::StoreError::Kv(Box::new(panicked))),
         }
     }
 
@@ -153,8 +174,17 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let storage = Storage::new(&settings.s3)?;
         let nats = common::nats::connect(&settings.nats, "download-intake").await?;
-        let handles = common::nats::provision(&nats, &settings.topology()).await?;
-        let store = JobStore::new(handles.jetstream, handles.jobs);
+        // The intake queues jobs, writes records and publishes cancellations: it provisions the
+        // job stream, the events stream and the records bucket, and no consumer (those are the
+        // processors' and the notifiers', with their settings).
+        use common::nats::{Resource, Topology};
+        let handles = common::nats::provision(
+            &nats,
+            &Topology::streams(&settings.nats),
+            &[Resource::JobsStream, Resource::EventsStream],
+        )
+        .await?;
+        let store = JobStore::new(handles.jetstream, handles.jobs).with_patience(settings.nats.patience);
         let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
         let local_addr = acceptor
             .local_addr()

@@ -147,8 +147,21 @@ pub async fn bound_request<E: Endpoint>(
     if announced.is_some_and(|length| length > limit as u64) {
         return Ok(too_large());
     }
+    // The body is read within the request's time too: a client that trickles it cannot hold a
+    // connection past the timeout.
+    let timeout = state.settings.request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || {
+        tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
+        let mut response = Problem::new(ErrorCode::RequestTimeout, "the request took too long; retry").into_response();
+        response.headers_mut().insert("Retry-After", HeaderValue::from(1));
+        response
+    };
     let body = request.take_body();
-    match body.into_bytes_limit(limit).await {
+    let Ok(read) = tokio::time::timeout_at(deadline, body.into_bytes_limit(limit)).await else {
+        return Ok(timed_out());
+    };
+    match read {
         Ok(bytes) => request.set_body(bytes),
         Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
         Err(error) => {
@@ -159,16 +172,9 @@ pub async fn bound_request<E: Endpoint>(
             .into_response());
         }
     }
-    let timeout = state.settings.request_timeout;
-    match tokio::time::timeout(timeout, endpoint.call(request)).await {
+    match tokio::time::timeout_at(deadline, endpoint.call(request)).await {
         Ok(Ok(response)) => Ok(response.into_response()),
         Ok(Err(error)) => Ok(into_problem(error)),
-        Err(_) => {
-            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
-            let mut response =
-                Problem::new(ErrorCode::RequestTimeout, "the request took too long; retry").into_response();
-            response.headers_mut().insert("Retry-After", HeaderValue::from(1));
-            Ok(response)
-        }
+        Err(_) => Ok(timed_out()),
     }
 }

@@ -50,7 +50,7 @@ impl RateLimiter {
 
     /// Counts one request of `client` at `now`.
     pub fn check(&self, client: &str, now: Instant) -> Decision {
-        let mut clients = self.clients.lock().expect("rate limiter lock");
+        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if clients.len() >= PURGE_THRESHOLD {
             let window = self.window;
             clients.retain(|_, entry| now.duration_since(entry.started) < window);

@@ -4,8 +4,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::config::{ConfigError, DelaySettings, Env, NatsSettings, S3Settings};
-use common::nats::Topology;
-use common::retry::RetryPolicy;
 
 /// Everything the intake reads at startup.
 #[derive(Debug, Clone)]
@@ -18,10 +16,6 @@ pub struct Settings {
     pub s3: S3Settings,
     /// Simulated slowness, for estimates before any job has finished.
     pub delay: DelaySettings,
-    /// Retry policy, so the consumer definition matches the processors'.
-    pub retry: RetryPolicy,
-    /// `JOB_ACK_WAIT_SECONDS`, so the consumer definition matches the processors'.
-    pub ack_wait: Duration,
     /// `REQUEST_TIMEOUT_MS`: no request is held longer (default 30000).
     pub request_timeout: Duration,
     /// `START_WAIT_MS`: how long the legacy `/start` waits for the job (default 20000, must stay
@@ -51,8 +45,6 @@ impl Settings {
             nats: NatsSettings::from_env(env)?,
             s3: S3Settings::from_env(env)?,
             delay: DelaySettings::from_env(env)?,
-            retry: RetryPolicy::from_env(env)?,
-            ack_wait: env.seconds("JOB_ACK_WAIT_SECONDS", 30)?,
             request_timeout: env.millis("REQUEST_TIMEOUT_MS", 30_000)?,
             start_wait: env.millis("START_WAIT_MS", 20_000)?,
             rate_limit_window: env.millis("RATE_LIMIT_WINDOW_MS", 60_000)?,
@@ -95,9 +87,12 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The JetStream definitions these settings imply (identical to the processors').
-    pub fn topology(&self) -> Topology {
-        Topology::from_settings(&self.nats, &self.retry, self.ack_wait)
+    /// How long accepting a job may ride out an unavailable cluster: the request timeout less a
+    /// margin, so the client always hears the outcome (202, or a 503 that left nothing behind).
+    pub fn accept_budget(&self) -> Duration {
+        self.request_timeout
+            .saturating_sub(Duration::from_secs(2))
+            .max(Duration::from_millis(500))
     }
 }
 

@@ -34,7 +34,11 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut subscribers = self.hub.subscribers.lock().expect("hub lock");
+        let mut subscribers = self
+            .hub
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(list) = subscribers.get_mut(&self.job_id) {
             list.retain(|(id, _)| *id != self.id);
             if list.is_empty() {
@@ -60,7 +64,7 @@ impl Hub {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.subscribers
             .lock()
-            .expect("hub lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(job_id)
             .or_default()
             .push((id, sender));
@@ -76,7 +80,10 @@ impl Hub {
     pub fn dispatch(&self, event: JobEvent) {
         let job_id = event.job_id();
         let event = Arc::new(event);
-        let mut subscribers = self.subscribers.lock().expect("hub lock");
+        let mut subscribers = self
+            .subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(list) = subscribers.get_mut(&job_id) else {
             return;
         };
@@ -95,7 +102,12 @@ impl Hub {
 
     /// Streams open on this instance.
     pub fn open_streams(&self) -> usize {
-        self.subscribers.lock().expect("hub lock").values().map(Vec::len).sum()
+        self.subscribers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 }
 

@@ -122,12 +122,19 @@ impl Application {
     /// Connects, provisions, starts following events and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let nats = common::nats::connect(&settings.nats, "download-notifier").await?;
-        let topology = common::nats::Topology {
-            replicas: settings.nats.replicas,
-            ..Default::default()
-        };
-        let handles = common::nats::provision_streams(&nats, &topology).await?;
-        let store = JobStore::new(handles.jetstream.clone(), handles.jobs);
+        use common::nats::{Resource, Topology};
+        let handles = common::nats::provision(
+            &nats,
+            &Topology::streams(&settings.nats),
+            &[
+                Resource::EventsStream,
+                Resource::WebhookReplaysStream,
+                Resource::DeadLettersBucket,
+                Resource::StreamLeasesBucket,
+            ],
+        )
+        .await?;
+        let store = JobStore::new(handles.jetstream.clone(), handles.jobs).with_patience(settings.nats.patience);
         let hub = hub::Hub::new(settings.client_buffer);
         let background = tokio_util::task::TaskTracker::new();
         let background_stop = CancellationToken::new();
@@ -150,25 +157,16 @@ impl Application {
         tokio::time::timeout(Duration::from_secs(10), ready_receiver)
             .await
             .map_err(|_| anyhow::anyhow!("could not follow job events within 10 s"))??;
+        // The webhook consumers exist from the first notifier's start, secrets or not, so no
+        // event waits for a consumer that does not exist yet.
+        let topology = settings.webhooks.topology();
+        let jetstream = handles.jetstream.clone();
+        webhooks::provision_consumers(&jetstream, &topology, settings.nats.patience).await?;
         if settings.webhooks.secrets.is_empty() {
             tracing::warn!(
                 "WEBHOOK_SECRETS is empty: webhooks wait in their durable consumer until a notifier has a secret"
             );
         } else {
-            let topology = settings.webhooks.topology();
-            let jetstream = handles.jetstream.clone();
-            jetstream
-                .create_consumer_on_stream(
-                    common::nats::webhook_consumer_config(&topology),
-                    common::names::EVENTS_STREAM,
-                )
-                .await?;
-            jetstream
-                .create_consumer_on_stream(
-                    common::nats::webhook_replay_consumer_config(&topology),
-                    common::names::WEBHOOK_REPLAYS_STREAM,
-                )
-                .await?;
             let dead_letters = jetstream
                 .get_key_value(common::names::WEBHOOK_DEAD_LETTERS_BUCKET)
                 .await?;

@@ -109,7 +109,7 @@ impl StreamLimits {
         }
         self.local
             .lock()
-            .expect("leases lock")
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(user.to_string())
             .or_default()
             .insert(lease.clone());
@@ -181,7 +181,7 @@ impl StreamLimits {
     /// Gives a lease back (in the background: a stream's end never waits on NATS).
     fn release(self: &Arc<Self>, user: String, lease: String) {
         {
-            let mut local = self.local.lock().expect("leases lock");
+            let mut local = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(own) = local.get_mut(&user) {
                 own.remove(&lease);
                 if own.is_empty() {
@@ -215,14 +215,20 @@ impl StreamLimits {
                 _ = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            let users: Vec<String> = self.local.lock().expect("leases lock").keys().cloned().collect();
+            let users: Vec<String> = self
+                .local
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .keys()
+                .cloned()
+                .collect();
             let ttl = self.ttl_ms();
             for user in users {
                 let renewed = self
                     .change(&user, |leases, now| {
                         leases.retain(|_, expiry| *expiry > now);
                         // Only leases still open here: one released meanwhile stays released.
-                        let local = self.local.lock().expect("leases lock");
+                        let local = self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         for lease in local.get(&user).into_iter().flatten() {
                             leases.insert(lease.clone(), now + ttl);
                         }

@@ -65,6 +65,17 @@ fn identity(request: &Request) -> Option<String> {
     Some(text)
 }
 
+/// The client's `Last-Event-ID`: absent or empty means none (what `EventSource` sends before
+/// any event had an id), else an event number; anything else is an error.
+fn last_event_id(header: Option<&poem::http::HeaderValue>) -> Result<Option<u64>, ()> {
+    let Some(value) = header else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ())?.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse::<u64>().map(Some).map_err(|_| ())
+}
+
 /// `GET /v1/download/{jobId}/stream`.
 #[handler]
 pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): Data<&Arc<State>>) -> Response {
@@ -78,29 +89,12 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
     let Some(job_id) = JobId::parse(&job_id) else {
         return problem(ErrorCode::ValidationFailed, "jobId must be a UUID", Some("jobId"));
     };
-    let last_event_id = match request
-        .headers()
-        .get("Last-Event-ID")
-        .map(|value| value.to_str().map(str::trim))
-    {
-        None => None,
-        Some(Ok(text)) => match text.parse::<u64>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                return problem(
-                    ErrorCode::ValidationFailed,
-                    "Last-Event-ID must be an event number",
-                    Some("Last-Event-ID"),
-                );
-            }
-        },
-        Some(Err(_)) => {
-            return problem(
-                ErrorCode::ValidationFailed,
-                "Last-Event-ID must be an event number",
-                Some("Last-Event-ID"),
-            );
-        }
+    let Ok(last_event_id) = last_event_id(request.headers().get("Last-Event-ID")) else {
+        return problem(
+            ErrorCode::ValidationFailed,
+            "Last-Event-ID must be an event number",
+            Some("Last-Event-ID"),
+        );
     };
     // Subscribe before reading the record and the history: an event published in between is then
     // in both, and is de-duplicated by its number rather than lost.
@@ -132,6 +126,10 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
             );
         }
     };
+    // An id above the job's latest event cannot be one this job sent (or the read above saw a
+    // replica a write behind): resume from the record's event instead of skipping every event to
+    // come, its terminal one included.
+    let last_event_id = last_event_id.map(|id| id.min(record.event_seq));
     let mut initial: VecDeque<Arc<JobEvent>> = match last_event_id {
         None => VecDeque::from([Arc::new(JobEvent::of_record(&record))]),
         Some(after) => match state.store.events_after(job_id, after).await {
@@ -276,5 +274,22 @@ impl Feed {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use poem::http::HeaderValue;
+
+    #[test]
+    fn an_absent_or_empty_last_event_id_means_none_and_junk_is_refused() {
+        assert_eq!(last_event_id(None), Ok(None));
+        assert_eq!(last_event_id(Some(&HeaderValue::from_static(""))), Ok(None));
+        assert_eq!(last_event_id(Some(&HeaderValue::from_static("  "))), Ok(None));
+        assert_eq!(last_event_id(Some(&HeaderValue::from_static("7"))), Ok(Some(7)));
+        assert_eq!(last_event_id(Some(&HeaderValue::from_static(" 12 "))), Ok(Some(12)));
+        assert_eq!(last_event_id(Some(&HeaderValue::from_static("-1"))), Err(()));
+        assert_eq!(last_event_id(Some(&HeaderValue::from_static("seven"))), Err(()));
     }
 }

@@ -4,6 +4,7 @@
 //! URLs are never stored: the intake asks for a fresh one whenever a completed job is read.
 //! Signing is pure computation, so instances scale out behind the service's queue group.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::service::ServiceExt;
@@ -14,6 +15,7 @@ use common::messages::{PresignRequest, PresignResponse};
 use common::storage::Storage;
 use common::{names, telemetry};
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -45,6 +47,9 @@ impl Settings {
     }
 }
 
+/// Requests signed at once; signing takes microseconds, so this only bounds a burst's memory.
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// Service-error codes in the `Nats-Service-Error-Code` header.
 const BAD_REQUEST: usize = 400;
 const SIGNING_FAILED: usize = 500;
@@ -66,6 +71,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .map_err(|error| anyhow::anyhow!("cannot add the presign endpoint: {error}"))?;
     tracing::info!(subject = names::PRESIGN_SUBJECT, "presigner ready");
     let in_flight = tokio_util::task::TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let request = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -75,7 +81,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             },
         };
         // Signing is pure computation: answer each request on its own task, so a burst of
-        // completions is signed on every core instead of one after another.
+        // completions is signed on every core instead of one after another; at most
+        // MAX_IN_FLIGHT at once, the next request waiting in the subscription meanwhile.
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let storage = storage.clone();
         let expiry = settings.url_expiry;
         in_flight.spawn(async move {
@@ -87,11 +99,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             if let Err(error) = request.respond(response).await {
                 tracing::warn!(%error, "presign reply not sent");
             }
+            drop(slot);
         });
     }
+    // Stop taking requests first (other instances answer them), then finish those in flight.
+    endpoint.stop().await.ok();
     in_flight.close();
     in_flight.wait().await;
-    endpoint.stop().await.ok();
     service.stop().await.ok();
     client.drain().await.ok();
     tracing::info!("presigner stopped");

@@ -41,6 +41,9 @@ pub enum BundleError {
     /// A source changed size between the check and the copy.
     #[error("source changed while bundling")]
     Changed(#[from] crate::zip::SizeMismatch),
+    /// The bundle outgrew S3's 10,000 parts (its sources grew after the part size was chosen).
+    #[error("the bundle needs more than 10000 parts")]
+    TooManyParts,
 }
 
 /// The multipart upload in flight, so it can be aborted if the job is cancelled, times out or
@@ -50,21 +53,22 @@ pub struct UploadInFlight(Arc<Mutex<Option<(String, String)>>>);
 
 impl UploadInFlight {
     fn set(&self, key: &str, upload_id: &str) {
-        *self.0.lock().expect("upload lock") = Some((key.to_string(), upload_id.to_string()));
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((key.to_string(), upload_id.to_string()));
     }
 
     /// The open upload as `(key, upload id)`, if any.
     pub fn current(&self) -> Option<(String, String)> {
-        self.0.lock().expect("upload lock").clone()
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     fn clear(&self) {
-        *self.0.lock().expect("upload lock") = None;
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
     /// Aborts the upload, if one is still open, so no partial parts are left behind.
     pub async fn abort(&self, storage: &Storage) {
-        let Some((key, upload_id)) = self.0.lock().expect("upload lock").take() else {
+        let Some((key, upload_id)) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
             return;
         };
         let request = match storage
@@ -116,6 +120,7 @@ pub async fn build(
         .map_err(|error| StorageError::Config(error.into()))?;
     upload.set(key, upload_id.as_ref());
 
+    let part_size = part_size_for(sources, part_size);
     let mut zip = ZipStreamWriter::new(chrono::Utc::now());
     let mut buffer = BytesMut::with_capacity(part_size + 256 * 1024);
     let mut parts: Vec<PartInfo> = Vec::new();
@@ -165,6 +170,19 @@ pub async fn build(
     Ok(total)
 }
 
+/// S3 accepts at most this many parts in one multipart upload.
+pub const MAX_PARTS: u64 = 10_000;
+
+/// The part size for a bundle of `sources`: the configured one, or larger when the bundle would
+/// otherwise need more than [`MAX_PARTS`] parts (with room for the ZIP's headers: 1 KiB per
+/// entry and 64 KiB for the central directory and its end records).
+pub fn part_size_for(sources: &[Source], configured: usize) -> usize {
+    let content: u64 = sources.iter().map(|source| source.size).sum();
+    let bundle = content + 1024 * sources.len() as u64 + 64 * 1024;
+    let needed = bundle.div_ceil(MAX_PARTS - 1) as usize;
+    configured.max(needed)
+}
+
 async fn upload_part(
     storage: &Storage,
     key: &str,
@@ -172,7 +190,10 @@ async fn upload_part(
     parts: &mut Vec<PartInfo>,
     data: BytesMut,
 ) -> Result<(), BundleError> {
-    let number = parts.len() as u16 + 1;
+    let number = u16::try_from(parts.len() + 1)
+        .ok()
+        .filter(|number| u64::from(*number) <= MAX_PARTS)
+        .ok_or(BundleError::TooManyParts)?;
     let size = data.len() as u64;
     let request = storage
         .client()
@@ -185,8 +206,41 @@ async fn upload_part(
         )
         .map_err(|error| StorageError::Config(error.into()))?
         .build();
-    let response = storage.timed(request.send()).await?;
+    // A part's upload takes longer the larger it is: the request timeout, plus a second per MiB.
+    let response = storage
+        .timed_within(
+            storage.request_timeout() + std::time::Duration::from_secs(size.div_ceil(1024 * 1024)),
+            request.send(),
+        )
+        .await?;
     let etag = response.etag().map_err(|error| StorageError::Config(error.into()))?;
     parts.push(PartInfo::new(number, etag, size, None));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_no_bundle_needs_more_than_ten_thousand() {
+        let eight_mib = 8 * 1024 * 1024;
+        let small = [Source { file_id: 1, size: 1024 }];
+        assert_eq!(part_size_for(&small, eight_mib), eight_mib);
+        // 100 GiB in two files: 8 MiB parts would take 12,800 of them.
+        let huge = [
+            Source {
+                file_id: 1,
+                size: 50 << 30,
+            },
+            Source {
+                file_id: 2,
+                size: 50 << 30,
+            },
+        ];
+        let part = part_size_for(&huge, eight_mib) as u64;
+        assert!(part > eight_mib as u64);
+        let bundle = (100u64 << 30) + 2 * 1024 + 64 * 1024;
+        assert!(bundle.div_ceil(part) < MAX_PARTS, "{} parts", bundle.div_ceil(part));
+    }
 }

@@ -4,7 +4,7 @@
 //! compare-and-set on its record, so no message can slip between the two.)
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_nats::jetstream;
 use common::{JobId, names};
@@ -30,15 +30,21 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.in_flight.0.lock().expect("in-flight lock").remove(&self.job_id);
+        self.in_flight.jobs().remove(&self.job_id);
     }
 }
 
 impl InFlight {
+    /// The map. A panic while it was held cannot leave it half-changed (every change is one
+    /// insert or remove), so a poisoned lock is used as it is rather than aborting a `Drop`.
+    fn jobs(&self) -> MutexGuard<'_, HashMap<JobId, CancellationToken>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Tracks a job from now until the registration drops.
     pub fn register(&self, job_id: JobId) -> Registration {
         let token = CancellationToken::new();
-        self.0.lock().expect("in-flight lock").insert(job_id, token.clone());
+        self.jobs().insert(job_id, token.clone());
         Registration {
             in_flight: self.clone(),
             job_id,
@@ -48,7 +54,7 @@ impl InFlight {
 
     /// Cancels a job if it runs here; returns whether it did.
     pub fn cancel(&self, job_id: JobId) -> bool {
-        match self.0.lock().expect("in-flight lock").get(&job_id) {
+        match self.jobs().get(&job_id) {
             Some(token) => {
                 token.cancel();
                 true
@@ -59,7 +65,7 @@ impl InFlight {
 
     /// How many jobs run here now.
     pub fn len(&self) -> usize {
-        self.0.lock().expect("in-flight lock").len()
+        self.jobs().len()
     }
 
     /// Whether no job runs here.

@@ -39,8 +39,16 @@ pub struct Settings {
     pub job_timeout: Duration,
     /// `PROGRESS_INTERVAL_MS`: how often progress is written and the lease renewed (default 1000).
     pub progress_interval: Duration,
-    /// `JOB_ACK_WAIT_SECONDS`: lease of a job without a progress ack (default 30).
+    /// `JOB_ACK_WAIT_SECONDS`: lease of a job without a progress ack (default 6). Progress is
+    /// acknowledged every `PROGRESS_INTERVAL_MS`, so a short lease costs nothing while the
+    /// processor lives, and a dead processor's jobs resume elsewhere within it. The price: a
+    /// processor frozen (or cut off from NATS) for longer loses its jobs to another, whose claim
+    /// fences the frozen one out, and the work is done twice.
     pub ack_wait: Duration,
+    /// `JOB_MAX_DELIVERIES`: deliveries of a job message before it fails with
+    /// `RETRIES_EXHAUSTED` (default 10, at least `JOB_MAX_ATTEMPTS`). Deliveries cut short by a
+    /// dead processor, a takeover or an unavailable broker count here, not towards the attempts.
+    pub max_deliveries: u32,
     /// `BUNDLE_PART_SIZE_MB`: multipart part size, which bounds a bundle's memory (default 8, min 5).
     pub part_size: usize,
     /// `SHUTDOWN_GRACE_SECONDS`: how long running jobs may finish after SIGTERM before they are
@@ -61,7 +69,8 @@ impl Settings {
             concurrency: env.parse("PROCESSOR_CONCURRENCY", 256usize)?,
             job_timeout: env.seconds("JOB_TIMEOUT_SECONDS", 300)?,
             progress_interval: env.millis("PROGRESS_INTERVAL_MS", 1000)?,
-            ack_wait: env.seconds("JOB_ACK_WAIT_SECONDS", 30)?,
+            ack_wait: env.seconds("JOB_ACK_WAIT_SECONDS", 6)?,
+            max_deliveries: env.parse("JOB_MAX_DELIVERIES", 10)?,
             part_size: env.parse::<usize>("BUNDLE_PART_SIZE_MB", 8)? * 1024 * 1024,
             shutdown_grace: env.seconds("SHUTDOWN_GRACE_SECONDS", 30)?,
             instance_id: env.string(
@@ -90,6 +99,11 @@ impl Settings {
             "must be at least three progress intervals",
         )?;
         env.require(
+            (settings.retry.max_attempts..=1000).contains(&settings.max_deliveries),
+            "JOB_MAX_DELIVERIES",
+            "must be at least JOB_MAX_ATTEMPTS and at most 1000",
+        )?;
+        env.require(
             (5..=512).contains(&(settings.part_size / (1024 * 1024))),
             "BUNDLE_PART_SIZE_MB",
             "must be between 5 (the S3 minimum) and 512",
@@ -99,7 +113,7 @@ impl Settings {
 
     /// The JetStream definitions these settings imply.
     pub fn topology(&self) -> Topology {
-        Topology::from_settings(&self.nats, &self.retry, self.ack_wait)
+        Topology::from_settings(&self.nats, self.max_deliveries, self.ack_wait)
     }
 
     /// A delay for one job: uniform between the bounds, or zero when disabled.
@@ -134,8 +148,20 @@ pub struct Context {
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let storage = Storage::new(&settings.s3)?;
     let client = common::nats::connect(&settings.nats, "download-processor").await?;
-    let handles = common::nats::provision(&client, &settings.topology()).await?;
-    let store = JobStore::new(handles.jetstream.clone(), handles.jobs.clone());
+    use common::nats::Resource;
+    let handles = common::nats::provision(
+        &client,
+        &settings.topology(),
+        &[
+            Resource::JobsStream,
+            Resource::EventsStream,
+            Resource::AdvisoriesStream,
+            Resource::ProcessorConsumer,
+            Resource::AdvisoriesConsumer,
+        ],
+    )
+    .await?;
+    let store = JobStore::new(handles.jetstream.clone(), handles.jobs.clone()).with_patience(settings.nats.patience);
     let context = Arc::new(Context {
         settings,
         storage,

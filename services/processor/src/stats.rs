@@ -23,7 +23,7 @@ impl DurationStats {
     /// Adds one completed job's duration.
     pub fn record(&self, duration: Duration) {
         let sample = duration.as_secs_f64() * 1000.0;
-        let mut state = self.0.lock().expect("stats lock");
+        let mut state = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         state.0 = Some(match state.0 {
             None => sample,
             Some(mean) => mean + SMOOTHING * (sample - mean),
@@ -32,7 +32,7 @@ impl DurationStats {
     }
 
     fn take_if_changed(&self) -> Option<f64> {
-        let mut state = self.0.lock().expect("stats lock");
+        let mut state = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !state.1 {
             return None;
         }

@@ -6,13 +6,11 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
+use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use common::messages::JobMessage;
 use common::store::{Change, StoreError};
 use common::{ErrorCode, JobId, JobStatus, names, telemetry};
-use futures::StreamExt;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -20,9 +18,6 @@ use tracing::Instrument;
 use crate::Context;
 use crate::bundle::UploadInFlight;
 use crate::execute::{self, JobError, JobHooks, JobResult, Progress};
-
-/// How long one pull request waits for jobs before it is renewed.
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// Pulls job messages until `shutdown`, running up to `concurrency` jobs at once.
 ///
@@ -34,80 +29,22 @@ pub async fn consume(
     jobs: &TaskTracker,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(context.settings.concurrency));
-    let mut consumer: Option<consumer::PullConsumer> = None;
-    while !shutdown.is_cancelled() {
-        let first_slot = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
-        let mut free_slots = vec![first_slot];
-        while let Ok(slot) = slots.clone().try_acquire_owned() {
-            free_slots.push(slot);
-        }
-        if consumer.is_none() {
-            match jetstream
-                .get_consumer_from_stream(names::PROCESSOR_CONSUMER, names::JOBS_STREAM)
-                .await
-            {
-                Ok(found) => consumer = Some(found),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot reach the job consumer, retrying");
-                    pause(&shutdown).await;
-                    continue;
-                }
-            }
-        }
-        let pull = consumer
-            .as_ref()
-            .expect("set above")
-            .batch()
-            .max_messages(free_slots.len())
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await;
-        let mut batch = match pull {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::warn!(%error, "cannot pull jobs, retrying");
-                consumer = None;
-                pause(&shutdown).await;
-                continue;
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                next = batch.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let slot = free_slots
-                        .pop()
-                        .expect("a pull never returns more jobs than it asked for");
-                    let context = context.clone();
-                    jobs.spawn(async move {
-                        handle(&context, message).await;
-                        drop(slot);
-                    });
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "job pull interrupted");
-                    consumer = None;
-                    break;
-                }
-                None => break,
-            }
-        }
-    }
+    let handle = |message: jetstream::Message| {
+        let context = context.clone();
+        async move { handle(&context, message).await }
+    };
+    common::consume::pull_into_slots(
+        "jobs",
+        jetstream,
+        names::JOBS_STREAM,
+        names::PROCESSOR_CONSUMER,
+        context.settings.concurrency,
+        handle,
+        jobs,
+        shutdown,
+    )
+    .await;
     tracing::info!("stopped pulling jobs");
-}
-
-async fn pause(shutdown: &CancellationToken) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-    }
 }
 
 /// Handles one message; never panics on its content.
@@ -123,12 +60,21 @@ async fn handle(context: &Context, message: jetstream::Message) {
     };
     let span = tracing::info_span!("job", job_id = %job.job_id(), attempt = delivered);
     telemetry::set_parent_from_headers(&span, message.headers.as_ref());
-    let decision = process(context, job.job_id(), delivered, &message)
-        .instrument(span.clone())
-        .await;
+    // The lease is renewed for as long as this delivery is handled, including while a claim or
+    // an outcome waits for an unavailable cluster.
+    let decision = tokio::select! {
+        decision = process(context, job.job_id(), delivered).instrument(span.clone()) => decision,
+        never = common::consume::keep_lease(&message, context.settings.progress_interval) => match never {},
+    };
     if let Some(decision) = decision {
         acknowledge(&message, decision).instrument(span).await;
     }
+}
+
+/// A short wait before a delivery that could not be handled comes back, jittered so deliveries
+/// that failed together do not return together.
+fn soon() -> Duration {
+    Duration::from_millis(rand::random_range(2_000..5_000))
 }
 
 async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
@@ -155,8 +101,15 @@ enum Ownership {
 
 /// Runs one delivery of a job; returns how to acknowledge it (`None`: not at all, because a newer
 /// delivery owns the job now and acknowledging this one would remove the message under it).
-async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jetstream::Message) -> Option<AckKind> {
+async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<AckKind> {
     let registration = context.in_flight.register(job_id);
+    if delivered > 1 {
+        // An earlier delivery may have died between a record write and its event: publish the
+        // record's current event again (the duplicate window drops it if it was published).
+        if let Ok(Some(current)) = context.store.load(job_id).await {
+            let _ = context.store.publish_current(&current.record).await;
+        }
+    }
     let delay = context.settings.pick_delay();
     let attempt_started = tokio::time::Instant::now();
     let claimed = context
@@ -180,6 +133,12 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
     let record = match claimed {
         Ok(Change::Written(record)) => record,
         Ok(Change::Unchanged(record)) => {
+            // Its terminal event may be missing if the writer died after the record: publish it
+            // again before the message goes.
+            if let Err(error) = context.store.publish_current(&record).await {
+                tracing::warn!(error = %error, "terminal event of a finished job not re-published, retrying soon");
+                return Some(AckKind::Nak(Some(soon())));
+            }
             tracing::info!(status = record.status.as_str(), "job already finished, acknowledging");
             return Some(AckKind::Ack);
         }
@@ -193,7 +152,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
         }
         Err(error) => {
             tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "cannot claim job, retrying soon");
-            return Some(AckKind::Nak(Some(Duration::from_secs(1))));
+            return Some(AckKind::Nak(Some(soon())));
         }
     };
     tracing::info!(
@@ -236,7 +195,6 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
                 }
             }
             _ = ticker.tick() => {
-                acknowledge(message, AckKind::Progress).await;
                 let current = progress.get();
                 if current != progress_written {
                     match write_progress(context, job_id, &attempt, current, None).await {
@@ -290,15 +248,19 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
             .await
         }
         Outcome::Finished(Err(JobError::Transient { code, message })) => {
-            match context.settings.retry.delay_after(delivered) {
+            // Only attempts that failed count towards the job's attempts, not deliveries cut short
+            // by a dead processor or an unavailable broker.
+            let failed = record.failed_attempts + 1;
+            match context.settings.retry.jittered_delay_after(failed, rand::random()) {
                 Some(retry_in) => {
-                    tracing::warn!(%code, message, retry_in_ms = retry_in.as_millis() as u64, "transient failure, retrying");
+                    tracing::warn!(%code, message, failed, retry_in_ms = retry_in.as_millis() as u64, "transient failure, retrying");
                     let requeued = finish(context, job_id, &attempt, |record| {
                         with_files(record);
                         record.status = JobStatus::Queued;
                         record.progress = 0;
+                        record.failed_attempts = failed;
                         record.error = Some(format!(
-                            "{message}; retrying (attempt {delivered} of {})",
+                            "{message}; retrying (attempt {failed} of {})",
                             context.settings.retry.max_attempts
                         ));
                         record.error_code = Some(code);
@@ -315,6 +277,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, message: &jet
                     tracing::warn!(%code, message, "transient failure on the last attempt, job failed");
                     let attempts = context.settings.retry.max_attempts;
                     finish(context, job_id, &attempt, |record| {
+                        record.failed_attempts = failed;
                         record.fail(code, format!("{message} (gave up after {attempts} attempts)"))
                     })
                     .await
@@ -369,8 +332,9 @@ impl Attempt {
 }
 
 /// Writes a change that only applies while this attempt holds the job. Returns `Ack` when written
-/// or when the job ended meanwhile (e.g. cancelled), nothing when another attempt took it over; a
-/// store failure asks for a quick redelivery, and the next attempt finds the record as it is.
+/// or when the job ended meanwhile (e.g. cancelled), nothing when another attempt took it over.
+/// The store rides out an unavailable cluster first; a failure after that asks for a redelivery
+/// soon, which finds the record as it is (and re-publishes its event if it was written).
 async fn finish(
     context: &Context,
     job_id: JobId,
@@ -399,7 +363,7 @@ async fn finish(
         }
         Err(error) => {
             tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "outcome not recorded, job will be redelivered");
-            Some(AckKind::Nak(Some(Duration::from_secs(1))))
+            Some(AckKind::Nak(Some(soon())))
         }
     }
 }

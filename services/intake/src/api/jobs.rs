@@ -130,28 +130,15 @@ impl JobsApi {
             estimated_seconds,
             telemetry::current_traceparent(),
         );
-        self.state
-            .store
-            .create(&record)
-            .await
-            .map_err(|error| store_error("creating the job", error))?;
         let message = JobMessage::SubmittedV1 {
             job_id,
             user_id: identity.0,
             file_ids: file_ids.clone(),
         };
-        if let Err(error) = self.state.store.submit(&message).await {
-            // Not accepted after all: leave a record that says so instead of one stuck in `queued`.
-            let _ = self
-                .state
-                .store
-                .update(job_id, |record| {
-                    record.fail(ErrorCode::QueueUnavailable, "the job could not be queued");
-                    true
-                })
-                .await;
-            return Err(store_error("queueing the job", error));
-        }
+        self.state
+            .accept_job(record, message)
+            .await
+            .map_err(|error| store_error("accepting the job", error))?;
         let job_id_text = job_id.to_string();
         tracing::info!(job_id = %job_id_text, files = file_ids.len(), "job accepted");
         Ok(InitiateResponse::Accepted(
@@ -249,6 +236,11 @@ impl JobsApi {
                 Ok(CancelResponse::Accepted(Json(body)))
             }
             Change::Unchanged(current) if current.status == JobStatus::Cancelled => {
+                // A cancel answered 503 after its record was written left its event to whoever
+                // comes next: this retry publishes it (dropped as a duplicate if it was stored).
+                if let Err(error) = self.state.store.publish_current(&current).await {
+                    tracing::warn!(job_id = %record.job_id, error = %error, "cancelled event not re-published");
+                }
                 Ok(CancelResponse::AlreadyCancelled(Json(body)))
             }
             Change::Unchanged(current) => Err(ApiError::new(

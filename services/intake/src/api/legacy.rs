@@ -148,26 +148,39 @@ impl LegacyApi {
             self.state.estimated_job_seconds(),
             telemetry::current_traceparent(),
         );
-        let store = &self.state.store;
-        // Watch before submitting, so the outcome cannot slip past between the two.
-        store
-            .create(&record)
+        let accepting = tokio::time::Instant::now();
+        self.state
+            .accept_job(
+                record.clone(),
+                JobMessage::SubmittedV1 {
+                    job_id,
+                    user_id,
+                    file_ids: vec![file_id as u64],
+                },
+            )
             .await
-            .map_err(|error| store_error("creating the job", error))?;
-        let mut watch = store
+            .map_err(|error| store_error("accepting the job", error))?;
+        // The watch starts with the record's current value, so no outcome slips past.
+        let mut watch = self
+            .state
+            .store
             .kv()
             .watch_with_history(job_id.to_string())
             .await
             .map_err(|error| ApiError::unavailable(ErrorCode::QueueUnavailable, "the job queue", &error))?;
-        store
-            .submit(&JobMessage::SubmittedV1 {
-                job_id,
-                user_id,
-                file_ids: vec![file_id as u64],
-            })
-            .await
-            .map_err(|error| store_error("queueing the job", error))?;
-        let wait = tokio::time::sleep(self.state.settings.start_wait);
+        // Whatever accepting took comes off the wait, so the answer stays within the request timeout.
+        let wait_left = self
+            .state
+            .settings
+            .start_wait
+            .min(
+                self.state
+                    .settings
+                    .request_timeout
+                    .saturating_sub(Duration::from_secs(1)),
+            )
+            .saturating_sub(accepting.elapsed());
+        let wait = tokio::time::sleep(wait_left);
         tokio::pin!(wait);
         let mut latest = record;
         loop {

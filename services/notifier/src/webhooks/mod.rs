@@ -20,7 +20,6 @@ use common::nats::WebhookTopology;
 use common::store::JobStore;
 use common::{JobStatus, telemetry, webhook};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -461,8 +460,52 @@ impl Deliverer {
     }
 }
 
+/// Creates or updates the webhook consumers, riding out a cluster that is still electing
+/// leaders. A consumer created by an older version with another delivery policy (which the
+/// server cannot change in place) is kept as it is, with a warning.
+pub async fn provision_consumers(
+    jetstream: &jetstream::Context,
+    topology: &WebhookTopology,
+    patience: common::retry::Patience,
+) -> anyhow::Result<()> {
+    let consumers = [
+        (
+            common::nats::webhook_consumer_config(topology),
+            common::names::EVENTS_STREAM,
+        ),
+        (
+            common::nats::webhook_replay_consumer_config(topology),
+            common::names::WEBHOOK_REPLAYS_STREAM,
+        ),
+    ];
+    for (config, stream) in consumers {
+        let name = config.durable_name.clone().unwrap_or_default();
+        let created = patience
+            .retry(
+                "provisioning a webhook consumer",
+                || async {
+                    match jetstream.create_consumer_on_stream(config.clone(), stream).await {
+                        Ok(_) => Ok(()),
+                        Err(error) => match jetstream.get_consumer_from_stream::<consumer::pull::Config, _, _>(&name, stream).await {
+                            Ok(_) => {
+                                tracing::warn!(%error, consumer = name, "existing webhook consumer kept with its settings");
+                                Ok(())
+                            }
+                            Err(_) => Err(error),
+                        },
+                    }
+                },
+                |_| true,
+            )
+            .await;
+        created.map_err(|error| anyhow::anyhow!("cannot provision the webhook consumer {name}: {error}"))?;
+    }
+    Ok(())
+}
+
 /// Delivers webhooks from `consumer` (events or replays) until `stop`, each delivery on its own
-/// task (at most `WEBHOOK_CONCURRENCY` at once), and waits for those in flight.
+/// task (at most `WEBHOOK_CONCURRENCY` at once, and no more pulled than there are free slots, so
+/// no delivery waits in a buffer while its ack wait runs), and waits for those in flight.
 pub async fn run(
     deliverer: Arc<Deliverer>,
     jetstream: jetstream::Context,
@@ -470,49 +513,53 @@ pub async fn run(
     consumer_name: &'static str,
     stop: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(deliverer.settings.concurrency));
     let tasks = TaskTracker::new();
-    let open = || {
-        let jetstream = jetstream.clone();
-        async move {
-            let consumer: consumer::PullConsumer = jetstream.get_consumer_from_stream(consumer_name, stream).await?;
-            Ok::<_, async_nats::Error>(consumer.messages().await?)
-        }
-    };
     let dispatch = |message: jetstream::Message| {
-        let slots = slots.clone();
         let deliverer = deliverer.clone();
-        let tasks = tasks.clone();
         async move {
-            let slot = slots.acquire_owned().await.expect("never closed");
-            tasks.spawn(async move {
-                let (delivered, age) = message
-                    .info()
-                    .map(|info| {
-                        let published = info.published.unix_timestamp_nanos();
-                        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
-                        let age = Duration::from_nanos((now - published).clamp(0, u64::MAX as i128) as u64);
-                        (info.delivered.max(1) as u32, age)
-                    })
-                    .unwrap_or((1, Duration::ZERO));
-                // The delivery is a span of the job's trace, carried in the event's headers.
-                let span = tracing::info_span!("webhook", subject = %message.subject, attempt = delivered);
-                telemetry::set_parent_from_headers(&span, message.headers.as_ref());
-                let decision = match serde_json::from_slice::<JobEvent>(&message.payload) {
-                    Ok(event) => deliverer.handle(event, delivered, age).instrument(span).await,
-                    Err(error) => {
-                        tracing::warn!(%error, subject = %message.subject, "malformed webhook message terminated");
-                        AckKind::Term
+            let (delivered, age) = message
+                .info()
+                .map(|info| {
+                    let published = info.published.unix_timestamp_nanos();
+                    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
+                    let age = Duration::from_nanos((now - published).clamp(0, u64::MAX as i128) as u64);
+                    (info.delivered.max(1) as u32, age)
+                })
+                .unwrap_or((1, Duration::ZERO));
+            // The delivery is a span of the job's trace, carried in the event's headers.
+            let span = tracing::info_span!("webhook", subject = %message.subject, attempt = delivered);
+            telemetry::set_parent_from_headers(&span, message.headers.as_ref());
+            let decision = match serde_json::from_slice::<JobEvent>(&message.payload) {
+                Ok(event) => {
+                    // The lease is renewed while the delivery waits (a store riding out an
+                    // election, a slow receiver), so it is never attempted twice at once.
+                    let lease = deliverer.settings.topology().ack_wait / 3;
+                    tokio::select! {
+                        decision = deliverer.handle(event, delivered, age).instrument(span) => decision,
+                        never = common::consume::keep_lease(&message, lease) => match never {},
                     }
-                };
-                if let Err(error) = message.ack_with(decision).await {
-                    tracing::warn!(%error, "webhook acknowledgement not sent");
                 }
-                drop(slot);
-            });
+                Err(error) => {
+                    tracing::warn!(%error, subject = %message.subject, "malformed webhook message terminated");
+                    AckKind::Term
+                }
+            };
+            if let Err(error) = message.ack_with(decision).await {
+                tracing::warn!(%error, "webhook acknowledgement not sent");
+            }
         }
     };
-    common::consume::consume_forever(consumer_name, open, dispatch, None, stop).await;
+    common::consume::pull_into_slots(
+        consumer_name,
+        &jetstream,
+        stream,
+        consumer_name,
+        deliverer.settings.concurrency,
+        dispatch,
+        &tasks,
+        stop,
+    )
+    .await;
     tasks.close();
     tasks.wait().await;
 }
