@@ -13,6 +13,8 @@ mod notifier;
 mod pipeline;
 mod presigner;
 mod proxy;
+mod shutdown;
+mod takeover;
 mod webhooks;
 
 use std::sync::Once;

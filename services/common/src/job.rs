@@ -29,6 +29,21 @@ impl JobId {
     }
 }
 
+impl JobId {
+    /// Whether the id was minted within `window` of now (ids are UUIDv7: they carry their
+    /// creation time). An id without a time, or from the future, is not "within".
+    pub fn created_within(&self, window: std::time::Duration) -> bool {
+        let Some(timestamp) = self.0.get_timestamp() else {
+            return false;
+        };
+        let (seconds, nanos) = timestamp.to_unix();
+        let created = std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanos);
+        std::time::SystemTime::now()
+            .duration_since(created)
+            .is_ok_and(|age| age <= window)
+    }
+}
+
 impl Default for JobId {
     fn default() -> Self {
         Self::new()
@@ -216,6 +231,15 @@ mod tests {
         assert_eq!(JobId::parse("../../etc/passwd"), None);
         assert_eq!(JobId::parse("downloads.events.>"), None);
         assert_eq!(JobId::parse(""), None);
+    }
+
+    #[test]
+    fn a_fresh_id_tells_it_was_just_minted_and_an_old_or_random_one_does_not() {
+        let window = std::time::Duration::from_secs(60);
+        assert!(JobId::new().created_within(window));
+        let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, 1_600_000_000, 0));
+        assert!(!JobId(old).created_within(window));
+        assert!(!JobId(uuid::Uuid::new_v4()).created_within(window));
     }
 
     #[test]

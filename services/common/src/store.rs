@@ -148,15 +148,41 @@ impl JobStore {
     }
 
     /// Reads a record and its revision. A miss is confirmed with the stream's leader, since a
-    /// replica answering a direct get may not have applied the latest writes yet.
+    /// replica answering a direct get may not have applied the latest writes yet; and since
+    /// right after a leader change even that answer can be a write behind (seen on a 3-node
+    /// cluster), a job created in the last minute (its id says when) is looked for again for up
+    /// to [`YOUNG_MISS_WAIT`] before it counts as missing.
     pub async fn load(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut tries = 0;
+        loop {
+            let found = self.load_once(job_id).await?;
+            if found.is_some() || !job_id.created_within(YOUNG_JOB) {
+                return Ok(found);
+            }
+            tries += 1;
+            let pause = Patience::pause(tries, rand::random());
+            if started.elapsed() + pause > YOUNG_MISS_WAIT {
+                return Ok(None);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn load_once(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
         self.patience
             .retry(
                 "reading a job record",
                 || async move {
                     match self.read(job_id, false).await? {
                         Some(found) => Ok(Some(found)),
-                        None => self.read(job_id, true).await,
+                        None => {
+                            let confirmed = self.read(job_id, true).await?;
+                            if confirmed.is_some() {
+                                tracing::info!(%job_id, "a replica had not applied the record yet; the leader had it");
+                            }
+                            Ok(confirmed)
+                        }
                     }
                 },
                 Self::is_transient,
@@ -255,8 +281,10 @@ impl JobStore {
     where
         F: FnMut(&mut JobRecord) -> bool,
     {
-        let Some(current) = self.read(job_id, from_leader).await? else {
-            return Err(StoreError::Missing(job_id));
+        let current = match self.read(job_id, from_leader).await? {
+            Some(current) => current,
+            // A miss is confirmed (by the leader, and for a young job a little later).
+            None => self.load(job_id).await?.ok_or(StoreError::Missing(job_id))?,
         };
         if let Some(landed) = unanswered.iter().find(|write| write.after == current.record) {
             tracing::info!(%job_id, seq = landed.after.event_seq, "a write whose answer was lost was stored");
@@ -479,6 +507,12 @@ impl JobStore {
         }
     }
 }
+
+/// A job younger than this whose record is not found may be one a lagging replica or a new
+/// leader has not applied yet.
+const YOUNG_JOB: Duration = Duration::from_secs(60);
+/// How long such a job is looked for before it counts as missing.
+const YOUNG_MISS_WAIT: Duration = Duration::from_secs(3);
 
 /// The header in which KV marks deletes and purges.
 const KV_OPERATION_HEADER: &str = "KV-Operation";

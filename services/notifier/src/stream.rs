@@ -111,7 +111,17 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
             );
         }
     };
-    let slot = match state.limits.acquire(&user).await {
+    // A lease written although its answer was lost lapses on its own, so retrying is safe.
+    let acquired = state
+        .store
+        .patience()
+        .retry(
+            "counting open streams",
+            || state.limits.acquire(&user),
+            |error| matches!(error, crate::limits::LimitsError::Unavailable(_)),
+        )
+        .await;
+    let slot = match acquired {
         Ok(Some(slot)) => slot,
         Ok(None) => {
             let detail = format!("at most {} open streams per user", state.settings.max_streams_per_user);
