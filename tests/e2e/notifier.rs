@@ -462,3 +462,39 @@ async fn one_notifier_delivers_the_completion_to_a_thousand_concurrent_streams()
     }
     assert_eq!(completed, 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_feed_can_tell_whether_an_event_on_its_filter_waits_for_it() {
+    init_logs();
+    // What a live feed looks at when it has been quiet, to notice it was frozen (its consumer
+    // lost with a node) rather than idle: the first event on its filter after the last handled.
+    let stack = Stack::start(&[]).await.unwrap();
+    stack.put_file(91_003, 10).await.unwrap();
+    let job_id = stack.initiate("quiet", &[91_003]).await.unwrap();
+    stack.wait_for_terminal("quiet", &job_id).await.unwrap();
+    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    let stream = common::names::EVENTS_STREAM;
+    let every = common::names::EVENTS_STREAM_SUBJECTS;
+    let waiting = common::consume::unhandled_for(&jetstream, stream, every, 0).await;
+    assert!(
+        waiting.is_some(),
+        "the job's events wait for a feed that handled nothing"
+    );
+    let mut events = jetstream.get_stream(stream).await.unwrap();
+    let last = events.info().await.unwrap().state.last_sequence;
+    assert_eq!(
+        common::consume::unhandled_for(&jetstream, stream, every, last).await,
+        None
+    );
+    // A wildcard filter matching none of them (no job was cancelled): nothing waits.
+    let cancelled = common::names::CANCELLED_EVENTS_FILTER;
+    assert_eq!(
+        common::consume::unhandled_for(&jetstream, stream, cancelled, 0).await,
+        None
+    );
+    let per_job = format!("downloads.events.{job_id}.*");
+    let age = common::consume::unhandled_for(&jetstream, stream, &per_job, 0)
+        .await
+        .unwrap();
+    assert!(age < Duration::from_secs(60), "{age:?}");
+}

@@ -130,7 +130,7 @@ pub async fn follow_new<Handle, Handling>(
                 }
                 Ok(None) => break,
                 Err(_quiet) => {
-                    if let Some(waiting) = waiting_since(jetstream, stream, filter, last_handled).await
+                    if let Some(waiting) = unhandled_for(jetstream, stream, filter, last_handled).await
                         && waiting >= IDLE_CHECK
                     {
                         tracing::warn!(
@@ -147,9 +147,9 @@ pub async fn follow_new<Handle, Handling>(
     }
 }
 
-/// How long the first message on `filter` after stream sequence `after` has been in the stream,
-/// `None` if there is none (or the stream cannot tell right now).
-async fn waiting_since(jetstream: &jetstream::Context, stream: &str, filter: &str, after: u64) -> Option<Duration> {
+/// How long the first message on `filter` (wildcards allowed) after stream sequence `after` has
+/// been in the stream, `None` if there is none (or the stream cannot tell right now).
+pub async fn unhandled_for(jetstream: &jetstream::Context, stream: &str, filter: &str, after: u64) -> Option<Duration> {
     let stream = jetstream.get_stream_no_info(stream).await.ok()?;
     let message = stream.direct_get_next_for_subject(filter, Some(after + 1)).await.ok()?;
     let now = chrono::Utc::now().timestamp_nanos_opt()? as i128;
