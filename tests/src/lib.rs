@@ -2,6 +2,7 @@
 //! SeaweedFS processes on free ports, the services in-process, and HTTP helpers.
 
 pub mod browser;
+pub mod chaos;
 pub mod cluster;
 pub mod processes;
 pub mod queue;

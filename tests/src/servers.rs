@@ -449,12 +449,30 @@ impl NginxServer {
         read_timeout: &str,
         stream_timeout: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_with_upstreams(port, &[intake], &[notifier], read_timeout, stream_timeout).await
+    }
+
+    /// Starts nginx on `port` (0: a free one) balancing over several intakes and notifiers.
+    pub async fn start_with_upstreams(
+        port: u16,
+        intakes: &[std::net::SocketAddr],
+        notifiers: &[std::net::SocketAddr],
+        read_timeout: &str,
+        stream_timeout: &str,
+    ) -> anyhow::Result<Self> {
+        let servers = |addresses: &[std::net::SocketAddr]| {
+            addresses
+                .iter()
+                .map(|address| format!("server {address};"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         let port = if port == 0 { free_port() } else { port };
         let dir = tempfile::tempdir()?;
         let site = render_nginx_template(&[
             ("LISTEN", format!("127.0.0.1:{port}")),
-            ("INTAKE_UPSTREAM", format!("server {intake};")),
-            ("NOTIFIER_UPSTREAM", format!("server {notifier};")),
+            ("INTAKE_UPSTREAM", servers(intakes)),
+            ("NOTIFIER_UPSTREAM", servers(notifiers)),
             ("READ_TIMEOUT", read_timeout.to_string()),
             ("STREAM_TIMEOUT", stream_timeout.to_string()),
         ])?;
