@@ -1,7 +1,8 @@
 //! A streaming ZIP writer for already-compressed archives: entries are stored (no compression),
 //! sizes and CRC follow each entry's data in a data descriptor, and only the central directory
 //! (about 100 bytes per entry) stays in memory. ZIP64 records are written where sizes or offsets
-//! pass 4 GiB, so bundles of any size are valid.
+//! reach 0xFFFFFFFF or the entry count 0xFFFF, so bundles of any size and any number of entries are
+//! valid.
 
 use bytes::{BufMut, BytesMut};
 
@@ -97,10 +98,13 @@ impl ZipStreamWriter {
         out.put_u16_le(if zip64 { 20 } else { 0 });
         out.put_slice(name.as_bytes());
         if zip64 {
+            // The announced size rather than zeros, though the data descriptor repeats it (any other
+            // size fails `finish_entry`): Info-ZIP's unzip 6.0 takes an entry of exactly 0xFFFFFFFF
+            // bytes for one whose size is in this field, and with zeros here tested it as empty.
             out.put_u16_le(ZIP64_EXTRA_ID);
             out.put_u16_le(16);
-            out.put_u64_le(0);
-            out.put_u64_le(0);
+            out.put_u64_le(expected_size);
+            out.put_u64_le(expected_size);
         }
         self.open = Some(OpenEntry {
             name: name.to_string(),
@@ -160,18 +164,12 @@ impl ZipStreamWriter {
         let directory_offset = self.offset;
         let start = out.len();
         for entry in &self.entries {
-            let size_needs_zip64 = entry.zip64 || entry.size >= U32_MARK as u64;
-            let offset_needs_zip64 = entry.local_header_offset >= U32_MARK as u64;
-            let mut extra = BytesMut::new();
-            if size_needs_zip64 {
-                extra.put_u64_le(entry.size);
-                extra.put_u64_le(entry.size);
-            }
-            if offset_needs_zip64 {
-                extra.put_u64_le(entry.local_header_offset);
-            }
-            let any_zip64 = size_needs_zip64 || offset_needs_zip64;
-            let version = if any_zip64 { VERSION_ZIP64 } else { VERSION_PLAIN };
+            // An entry that needs one ZIP64 value gives all three, sizes and offset, with each 32-bit
+            // field set to 0xFFFFFFFF. Info-ZIP's unzip 6.0 decides which values a ZIP64 field holds
+            // partly from the previous entry's sizes: after an entry of exactly 0xFFFFFFFF bytes it
+            // read the next entry's offset-only field as sizes and failed the archive.
+            let zip64 = entry.zip64 || entry.size >= U32_MARK as u64 || entry.local_header_offset >= U32_MARK as u64;
+            let version = if zip64 { VERSION_ZIP64 } else { VERSION_PLAIN };
             out.put_u32_le(CENTRAL_HEADER_SIGNATURE);
             out.put_u16_le(version);
             out.put_u16_le(version);
@@ -180,25 +178,27 @@ impl ZipStreamWriter {
             out.put_u16_le(self.dos_time);
             out.put_u16_le(self.dos_date);
             out.put_u32_le(entry.crc32);
-            let size_field = if size_needs_zip64 { U32_MARK } else { entry.size as u32 };
+            let size_field = if zip64 { U32_MARK } else { entry.size as u32 };
             out.put_u32_le(size_field);
             out.put_u32_le(size_field);
             out.put_u16_le(entry.name.len() as u16);
-            out.put_u16_le(if any_zip64 { extra.len() as u16 + 4 } else { 0 });
+            out.put_u16_le(if zip64 { 4 + 24 } else { 0 });
             out.put_u16_le(0); // comment
             out.put_u16_le(0); // disk
             out.put_u16_le(0); // internal attributes
             out.put_u32_le(0); // external attributes
-            out.put_u32_le(if offset_needs_zip64 {
+            out.put_u32_le(if zip64 {
                 U32_MARK
             } else {
                 entry.local_header_offset as u32
             });
             out.put_slice(entry.name.as_bytes());
-            if any_zip64 {
+            if zip64 {
                 out.put_u16_le(ZIP64_EXTRA_ID);
-                out.put_u16_le(extra.len() as u16);
-                out.put_slice(&extra);
+                out.put_u16_le(24);
+                out.put_u64_le(entry.size);
+                out.put_u64_le(entry.size);
+                out.put_u64_le(entry.local_header_offset);
             }
         }
         let directory_size = (out.len() - start) as u64;
@@ -235,66 +235,4 @@ impl ZipStreamWriter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    fn build(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-        let mut writer = ZipStreamWriter::new(chrono::Utc::now());
-        let mut out = BytesMut::new();
-        for (name, data) in entries {
-            writer.start_entry(name, data.len() as u64, &mut out);
-            for chunk in data.chunks(1000) {
-                writer.write_data(chunk, &mut out);
-            }
-            writer.finish_entry(&mut out).unwrap();
-        }
-        let written = writer.bytes_written();
-        writer.finish(&mut out);
-        assert!(out.len() as u64 > written);
-        out.to_vec()
-    }
-
-    #[test]
-    fn an_independent_reader_gets_every_entry_back_byte_for_byte() {
-        let first: Vec<u8> = (0..10_000u32).map(|index| (index % 251) as u8).collect();
-        let second = b"second file".to_vec();
-        let empty = Vec::new();
-        let archive = build(&[
-            ("10000.zip", first.clone()),
-            ("20000.zip", second.clone()),
-            ("30000.zip", empty),
-        ]);
-        let mut reader = zip::ZipArchive::new(std::io::Cursor::new(archive)).unwrap();
-        assert_eq!(reader.len(), 3);
-        for (name, expected) in [("10000.zip", &first), ("20000.zip", &second)] {
-            let mut entry = reader.by_name(name).unwrap();
-            let mut content = Vec::new();
-            entry.read_to_end(&mut content).unwrap();
-            assert_eq!(&content, expected);
-        }
-        assert_eq!(reader.by_name("30000.zip").unwrap().size(), 0);
-    }
-
-    #[test]
-    fn a_short_entry_is_reported() {
-        let mut writer = ZipStreamWriter::new(chrono::Utc::now());
-        let mut out = BytesMut::new();
-        writer.start_entry("a", 10, &mut out);
-        writer.write_data(b"12345", &mut out);
-        assert_eq!(
-            writer.finish_entry(&mut out),
-            Err(SizeMismatch {
-                name: "a".into(),
-                expected: 10,
-                actual: 5
-            })
-        );
-    }
-
-    #[test]
-    fn an_empty_archive_is_valid() {
-        let archive = build(&[]);
-        assert_eq!(zip::ZipArchive::new(std::io::Cursor::new(archive)).unwrap().len(), 0);
-    }
-}
+mod tests;
