@@ -89,7 +89,21 @@ impl Node {
 }
 
 /// The configuration file of one node.
+#[cfg(test)]
 fn node_config(cluster_name: &str, name: &str, ports: NodePorts, store: &Path, peers: &[NodePorts]) -> String {
+    node_config_syncing(cluster_name, name, ports, store, peers, true)
+}
+
+/// The configuration file of one node; `sync_always` false leaves the server's default (fsync
+/// every 2 minutes), for measuring what `sync_interval: always` costs.
+fn node_config_syncing(
+    cluster_name: &str,
+    name: &str,
+    ports: NodePorts,
+    store: &Path,
+    peers: &[NodePorts],
+    sync_always: bool,
+) -> String {
     let routes: Vec<String> = peers
         .iter()
         .filter(|peer| **peer != ports)
@@ -109,8 +123,7 @@ fn node_config(cluster_name: &str, name: &str, ports: NodePorts, store: &Path, p
          \x20 store_dir: \"{store}\"\n\
          \x20 max_memory_store: 256MB\n\
          \x20 max_file_store: 10GB\n\
-         \x20 # fsync every write before acknowledging it (Jepsen: lazy fsync loses acknowledged writes)\n\
-         \x20 sync_interval: always\n\
+         {sync}\
          }}\n\
          \n\
          cluster {{\n\
@@ -123,6 +136,11 @@ fn node_config(cluster_name: &str, name: &str, ports: NodePorts, store: &Path, p
         route = ports.route,
         store = store.display(),
         routes = routes.join(", "),
+        sync = if sync_always {
+            "  # fsync every write before acknowledging it (Jepsen: lazy fsync loses acknowledged writes)\n  sync_interval: always\n"
+        } else {
+            ""
+        },
     )
 }
 
@@ -140,6 +158,12 @@ impl NatsCluster {
     /// Starts `size` nodes on free ports (every node at once, as a rolling-upgrade-free fresh
     /// cluster would) and waits until every node listens and JetStream has a meta leader.
     pub async fn start(size: usize) -> anyhow::Result<Self> {
+        Self::start_syncing(size, true).await
+    }
+
+    /// [`start`](Self::start), choosing whether every write is fsynced before it is acknowledged
+    /// (`sync_interval: always`, the default here) or the server's default (every 2 minutes).
+    pub async fn start_syncing(size: usize, sync_always: bool) -> anyhow::Result<Self> {
         anyhow::ensure!(size >= 1, "a cluster needs at least one node");
         let root = tempfile::Builder::new().prefix("nats-cluster-").tempdir()?;
         let ports: Vec<NodePorts> = (0..size)
@@ -158,7 +182,14 @@ impl NatsCluster {
             let config = dir.join("nats-server.conf");
             std::fs::write(
                 &config,
-                node_config(&cluster_name, &name, *node_ports, &dir.join("jetstream"), &ports),
+                node_config_syncing(
+                    &cluster_name,
+                    &name,
+                    *node_ports,
+                    &dir.join("jetstream"),
+                    &ports,
+                    sync_always,
+                ),
             )?;
             nodes.push(Node {
                 name,
