@@ -106,9 +106,11 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
             .await
             .unwrap();
     }
-    // A well-formed message for a job that has no record is dropped too.
+    // A well-formed message for a job that has no record is dropped too, once the job is older
+    // than a replica could lag (a brand-new job's missing record is looked for again first).
+    let minted_long_ago = uuid::Timestamp::from_unix(uuid::NoContext, 1_700_000_000, 0);
     let orphan = common::messages::JobMessage::SubmittedV1 {
-        job_id: common::JobId::new(),
+        job_id: common::JobId(uuid::Uuid::new_v7(minted_long_ago)),
         user_id: "x".into(),
         file_ids: vec![10_000],
     };

@@ -63,7 +63,7 @@ async fn handle(context: &Context, message: jetstream::Message) {
     // The lease is renewed for as long as this delivery is handled, including while a claim or
     // an outcome waits for an unavailable cluster.
     let decision = tokio::select! {
-        decision = process(context, job.job_id(), delivered, message_age(&message)).instrument(span.clone()) => decision,
+        decision = process(context, job.job_id(), delivered).instrument(span.clone()) => decision,
         never = common::consume::keep_lease(&message, context.settings.progress_interval) => match never {},
     };
     if let Some(decision) = decision {
@@ -71,19 +71,9 @@ async fn handle(context: &Context, message: jetstream::Message) {
     }
 }
 
-/// How long after its message was queued a job's missing record is taken for a replica that
-/// lags rather than for a record that is gone.
+/// How long after its creation (its id's time) a job's missing record is taken for a replica
+/// that lags rather than for a record that is gone.
 const RECORD_GRACE: Duration = Duration::from_secs(60);
-
-/// Time since the message was stored in the stream.
-fn message_age(message: &jetstream::Message) -> Duration {
-    let Ok(info) = message.info() else {
-        return Duration::ZERO;
-    };
-    let now = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX) as i128;
-    let age = now - info.published.unix_timestamp_nanos();
-    Duration::from_nanos(age.clamp(0, u64::MAX as i128) as u64)
-}
 
 /// A short wait before a delivery that could not be handled comes back, jittered so deliveries
 /// that failed together do not return together.
@@ -115,7 +105,7 @@ enum Ownership {
 
 /// Runs one delivery of a job; returns how to acknowledge it (`None`: not at all, because a newer
 /// delivery owns the job now and acknowledging this one would remove the message under it).
-async fn process(context: &Context, job_id: JobId, delivered: u32, age: Duration) -> Option<AckKind> {
+async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<AckKind> {
     let registration = context.in_flight.register(job_id);
     if delivered > 1 {
         // An earlier delivery may have died between a record write and its event: publish the
@@ -156,13 +146,10 @@ async fn process(context: &Context, job_id: JobId, delivered: u32, age: Duration
             tracing::info!(status = record.status.as_str(), "job already finished, acknowledging");
             return Some(AckKind::Ack);
         }
-        Err(StoreError::Missing(_)) if age < RECORD_GRACE => {
-            // The intake stores the record before the message, so a young message whose record
+        Err(StoreError::Missing(_)) if job_id.created_within(RECORD_GRACE) => {
+            // The intake stores the record before the message, so a young job whose record
             // cannot be found met a replica that had not caught up yet: try again shortly.
-            tracing::warn!(
-                age_ms = age.as_millis() as u64,
-                "job record not found yet, retrying soon"
-            );
+            tracing::warn!("job record not found yet, retrying soon");
             return Some(AckKind::Nak(Some(soon())));
         }
         Err(StoreError::Missing(_)) => {
