@@ -78,6 +78,13 @@ pub async fn follow(load: &Load, job_id: &str, user: &str) -> FollowLog {
             request = request.header("Last-Event-ID", seq.to_string());
         }
         let connection = log.connections.len();
+        log.connections.push(Connection {
+            opened,
+            closed: opened,
+            status: 0,
+            last_event_id,
+            end: String::new(),
+        });
         let (status, end, pause) = tokio::select! {
             outcome = async {
                 match tokio::time::timeout(Duration::from_secs(20), request.send()).await {
@@ -85,6 +92,7 @@ pub async fn follow(load: &Load, job_id: &str, user: &str) -> FollowLog {
                     Ok(Err(error)) => (0, format!("request failed: {error}"), Duration::from_secs(1)),
                     Ok(Ok(response)) => {
                         let status = response.status().as_u16();
+                        log.connections[connection].status = status;
                         match status {
                             200 => {
                                 let end = read(response, &mut log, connection, silence).await;
@@ -108,15 +116,14 @@ pub async fn follow(load: &Load, job_id: &str, user: &str) -> FollowLog {
                     }
                 }
             } => outcome,
-            _ = load.stop.cancelled() => (0, "stopped by the harness".to_string(), Duration::ZERO),
+            _ = load.stop.cancelled() => {
+                (log.connections[connection].status, "stopped by the harness".to_string(), Duration::ZERO)
+            }
         };
-        log.connections.push(Connection {
-            opened,
-            closed: Utc::now(),
-            status,
-            last_event_id,
-            end,
-        });
+        let record = &mut log.connections[connection];
+        record.closed = Utc::now();
+        record.status = status;
+        record.end = end;
         if status == 204 {
             break;
         }

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use chrono::TimeDelta;
+use chrono::{DateTime, TimeDelta, Utc};
 
-use super::{Evidence, Row};
+use super::{Evidence, Row, time};
 use crate::chaos::load::is_terminal;
 use crate::chaos::schedule::Fault;
 
@@ -106,15 +106,29 @@ pub fn followers_saw_terminal(evidence: &Evidence) -> Row {
 pub fn followers_not_frozen(evidence: &Evidence) -> Row {
     let bound = TimeDelta::from_std(FREEZE_BOUND).expect("a small bound");
     let mut row = Row::new(&format!(
-        "no frozen SSE feed (an event reaches an open stream within {} s)",
+        "no frozen SSE feed (every record change reaches an open stream within {} s)",
         FREEZE_BOUND.as_secs()
     ));
     for (job_id, log) in followed(evidence) {
         row.checked += 1;
-        for (seq, copies) in evidence.events_by_seq(job_id) {
-            let Some(happened) = copies.iter().filter_map(|copy| copy.at()).min() else {
-                continue;
-            };
+        // Every change of the record: the events in the stream, and the record's last change
+        // when the stream lacks its event (a follower must not freeze on that one either).
+        let by_seq = evidence.events_by_seq(job_id);
+        let mut changes: Vec<(u64, DateTime<Utc>, String)> = by_seq
+            .iter()
+            .filter_map(|(seq, copies)| {
+                let happened = copies.iter().filter_map(|copy| copy.at()).min()?;
+                Some((*seq, happened, copies[0].status().to_string()))
+            })
+            .collect();
+        if let Some(record) = evidence.record(job_id)
+            && let (Some(seq), Some(happened)) = (record["eventSeq"].as_u64(), time(&record["updatedAt"]))
+            && !by_seq.contains_key(&seq)
+        {
+            let status = record["status"].as_str().unwrap_or_default();
+            changes.push((seq, happened, format!("{status}, record only")));
+        }
+        for (seq, happened, status) in changes {
             let received = log.events.iter().find(|seen| seen.seq == seq).map(|seen| seen.at);
             let frozen = log.connections.iter().enumerate().find(|(index, connection)| {
                 let first_on_connection = log
@@ -130,8 +144,7 @@ pub fn followers_not_frozen(evidence: &Evidence) -> Row {
             });
             if let Some((_, connection)) = frozen {
                 row.failures.push(format!(
-                    "{job_id}: event {seq} ({}) happened at {}, stream open {}..{} ({} heartbeats), received {}; {}",
-                    copies[0].status(),
+                    "{job_id}: event {seq} ({status}) happened at {}, stream open {}..{} ({} heartbeats), received {}; {}",
                     happened.format("%H:%M:%S%.3f"),
                     connection.opened.format("%H:%M:%S"),
                     connection.closed.format("%H:%M:%S"),
