@@ -498,3 +498,37 @@ async fn a_quiet_feed_can_tell_whether_an_event_on_its_filter_waits_for_it() {
         .unwrap();
     assert!(age < Duration::from_secs(60), "{age:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_gets_a_terminal_state_whose_event_was_never_published() {
+    init_logs();
+    // No processor: the job stays queued, and only the record can tell the stream it ended.
+    let mut stack = Stack::servers_only(&[("SSE_HEARTBEAT_SECONDS", "1")]).await.unwrap();
+    stack.start_presigner().await.unwrap();
+    stack.start_intake().await.unwrap();
+    stack.start_notifier().await.unwrap();
+    let job_id = stack.initiate("lost", &[91_004]).await.unwrap();
+    let mut reader = SseReader::new(open(&stack, "lost", &job_id, None).await);
+    let mut heartbeats = 0;
+    let (first, _, _) = reader.next_event(QUIET, &mut heartbeats).await.unwrap().unwrap();
+
+    // A writer that dies between its record write and its event: the record says cancelled, the
+    // events stream never hears of it.
+    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    let kv = jetstream.get_key_value(common::names::JOBS_BUCKET).await.unwrap();
+    let entry = kv.entry(job_id.as_str()).await.unwrap().unwrap();
+    let mut record = common::JobRecord::from_json_bytes(&entry.value).unwrap();
+    record.cancel();
+    record.event_seq += 1;
+    kv.update(job_id.as_str(), record.to_json_bytes(), entry.revision)
+        .await
+        .unwrap();
+
+    let (ids, names, _, _) = read_all(&mut reader).await;
+    assert_eq!(names.last().map(String::as_str), Some("cancelled"), "{names:?}");
+    assert_eq!(*ids.last().unwrap(), record.event_seq);
+    assert!(
+        ids.iter()
+            .all(|id| *id > first.as_deref().unwrap().parse::<u64>().unwrap())
+    );
+}

@@ -166,6 +166,9 @@ impl Resource {
     }
 }
 
+/// How long one create or update of a resource may take before it is asked again.
+pub const PROVISION_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long provisioning retries one resource before the service gives up: a fresh cluster
 /// elects its meta leader and places many streams at once when everything starts together.
 pub const PROVISION_WINDOW: Duration = Duration::from_secs(120);
@@ -384,18 +387,24 @@ pub async fn provision(
     resources: &[Resource],
 ) -> Result<JetStreamHandles, NatsSetupError> {
     let jetstream = jetstream::new(client.clone());
+    // Creates answer within a few seconds or not at all (a fresh cluster busy placing every
+    // service's streams at once): a short timeout retries sooner than the connection's 10 s, and
+    // a create that went through after all is found identical on the retry.
+    let mut provisioning = jetstream.clone();
+    provisioning.set_timeout(PROVISION_REQUEST_TIMEOUT);
     let patience = crate::retry::Patience {
         window: PROVISION_WINDOW,
     };
-    for resource in resources
+    let every = resources
         .iter()
         .copied()
         .filter(|resource| *resource != Resource::JobsBucket)
-    {
+        .chain([Resource::JobsBucket]);
+    for resource in every {
         patience
             .retry(
                 "provisioning",
-                || provision_one(&jetstream, topology, resource),
+                || provision_one(&provisioning, topology, resource),
                 |_| true,
             )
             .await
@@ -405,22 +414,27 @@ pub async fn provision(
             })?;
     }
     let jobs = patience
-        .retry(
-            "provisioning",
-            || async {
-                jetstream
-                    .create_or_update_key_value(jobs_bucket_config(topology))
-                    .await
-                    .map_err(|error| Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
-            },
-            |_| true,
-        )
+        .retry("provisioning", || jetstream.get_key_value(names::JOBS_BUCKET), |_| true)
         .await
-        .map_err(|source| NatsSetupError::Provision {
+        .map_err(|error| NatsSetupError::Provision {
             what: names::JOBS_BUCKET.to_string(),
-            source,
+            source: Box::new(error),
         })?;
     Ok(JetStreamHandles { jetstream, jobs })
+}
+
+/// A handle to a provisioned bucket, asked for as patiently as provisioning itself.
+pub async fn bucket(jetstream: &jetstream::Context, name: &'static str) -> Result<kv::Store, NatsSetupError> {
+    let patience = crate::retry::Patience {
+        window: PROVISION_WINDOW,
+    };
+    patience
+        .retry("opening a bucket", || jetstream.get_key_value(name), |_| true)
+        .await
+        .map_err(|error| NatsSetupError::Provision {
+            what: name.to_string(),
+            source: Box::new(error),
+        })
 }
 
 async fn provision_one(

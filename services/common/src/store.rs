@@ -4,6 +4,9 @@
 //! reporting progress, an owner cancelling) never overwrite each other: the loser re-reads and
 //! decides again. Each successful change bumps `eventSeq` and publishes that numbered event.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -71,7 +74,15 @@ pub struct JobStore {
     jetstream: jetstream::Context,
     kv: kv::Store,
     patience: Patience,
+    /// Jobs whose latest record change this instance wrote without getting its event published
+    /// (the events stream stayed unavailable): the next change of the job publishes it first, so
+    /// no event number is skipped. Bounded by [`MAX_UNPUBLISHED`].
+    unpublished: Arc<Mutex<HashMap<JobId, u64>>>,
 }
+
+/// How many unpublished events a store remembers (beyond, the redelivery's re-publication of
+/// the current event is the only repair).
+const MAX_UNPUBLISHED: usize = 10_000;
 
 /// A write whose answer was lost (a timeout): it may have been stored.
 struct Unanswered {
@@ -86,6 +97,7 @@ impl JobStore {
             jetstream,
             kv,
             patience: Patience::default(),
+            unpublished: Arc::default(),
         }
     }
 
@@ -108,6 +120,10 @@ impl JobStore {
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
+    }
+
+    fn unpublished_lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, u64>> {
+        self.unpublished.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a failure is the cluster's (worth retrying) rather than the data's.
@@ -288,9 +304,20 @@ impl JobStore {
         };
         if let Some(landed) = unanswered.iter().find(|write| write.after == current.record) {
             tracing::info!(%job_id, seq = landed.after.event_seq, "a write whose answer was lost was stored");
-            self.publish_event(&JobEvent::of_change(&landed.before, &landed.after))
-                .await?;
+            if let Err(error) = self
+                .publish_event(&JobEvent::of_change(&landed.before, &landed.after))
+                .await
+            {
+                self.unpublished_lock().insert(job_id, landed.after.event_seq);
+                return Err(error);
+            }
             return Ok(Some(Change::Written(landed.after.clone())));
+        }
+        let unpublished = self.unpublished_lock().get(&job_id).copied();
+        if unpublished == Some(current.record.event_seq) {
+            // The event of the change this store wrote last is still missing: publish it first.
+            self.publish_event(&JobEvent::of_record(&current.record)).await?;
+            self.unpublished_lock().remove(&job_id);
         }
         let mut next = current.record.clone();
         if !change(&mut next) {
@@ -304,7 +331,13 @@ impl JobStore {
             .await
         {
             Ok(_) => {
-                self.publish_event(&JobEvent::of_change(&current.record, &next)).await?;
+                if let Err(error) = self.publish_event(&JobEvent::of_change(&current.record, &next)).await {
+                    let mut unpublished = self.unpublished_lock();
+                    if unpublished.len() < MAX_UNPUBLISHED {
+                        unpublished.insert(job_id, next.event_seq);
+                    }
+                    return Err(error);
+                }
                 Ok(Some(Change::Written(next)))
             }
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
@@ -458,59 +491,86 @@ impl JobStore {
             .map(|_| ())
     }
 
-    /// Accepts a job within `budget`: stores its record, then queues its message, riding out an
-    /// unavailable cluster for two thirds of the budget. Either both happen, or the job leaves
-    /// nothing behind: when the message cannot be queued in time, the record is deleted again in
-    /// the last third (unless a processor claimed it meanwhile, which proves the message was
-    /// queued after all, and the job counts as accepted). Run it on a task of its own, so a
-    /// caller that goes away cannot stop it half-way.
+    /// Accepts a job within `budget`: queues its message, then stores its record, riding out an
+    /// unavailable cluster for two thirds of the budget (each call bounded by that deadline).
+    ///
+    /// The message goes first because a message without a record never runs: a processor looks
+    /// for a young job's record for a minute, then drops the message. So whatever fails or dies
+    /// half-way (this intake included, killed between its two writes), nothing is left behind but
+    /// a message that is dropped. A record whose create was stored although its answer was lost is
+    /// removed again in the last third of the budget, unless a processor claimed it meanwhile
+    /// (then the job runs, and counts as accepted). Run it on a task of its own, so a caller that
+    /// goes away cannot stop it half-way.
     pub async fn accept(&self, record: &JobRecord, message: &JobMessage, budget: Duration) -> Result<(), StoreError> {
-        let job_id = record.job_id;
         let started = tokio::time::Instant::now();
-        let queueing = Patience { window: budget * 2 / 3 };
-        let revision = self.create_with(record, queueing).await?;
-        let remaining = Patience {
-            window: queueing.window.saturating_sub(started.elapsed()),
+        // The record must be stored well within the processors' grace for it, or a message could
+        // be dropped before its record arrives.
+        let storing = started + (budget * 2 / 3).min(RECORD_GRACE / 2);
+        let patience_until = |deadline: tokio::time::Instant| Patience {
+            window: deadline.saturating_duration_since(tokio::time::Instant::now()),
         };
-        let Err(failure) = self.submit_with(message, remaining).await else {
+        within(storing, self.submit_with(message, patience_until(storing))).await?;
+        let Err(failure) = within(storing, self.create_with(record, patience_until(storing))).await else {
             return Ok(());
         };
-        let cleanup = Patience {
-            window: budget.saturating_sub(started.elapsed()).max(Patience::MAX_PAUSE),
-        };
-        let deleted = cleanup
-            .retry(
-                "removing a job that could not be queued",
-                || async move {
-                    match self.kv.delete_expect_revision(job_id.to_string(), Some(revision)).await {
-                        Ok(()) => Ok(true),
-                        Err(error) => match self.read(job_id, true).await? {
-                            Some(current) if current.revision != revision => Ok(false),
-                            None => Ok(true),
-                            Some(_) => Err(StoreError::Kv(Box::new(error))),
-                        },
-                    }
-                },
-                Self::is_transient,
-            )
-            .await;
-        match deleted {
+        match self.remove_unclaimed(record, started + budget).await {
             Ok(true) => Err(failure),
             Ok(false) => {
-                tracing::info!(%job_id, "job claimed although its queueing seemed to fail: accepted");
+                tracing::info!(job_id = %record.job_id, "job claimed although storing its record seemed to fail: accepted");
                 Ok(())
             }
             Err(error) => {
-                tracing::error!(%job_id, error = %error, "job neither queued nor removed; its record stays queued");
+                tracing::error!(job_id = %record.job_id, error = %error, "a record stored without an answer could not be checked; it may run although the client was refused");
                 Err(failure)
             }
         }
     }
+
+    /// Removes `record` if it was stored and is still as created, until `deadline`. `Ok(true)`:
+    /// not there (any more); `Ok(false)`: a processor changed it, the job runs.
+    async fn remove_unclaimed(&self, record: &JobRecord, deadline: tokio::time::Instant) -> Result<bool, StoreError> {
+        let job_id = record.job_id;
+        let patience = Patience {
+            window: deadline.saturating_duration_since(tokio::time::Instant::now()),
+        };
+        let removing = patience.retry(
+            "removing a record stored without an answer",
+            || async move {
+                match self.read(job_id, true).await? {
+                    None => Ok(true),
+                    Some(found) if found.record != *record => Ok(false),
+                    Some(found) => self
+                        .kv
+                        .delete_expect_revision(job_id.to_string(), Some(found.revision))
+                        .await
+                        .map(|()| true)
+                        .map_err(|error| StoreError::Kv(Box::new(error))),
+                }
+            },
+            Self::is_transient,
+        );
+        within(deadline, removing).await
+    }
 }
 
-/// A job younger than this whose record is not found may be one a lagging replica or a new
-/// leader has not applied yet.
-const YOUNG_JOB: Duration = Duration::from_secs(60);
+/// `call`, or a store failure when `deadline` passes first (its outcome is then unknown).
+async fn within<T>(
+    deadline: tokio::time::Instant,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout_at(deadline, call).await {
+        Ok(outcome) => outcome,
+        Err(elapsed) => Err(StoreError::Kv(Box::new(elapsed))),
+    }
+}
+
+/// How long after a job's creation (its id's time) its record may still be on its way: a
+/// lagging replica or a new leader has not applied it yet, or the intake is still storing it
+/// (it queues the message first, and stores the record within half of this). Processors hold a
+/// message this long before dropping it for want of a record.
+pub const RECORD_GRACE: Duration = Duration::from_secs(60);
+/// A job younger than this whose record is not found may be on its way.
+const YOUNG_JOB: Duration = RECORD_GRACE;
 /// How long such a job is looked for before it counts as missing.
 const YOUNG_MISS_WAIT: Duration = Duration::from_secs(3);
 

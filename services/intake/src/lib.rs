@@ -80,6 +80,30 @@ impl State {
         }
     }
 
+    /// Cancels a job unless it ended, on a task of its own: once its record says cancelled, its
+    /// event is published even if the client goes away or the request times out.
+    pub async fn cancel_job(&self, job_id: common::JobId) -> Result<common::store::Change, common::store::StoreError> {
+        let store = self.store.clone();
+        let cancelling = tokio::spawn(
+            async move {
+                store
+                    .update(job_id, |current| {
+                        if current.status.is_terminal() {
+                            return false;
+                        }
+                        current.cancel();
+                        true
+                    })
+                    .await
+            }
+            .instrument(tracing::Span::current()),
+        );
+        match cancelling.await {
+            Ok(cancelled) => cancelled,
+            Err(panicked) => Err(common::store::StoreError::Kv(Box::new(panicked))),
+        }
+    }
+
     /// A freshly presigned URL of a completed job's result.
     pub async fn download_url(&self, record: &JobRecord) -> Result<String, ApiError> {
         common::presign::result_url(&self.nats, record, self.settings.presign_timeout)

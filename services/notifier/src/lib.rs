@@ -146,30 +146,30 @@ impl Application {
             background_stop.clone(),
         ));
         let limits = limits::StreamLimits::new(
-            handles
-                .jetstream
-                .get_key_value(common::names::STREAM_LEASES_BUCKET)
-                .await?,
+            common::nats::bucket(&handles.jetstream, common::names::STREAM_LEASES_BUCKET).await?,
             settings.max_streams_per_user,
             settings.stream_lease,
         );
         background.spawn(limits.clone().renew_forever(background_stop.clone()));
-        tokio::time::timeout(Duration::from_secs(10), ready_receiver)
+        tokio::time::timeout(common::nats::PROVISION_WINDOW, ready_receiver)
             .await
-            .map_err(|_| anyhow::anyhow!("could not follow job events within 10 s"))??;
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "could not follow job events within {:?}",
+                    common::nats::PROVISION_WINDOW
+                )
+            })??;
         // The webhook consumers exist from the first notifier's start, secrets or not, so no
         // event waits for a consumer that does not exist yet.
         let topology = settings.webhooks.topology();
         let jetstream = handles.jetstream.clone();
-        webhooks::provision_consumers(&jetstream, &topology, settings.nats.patience).await?;
+        webhooks::provision_consumers(&jetstream, &topology).await?;
         if settings.webhooks.secrets.is_empty() {
             tracing::warn!(
                 "WEBHOOK_SECRETS is empty: webhooks wait in their durable consumer until a notifier has a secret"
             );
         } else {
-            let dead_letters = jetstream
-                .get_key_value(common::names::WEBHOOK_DEAD_LETTERS_BUCKET)
-                .await?;
+            let dead_letters = common::nats::bucket(&jetstream, common::names::WEBHOOK_DEAD_LETTERS_BUCKET).await?;
             let deliverer = webhooks::Deliverer::new(
                 settings.webhooks.clone(),
                 store.clone(),

@@ -19,6 +19,9 @@ use crate::State;
 use crate::hub::Subscription;
 use crate::limits::StreamSlot;
 
+/// Heartbeats a stream may stay without an event before it reads the job's record.
+const QUIET_HEARTBEATS: u32 = 2;
+
 /// An RFC 9457 problem response.
 fn problem(code: ErrorCode, detail: &str, field: Option<&str>) -> Response {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -165,6 +168,7 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
     }
     let feed = Feed {
         state: state.clone(),
+        job_id,
         pending: initial,
         subscription,
         last_sent: last_event_id,
@@ -197,6 +201,7 @@ fn sse_response(events: impl futures::Stream<Item = Event> + Send + 'static, hea
 /// One client's position in its job's events.
 struct Feed {
     state: Arc<State>,
+    job_id: JobId,
     pending: VecDeque<Arc<JobEvent>>,
     subscription: Subscription,
     last_sent: Option<u64>,
@@ -218,8 +223,18 @@ impl Feed {
         loop {
             let event = match self.pending.pop_front() {
                 Some(event) => event,
-                // `None`: the hub dropped this stream for falling behind; the client resumes.
-                None => self.subscription.receiver.recv().await?,
+                None => {
+                    let quiet = self.state.settings.heartbeat * QUIET_HEARTBEATS;
+                    match tokio::time::timeout(quiet, self.subscription.receiver.recv()).await {
+                        Ok(Some(event)) => event,
+                        // The hub dropped this stream for falling behind; the client resumes.
+                        Ok(None) => return None,
+                        Err(_quiet) => {
+                            self.catch_up().await;
+                            continue;
+                        }
+                    }
+                }
             };
             if self.last_sent.is_some_and(|last| event.seq() <= last) {
                 continue;
@@ -228,6 +243,29 @@ impl Feed {
             self.finished = event.status().is_terminal();
             let sse = self.to_sse(&event).await;
             return Some((sse, self));
+        }
+    }
+
+    /// A stream quiet for a while looks at the job's record: when the record is ahead of what
+    /// the stream sent (its live feed was slow to recover, or a writer died before publishing
+    /// an event), the missed events are read back from the events stream, and a terminal state
+    /// whose event was never published is sent from the record itself. So no stream waits
+    /// forever for a terminal event, and none skips an event the stream holds.
+    async fn catch_up(&mut self) {
+        let Ok(Some(versioned)) = self.state.store.load(self.job_id).await else {
+            return;
+        };
+        let record = versioned.record;
+        let sent = self.last_sent.unwrap_or(0);
+        if record.event_seq <= sent {
+            return;
+        }
+        if let Ok(missed) = self.state.store.events_after(self.job_id, sent).await {
+            self.pending.extend(missed.into_iter().map(Arc::new));
+        }
+        let newest = self.pending.back().map_or(sent, |event| event.seq());
+        if record.status.is_terminal() && newest < record.event_seq {
+            self.pending.push_back(Arc::new(JobEvent::of_record(&record)));
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use common::messages::JobMessage;
-use common::store::{Change, StoreError};
+use common::store::{Change, RECORD_GRACE, StoreError};
 use common::{ErrorCode, JobId, JobStatus, names, telemetry};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -70,10 +70,6 @@ async fn handle(context: &Context, message: jetstream::Message) {
         acknowledge(&message, decision).instrument(span).await;
     }
 }
-
-/// How long after its creation (its id's time) a job's missing record is taken for a replica
-/// that lags rather than for a record that is gone.
-const RECORD_GRACE: Duration = Duration::from_secs(60);
 
 /// A short wait before a delivery that could not be handled comes back, jittered so deliveries
 /// that failed together do not return together.
@@ -139,16 +135,13 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         Ok(Change::Unchanged(record)) => {
             // Its terminal event may be missing if the writer died after the record: publish it
             // again before the message goes.
-            if let Err(error) = context.store.publish_current(&record).await {
-                tracing::warn!(error = %error, "terminal event of a finished job not re-published, retrying soon");
-                return Some(AckKind::Nak(Some(soon())));
-            }
             tracing::info!(status = record.status.as_str(), "job already finished, acknowledging");
-            return Some(AckKind::Ack);
+            return publish_then_ack(context, &record).await;
         }
         Err(StoreError::Missing(_)) if job_id.created_within(RECORD_GRACE) => {
-            // The intake stores the record before the message, so a young job whose record
-            // cannot be found met a replica that had not caught up yet: try again shortly.
+            // The intake queues the message just before it stores the record, and a replica can
+            // lag: a young job's record may still come. Without one, the job was refused (its
+            // record could not be stored) and its message is dropped once the job is older.
             tracing::warn!("job record not found yet, retrying soon");
             return Some(AckKind::Nak(Some(soon())));
         }
@@ -304,7 +297,9 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         }
         Outcome::Cancelled => {
             tracing::info!("job cancelled by its owner, stopped");
-            Some(AckKind::Ack)
+            // The canceller may have died between its record write and its event: make sure the
+            // cancellation is published before the message goes (a duplicate is dropped).
+            ended_meanwhile(context, job_id).await
         }
         Outcome::TakenOver => {
             tracing::warn!("job taken over by a newer delivery, stopped without acknowledging");
@@ -365,7 +360,7 @@ async fn finish(
         Ok(Change::Written(_)) => Some(AckKind::Ack),
         Ok(Change::Unchanged(record)) if record.status.is_terminal() => {
             tracing::info!(status = record.status.as_str(), "job ended meanwhile, outcome dropped");
-            Some(AckKind::Ack)
+            publish_then_ack(context, &record).await
         }
         Ok(Change::Unchanged(record)) => {
             tracing::warn!(attempt = record.attempt, by = ?record.processed_by, "job taken over, outcome dropped without acknowledging");
@@ -373,6 +368,31 @@ async fn finish(
         }
         Err(error) => {
             tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "outcome not recorded, job will be redelivered");
+            Some(AckKind::Nak(Some(soon())))
+        }
+    }
+}
+
+/// The acknowledgement of a job that another writer ended (cancelled): its terminal event is
+/// published again first, since that writer may have died before publishing it.
+async fn ended_meanwhile(context: &Context, job_id: JobId) -> Option<AckKind> {
+    match context.store.load(job_id).await {
+        Ok(Some(current)) => publish_then_ack(context, &current.record).await,
+        Ok(None) => Some(AckKind::Ack),
+        Err(error) => {
+            tracing::warn!(error = %error, "ended job not re-read, retrying soon");
+            Some(AckKind::Nak(Some(soon())))
+        }
+    }
+}
+
+/// Acknowledges once the record's current event is published; asks for a redelivery (which
+/// publishes it again) when it cannot be.
+async fn publish_then_ack(context: &Context, record: &common::JobRecord) -> Option<AckKind> {
+    match context.store.publish_current(record).await {
+        Ok(()) => Some(AckKind::Ack),
+        Err(error) => {
+            tracing::warn!(error = %error, "event of an ended job not re-published, retrying soon");
             Some(AckKind::Nak(Some(soon())))
         }
     }

@@ -216,14 +216,7 @@ impl JobsApi {
         let record = self.owned_job(&identity.0, &job_id.0).await?;
         let change = self
             .state
-            .store
-            .update(record.job_id, |current| {
-                if current.status.is_terminal() {
-                    return false;
-                }
-                current.cancel();
-                true
-            })
+            .cancel_job(record.job_id)
             .await
             .map_err(|error| store_error("cancelling the job", error))?;
         let body = CancelBody {

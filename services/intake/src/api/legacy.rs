@@ -161,13 +161,15 @@ impl LegacyApi {
             .await
             .map_err(|error| store_error("accepting the job", error))?;
         // The watch starts with the record's current value, so no outcome slips past.
-        let mut watch = self
-            .state
-            .store
-            .kv()
-            .watch_with_history(job_id.to_string())
-            .await
-            .map_err(|error| ApiError::unavailable(ErrorCode::QueueUnavailable, "the job queue", &error))?;
+        // The job is accepted now: if it cannot be watched, the answer is the job to poll (202),
+        // never an error that would hide a job that runs.
+        let mut watch = match self.state.store.kv().watch_with_history(job_id.to_string()).await {
+            Ok(watch) => Some(watch),
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "accepted job not watched; answering with the job to poll");
+                None
+            }
+        };
         // Whatever accepting took comes off the wait, so the answer stays within the request timeout.
         let wait_left = self
             .state
@@ -183,10 +185,10 @@ impl LegacyApi {
         let wait = tokio::time::sleep(wait_left);
         tokio::pin!(wait);
         let mut latest = record;
-        loop {
+        while let Some(watching) = watch.as_mut() {
             tokio::select! {
                 _ = &mut wait => break,
-                entry = watch.next() => match entry {
+                entry = watching.next() => match entry {
                     Some(Ok(entry)) => {
                         if let Ok(record) = JobRecord::from_json_bytes(&entry.value) {
                             latest = record;

@@ -463,11 +463,10 @@ impl Deliverer {
 /// Creates or updates the webhook consumers, riding out a cluster that is still electing
 /// leaders. A consumer created by an older version with another delivery policy (which the
 /// server cannot change in place) is kept as it is, with a warning.
-pub async fn provision_consumers(
-    jetstream: &jetstream::Context,
-    topology: &WebhookTopology,
-    patience: common::retry::Patience,
-) -> anyhow::Result<()> {
+pub async fn provision_consumers(jetstream: &jetstream::Context, topology: &WebhookTopology) -> anyhow::Result<()> {
+    let patience = common::retry::Patience {
+        window: common::nats::PROVISION_WINDOW,
+    };
     let consumers = [
         (
             common::nats::webhook_consumer_config(topology),
