@@ -182,22 +182,9 @@ async fn a_job_whose_workers_die_on_every_attempt_fails_once_with_retries_exhaus
     let job_id = stack.initiate("nina", &[50_010]).await.unwrap();
 
     // The consumers as a processor with these settings creates them (the processor owns them).
-    let client = stack.nats_client().await.unwrap();
-    let settings = processor::Settings::from_env(stack.env()).unwrap();
-    use common::nats::Resource;
-    common::nats::provision(
-        &client,
-        &settings.topology(),
-        &[
-            Resource::AdvisoriesStream,
-            Resource::ProcessorConsumer,
-            Resource::AdvisoriesConsumer,
-        ],
-    )
-    .await
-    .unwrap();
+    let handles = stack.provision_processor_consumers().await.unwrap();
     // The test plays a worker that takes the job and dies without a word, on both deliveries.
-    let jetstream = async_nats::jetstream::new(client);
+    let jetstream = handles.jetstream;
     let consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
         .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
         .await

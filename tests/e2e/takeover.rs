@@ -28,20 +28,7 @@ async fn a_job_whose_processor_died_mid_way_resumes_elsewhere_within_its_lease_a
 
     // A processor (played by the test) takes the job, claims it, reports progress and dies
     // without a word: no ack, no further write.
-    let client = stack.nats_client().await.unwrap();
-    let settings = processor::Settings::from_env(stack.env()).unwrap();
-    use common::nats::Resource;
-    let handles = common::nats::provision(
-        &client,
-        &settings.topology(),
-        &[
-            Resource::ProcessorConsumer,
-            Resource::AdvisoriesStream,
-            Resource::AdvisoriesConsumer,
-        ],
-    )
-    .await
-    .unwrap();
+    let handles = stack.provision_processor_consumers().await.unwrap();
     let consumer: async_nats::jetstream::consumer::PullConsumer = handles
         .jetstream
         .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)

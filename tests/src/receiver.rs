@@ -26,6 +26,26 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A delivery as a receiver sees it: the Standard Webhooks headers (empty when absent) and
+    /// the body.
+    pub fn from_request(request: &Request, body: Vec<u8>) -> Self {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Delivery {
+            id: header("webhook-id"),
+            timestamp: header("webhook-timestamp"),
+            signature: header("webhook-signature"),
+            traceparent: header("traceparent"),
+            body,
+        }
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("webhook bodies are JSON")
@@ -67,21 +87,7 @@ impl Drop for Receiver {
 
 #[handler]
 async fn hook(request: &Request, body: Vec<u8>, Data(script): Data<&Arc<Script>>) -> Response {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let _ = script.deliveries.send(Delivery {
-        id: header("webhook-id"),
-        timestamp: header("webhook-timestamp"),
-        signature: header("webhook-signature"),
-        traceparent: header("traceparent"),
-        body,
-    });
+    let _ = script.deliveries.send(Delivery::from_request(request, body));
     let status = script
         .statuses
         .lock()

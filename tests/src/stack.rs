@@ -238,6 +238,20 @@ impl Stack {
         self.wait_for_pull_consumers(1).await
     }
 
+    /// Provisions the processors' consumers as a processor with this stack's settings does
+    /// (the processor owns them), for tests that play a processor themselves.
+    pub async fn provision_processor_consumers(&self) -> anyhow::Result<common::nats::JetStreamHandles> {
+        use common::nats::Resource;
+        let settings = processor::Settings::from_env(&self.env)?;
+        let client = self.nats_client().await?;
+        let resources = [
+            Resource::AdvisoriesStream,
+            Resource::ProcessorConsumer,
+            Resource::AdvisoriesConsumer,
+        ];
+        Ok(common::nats::provision(&client, &settings.topology(), &resources).await?)
+    }
+
     /// Waits until `count` processors are pulling from the shared consumer.
     async fn wait_for_pull_consumers(&self, count: usize) -> anyhow::Result<()> {
         let jetstream = async_nats::jetstream::new(self.nats_client().await?);

@@ -43,21 +43,7 @@ struct State {
 
 #[handler]
 async fn hook(request: &Request, body: Vec<u8>, Data(state): Data<&Arc<State>>) -> Response {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
-    let delivery = Delivery {
-        id: header("webhook-id"),
-        timestamp: header("webhook-timestamp"),
-        signature: header("webhook-signature"),
-        traceparent: header("traceparent"),
-        body,
-    };
+    let delivery = Delivery::from_request(request, body);
     let answer = state.answer.load(Ordering::SeqCst);
     let received = Received {
         id: delivery.id.clone(),
