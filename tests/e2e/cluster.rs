@@ -132,6 +132,7 @@ async fn killing_the_leader_of_each_stream_under_load_fails_loses_and_freezes_no
 
     // Faults: the node leading each stream killed for 5 s, one after the other.
     for stream in ["DOWNLOAD_JOBS", "KV_download-jobs", "DOWNLOAD_EVENTS"] {
+        // 3 s of load between faults: the schedule of the scenario, not a wait for a condition.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let cluster = stack.nats.cluster();
         let leader = cluster.leader_of(stream).await.unwrap();

@@ -166,10 +166,11 @@ async fn open_after(
     filter: &str,
     after: Option<u64>,
 ) -> Result<(u64, jetstream::consumer::pull::Ordered), async_nats::Error> {
-    let mut stream = jetstream.get_stream(stream).await?;
+    let stream = jetstream.get_stream(stream).await?;
     let after = match after {
         Some(after) => after,
-        None => stream.info().await?.state.last_sequence,
+        // `get_stream` just read the stream's info: its last sequence is "now".
+        None => stream.cached_info().state.last_sequence,
     };
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {

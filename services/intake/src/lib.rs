@@ -70,38 +70,25 @@ impl State {
     ) -> Result<(), common::store::StoreError> {
         let store = self.store.clone();
         let budget = self.settings.accept_budget();
-        // The task continues the request's span, so the job message carries its trace.
-        let accepting = tokio::spawn(
-            async move { store.accept(&record, &message, budget).await }.instrument(tracing::Span::current()),
-        );
-        match accepting.await {
-            Ok(accepted) => accepted,
-            Err(panicked) => Err(common::store::StoreError::Kv(Box::new(panicked))),
-        }
+        to_the_end(async move { store.accept(&record, &message, budget).await }).await
     }
 
     /// Cancels a job unless it ended, on a task of its own: once its record says cancelled, its
     /// event is published even if the client goes away or the request times out.
     pub async fn cancel_job(&self, job_id: common::JobId) -> Result<common::store::Change, common::store::StoreError> {
         let store = self.store.clone();
-        let cancelling = tokio::spawn(
-            async move {
-                store
-                    .update(job_id, |current| {
-                        if current.status.is_terminal() {
-                            return false;
-                        }
-                        current.cancel();
-                        true
-                    })
-                    .await
-            }
-            .instrument(tracing::Span::current()),
-        );
-        match cancelling.await {
-            Ok(cancelled) => cancelled,
-            Err(panicked) => Err(common::store::StoreError::Kv(Box::new(panicked))),
-        }
+        to_the_end(async move {
+            store
+                .update(job_id, |current| {
+                    if current.status.is_terminal() {
+                        return false;
+                    }
+                    current.cancel();
+                    true
+                })
+                .await
+        })
+        .await
     }
 
     /// A freshly presigned URL of a completed job's result.
@@ -112,6 +99,17 @@ impl State {
                 common::presign::PresignError::NoResult(_) => ApiError::internal("presigning a completed job", &error),
                 other => ApiError::unavailable(ErrorCode::PresignerUnavailable, "the presigner", &other),
             })
+    }
+}
+
+/// Runs a store change on a task of its own, continuing the request's span (so its messages
+/// carry the trace): neither a client going away nor the request timeout can stop it half-way.
+async fn to_the_end<T: Send + 'static>(
+    change: impl Future<Output = Result<T, common::store::StoreError>> + Send + 'static,
+) -> Result<T, common::store::StoreError> {
+    match tokio::spawn(change.instrument(tracing::Span::current())).await {
+        Ok(outcome) => outcome,
+        Err(panicked) => Err(common::store::StoreError::Kv(Box::new(panicked))),
     }
 }
 
