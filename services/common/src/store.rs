@@ -138,24 +138,27 @@ impl JobStore {
     }
 
     async fn create_with(&self, record: &JobRecord, patience: Patience) -> Result<u64, StoreError> {
-        let mut unanswered = false;
         patience
             .retry(
                 "creating a job record",
-                || {
-                    let was_unanswered = unanswered;
-                    unanswered = true;
-                    async move {
-                        match self.kv.create(record.job_id.to_string(), record.to_json_bytes()).await {
-                            Ok(revision) => Ok(revision),
-                            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                                match self.read(record.job_id, true).await? {
-                                    Some(found) if was_unanswered && found.record == *record => Ok(found.revision),
-                                    _ => Err(StoreError::AlreadyExists(record.job_id)),
+                || async move {
+                    match self.kv.create(record.job_id.to_string(), record.to_json_bytes()).await {
+                        Ok(revision) => Ok(revision),
+                        // A create whose answer was lost (in this call: the client retries a
+                        // publish itself, or in an earlier one) finds its own record: the same
+                        // owner and creation time, however a processor changed it since.
+                        Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                            match self.load(record.job_id).await? {
+                                Some(found)
+                                    if found.record.user_id == record.user_id
+                                        && found.record.created_at == record.created_at =>
+                                {
+                                    Ok(found.revision)
                                 }
+                                _ => Err(StoreError::AlreadyExists(record.job_id)),
                             }
-                            Err(error) => Err(StoreError::Kv(Box::new(error))),
                         }
+                        Err(error) => Err(StoreError::Kv(Box::new(error))),
                     }
                 },
                 Self::is_transient,
