@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-/// A configuration value that could not be used; names the variable.
+/// A configuration value that could not be used; names the variable. Its message never shows
+/// a secret: values of variables named like secrets are hidden, and URLs lose their credentials.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration {key}={value:?}: {reason}")]
+#[error("invalid configuration {key}={shown:?}: {reason}", shown = shown_value(key, value))]
 pub struct ConfigError {
     /// The environment variable.
     pub key: String,
@@ -19,6 +20,31 @@ pub struct ConfigError {
     pub value: String,
     /// What is wrong with it.
     pub reason: String,
+}
+
+/// How a configuration value may appear in an error: hidden for secrets, without the
+/// credentials for URLs (`nats://user:password@host` shows as `nats://***@host`).
+pub fn shown_value(key: &str, value: &str) -> String {
+    let secret_name = ["SECRET", "PASSWORD", "TOKEN", "CREDS", "KEY_ID"]
+        .iter()
+        .any(|marker| key.to_ascii_uppercase().contains(marker));
+    if secret_name {
+        return "(hidden)".into();
+    }
+    if !value.contains('@') {
+        return value.to_string();
+    }
+    value
+        .split(',')
+        .map(|part| match part.trim().split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => part.trim().to_string(),
+            },
+            None => "(hidden)".to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A snapshot of configuration variables.
@@ -203,6 +229,85 @@ impl NatsSettings {
     }
 }
 
+/// How callers prove who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `AUTH_MODE=api_key` (default): `Authorization: Bearer dk_…` keys from the key bucket.
+    ApiKeys,
+    /// `AUTH_MODE=gateway`: a gateway in front authenticates and sets this header (default
+    /// `X-User-Id`, `AUTH_GATEWAY_HEADER`), overwriting any value a client sent.
+    Gateway {
+        /// The header carrying the tenant.
+        header: String,
+    },
+}
+
+/// Identity settings shared by the intake and the notifier.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `AUTH_MODE`.
+    pub mode: AuthMode,
+    /// `STREAM_TOKEN_SECRET`: signs the stream tokens in `streamUrl` (the intake issues them, the
+    /// notifier verifies them); at least 32 bytes, the same on both.
+    pub stream_token_secret: SecretString,
+    /// `STREAM_TOKEN_TTL_SECONDS`: how long a stream token opens its stream (default 600).
+    pub stream_token_ttl: Duration,
+}
+
+impl AuthSettings {
+    /// Reads the section.
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let mode = match env.string("AUTH_MODE", "api_key").to_ascii_lowercase().as_str() {
+            "api_key" | "api_keys" => AuthMode::ApiKeys,
+            "gateway" => {
+                let header = env.string("AUTH_GATEWAY_HEADER", "X-User-Id");
+                env.require(
+                    poem_header_name(&header),
+                    "AUTH_GATEWAY_HEADER",
+                    "must be a valid HTTP header name",
+                )?;
+                AuthMode::Gateway { header }
+            }
+            other => {
+                return Err(ConfigError {
+                    key: "AUTH_MODE".into(),
+                    value: other.into(),
+                    reason: "expected api_key or gateway".into(),
+                });
+            }
+        };
+        let secret = env.secret("STREAM_TOKEN_SECRET", "");
+        env.require(
+            secrecy::ExposeSecret::expose_secret(&secret).len() >= crate::identity::token::MIN_SECRET_BYTES,
+            "STREAM_TOKEN_SECRET",
+            "must be set to at least 32 random characters, the same for the intake and the notifier",
+        )?;
+        let stream_token_ttl = env.seconds("STREAM_TOKEN_TTL_SECONDS", 600)?;
+        env.require(
+            (Duration::from_secs(2)..=Duration::from_secs(86_400)).contains(&stream_token_ttl),
+            "STREAM_TOKEN_TTL_SECONDS",
+            "must be between 2 and 86400",
+        )?;
+        Ok(AuthSettings {
+            mode,
+            stream_token_secret: secret,
+            stream_token_ttl,
+        })
+    }
+
+    /// The signer of stream tokens.
+    pub fn token_signer(&self) -> crate::identity::token::TokenSigner {
+        crate::identity::token::TokenSigner::new(self.stream_token_secret.clone())
+    }
+}
+
+fn poem_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_'))
+}
+
 /// How to reach object storage. Names as in the old service.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
@@ -347,6 +452,23 @@ mod tests {
         let s3 = S3Settings::from_env(&env).unwrap();
         assert_eq!(s3.secret_access_key.expose_secret(), "hunter2-very-secret");
         assert!(!format!("{s3:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn errors_never_echo_credentials_in_urls_or_secret_values() {
+        let env = Env::from_pairs([("NATS_URL", "http://intake:hunter2@nats:4222")]);
+        let message = NatsSettings::from_env(&env).unwrap_err().to_string();
+        assert!(message.contains("NATS_URL"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+        let env = Env::from_pairs([("NATS_URL", "nats://intake:hunter2@nats:4222,::bad")]);
+        let message = NatsSettings::from_env(&env).unwrap_err().to_string();
+        assert!(!message.contains("hunter2"), "{message}");
+        let error = ConfigError {
+            key: "STREAM_TOKEN_SECRET".into(),
+            value: "too-short-secret".into(),
+            reason: "too short".into(),
+        };
+        assert!(!error.to_string().contains("too-short-secret"));
     }
 
     #[test]

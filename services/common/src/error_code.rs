@@ -11,8 +11,13 @@ pub enum ErrorCode {
     ValidationFailed,
     /// The request body is larger than allowed.
     PayloadTooLarge,
-    /// The request carries no user identity.
+    /// The request carries no credentials.
     Unauthenticated,
+    /// The credentials authenticate nobody: a malformed, mistyped, unknown or revoked API key,
+    /// or a stream token that is not valid for this job.
+    InvalidCredentials,
+    /// The stream token expired; the job's status carries a fresh `streamUrl`.
+    TokenExpired,
     /// The job (or route) does not exist, or belongs to another user.
     NotFound,
     /// The HTTP method is not allowed on this route.
@@ -48,6 +53,8 @@ impl ErrorCode {
             ErrorCode::ValidationFailed => "VALIDATION_FAILED",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
             ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::InvalidCredentials => "INVALID_CREDENTIALS",
+            ErrorCode::TokenExpired => "TOKEN_EXPIRED",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::RateLimited => "RATE_LIMITED",
@@ -70,7 +77,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::ValidationFailed => 400,
-            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Unauthenticated | ErrorCode::InvalidCredentials | ErrorCode::TokenExpired => 401,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::JobFinished => 409,

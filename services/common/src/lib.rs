@@ -4,9 +4,11 @@
 pub mod config;
 pub mod consume;
 pub mod error_code;
+pub mod identity;
 pub mod job;
 pub mod messages;
 pub mod names;
+pub mod net;
 pub mod nats;
 pub mod presign;
 pub mod retry;

@@ -28,9 +28,15 @@ pub enum NatsSetupError {
 
 /// Connects with the configured servers and credentials. Reconnects forever on its own;
 /// the first connection is retried too, so a service may start before NATS.
+///
+/// A connection with a NATS user gets its own inbox prefix ([`inbox_prefix`]): every reply it
+/// waits for (requests, JetStream API calls, pull fetches, KV watches) arrives under
+/// `_INBOX_<user>.>`, the only inboxes `nats/auth.conf` lets that user subscribe to.
 pub async fn connect(settings: &NatsSettings, connection_name: &str) -> Result<async_nats::Client, NatsSetupError> {
+    let user = settings.user_password.as_ref().map(|(user, _)| user.as_str());
     let mut options = async_nats::ConnectOptions::new()
         .name(connection_name)
+        .custom_inbox_prefix(inbox_prefix(user))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(|event| async move {
@@ -68,6 +74,27 @@ pub async fn connect(settings: &NatsSettings, connection_name: &str) -> Result<a
         .connect(addresses)
         .await
         .map_err(|error| NatsSetupError::Connect(Box::new(error)))
+}
+
+/// The inbox prefix of a connection as `user`: `_INBOX_<user>` (characters a subject token
+/// cannot hold become `_`), or NATS's default `_INBOX` without a user.
+pub fn inbox_prefix(user: Option<&str>) -> String {
+    match user {
+        Some(user) if !user.is_empty() => {
+            let token: String = user
+                .chars()
+                .map(|character| {
+                    if character.is_ascii_alphanumeric() || matches!(character, '-' | '_') {
+                        character
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("_INBOX_{token}")
+        }
+        _ => "_INBOX".to_string(),
+    }
 }
 
 /// Values of the definitions that depend on configuration.
@@ -130,6 +157,10 @@ pub enum Resource {
     StreamLeasesBucket,
     /// `download-jobs`.
     JobsBucket,
+    /// `download-api-keys`.
+    ApiKeysBucket,
+    /// `download-tenants`.
+    TenantsBucket,
     /// `download-processor` on `DOWNLOAD_JOBS`.
     ProcessorConsumer,
     /// `download-processor-advisories` on `DOWNLOAD_ADVISORIES`.
@@ -146,6 +177,8 @@ impl Resource {
         Resource::DeadLettersBucket,
         Resource::StreamLeasesBucket,
         Resource::JobsBucket,
+        Resource::ApiKeysBucket,
+        Resource::TenantsBucket,
         Resource::ProcessorConsumer,
         Resource::AdvisoriesConsumer,
     ];
@@ -160,6 +193,8 @@ impl Resource {
             Resource::DeadLettersBucket => names::WEBHOOK_DEAD_LETTERS_BUCKET,
             Resource::StreamLeasesBucket => names::STREAM_LEASES_BUCKET,
             Resource::JobsBucket => names::JOBS_BUCKET,
+            Resource::ApiKeysBucket => names::API_KEYS_BUCKET,
+            Resource::TenantsBucket => names::TENANTS_BUCKET,
             Resource::ProcessorConsumer => names::PROCESSOR_CONSUMER,
             Resource::AdvisoriesConsumer => names::ADVISORIES_CONSUMER,
         }
@@ -368,6 +403,32 @@ pub fn jobs_bucket_config(topology: &Topology) -> kv::Config {
     }
 }
 
+/// The KV bucket of API keys: digests only, kept until deleted (a revoked key stays, revoked).
+pub fn api_keys_bucket_config(topology: &Topology) -> kv::Config {
+    kv::Config {
+        bucket: names::API_KEYS_BUCKET.into(),
+        description: "API keys by key id: SHA-256 of the key, tenant, label, revocation; never the key".into(),
+        history: 1,
+        max_value_size: 4 * 1024,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    }
+}
+
+/// The KV bucket of tenants: their webhook signing secrets (readable by the notifier only).
+pub fn tenants_bucket_config(topology: &Topology) -> kv::Config {
+    kv::Config {
+        bucket: names::TENANTS_BUCKET.into(),
+        description: "Tenants by id with their whsec_ webhook secrets; readable by the notifier and admins only".into(),
+        history: 1,
+        max_value_size: 16 * 1024,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    }
+}
+
 /// Handles to everything provisioned.
 #[derive(Clone)]
 pub struct JetStreamHandles {
@@ -472,6 +533,16 @@ async fn provision_one(
         Resource::JobsBucket => drop(
             jetstream
                 .create_or_update_key_value(jobs_bucket_config(topology))
+                .await?,
+        ),
+        Resource::ApiKeysBucket => drop(
+            jetstream
+                .create_or_update_key_value(api_keys_bucket_config(topology))
+                .await?,
+        ),
+        Resource::TenantsBucket => drop(
+            jetstream
+                .create_or_update_key_value(tenants_bucket_config(topology))
                 .await?,
         ),
         Resource::ProcessorConsumer => drop(

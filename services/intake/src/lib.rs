@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
 
 pub mod api;
+pub mod auth;
 pub mod body;
 pub mod middleware;
 pub mod page;
@@ -48,6 +49,10 @@ pub struct State {
     pub rate_limiter: rate_limit::RateLimiter,
     /// Mean duration of recent jobs in ms as published by processors (0 = unknown).
     pub recent_job_ms: AtomicU64,
+    /// API keys, held in memory and kept current.
+    pub keys: common::identity::KeyDirectory,
+    /// Issues the stream tokens of `streamUrl`.
+    pub tokens: common::identity::token::TokenSigner,
 }
 
 impl State {
@@ -58,6 +63,14 @@ impl State {
             0 => self.settings.delay.mean().as_secs() + 1,
             milliseconds => milliseconds.div_ceil(1000),
         }
+    }
+
+    /// The job's SSE stream URL (relative to the API's base URL), carrying a token that opens
+    /// this job's stream for `tenant` until `STREAM_TOKEN_TTL_SECONDS` from now.
+    pub fn stream_url(&self, job_id: &str, tenant: &str) -> String {
+        let expires_at = chrono::Utc::now().timestamp() + self.settings.auth.stream_token_ttl.as_secs() as i64;
+        let token = self.tokens.issue(tenant, job_id, expires_at);
+        format!("{}?token={token}", api::stream_path(job_id))
     }
 
     /// Accepts a job (its record, then its message) on a task of its own, so that neither a
@@ -149,7 +162,7 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .allow_methods(["GET", "POST", "DELETE", "OPTIONS"])
         .allow_headers([
             "Content-Type",
-            "X-User-Id",
+            "Authorization",
             "X-Request-ID",
             "traceparent",
             "Last-Event-ID",
@@ -167,6 +180,7 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
     }
     let rate_state = state.clone();
     let bound_state = state.clone();
+    let auth_state = state.clone();
     Route::new()
         .nest("/", service)
         .at("/openapi.json", spec_json)
@@ -178,6 +192,7 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .at("/app/app.css", get(page::style))
         .around(move |endpoint, request| middleware::bound_request(endpoint, request, bound_state.clone()))
         .around(move |endpoint, request| middleware::rate_limit(endpoint, request, rate_state.clone()))
+        .around(move |endpoint, request| auth::authenticate(endpoint, request, auth_state.clone()))
         .with(cors)
         .around(middleware::request_context)
         .into_endpoint()
@@ -189,6 +204,7 @@ pub struct Application {
     state: Arc<State>,
     acceptor: poem::listener::TcpAcceptor,
     local_addr: SocketAddr,
+    keys: Arc<common::identity::directory::Directory<common::identity::ApiKeyRecord>>,
 }
 
 impl Application {
@@ -203,9 +219,12 @@ impl Application {
         let handles = common::nats::provision(
             &nats,
             &Topology::streams(&settings.nats),
-            &[Resource::JobsStream, Resource::EventsStream],
+            &[Resource::JobsStream, Resource::EventsStream, Resource::ApiKeysBucket],
         )
         .await?;
+        let keys = common::identity::directory::Directory::new(
+            common::nats::bucket(&handles.jetstream, names::API_KEYS_BUCKET).await?,
+        );
         let store = JobStore::new(handles.jetstream, handles.jobs).with_patience(settings.nats.patience);
         let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
         let local_addr = acceptor
@@ -213,7 +232,10 @@ impl Application {
             .first()
             .and_then(|address| address.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
+        let tokens = settings.auth.token_signer();
         let state = Arc::new(State {
+            keys: common::identity::KeyDirectory::new(keys.clone()),
+            tokens,
             rate_limiter: rate_limit::RateLimiter::new(settings.rate_limit_window, settings.rate_limit_max_requests),
             settings,
             store,
@@ -225,6 +247,7 @@ impl Application {
             state,
             acceptor,
             local_addr,
+            keys,
         })
     }
 
@@ -236,12 +259,14 @@ impl Application {
     /// Serves until `shutdown`, then finishes in-flight requests.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let watcher = tokio::spawn(follow_job_duration(self.state.clone(), shutdown.clone()));
+        let key_follower = tokio::spawn(self.keys.clone().follow(shutdown.clone()));
         tracing::info!(address = %self.local_addr, "intake listening");
         let grace = self.state.settings.request_timeout;
         poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(app(self.state.clone()), shutdown.cancelled_owned(), Some(grace))
             .await?;
         watcher.abort();
+        key_follower.abort();
         self.state.nats.drain().await.ok();
         tracing::info!("intake stopped");
         Ok(())

@@ -1,5 +1,5 @@
-//! Cross-cutting behaviour of every response: request ids, security headers, per-client rate
-//! limits, bounded bodies, the request timeout, and problem+json for every error.
+//! Cross-cutting behaviour of every response: request ids, security headers, per-tenant (or
+//! per-address) rate limits, bounded bodies, the request timeout, and problem+json for every error.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +38,7 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
         method = %request.method(),
         path = %request.uri().path(),
         request_id = %request_id,
+        tenant = tracing::field::Empty,
         status = tracing::field::Empty,
     );
     let traceparent = request
@@ -63,40 +64,49 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
         HeaderValue::from_static("max-age=31536000; includeSubDomains"),
     );
     headers.insert("Referrer-Policy", HeaderValue::from_static("no-referrer"));
+    if response.status() == poem::http::StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            poem::http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"downloads\""),
+        );
+    }
     Ok(response)
 }
 
-/// The key a client is counted under: its user id when known, else its address.
-fn client_key(request: &Request, trust_proxy: bool) -> String {
-    if let Some(user) = request
+/// The key a client is counted under: its tenant when authenticated, else its address (behind
+/// `TRUSTED_PROXIES`, the rightmost untrusted `X-Forwarded-For` hop).
+fn client_key(request: &Request, trusted_proxies: &[common::net::Network]) -> String {
+    if let crate::auth::Caller::Tenant(tenant) = crate::auth::caller(request) {
+        return format!("tenant:{tenant}");
+    }
+    let Some(peer) = request.remote_addr().as_socket_addr().map(|address| address.ip()) else {
+        return "ip:unknown".to_string();
+    };
+    let forwarded_for = request
         .headers()
-        .get("X-User-Id")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| common::validation::check_user_id(value).ok())
-    {
-        return format!("user:{user}");
-    }
-    if trust_proxy
-        && let Some(forwarded) = request
-            .headers()
-            .get("X-Forwarded-For")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.split(',').next())
-            .map(str::trim)
-            .filter(|value| value.parse::<std::net::IpAddr>().is_ok())
-    {
-        return format!("ip:{forwarded}");
-    }
-    match request.remote_addr().as_socket_addr() {
-        Some(address) => format!("ip:{}", address.ip()),
-        None => "ip:unknown".to_string(),
-    }
+        .get("X-Forwarded-For")
+        .and_then(|value| value.to_str().ok());
+    format!(
+        "ip:{}",
+        common::net::client_address(peer, forwarded_for, trusted_proxies)
+    )
+}
+
+/// Routes never rate limited: health checks (load balancers and orchestrators poll them).
+fn exempt_from_rate_limits(request: &Request) -> bool {
+    request.uri().path() == "/health"
 }
 
 /// Counts the request against its client's budget; adds `RateLimit-*` headers to every response
 /// and answers 429 with `Retry-After` once the budget is spent.
 pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: Arc<State>) -> poem::Result<Response> {
-    let key = client_key(&request, state.settings.trust_proxy);
+    if exempt_from_rate_limits(&request) {
+        return match endpoint.call(request).await {
+            Ok(response) => Ok(response.into_response()),
+            Err(error) => Ok(into_problem(error)),
+        };
+    }
+    let key = client_key(&request, &state.settings.trusted_proxies);
     let decision = state.rate_limiter.check(&key, Instant::now());
     let mut response = if decision.allowed {
         match endpoint.call(request).await {

@@ -89,7 +89,7 @@ pub enum ApiError {
     /// A field, parameter or header is invalid; `field` names it.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
-    /// No `X-User-Id` identity.
+    /// No credentials, or credentials that authenticate nobody (`WWW-Authenticate: Bearer`).
     #[oai(status = 401, content_type = "application/problem+json")]
     Unauthorized(Json<Problem>),
     /// No such job for this user.
@@ -165,7 +165,11 @@ pub fn into_problem(error: poem::Error) -> poem::Response {
     let status = error.status();
     let message = error.to_string();
     let problem = if error.is::<poem_openapi::error::AuthorizationError>() {
-        Problem::new(ErrorCode::Unauthenticated, "the X-User-Id header is missing or invalid").with_field("X-User-Id")
+        Problem::new(
+            ErrorCode::Unauthenticated,
+            "authentication is required: send Authorization: Bearer <API key>",
+        )
+        .with_field("Authorization")
     } else if error.is::<poem_openapi::error::ContentTypeError>() {
         Problem::new(ErrorCode::ValidationFailed, format!("{message}; send application/json"))
             .with_field("Content-Type")

@@ -3,7 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::config::{ConfigError, DelaySettings, Env, NatsSettings, S3Settings};
+use common::config::{AuthSettings, ConfigError, DelaySettings, Env, NatsSettings, S3Settings};
+use common::net::Network;
 
 /// Everything the intake reads at startup.
 #[derive(Debug, Clone)]
@@ -27,8 +28,17 @@ pub struct Settings {
     pub rate_limit_max_requests: u32,
     /// `CORS_ORIGINS`: comma-separated allowed origins, `*` for any (default `*`).
     pub cors_origins: Vec<String>,
-    /// `TRUST_PROXY`: take the client address from `X-Forwarded-For` (default false).
-    pub trust_proxy: bool,
+    /// `TRUSTED_PROXIES`: comma-separated CIDRs of the proxies in front (e.g. `127.0.0.1/32` for
+    /// the nginx of the dev stack). Only a request from one of them has its `X-Forwarded-For`
+    /// read, from the right, and the first hop not in the list is the client (default none:
+    /// the peer address is the client).
+    pub trusted_proxies: Vec<Network>,
+    /// Identity: `AUTH_MODE`, `AUTH_GATEWAY_HEADER`, `STREAM_TOKEN_SECRET`, `STREAM_TOKEN_TTL_SECONDS`.
+    pub auth: AuthSettings,
+    /// `LEGACY_ANONYMOUS_START`: the legacy `POST /v1/download/start` works without credentials,
+    /// as the old service did; its jobs belong to `anonymous` (default false; the dev stack
+    /// turns it on).
+    pub legacy_anonymous_start: bool,
     /// `MAX_BODY_BYTES`: largest accepted request body (default 65536).
     pub max_body_bytes: usize,
     /// `PRESIGN_TIMEOUT_MS`: how long to wait for the presigner (default 2000).
@@ -55,10 +65,23 @@ impl Settings {
                 .map(|origin| origin.trim().to_string())
                 .filter(|origin| !origin.is_empty())
                 .collect(),
-            trust_proxy: env.bool("TRUST_PROXY", false)?,
+            trusted_proxies: common::net::parse_networks(&env.string("TRUSTED_PROXIES", "")).map_err(|reason| {
+                ConfigError {
+                    key: "TRUSTED_PROXIES".into(),
+                    value: env.string("TRUSTED_PROXIES", ""),
+                    reason,
+                }
+            })?,
+            auth: AuthSettings::from_env(env)?,
+            legacy_anonymous_start: env.bool("LEGACY_ANONYMOUS_START", false)?,
             max_body_bytes: env.parse("MAX_BODY_BYTES", 64 * 1024)?,
             presign_timeout: env.millis("PRESIGN_TIMEOUT_MS", 2_000)?,
         };
+        env.require(
+            env.get("TRUST_PROXY").is_none(),
+            "TRUST_PROXY",
+            "was replaced by TRUSTED_PROXIES (the CIDRs of your proxies)",
+        )?;
         env.require(
             settings.request_timeout >= Duration::from_secs(1),
             "REQUEST_TIMEOUT_MS",
@@ -100,18 +123,32 @@ impl Settings {
 mod tests {
     use super::*;
 
+    const TOKEN_SECRET: (&str, &str) = ("STREAM_TOKEN_SECRET", "0123456789abcdef0123456789abcdef");
+
     #[test]
     fn start_wait_must_stay_under_the_request_timeout() {
-        let env = Env::from_pairs([("REQUEST_TIMEOUT_MS", "5000"), ("START_WAIT_MS", "4500")]);
+        let env = Env::from_pairs([("REQUEST_TIMEOUT_MS", "5000"), ("START_WAIT_MS", "4500"), TOKEN_SECRET]);
         assert_eq!(Settings::from_env(&env).unwrap_err().key, "START_WAIT_MS");
     }
 
     #[test]
     fn defaults_match_the_old_service() {
-        let settings = Settings::from_env(&Env::default()).unwrap();
+        let settings = Settings::from_env(&Env::from_pairs([TOKEN_SECRET])).unwrap();
         assert_eq!(settings.request_timeout, Duration::from_secs(30));
         assert_eq!(settings.rate_limit_window, Duration::from_secs(60));
         assert_eq!(settings.rate_limit_max_requests, 100);
         assert_eq!(settings.cors_origins, vec!["*"]);
+        assert_eq!(settings.auth.mode, common::config::AuthMode::ApiKeys);
+        assert!(!settings.legacy_anonymous_start);
+        assert!(settings.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn a_missing_token_secret_and_the_old_trust_proxy_are_named() {
+        assert_eq!(Settings::from_env(&Env::default()).unwrap_err().key, "STREAM_TOKEN_SECRET");
+        let env = Env::from_pairs([("TRUST_PROXY", "true"), TOKEN_SECRET]);
+        assert_eq!(Settings::from_env(&env).unwrap_err().key, "TRUST_PROXY");
+        let env = Env::from_pairs([("TRUSTED_PROXIES", "10.0.0.0/8, nonsense"), TOKEN_SECRET]);
+        assert_eq!(Settings::from_env(&env).unwrap_err().key, "TRUSTED_PROXIES");
     }
 }

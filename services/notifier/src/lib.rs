@@ -44,6 +44,8 @@ pub struct Settings {
     pub presign_timeout: Duration,
     /// Webhook delivery.
     pub webhooks: webhooks::WebhookSettings,
+    /// Identity: `AUTH_MODE`, `AUTH_GATEWAY_HEADER`, `STREAM_TOKEN_SECRET`.
+    pub auth: common::config::AuthSettings,
 }
 
 impl Settings {
@@ -61,6 +63,7 @@ impl Settings {
             client_buffer: env.parse("SSE_CLIENT_BUFFER", 64)?,
             presign_timeout: env.millis("PRESIGN_TIMEOUT_MS", 2000)?,
             webhooks: webhooks::WebhookSettings::from_env(env)?,
+            auth: common::config::AuthSettings::from_env(env)?,
         };
         env.require(
             !settings.heartbeat.is_zero(),
@@ -98,6 +101,10 @@ pub struct State {
     pub hub: Arc<hub::Hub>,
     /// Open streams by user.
     pub limits: Arc<limits::StreamLimits>,
+    /// API keys, held in memory and kept current.
+    pub keys: common::identity::KeyDirectory,
+    /// Verifies the stream tokens of `streamUrl`.
+    pub tokens: common::identity::token::TokenSigner,
 }
 
 /// The HTTP application.
@@ -131,9 +138,17 @@ impl Application {
                 Resource::WebhookReplaysStream,
                 Resource::DeadLettersBucket,
                 Resource::StreamLeasesBucket,
+                Resource::ApiKeysBucket,
+                Resource::TenantsBucket,
             ],
         )
         .await?;
+        let keys = common::identity::directory::Directory::<common::identity::ApiKeyRecord>::new(
+            common::nats::bucket(&handles.jetstream, common::names::API_KEYS_BUCKET).await?,
+        );
+        let tenants = common::identity::directory::Directory::<common::identity::TenantRecord>::new(
+            common::nats::bucket(&handles.jetstream, common::names::TENANTS_BUCKET).await?,
+        );
         let store = JobStore::new(handles.jetstream.clone(), handles.jobs).with_patience(settings.nats.patience);
         let hub = hub::Hub::new(settings.client_buffer);
         let background = tokio_util::task::TaskTracker::new();
@@ -151,6 +166,8 @@ impl Application {
             settings.stream_lease,
         );
         background.spawn(limits.clone().renew_forever(background_stop.clone()));
+        background.spawn(keys.clone().follow(background_stop.clone()));
+        background.spawn(tenants.clone().follow(background_stop.clone()));
         tokio::time::timeout(common::nats::PROVISION_WINDOW, ready_receiver)
             .await
             .map_err(|_| {
@@ -159,46 +176,44 @@ impl Application {
                     common::nats::PROVISION_WINDOW
                 )
             })??;
-        // The webhook consumers exist from the first notifier's start, secrets or not, so no
-        // event waits for a consumer that does not exist yet.
+        // The webhook consumers exist from the first notifier's start, so no event waits for a
+        // consumer that does not exist yet.
         let topology = settings.webhooks.topology();
         let jetstream = handles.jetstream.clone();
         webhooks::provision_consumers(&jetstream, &topology).await?;
-        if settings.webhooks.secrets.is_empty() {
-            tracing::warn!(
-                "WEBHOOK_SECRETS is empty: webhooks wait in their durable consumer until a notifier has a secret"
-            );
-        } else {
-            let dead_letters = common::nats::bucket(&jetstream, common::names::WEBHOOK_DEAD_LETTERS_BUCKET).await?;
-            let deliverer = webhooks::Deliverer::new(
-                settings.webhooks.clone(),
-                store.clone(),
-                nats.clone(),
-                settings.presign_timeout,
-                dead_letters,
-            )?;
-            background.spawn(webhooks::run(
-                deliverer.clone(),
-                jetstream.clone(),
-                common::names::EVENTS_STREAM,
-                common::names::WEBHOOK_CONSUMER,
-                background_stop.clone(),
-            ));
-            background.spawn(webhooks::run(
-                deliverer,
-                jetstream,
-                common::names::WEBHOOK_REPLAYS_STREAM,
-                common::names::WEBHOOK_REPLAY_CONSUMER,
-                background_stop.clone(),
-            ));
-        }
+        let dead_letters = common::nats::bucket(&jetstream, common::names::WEBHOOK_DEAD_LETTERS_BUCKET).await?;
+        let deliverer = webhooks::Deliverer::new(
+            settings.webhooks.clone(),
+            store.clone(),
+            nats.clone(),
+            settings.presign_timeout,
+            dead_letters,
+            tenants,
+        )?;
+        background.spawn(webhooks::run(
+            deliverer.clone(),
+            jetstream.clone(),
+            common::names::EVENTS_STREAM,
+            common::names::WEBHOOK_CONSUMER,
+            background_stop.clone(),
+        ));
+        background.spawn(webhooks::run(
+            deliverer,
+            jetstream,
+            common::names::WEBHOOK_REPLAYS_STREAM,
+            common::names::WEBHOOK_REPLAY_CONSUMER,
+            background_stop.clone(),
+        ));
         let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
         let local_addr = acceptor
             .local_addr()
             .first()
             .and_then(|address| address.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
+        let tokens = settings.auth.token_signer();
         let state = Arc::new(State {
+            keys: common::identity::KeyDirectory::new(keys),
+            tokens,
             limits,
             settings,
             store,

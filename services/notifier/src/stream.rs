@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use common::config::AuthMode;
+use common::identity::token::TokenError;
 use common::messages::JobEvent;
 use common::{ErrorCode, JobId, JobStatus};
 use poem::http::StatusCode;
@@ -42,6 +44,9 @@ fn problem(code: ErrorCode, detail: &str, field: Option<&str>) -> Response {
         // Streams free up and dependencies come back within seconds.
         response = response.header("Retry-After", "2");
     }
+    if status == StatusCode::UNAUTHORIZED {
+        response = response.header("WWW-Authenticate", "Bearer realm=\"downloads\"");
+    }
     response.body(body.to_string())
 }
 
@@ -54,25 +59,99 @@ pub async fn health(Data(state): Data<&Arc<State>>) -> Response {
         .body(body.to_string())
 }
 
-/// The caller: the `X-User-Id` header, else the `userId` query parameter (`EventSource` cannot
-/// send headers). A header that is present but invalid is not overridden by the query.
-fn identity(request: &Request) -> Option<String> {
-    let text = match request.headers().get("X-User-Id") {
-        Some(value) => value.to_str().ok()?.to_string(),
-        None => url::form_urlencoded::parse(request.uri().query()?.as_bytes())
-            .find(|(key, _)| key == "userId")?
-            .1
-            .into_owned(),
-    };
-    common::validation::check_user_id(&text).ok()?;
-    Some(text)
+/// A query parameter's value.
+fn query_parameter(request: &Request, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(request.uri().query()?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The tenant allowed to open `job_id`'s stream: from the `token` of its `streamUrl` (scoped to
+/// this job), else an API key (`Authorization: Bearer`), else (`AUTH_MODE=gateway`) the
+/// gateway's header. Anything else is the 401 to answer.
+async fn caller(state: &State, request: &Request, job_id: &str) -> Result<String, Response> {
+    let unauthorized = |code: ErrorCode, detail: &str, field: &str| problem(code, detail, Some(field));
+    if let Some(token) = query_parameter(request, "token") {
+        let now = chrono::Utc::now().timestamp();
+        return match state.tokens.verify(&token, now) {
+            Ok(claims) if claims.job == job_id => Ok(claims.sub),
+            Ok(_) => Err(unauthorized(
+                ErrorCode::InvalidCredentials,
+                "the stream token is for another job",
+                "token",
+            )),
+            Err(TokenError::Expired) => Err(unauthorized(
+                ErrorCode::TokenExpired,
+                &TokenError::Expired.to_string(),
+                "token",
+            )),
+            Err(TokenError::Invalid) => Err(unauthorized(
+                ErrorCode::InvalidCredentials,
+                &TokenError::Invalid.to_string(),
+                "token",
+            )),
+        };
+    }
+    match &state.settings.auth.mode {
+        AuthMode::Gateway { header } => {
+            let tenant = request
+                .headers()
+                .get(header.as_str())
+                .and_then(|value| value.to_str().ok())
+                .and_then(|text| common::validation::check_user_id(text).ok());
+            tenant.map(str::to_string).ok_or_else(|| {
+                unauthorized(
+                    ErrorCode::Unauthenticated,
+                    &format!("send the streamUrl's token (or the {header} header through the gateway)"),
+                    "token",
+                )
+            })
+        }
+        AuthMode::ApiKeys => {
+            let Some(value) = request.headers().get(poem::http::header::AUTHORIZATION) else {
+                return Err(unauthorized(
+                    ErrorCode::Unauthenticated,
+                    "send the token of the job's streamUrl, or Authorization: Bearer <API key>",
+                    "token",
+                ));
+            };
+            let Some(key) = value.to_str().ok().and_then(common::identity::bearer_credentials) else {
+                return Err(unauthorized(
+                    ErrorCode::InvalidCredentials,
+                    "the Authorization header must be Bearer <API key>",
+                    "Authorization",
+                ));
+            };
+            match state.keys.authenticate(key).await {
+                Ok(Ok(tenant)) => Ok(tenant),
+                Ok(Err(refusal)) => Err(unauthorized(
+                    ErrorCode::InvalidCredentials,
+                    &refusal.to_string(),
+                    "Authorization",
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, "api keys unavailable");
+                    Err(problem(
+                        ErrorCode::QueueUnavailable,
+                        "API keys cannot be checked right now, retry shortly",
+                        None,
+                    ))
+                }
+            }
+        }
+    }
 }
 
 /// The client's `Last-Event-ID`: absent or empty means none (what `EventSource` sends before
 /// any event had an id), else an event number; anything else is an error.
 fn last_event_id(header: Option<&poem::http::HeaderValue>) -> Result<Option<u64>, ()> {
     let Some(value) = header else { return Ok(None) };
-    let text = value.to_str().map_err(|_| ())?.trim();
+    last_event_id_text(value.to_str().map_err(|_| ())?)
+}
+
+/// An event number as text: empty means none.
+fn last_event_id_text(text: &str) -> Result<Option<u64>, ()> {
+    let text = text.trim();
     if text.is_empty() {
         return Ok(None);
     }
@@ -82,22 +161,30 @@ fn last_event_id(header: Option<&poem::http::HeaderValue>) -> Result<Option<u64>
 /// `GET /v1/download/{jobId}/stream`.
 #[handler]
 pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): Data<&Arc<State>>) -> Response {
-    let Some(user) = identity(request) else {
-        return problem(
-            ErrorCode::Unauthenticated,
-            "the X-User-Id header (or, for EventSource, the userId query parameter) is missing or invalid",
-            Some("X-User-Id"),
-        );
-    };
     let Some(job_id) = JobId::parse(&job_id) else {
         return problem(ErrorCode::ValidationFailed, "jobId must be a UUID", Some("jobId"));
     };
-    let Ok(last_event_id) = last_event_id(request.headers().get("Last-Event-ID")) else {
-        return problem(
-            ErrorCode::ValidationFailed,
-            "Last-Event-ID must be an event number",
-            Some("Last-Event-ID"),
-        );
+    let user = match caller(state, request, &job_id.to_string()).await {
+        Ok(tenant) => tenant,
+        Err(refused) => return refused,
+    };
+    // EventSource cannot send the header when a page opens a new stream: the query carries it.
+    let last_event_id = match request.headers().get("Last-Event-ID") {
+        Some(header) => last_event_id(Some(header)).map_err(|()| "Last-Event-ID"),
+        None => match query_parameter(request, "lastEventId") {
+            Some(text) => last_event_id_text(&text).map_err(|()| "lastEventId"),
+            None => Ok(None),
+        },
+    };
+    let last_event_id = match last_event_id {
+        Ok(id) => id,
+        Err(field) => {
+            return problem(
+                ErrorCode::ValidationFailed,
+                &format!("{field} must be an event number"),
+                Some(field),
+            );
+        }
     };
     // Subscribe before reading the record and the history: an event published in between is then
     // in both, and is de-duplicated by its number rather than lost.

@@ -11,7 +11,8 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::types::{ApiJobStatus, CancelBody, InitiateBody, InitiateRequest, JobStatusBody};
-use super::{ApiTags, Identity, status_url, stream_url};
+use super::{ApiTags, status_url};
+use crate::auth::Tenant;
 use crate::State;
 use crate::body::ValidatedJson;
 use crate::problem::ApiError;
@@ -79,7 +80,7 @@ fn no_store() -> String {
 }
 
 impl JobsApi {
-    /// Reads a job, answering 404 for a missing one and for another user's.
+    /// Reads a job, answering 404 for a missing one and for another tenant's.
     async fn owned_job(&self, user: &str, job_id: &str) -> Result<JobRecord, ApiError> {
         let job_id = JobId::parse(job_id).ok_or_else(|| ApiError::invalid("jobId", "jobId must be a UUID"))?;
         let loaded = self
@@ -115,7 +116,7 @@ impl JobsApi {
     #[oai(path = "/initiate", method = "post", operation_id = "initiateDownload")]
     async fn initiate(
         &self,
-        identity: Identity,
+        tenant: Tenant,
         body: ValidatedJson<InitiateRequest>,
     ) -> Result<InitiateResponse, ApiError> {
         let request = body.0;
@@ -124,7 +125,7 @@ impl JobsApi {
         let estimated_seconds = self.state.estimated_job_seconds();
         let record = JobRecord::queued(
             job_id,
-            identity.0.clone(),
+            tenant.0.clone(),
             file_ids.clone(),
             request.callback_url,
             estimated_seconds,
@@ -132,7 +133,7 @@ impl JobsApi {
         );
         let message = JobMessage::SubmittedV1 {
             job_id,
-            user_id: identity.0,
+            user_id: tenant.0.clone(),
             file_ids: file_ids.clone(),
         };
         self.state
@@ -148,7 +149,7 @@ impl JobsApi {
                 total_file_ids: file_ids.len() as u64,
                 estimated_time: estimated_seconds,
                 status_url: status_url(&job_id_text),
-                stream_url: stream_url(&job_id_text),
+                stream_url: self.state.stream_url(&job_id_text, &tenant.0),
             }),
             status_url(&job_id_text),
             POLL_AFTER_SECONDS,
@@ -161,18 +162,22 @@ impl JobsApi {
     #[oai(path = "/status/:jobId", method = "get", operation_id = "getDownloadStatus")]
     async fn status(
         &self,
-        identity: Identity,
+        tenant: Tenant,
         /// The job id returned by `initiate`.
         #[oai(name = "jobId")]
         job_id: Path<String>,
     ) -> Result<StatusResponse, ApiError> {
-        let record = self.owned_job(&identity.0, &job_id.0).await?;
+        let record = self.owned_job(&tenant.0, &job_id.0).await?;
         let download_url = match record.status {
             JobStatus::Completed => Some(self.state.download_url(&record).await?),
             _ => None,
         };
         Ok(StatusResponse::Ok(
-            Json(JobStatusBody::from_record(&record, download_url)),
+            Json(JobStatusBody::from_record(
+                &record,
+                download_url,
+                self.state.stream_url(&record.job_id.to_string(), &tenant.0),
+            )),
             no_store(),
         ))
     }
@@ -184,18 +189,22 @@ impl JobsApi {
     #[oai(path = "/:jobId", method = "get", operation_id = "getDownloadResult")]
     async fn result(
         &self,
-        identity: Identity,
+        tenant: Tenant,
         /// The job id returned by `initiate`.
         #[oai(name = "jobId")]
         job_id: Path<String>,
     ) -> Result<ResultResponse, ApiError> {
-        let record = self.owned_job(&identity.0, &job_id.0).await?;
+        let record = self.owned_job(&tenant.0, &job_id.0).await?;
         if record.status == JobStatus::Completed {
             let url = self.state.download_url(&record).await?;
             return Ok(ResultResponse::Found(url, no_store()));
         }
         Ok(ResultResponse::Pending(
-            Json(JobStatusBody::from_record(&record, None)),
+            Json(JobStatusBody::from_record(
+                &record,
+                None,
+                self.state.stream_url(&record.job_id.to_string(), &tenant.0),
+            )),
             POLL_AFTER_SECONDS,
             no_store(),
         ))
@@ -208,12 +217,12 @@ impl JobsApi {
     #[oai(path = "/:jobId", method = "delete", operation_id = "cancelDownload")]
     async fn cancel(
         &self,
-        identity: Identity,
+        tenant: Tenant,
         /// The job id returned by `initiate`.
         #[oai(name = "jobId")]
         job_id: Path<String>,
     ) -> Result<CancelResponse, ApiError> {
-        let record = self.owned_job(&identity.0, &job_id.0).await?;
+        let record = self.owned_job(&tenant.0, &job_id.0).await?;
         let change = self
             .state
             .cancel_job(record.job_id)

@@ -7,7 +7,6 @@ use std::time::Duration;
 use common::messages::JobMessage;
 use common::{ErrorCode, JobId, JobRecord, JobStatus, names, telemetry};
 use futures::StreamExt;
-use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
@@ -16,13 +15,14 @@ use super::types::{
     ApiJobStatus, CheckBody, CheckRequest, CheckState, HealthBody, HealthChecks, HealthState, RootBody,
     StartAcceptedBody, StartFinishedBody, StartRequest, StartStatus,
 };
-use super::{ApiTags, status_url, stream_url};
+use super::{ApiTags, status_url};
 use crate::State;
 use crate::body::ValidatedJson;
-use crate::problem::ApiError;
+use crate::auth::{Caller, OptionalTenant};
+use crate::problem::{ApiError, Problem};
 
-/// Owner of jobs started through `/start` without an identity.
-pub const ANONYMOUS_USER: &str = "anonymous";
+/// Owner of jobs started through `/start` without credentials.
+pub const ANONYMOUS_USER: &str = common::identity::ANONYMOUS_TENANT;
 
 /// How long a health check may take per dependency.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -118,7 +118,9 @@ impl LegacyApi {
     ///
     /// Starts a job and waits at most `START_WAIT_MS` (well under the proxy timeout). If the job
     /// ended, answers as the old service did (200); otherwise 202 with the job to poll, instead
-    /// of timing out. Without `X-User-Id` the job belongs to `anonymous`.
+    /// of timing out. Takes an API key like every job endpoint; without one it works only where
+    /// the operator enabled `LEGACY_ANONYMOUS_START` (as old clients sent none), and the job
+    /// belongs to nobody: follow its `streamUrl`, whose token is the only way to it.
     #[oai(
         path = "/v1/download/start",
         method = "post",
@@ -128,15 +130,17 @@ impl LegacyApi {
     async fn start(
         &self,
         body: ValidatedJson<StartRequest>,
-        /// Optional identity; jobs started without it can be read with `X-User-Id: anonymous`.
-        #[oai(name = "X-User-Id")]
-        user: Header<Option<String>>,
+        caller: OptionalTenant,
     ) -> Result<StartResponse, ApiError> {
-        let user_id = match user.0.as_deref() {
-            None => ANONYMOUS_USER.to_string(),
-            Some(user) => common::validation::check_user_id(user)
-                .map_err(|detail| ApiError::invalid("X-User-Id", detail))?
-                .to_string(),
+        let user_id = match caller.0 {
+            Caller::Tenant(tenant) => tenant,
+            Caller::Anonymous if self.state.settings.legacy_anonymous_start => ANONYMOUS_USER.to_string(),
+            other => {
+                let problem = other.problem().unwrap_or_else(|| {
+                    Problem::new(common::ErrorCode::Unauthenticated, "authentication is required")
+                });
+                return Err(ApiError::from_problem(problem));
+            }
         };
         let file_id = body.0.file_id;
         let job_id = JobId::new();
@@ -148,6 +152,7 @@ impl LegacyApi {
             self.state.estimated_job_seconds(),
             telemetry::current_traceparent(),
         );
+        let user_id_owner = user_id.clone();
         let accepting = tokio::time::Instant::now();
         self.state
             .accept_job(
@@ -232,8 +237,8 @@ impl LegacyApi {
                     job_id: job_id_text.clone(),
                     status: ApiJobStatus::from(latest.status),
                     status_url: status_url(&job_id_text),
-                    stream_url: stream_url(&job_id_text),
-                    message: "Still preparing; poll statusUrl (send the same X-User-Id) instead of waiting".into(),
+                    stream_url: self.state.stream_url(&job_id_text, &user_id_owner),
+                    message: "Still preparing; follow streamUrl or poll statusUrl (with the same API key) instead of waiting".into(),
                 }),
                 status_url(&job_id_text),
                 2,

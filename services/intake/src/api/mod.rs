@@ -6,9 +6,7 @@ pub mod stream;
 pub mod types;
 pub mod webhooks;
 
-use poem::Request;
-use poem_openapi::auth::ApiKey;
-use poem_openapi::{SecurityScheme, Tags};
+use poem_openapi::Tags;
 
 /// Operation groups in the spec.
 #[derive(Tags)]
@@ -21,28 +19,12 @@ pub enum ApiTags {
     Health,
 }
 
-/// The caller's identity: the `X-User-Id` header set by the trusted gateway.
-/// (Real authentication comes later; Swagger UI can set this header through "Authorize".)
-#[derive(SecurityScheme)]
-#[oai(
-    ty = "api_key",
-    key_name = "X-User-Id",
-    key_in = "header",
-    checker = "check_identity"
-)]
-pub struct Identity(pub String);
-
-/// Accepts a well-formed user id (header or query).
-pub(crate) async fn check_identity(_request: &Request, api_key: ApiKey) -> Option<String> {
-    common::validation::check_user_id(&api_key.key).ok().map(str::to_string)
-}
-
 /// The status URL of a job, relative to the API's base URL.
 pub fn status_url(job_id: &str) -> String {
     format!("/v1/download/status/{job_id}")
 }
 
-/// The SSE stream URL of a job, relative to the API's base URL.
-pub fn stream_url(job_id: &str) -> String {
+/// The path of a job's SSE stream (without its token: see [`crate::State::stream_url`]).
+pub fn stream_path(job_id: &str) -> String {
     format!("/v1/download/{job_id}/stream")
 }

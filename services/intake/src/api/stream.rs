@@ -4,31 +4,59 @@
 //! a real stream against this description (statuses, headers, event names and data fields).
 
 use futures::stream::BoxStream;
-use poem_openapi::param::{Header, Path};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
-use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme};
+use poem_openapi::registry::{MetaSecurityScheme, Registry};
+use poem_openapi::{ApiExtractor, ApiResponse, Object, OpenApi};
 
+use super::ApiTags;
 use super::types::ApiJobStatus;
-use super::{ApiTags, Identity};
 use crate::problem::{ApiError, Problem};
 
-/// `userId` query parameter: the identity for `EventSource`, which cannot send headers.
-#[derive(SecurityScheme)]
-#[oai(
-    ty = "api_key",
-    key_name = "userId",
-    key_in = "query",
-    checker = "super::check_identity"
-)]
-pub struct QueryIdentity(pub String);
+/// Name of the stream token's security scheme in the OpenAPI document.
+pub const STREAM_TOKEN_SCHEME: &str = "StreamToken";
 
-/// Who is asking for a stream: the `X-User-Id` header, or `userId` in the query.
-#[derive(SecurityScheme)]
-pub enum StreamIdentity {
-    /// The header, as on every other operation.
-    Header(Identity),
-    /// The query parameter, for browsers' `EventSource`.
-    Query(QueryIdentity),
+/// What opens a stream: the `token` of its `streamUrl` (for `EventSource`, which cannot send
+/// headers), or an API key. Checked by the notifier; documented here.
+pub struct StreamCredentials;
+
+impl<'a> ApiExtractor<'a> for StreamCredentials {
+    const TYPES: &'static [poem_openapi::ApiExtractorType] = &[poem_openapi::ApiExtractorType::SecurityScheme];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        crate::auth::Tenant::register(registry);
+        registry.create_security_scheme(
+            STREAM_TOKEN_SCHEME,
+            MetaSecurityScheme {
+                ty: "apiKey",
+                description: Some(
+                    "The `token` query parameter of the `streamUrl` that `initiate` and `status` return: \
+                     a short-lived capability for one job's stream (HS256 JWT with `exp`).",
+                ),
+                name: Some("token"),
+                key_in: Some("query"),
+                scheme: None,
+                bearer_format: None,
+                flows: None,
+                openid_connect_url: None,
+            },
+        );
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec![STREAM_TOKEN_SCHEME, crate::auth::SECURITY_SCHEME]
+    }
+
+    async fn from_request(
+        _request: &'a poem::Request,
+        _body: &mut poem::RequestBody,
+        _param_opts: poem_openapi::ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        Ok(StreamCredentials)
+    }
 }
 
 /// The JSON `data` of one stream event. The event's name is `progress` (while queued or
@@ -86,7 +114,9 @@ impl StreamApi {
     /// Follow a job's progress (Server-Sent Events)
     ///
     /// Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
-    /// without gap or duplicate (`EventSource` does this by itself). Served by the notifier
+    /// without gap or duplicate (`EventSource` does this by itself). Opened with the `token` of
+    /// the job's `streamUrl` or an API key; an expired token is 401 `TOKEN_EXPIRED` (ask the
+    /// status for a fresh `streamUrl`). Served by the notifier
     /// behind the API's proxy; at most `SSE_MAX_STREAMS_PER_USER` open streams per user (429).
     #[oai(path = "/:jobId/stream", method = "get", operation_id = "streamDownloadEvents")]
     async fn stream(
@@ -95,9 +125,13 @@ impl StreamApi {
         /// The last event id this client received.
         #[oai(name = "Last-Event-ID")]
         last_event_id: Header<Option<String>>,
-        identity: StreamIdentity,
+        /// `EventSource` cannot send `Last-Event-ID` when a page opens a new stream (after its token
+        /// expired, say): the same, as a query parameter; the header wins when both are sent.
+        #[oai(name = "lastEventId")]
+        last_event_id_query: Query<Option<String>>,
+        _credentials: StreamCredentials,
     ) -> Result<StreamResponse, ApiError> {
-        let _ = (job_id, last_event_id, identity);
+        let _ = (job_id, last_event_id, last_event_id_query);
         Ok(StreamResponse::Misdirected(Json(Problem::new(
             common::ErrorCode::Misdirected,
             "event streams are served by the notifier: send this request through the API's proxy \

@@ -172,7 +172,8 @@ pub struct InitiateBody {
     pub estimated_time: u64,
     /// Where to poll the job's status.
     pub status_url: String,
-    /// Where to follow the job's progress as Server-Sent Events.
+    /// Where to follow the job's progress as Server-Sent Events; its token opens this job's
+    /// stream for `STREAM_TOKEN_TTL_SECONDS` (the status carries a fresh one).
     pub stream_url: String,
 }
 
@@ -216,11 +217,14 @@ pub struct JobStatusBody {
     pub completed_at: Option<String>,
     /// Best guess of when it will end, while not ended.
     pub estimated_completion: Option<String>,
+    /// Where to follow the job's progress as Server-Sent Events: a fresh URL whose token opens
+    /// this job's stream for `STREAM_TOKEN_TTL_SECONDS` (ask again for a new one when it expires).
+    pub stream_url: String,
 }
 
 impl JobStatusBody {
     /// The body of a record, with the URL (if any) minted for this read.
-    pub fn from_record(record: &JobRecord, download_url: Option<String>) -> Self {
+    pub fn from_record(record: &JobRecord, download_url: Option<String>, stream_url: String) -> Self {
         let files = if record.files.is_empty() {
             Vec::new()
         } else {
@@ -250,6 +254,7 @@ impl JobStatusBody {
                 .estimated_completion
                 .filter(|_| !record.status.is_terminal())
                 .map(iso8601),
+            stream_url,
         }
     }
 }

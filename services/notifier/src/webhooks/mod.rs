@@ -18,6 +18,8 @@ use common::config::{ConfigError, Env};
 use common::messages::JobEvent;
 use common::nats::WebhookTopology;
 use common::store::JobStore;
+use common::identity::TenantRecord;
+use common::identity::directory::Directory;
 use common::{JobStatus, telemetry, webhook};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -27,8 +29,10 @@ use tracing::Instrument;
 /// Webhook configuration.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
-    /// `WEBHOOK_SECRETS`: comma-separated `whsec_` secrets; the first signs, all are sent during
-    /// rotation. Empty: webhooks are not delivered (they wait in the durable consumer).
+    /// `WEBHOOK_SECRETS`: comma-separated `whsec_` secrets for owners that are not tenants in
+    /// the tenants bucket (jobs of a gateway's users, `AUTH_MODE=gateway`). A tenant's jobs are
+    /// always signed with the tenant's own secrets, never these. Empty (the default): such jobs'
+    /// webhooks are retried, then dead-lettered, until the owner is a tenant.
     pub secrets: Vec<String>,
     /// `WEBHOOK_TIMEOUT_MS`: per-attempt timeout (default 15000).
     pub timeout: Duration,
@@ -172,6 +176,13 @@ pub struct WebhookPayload {
     pub timestamp: String,
 }
 
+/// A webhook ready to send: whose job, where to, what.
+struct Prepared {
+    owner: String,
+    url: String,
+    payload: WebhookPayload,
+}
+
 /// What one attempt came to.
 #[derive(Debug, PartialEq)]
 pub enum Attempt {
@@ -201,6 +212,8 @@ pub struct Deliverer {
     pub presign_timeout: Duration,
     /// Dead letters.
     pub dead_letters: async_nats::jetstream::kv::Store,
+    /// Tenants and their webhook secrets, held in memory and kept current.
+    pub tenants: Arc<Directory<TenantRecord>>,
 }
 
 impl Deliverer {
@@ -211,15 +224,10 @@ impl Deliverer {
         nats: async_nats::Client,
         presign_timeout: Duration,
         dead_letters: async_nats::jetstream::kv::Store,
+        tenants: Arc<Directory<TenantRecord>>,
     ) -> anyhow::Result<Arc<Self>> {
         let policy = ssrf::TargetPolicy::new(settings.allowed_networks.clone());
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(ssrf::GuardedResolver::new(policy.clone()))
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .user_agent("download-service-webhooks/1")
-            .build()?;
+        let http = ssrf::guarded_client(policy.clone(), settings.timeout, ssrf::Lookup::System)?;
         Ok(Arc::new(Deliverer {
             settings,
             store,
@@ -228,12 +236,13 @@ impl Deliverer {
             http,
             presign_timeout,
             dead_letters,
+            tenants,
         }))
     }
 
     /// The webhook of an event, or `None` when its job has no callback URL (or, for a progress
     /// milestone, when the job has ended since: its outcome's webhook says more).
-    async fn payload_of(&self, event: &JobEvent) -> Result<Option<(String, WebhookPayload)>, String> {
+    async fn payload_of(&self, event: &JobEvent) -> Result<Option<Prepared>, String> {
         let record = match self.store.load(event.job_id()).await {
             Ok(Some(versioned)) => versioned.record,
             Ok(None) => return Ok(None),
@@ -264,9 +273,10 @@ impl Deliverer {
             }
             _ => None,
         };
-        Ok(Some((
+        Ok(Some(Prepared {
+            owner: record.user_id.clone(),
             url,
-            WebhookPayload {
+            payload: WebhookPayload {
                 event_type: if milestone {
                     "download.progress".to_string()
                 } else {
@@ -280,11 +290,21 @@ impl Deliverer {
                 error_code: error_code.map(|code| code.as_str().to_string()),
                 timestamp: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             },
-        )))
+        }))
     }
 
-    /// One attempt to deliver `payload` to `url` as webhook `webhook_id`.
-    pub async fn attempt(&self, webhook_id: &str, url: &str, payload: &WebhookPayload) -> Attempt {
+    /// The secrets that sign `owner`'s webhooks: the tenant's own, or for an owner that is no
+    /// tenant (a gateway's user) the configured `WEBHOOK_SECRETS`.
+    pub async fn secrets_of(&self, owner: &str) -> Result<Vec<String>, String> {
+        match self.tenants.get(owner).await {
+            Ok(Some(tenant)) => Ok(tenant.signing_secrets(chrono::Utc::now())),
+            Ok(None) => Ok(self.settings.secrets.clone()),
+            Err(error) => Err(format!("tenants unavailable: {error}")),
+        }
+    }
+
+    /// One attempt to deliver `payload` to `url` as webhook `webhook_id`, signed with `secrets`.
+    pub async fn attempt(&self, webhook_id: &str, url: &str, payload: &WebhookPayload, secrets: &[String]) -> Attempt {
         let parsed = match url::Url::parse(url) {
             Ok(parsed) => parsed,
             Err(error) => return Attempt::Refused(format!("invalid callback URL: {error}")),
@@ -292,15 +312,15 @@ impl Deliverer {
         if let Err(reason) = self.policy.check_url(&parsed) {
             return Attempt::Refused(reason);
         }
-        if self.settings.secrets.is_empty() {
+        if secrets.is_empty() {
             return Attempt::Retry {
                 delay: None,
-                reason: "no webhook secret configured".into(),
+                reason: "the job's owner has no webhook secret (not a tenant, and WEBHOOK_SECRETS is empty)".into(),
             };
         }
         let body = serde_json::to_vec(payload).expect("payloads serialize");
         let timestamp = chrono::Utc::now().timestamp();
-        let signature = match webhook::signature_header(&self.settings.secrets, webhook_id, timestamp, &body) {
+        let signature = match webhook::signature_header(secrets, webhook_id, timestamp, &body) {
             Ok(signature) => signature,
             Err(error) => return Attempt::Refused(error.to_string()),
         };
@@ -354,9 +374,10 @@ impl Deliverer {
                 } else {
                     "request failed"
                 };
+                // Without the URL: its query may carry the receiver's credentials.
                 Attempt::Retry {
                     delay: None,
-                    reason: format!("{kind}: {error}"),
+                    reason: format!("{kind}: {}", error.without_url()),
                 }
             }
         }
@@ -380,9 +401,13 @@ impl Deliverer {
         let Some(webhook_id) = self.webhook_id(&event) else {
             return AckKind::Ack;
         };
-        let (url, payload) = match self.payload_of(&event).await {
-            Ok(Some(found)) => found,
+        let prepared = match self.payload_of(&event).await {
+            Ok(Some(found)) => self.secrets_of(&found.owner).await.map(|secrets| (found, secrets)),
             Ok(None) => return AckKind::Ack,
+            Err(reason) => Err(reason),
+        };
+        let (Prepared { url, payload, .. }, secrets) = match prepared {
+            Ok(found) => found,
             Err(reason) => {
                 let wait = self.settings.retry_delay(delivered);
                 if age + wait > self.settings.max_window {
@@ -395,7 +420,7 @@ impl Deliverer {
                 return AckKind::Nak(Some(wait));
             }
         };
-        let outcome = self.attempt(&webhook_id, &url, &payload).await;
+        let outcome = self.attempt(&webhook_id, &url, &payload, &secrets).await;
         match outcome {
             Attempt::Delivered => {
                 tracing::info!(webhook_id, attempt = delivered, "webhook delivered");

@@ -1,0 +1,162 @@
+//! Stream tokens: short-lived capabilities that let a browser's `EventSource` (which cannot send
+//! headers) open one job's event stream. A token is a compact JWT (HS256) with the tenant as
+//! `sub`, the job as `job`, audience `downloads-stream` and a required `exp`, signed with
+//! `STREAM_TOKEN_SECRET`, which the intake (issuer) and the notifier (verifier) share. Like
+//! Mercure's subscriber JWT it travels in the URL, so it is scoped to one job and expires soon.
+//!
+//! Only HS256 with a fixed header is issued and accepted (no `alg` negotiation, so neither
+//! `none` nor key confusion can apply). It is written here rather than taken from `jsonwebtoken`
+//! because that crate's HMAC backend brings RSA, ECDSA and EdDSA code this service never uses;
+//! any JWT library verifies these tokens.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// The audience of stream tokens.
+pub const STREAM_AUDIENCE: &str = "downloads-stream";
+/// Shortest accepted signing secret, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// The one header tokens carry.
+const HEADER: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+/// What a stream token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamClaims {
+    /// The tenant owning the job.
+    pub sub: String,
+    /// The job.
+    pub job: String,
+    /// Always [`STREAM_AUDIENCE`].
+    pub aud: String,
+    /// Expiry, unix seconds.
+    pub exp: i64,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a token of ours: wrong shape, header, audience, or signature.
+    #[error("the stream token is invalid")]
+    Invalid,
+    /// It was ours, and it expired.
+    #[error("the stream token expired; ask the job's status for a fresh streamUrl")]
+    Expired,
+}
+
+/// Issues and verifies stream tokens with one secret.
+#[derive(Clone)]
+pub struct TokenSigner {
+    secret: SecretString,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("TokenSigner(..)")
+    }
+}
+
+impl TokenSigner {
+    /// A signer with `secret` (at least [`MIN_SECRET_BYTES`] bytes; checked by the settings).
+    pub fn new(secret: SecretString) -> Self {
+        TokenSigner { secret }
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC takes keys of any length.
+        Hmac::<Sha256>::new_from_slice(self.secret.expose_secret().as_bytes()).expect("hmac accepts any key length")
+    }
+
+    /// A token for `job` of `tenant`, valid until `expires_at` (unix seconds).
+    pub fn issue(&self, tenant: &str, job: &str, expires_at: i64) -> String {
+        let claims = StreamClaims {
+            sub: tenant.to_string(),
+            job: job.to_string(),
+            aud: STREAM_AUDIENCE.to_string(),
+            exp: expires_at,
+        };
+        let payload = serde_json::to_vec(&claims).unwrap_or_default();
+        let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(HEADER), URL_SAFE_NO_PAD.encode(payload));
+        let mut mac = self.mac();
+        mac.update(signing_input.as_bytes());
+        let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{signing_input}.{signature}")
+    }
+
+    /// The claims of a token signed with this secret, unexpired at `now` (unix seconds).
+    pub fn verify(&self, token: &str, now: i64) -> Result<StreamClaims, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Invalid);
+        };
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Invalid)?;
+        let mut mac = self.mac();
+        mac.update(header.as_bytes());
+        mac.update(b".");
+        mac.update(payload.as_bytes());
+        mac.verify_slice(&signature).map_err(|_| TokenError::Invalid)?;
+        let header = URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Invalid)?;
+        let header: serde_json::Value = serde_json::from_slice(&header).map_err(|_| TokenError::Invalid)?;
+        if header.get("alg").and_then(|alg| alg.as_str()) != Some("HS256") {
+            return Err(TokenError::Invalid);
+        }
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Invalid)?;
+        let claims: StreamClaims = serde_json::from_slice(&payload).map_err(|_| TokenError::Invalid)?;
+        if claims.aud != STREAM_AUDIENCE {
+            return Err(TokenError::Invalid);
+        }
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signer(secret: &str) -> TokenSigner {
+        TokenSigner::new(SecretString::from(secret.to_string()))
+    }
+
+    const SECRET: &str = "a-stream-token-secret-of-32-bytes!!";
+
+    #[test]
+    fn a_token_verifies_until_it_expires() {
+        let token = signer(SECRET).issue("acme", "job-1", 1_000);
+        let claims = signer(SECRET).verify(&token, 999).unwrap();
+        assert_eq!((claims.sub.as_str(), claims.job.as_str()), ("acme", "job-1"));
+        assert_eq!(signer(SECRET).verify(&token, 1_000), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn another_secret_a_tampered_payload_or_alg_none_is_invalid() {
+        let token = signer(SECRET).issue("acme", "job-1", 1_000);
+        assert_eq!(
+            signer("another-secret-of-at-least-32-bytes").verify(&token, 0),
+            Err(TokenError::Invalid)
+        );
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged_payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"victim","job":"job-1","aud":"downloads-stream","exp":1000}"#);
+        let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert_eq!(signer(SECRET).verify(&forged, 0), Err(TokenError::Invalid));
+        let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        assert_eq!(
+            signer(SECRET).verify(&format!("{none_header}.{}.", parts[1]), 0),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(signer(SECRET).verify("garbage", 0), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn the_token_is_a_standard_hs256_jwt() {
+        let token = signer(SECRET).issue("acme", "job-1", 1_000);
+        let header = URL_SAFE_NO_PAD.decode(token.split('.').next().unwrap()).unwrap();
+        assert_eq!(header, HEADER.as_bytes());
+    }
+}
