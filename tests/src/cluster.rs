@@ -1,6 +1,7 @@
 //! A JetStream cluster of real `nats-server` processes on loopback, for tests and the chaos run:
 //! every node with its own name (`n1`, `n2`, ...), store, client, monitoring and route ports and
-//! generated configuration (`sync_interval: always`, the limits of `nats/nats-server.conf`).
+//! generated configuration (`sync_interval: always`, the limits of `nats/nats-server.conf`, and
+//! its users and permissions: `nats/auth.conf`, included, with passwords generated per cluster).
 //! Nodes can be killed (SIGKILL, the store stays) and restarted in place, one at a time or all
 //! together; every process is killed when the cluster drops.
 //!
@@ -8,7 +9,8 @@
 //! # async fn example() -> anyhow::Result<()> {
 //! use system_tests::cluster::NatsCluster;
 //! let mut cluster = NatsCluster::start(3).await?;
-//! // services take every member: NATS_URL=cluster.urls(), NATS_REPLICAS=3
+//! // services take every member as their own user: cluster.env_for(NatsUser::Intake) gives
+//! // NATS_URL=cluster.urls(), NATS_USER, NATS_PASSWORD; add NATS_REPLICAS=3
 //! let leader = cluster.leader_of("DOWNLOAD_JOBS").await?;
 //! cluster.kill(leader);
 //! cluster.restart(leader).await?;
@@ -23,7 +25,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::servers::{await_ready, free_port, kill, log_tail, port_answers, venv_binary};
+use crate::servers::{
+    NatsCredentials, NatsUser, await_ready, free_port, kill, log_tail, nats_auth_config, permission_violations_in,
+    port_answers, venv_binary,
+};
 use crate::wait::wait_for;
 
 /// How long a node may take to listen after it was spawned.
@@ -56,12 +61,15 @@ struct Node {
     config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The passwords `auth.conf` reads from the environment.
+    env: Vec<(String, String)>,
 }
 
 impl Node {
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = Command::new(venv_binary("nats-server")?)
+            .envs(self.env.iter().cloned())
             .arg("-c")
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -95,7 +103,9 @@ fn node_config(cluster_name: &str, name: &str, ports: NodePorts, store: &Path, p
 }
 
 /// The configuration file of one node; `sync_always` false leaves the server's default (fsync
-/// every 2 minutes), for measuring what `sync_interval: always` costs.
+/// every 2 minutes), for measuring what `sync_interval: always` costs. It includes `auth.conf`,
+/// a copy of `nats/auth.conf` beside it; routes between the nodes (on loopback) need no
+/// credentials.
 fn node_config_syncing(
     cluster_name: &str,
     name: &str,
@@ -130,7 +140,10 @@ fn node_config_syncing(
          \x20 name: {cluster_name}\n\
          \x20 listen: 127.0.0.1:{route}\n\
          \x20 routes: [{routes}]\n\
-         }}\n",
+         }}\n\
+         \n\
+         # users and permissions: nats/auth.conf\n\
+         include ./auth.conf\n",
         client = ports.client,
         monitor = ports.monitor,
         route = ports.route,
@@ -152,6 +165,7 @@ pub struct NatsCluster {
     client: tokio::sync::OnceCell<async_nats::Client>,
     /// Configs, stores and logs; removed when the cluster drops.
     root: tempfile::TempDir,
+    credentials: NatsCredentials,
 }
 
 impl NatsCluster {
@@ -174,11 +188,13 @@ impl NatsCluster {
             })
             .collect();
         let cluster_name = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let credentials = NatsCredentials::generate();
         let mut nodes = Vec::with_capacity(size);
         for (index, node_ports) in ports.iter().enumerate() {
             let name = format!("n{}", index + 1);
             let dir = root.path().join(&name);
             std::fs::create_dir_all(dir.join("jetstream"))?;
+            std::fs::copy(nats_auth_config(), dir.join("auth.conf")).context("copying nats/auth.conf")?;
             let config = dir.join("nats-server.conf");
             std::fs::write(
                 &config,
@@ -197,6 +213,7 @@ impl NatsCluster {
                 config,
                 log: dir.join("nats.log"),
                 child: None,
+                env: credentials.server_env(),
             });
         }
         let mut cluster = NatsCluster {
@@ -204,6 +221,7 @@ impl NatsCluster {
             http: reqwest::Client::builder().timeout(MONITOR_REQUEST_TIMEOUT).build()?,
             client: tokio::sync::OnceCell::new(),
             root,
+            credentials,
         };
         cluster.restart_all().await?;
         Ok(cluster)
@@ -214,7 +232,42 @@ impl NatsCluster {
         self.nodes.len()
     }
 
-    /// Every member's client URL, comma-separated, as `NATS_URL` takes them.
+    /// The passwords the cluster was started with.
+    pub fn credentials(&self) -> &NatsCredentials {
+        &self.credentials
+    }
+
+    /// The configuration of a service connecting as `user` to every member: `NATS_URL`,
+    /// `NATS_USER`, `NATS_PASSWORD` (add `NATS_REPLICAS`).
+    pub fn env_for(&self, user: NatsUser) -> Vec<(String, String)> {
+        self.credentials.env_for(&self.urls(), user)
+    }
+
+    /// A new client of every member connected as `user`, with the user's inbox prefix; fails at
+    /// once if it is refused.
+    pub async fn connect_as(&self, user: NatsUser) -> anyhow::Result<async_nats::Client> {
+        let urls: Vec<async_nats::ServerAddr> = (0..self.size())
+            .map(|node| self.url(node).parse())
+            .collect::<Result<_, _>>()?;
+        let client = self
+            .credentials
+            .connect_options(user)
+            .name(format!("nats-cluster-harness-{}", user.name()))
+            .connect(urls)
+            .await
+            .with_context(|| format!("connecting to the cluster as {}", user.name()))?;
+        Ok(client)
+    }
+
+    /// Every publish or subscription a node refused so far, as the nodes' logs report them.
+    pub fn permission_violations(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|node| permission_violations_in(&node.log))
+            .collect()
+    }
+
+    /// Every member's client URL (without credentials), comma-separated, as `NATS_URL` takes them.
     pub fn urls(&self) -> String {
         (0..self.size())
             .map(|node| self.url(node))
@@ -368,16 +421,17 @@ impl NatsCluster {
         .await
     }
 
-    /// A client of the cluster itself (every member's URL, reconnecting forever), shared by the
-    /// calls that need one.
+    /// A client of the cluster itself (every member's URL, as `ops`, reconnecting forever),
+    /// shared by the calls that need one.
     pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
         let urls: Vec<async_nats::ServerAddr> = (0..self.size())
             .map(|node| self.url(node).parse())
             .collect::<Result<_, _>>()?;
+        let options = self.credentials.connect_options(NatsUser::Ops);
         let client = self
             .client
             .get_or_try_init(|| async move {
-                async_nats::ConnectOptions::new()
+                options
                     .name("nats-cluster-harness")
                     .retry_on_initial_connect()
                     .max_reconnects(None)
@@ -437,5 +491,6 @@ mod tests {
         assert!(config.contains("listen: 127.0.0.1:22001"));
         assert!(config.contains("sync_interval: always"));
         assert!(config.contains("max_payload: 1MB"));
+        assert!(config.contains("include ./auth.conf"));
     }
 }

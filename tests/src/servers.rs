@@ -1,5 +1,10 @@
 //! Real servers for tests and the dev stack: `nats-server` and SeaweedFS (`weed mini`), from the
 //! project venv, on free loopback ports with their own temp dirs, killed on `Drop`.
+//!
+//! NATS runs with the repository's configuration (`nats/nats-server.conf`, which includes the
+//! users and permissions of `nats/auth.conf`), with passwords generated per server: services
+//! connect as their own user ([`NatsServer::env_for`]), test code as `ops`
+//! ([`NatsServer::client`]).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -112,6 +117,149 @@ pub fn port_answers(port: u16) -> bool {
     std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
+/// The repository's nats-server configuration (it includes `nats/auth.conf`).
+pub fn nats_config() -> PathBuf {
+    workspace_root().join("nats").join("nats-server.conf")
+}
+
+/// The users and permissions every server of the harness includes.
+pub fn nats_auth_config() -> PathBuf {
+    workspace_root().join("nats").join("auth.conf")
+}
+
+/// A user of `nats/auth.conf`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NatsUser {
+    /// The intake.
+    Intake,
+    /// A processor.
+    Processor,
+    /// The presigner.
+    Presigner,
+    /// A notifier (and its `dead-letters` command).
+    Notifier,
+    /// The `download-admin` command: the identity buckets.
+    Admin,
+    /// Operators and test harness clients: everything.
+    Ops,
+}
+
+impl NatsUser {
+    /// Every user.
+    pub const ALL: [NatsUser; 6] = [
+        NatsUser::Intake,
+        NatsUser::Processor,
+        NatsUser::Presigner,
+        NatsUser::Notifier,
+        NatsUser::Admin,
+        NatsUser::Ops,
+    ];
+
+    /// The user name (`NATS_USER`).
+    pub fn name(self) -> &'static str {
+        match self {
+            NatsUser::Intake => "intake",
+            NatsUser::Processor => "processor",
+            NatsUser::Presigner => "presigner",
+            NatsUser::Notifier => "notifier",
+            NatsUser::Admin => "admin",
+            NatsUser::Ops => "ops",
+        }
+    }
+
+    /// The variable of the nats-server environment `nats/auth.conf` reads the password from.
+    pub fn password_variable(self) -> String {
+        format!("NATS_{}_PASSWORD", self.name().to_ascii_uppercase())
+    }
+
+    fn index(self) -> usize {
+        NatsUser::ALL
+            .iter()
+            .position(|user| *user == self)
+            .expect("every user is in ALL")
+    }
+}
+
+/// Passwords of every user of `nats/auth.conf`, generated for one server or cluster.
+#[derive(Clone)]
+pub struct NatsCredentials {
+    passwords: [String; 6],
+}
+
+impl std::fmt::Debug for NatsCredentials {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("NatsCredentials(passwords hidden)")
+    }
+}
+
+impl NatsCredentials {
+    /// Random passwords: a letter, then 31 letters and digits (nats-server reads an environment
+    /// variable as a configuration value, so a password must not look like a number).
+    pub fn generate() -> Self {
+        use rand::Rng;
+        let password = || {
+            let mut random = rand::rng();
+            let first = char::from(random.random_range(b'a'..=b'z'));
+            let rest: String = (&mut random)
+                .sample_iter(rand::distr::Alphanumeric)
+                .take(31)
+                .map(char::from)
+                .collect();
+            format!("{first}{rest}")
+        };
+        NatsCredentials {
+            passwords: std::array::from_fn(|_| password()),
+        }
+    }
+
+    /// The password of `user`.
+    pub fn password(&self, user: NatsUser) -> &str {
+        &self.passwords[user.index()]
+    }
+
+    /// The variables nats-server resolves the passwords of `nats/auth.conf` from.
+    pub fn server_env(&self) -> Vec<(String, String)> {
+        NatsUser::ALL
+            .iter()
+            .map(|user| (user.password_variable(), self.password(*user).to_string()))
+            .collect()
+    }
+
+    /// The configuration of a service connecting as `user` to `urls` (comma-separated):
+    /// `NATS_URL` (without credentials), `NATS_USER` and `NATS_PASSWORD`.
+    pub fn env_for(&self, urls: &str, user: NatsUser) -> Vec<(String, String)> {
+        vec![
+            ("NATS_URL".into(), urls.to_string()),
+            ("NATS_USER".into(), user.name().into()),
+            ("NATS_PASSWORD".into(), self.password(user).to_string()),
+        ]
+    }
+
+    /// Options connecting as `user` as a service does (`common::nats::connect`): its user and
+    /// password, and its inbox prefix `_INBOX_<user>`. async-nats 0.51 ignores credentials in
+    /// a URL, so connections of the harness take them from here.
+    pub fn connect_options(&self, user: NatsUser) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::with_user_and_password(user.name().into(), self.password(user).into())
+            .custom_inbox_prefix(common::nats::inbox_prefix(Some(user.name())))
+    }
+}
+
+/// The lines of a nats-server log that report a refused publish or subscription (the server
+/// logs `Publish Violation - User "intake", Subject "..."`, and sends the client
+/// `Permissions Violation for Publish to "..."`).
+pub fn permission_violations_in(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| {
+            ["Publish Violation", "Subscription Violation", "Permissions Violation"]
+                .iter()
+                .any(|marker| line.contains(marker))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
 /// Fixed ports for a server, so it can be restarted in place.
 #[derive(Debug, Clone)]
 pub struct NatsPorts {
@@ -121,7 +269,7 @@ pub struct NatsPorts {
     pub monitor: u16,
 }
 
-/// A running nats-server with JetStream.
+/// A running nats-server with JetStream, the repository's configuration and its own passwords.
 pub struct NatsServer {
     child: Option<Child>,
     /// Its ports.
@@ -129,10 +277,11 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     log: PathBuf,
     config: Option<PathBuf>,
+    credentials: NatsCredentials,
 }
 
 impl NatsServer {
-    /// Starts a server on free ports.
+    /// Starts a server on free ports with `nats/nats-server.conf`.
     pub async fn start() -> anyhow::Result<Self> {
         let mut failure = None;
         for _ in 0..START_ATTEMPTS {
@@ -148,12 +297,14 @@ impl NatsServer {
         Err(failure.expect("at least one attempt"))
     }
 
-    /// Starts a server on the given ports and store.
+    /// Starts a server on the given ports and store with `nats/nats-server.conf`.
     pub async fn start_on(ports: NatsPorts, store: tempfile::TempDir) -> anyhow::Result<Self> {
-        Self::start_configured(ports, store, None).await
+        Self::start_configured(ports, store, Some(nats_config())).await
     }
 
-    /// Starts a server with a configuration file (ports given here override the file's).
+    /// Starts a server with a configuration file (ports given here override the file's), and
+    /// generated passwords in its environment (`nats/auth.conf` reads them from there). Without
+    /// a file the server lets anyone in.
     pub async fn start_configured(
         ports: NatsPorts,
         store: tempfile::TempDir,
@@ -165,18 +316,21 @@ impl NatsServer {
             log: store.path().join("nats.log"),
             store,
             config,
+            credentials: NatsCredentials::generate(),
         };
         server.spawn().await?;
         Ok(server)
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::File::create(&self.log)?;
+        // Appends, so a restart keeps the log of the run before it.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut command = Command::new(venv_binary("nats-server")?);
         if let Some(config) = &self.config {
             command.arg("-c").arg(config);
         }
         let child = command
+            .envs(self.credentials.server_env())
             .args(["-js", "-a", "127.0.0.1"])
             .args(["-p", &self.ports.client.to_string()])
             .args(["-m", &self.ports.monitor.to_string()])
@@ -199,9 +353,50 @@ impl NatsServer {
         Ok(())
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>`, without credentials (as `NATS_URL` takes it): connect with
+    /// [`client`](Self::client), [`connect_as`](Self::connect_as) or
+    /// [`env_for`](Self::env_for).
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.ports.client)
+    }
+
+    /// The passwords this server was started with.
+    pub fn credentials(&self) -> &NatsCredentials {
+        &self.credentials
+    }
+
+    /// The configuration of a service connecting as `user`: `NATS_URL`, `NATS_USER`,
+    /// `NATS_PASSWORD`.
+    pub fn env_for(&self, user: NatsUser) -> Vec<(String, String)> {
+        self.credentials.env_for(&self.url(), user)
+    }
+
+    /// A client connected as `user`, with the user's inbox prefix; fails at once if the server
+    /// refuses it.
+    pub async fn connect_as(&self, user: NatsUser) -> anyhow::Result<async_nats::Client> {
+        let client = self
+            .credentials
+            .connect_options(user)
+            .name(format!("test-harness-{}", user.name()))
+            .connect(self.url())
+            .await
+            .with_context(|| format!("connecting to nats-server as {}", user.name()))?;
+        Ok(client)
+    }
+
+    /// A client of the test itself, connected as `ops` (everything allowed).
+    pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        self.connect_as(NatsUser::Ops).await
+    }
+
+    /// The server's log (every run of the server appends to it).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Every publish or subscription the server refused so far, as its log reports them.
+    pub fn permission_violations(&self) -> Vec<String> {
+        permission_violations_in(&self.log)
     }
 
     /// Kills the server (its store stays).

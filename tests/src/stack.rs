@@ -2,11 +2,14 @@
 //! their own tasks, each stoppable on its own. Fast settings by default (no simulated delay,
 //! short retry delays, frequent progress).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use common::config::Env;
+use common::identity::admin::IdentityBuckets;
+use secrecy::ExposeSecret;
 use common::storage::Storage;
 use minio::s3::types::S3Api;
 use serde_json::Value;
@@ -14,7 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::NatsCluster;
-use crate::servers::{NatsServer, S3Server};
+use crate::servers::{NatsServer, NatsUser, S3Server};
 use crate::wait::wait_for;
 
 /// A service running on its own task.
@@ -83,6 +86,22 @@ impl Broker {
         }
     }
 
+    /// The configuration of a service connecting as `user`.
+    pub fn env_for(&self, user: NatsUser) -> Vec<(String, String)> {
+        match self {
+            Broker::Single(server) => server.env_for(user),
+            Broker::Cluster(cluster) => cluster.env_for(user),
+        }
+    }
+
+    /// A client connected as `user`.
+    pub async fn connect_as(&self, user: NatsUser) -> anyhow::Result<async_nats::Client> {
+        match self {
+            Broker::Single(server) => server.connect_as(user).await,
+            Broker::Cluster(cluster) => cluster.connect_as(user).await,
+        }
+    }
+
     /// Kills the server, or every node of the cluster (their stores stay).
     pub fn stop(&mut self) {
         match self {
@@ -129,6 +148,8 @@ pub struct Stack {
     pub http: reqwest::Client,
     /// Direct access to the bucket.
     pub storage: Storage,
+    identity: tokio::sync::OnceCell<IdentityBuckets>,
+    keys: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Stack {
@@ -158,7 +179,9 @@ impl Stack {
     }
 
     fn on(nats: Broker, s3: S3Server, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut env = Env::from_pairs(fast_defaults()).with("NATS_URL", nats.urls());
+        let mut env = Env::from_pairs(fast_defaults())
+            .with("NATS_URL", nats.urls())
+            .with("STREAM_TOKEN_SECRET", random_secret());
         for (key, value) in s3.env() {
             env = env.with(key, value);
         }
@@ -181,17 +204,73 @@ impl Stack {
             notifier_address: None,
             http,
             storage,
+            identity: tokio::sync::OnceCell::new(),
+            keys: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
-    /// The configuration services get.
+    /// The identity buckets, as the admin command sees them.
+    pub async fn identity(&self) -> anyhow::Result<&IdentityBuckets> {
+        self.identity
+            .get_or_try_init(|| async {
+                let client = self.nats_client().await?;
+                let settings = common::config::NatsSettings::from_env(&self.env)?;
+                let buckets = IdentityBuckets::provision(&client, &common::nats::Topology::streams(&settings)).await?;
+                Ok::<_, anyhow::Error>(buckets)
+            })
+            .await
+    }
+
+    /// An API key of `tenant`, creating the tenant (as `download-admin tenant create` does) the
+    /// first time; the same key afterwards.
+    pub async fn key(&self, tenant: &str) -> anyhow::Result<String> {
+        if let Some(key) = self.keys.lock().expect("keys lock").get(tenant) {
+            return Ok(key.clone());
+        }
+        let identity = self.identity().await?;
+        let issued = match identity.create_tenant(tenant, "test").await {
+            Ok((_, issued)) => issued,
+            Err(common::identity::admin::AdminError::Exists(_)) => identity.create_key(tenant, "test").await?,
+            Err(error) => return Err(error.into()),
+        };
+        let key = issued.key.expose_secret().to_string();
+        self.keys
+            .lock()
+            .expect("keys lock")
+            .insert(tenant.to_string(), key.clone());
+        Ok(key)
+    }
+
+    /// The `Authorization` header value of `tenant`'s key.
+    pub async fn bearer(&self, tenant: &str) -> anyhow::Result<String> {
+        Ok(format!("Bearer {}", self.key(tenant).await?))
+    }
+
+    /// The webhook secrets signing `tenant`'s deliveries now (the tenant exists once it has a key).
+    pub async fn webhook_secrets(&self, tenant: &str) -> anyhow::Result<Vec<String>> {
+        self.key(tenant).await?;
+        let record = self.identity().await?.tenant(tenant).await?;
+        Ok(record.signing_secrets(chrono::Utc::now()))
+    }
+
+    /// The configuration services get, without NATS credentials (see [`Stack::env_as`]).
     pub fn env(&self) -> &Env {
         &self.env
     }
 
+    /// The configuration of a service connecting to NATS as `user` (its own NATS user of
+    /// `nats/auth.conf`).
+    pub fn env_as(&self, user: NatsUser) -> Env {
+        let mut env = self.env.clone();
+        for (key, value) in self.nats.env_for(user) {
+            env = env.with(key, value);
+        }
+        env
+    }
+
     /// Starts the intake on a free port.
     pub async fn start_intake(&mut self) -> anyhow::Result<()> {
-        let settings = intake::Settings::from_env(&self.env)?;
+        let settings = intake::Settings::from_env(&self.env_as(NatsUser::Intake))?;
         let application = intake::Application::build(settings).await?;
         self.intake_address = Some(application.local_addr());
         self.intake = Some(Service::spawn(|token| {
@@ -202,7 +281,7 @@ impl Stack {
 
     /// Starts a processor with extra settings; returns its instance id.
     pub async fn start_processor(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<String> {
-        let mut env = self.env.clone();
+        let mut env = self.env_as(NatsUser::Processor);
         for (key, value) in extra {
             env = env.with(*key, *value);
         }
@@ -217,10 +296,10 @@ impl Stack {
     /// Starts the presigner, a processor, the intake and the notifier all at once, as a fresh
     /// deployment does, and waits until each is up.
     pub async fn start_together(&mut self) -> anyhow::Result<()> {
-        let presigner_settings = presigner::Settings::from_env(&self.env)?;
-        let processor_settings = processor::Settings::from_env(&self.env)?;
-        let intake_settings = intake::Settings::from_env(&self.env)?;
-        let notifier_settings = notifier::Settings::from_env(&self.env)?;
+        let presigner_settings = presigner::Settings::from_env(&self.env_as(NatsUser::Presigner))?;
+        let processor_settings = processor::Settings::from_env(&self.env_as(NatsUser::Processor))?;
+        let intake_settings = intake::Settings::from_env(&self.env_as(NatsUser::Intake))?;
+        let notifier_settings = notifier::Settings::from_env(&self.env_as(NatsUser::Notifier))?;
         self.presigner = Some(Service::spawn(|token| {
             tokio::spawn(presigner::run(presigner_settings, token))
         }));
@@ -242,7 +321,7 @@ impl Stack {
     /// (the processor owns them), for tests that play a processor themselves.
     pub async fn provision_processor_consumers(&self) -> anyhow::Result<common::nats::JetStreamHandles> {
         use common::nats::Resource;
-        let settings = processor::Settings::from_env(&self.env)?;
+        let settings = processor::Settings::from_env(&self.env_as(NatsUser::Processor))?;
         let client = self.nats_client().await?;
         let resources = [
             Resource::AdvisoriesStream,
@@ -283,7 +362,7 @@ impl Stack {
 
     /// Starts one more notifier with extra settings; returns its address and handle.
     pub async fn spawn_notifier(&self, extra: &[(&str, &str)]) -> anyhow::Result<(SocketAddr, Service)> {
-        let mut env = self.env.clone();
+        let mut env = self.env_as(NatsUser::Notifier);
         for (key, value) in extra {
             env = env.with(*key, *value);
         }
@@ -316,7 +395,7 @@ impl Stack {
 
     /// Starts the presigner and waits until it answers discovery pings.
     pub async fn start_presigner(&mut self) -> anyhow::Result<()> {
-        let settings = presigner::Settings::from_env(&self.env)?;
+        let settings = presigner::Settings::from_env(&self.env_as(NatsUser::Presigner))?;
         self.presigner = Some(Service::spawn(|token| tokio::spawn(presigner::run(settings, token))));
         let client = self.nats_client().await?;
         wait_for("the presigner to answer $SRV.PING", Duration::from_secs(20), || {
@@ -333,15 +412,9 @@ impl Stack {
         Ok(())
     }
 
-    /// A NATS client of the test itself.
+    /// A NATS client of the test itself (the `ops` user: everything).
     pub async fn nats_client(&self) -> anyhow::Result<async_nats::Client> {
-        let servers = self
-            .nats
-            .urls()
-            .split(',')
-            .map(str::parse)
-            .collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-        Ok(async_nats::connect(servers).await?)
+        self.nats.connect_as(NatsUser::Ops).await
     }
 
     /// The intake's base URL.
@@ -413,7 +486,7 @@ impl Stack {
         let response = self
             .http
             .post(self.url("/v1/download/initiate"))
-            .header("X-User-Id", user)
+            .header("Authorization", self.bearer(user).await?)
             .json(&body)
             .send()
             .await?;
@@ -425,7 +498,7 @@ impl Stack {
         let response = self
             .http
             .get(self.url(&format!("/v1/download/status/{job_id}")))
-            .header("X-User-Id", user)
+            .header("Authorization", self.bearer(user).await?)
             .send()
             .await?;
         anyhow::ensure!(response.status() == 200, "status answered {}", response.status());
@@ -469,6 +542,16 @@ impl Stack {
         let events = store.events_after(job_id, 0).await?;
         Ok(events.iter().map(serde_json::to_value).collect::<Result<_, _>>()?)
     }
+}
+
+/// A random secret of 48 characters (stream token secrets).
+pub fn random_secret() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(48)
+        .map(char::from)
+        .collect()
 }
 
 /// The job id of an initiate answer, which must be 202 Accepted.

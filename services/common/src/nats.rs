@@ -447,6 +447,24 @@ pub async fn provision(
     topology: &Topology,
     resources: &[Resource],
 ) -> Result<JetStreamHandles, NatsSetupError> {
+    let with_jobs: Vec<Resource> = resources
+        .iter()
+        .copied()
+        .filter(|resource| *resource != Resource::JobsBucket)
+        .chain([Resource::JobsBucket])
+        .collect();
+    let jetstream = provision_only(client, topology, &with_jobs).await?;
+    let jobs = bucket(&jetstream, names::JOBS_BUCKET).await?;
+    Ok(JetStreamHandles { jetstream, jobs })
+}
+
+/// Creates or updates exactly `resources` (for a client that uses no job records, such as the
+/// admin command), as patiently as [`provision`].
+pub async fn provision_only(
+    client: &async_nats::Client,
+    topology: &Topology,
+    resources: &[Resource],
+) -> Result<jetstream::Context, NatsSetupError> {
     let jetstream = jetstream::new(client.clone());
     // Creates answer within a few seconds or not at all (a fresh cluster busy placing every
     // service's streams at once): a short timeout retries sooner than the connection's 10 s, and
@@ -456,12 +474,7 @@ pub async fn provision(
     let patience = crate::retry::Patience {
         window: PROVISION_WINDOW,
     };
-    let every = resources
-        .iter()
-        .copied()
-        .filter(|resource| *resource != Resource::JobsBucket)
-        .chain([Resource::JobsBucket]);
-    for resource in every {
+    for resource in resources.iter().copied() {
         patience
             .retry(
                 "provisioning",
@@ -474,14 +487,7 @@ pub async fn provision(
                 source,
             })?;
     }
-    let jobs = patience
-        .retry("provisioning", || jetstream.get_key_value(names::JOBS_BUCKET), |_| true)
-        .await
-        .map_err(|error| NatsSetupError::Provision {
-            what: names::JOBS_BUCKET.to_string(),
-            source: Box::new(error),
-        })?;
-    Ok(JetStreamHandles { jetstream, jobs })
+    Ok(jetstream)
 }
 
 /// A handle to a provisioned bucket, asked for as patiently as provisioning itself.

@@ -6,7 +6,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use system_tests::servers::{NatsPorts, NatsServer, S3Ports, S3Server, port_answers, workspace_root};
+use system_tests::servers::{NatsPorts, NatsServer, NatsUser, S3Ports, S3Server, port_answers};
 use system_tests::wait::wait_until;
 
 /// The project's own ports, clear of a NATS already on 4222 and of the usual dev ports.
@@ -43,13 +43,13 @@ async fn run() -> anyhow::Result<()> {
         bail!("port {busy} is already in use (another dev stack running?); stop it and retry");
     }
     println!("starting NATS on {NATS_PORT} and SeaweedFS S3 on {S3_PORT} ...");
-    let nats = NatsServer::start_configured(
+    // nats/nats-server.conf with its users (nats/auth.conf); passwords are generated for this run.
+    let nats = NatsServer::start_on(
         NatsPorts {
             client: NATS_PORT,
             monitor: NATS_MONITOR_PORT,
         },
         tempfile::tempdir()?,
-        Some(workspace_root().join("nats/nats-server.conf")),
     )
     .await?;
     let s3 = S3Server::start_on(s3_ports, tempfile::tempdir()?).await?;
@@ -68,7 +68,6 @@ async fn run() -> anyhow::Result<()> {
 
     let mut env: Vec<(String, String)> = s3.env();
     env.extend([
-        ("NATS_URL".to_string(), nats.url()),
         ("HOST".to_string(), "127.0.0.1".to_string()),
         ("PORT".to_string(), API_PORT.to_string()),
         ("DOWNLOAD_DELAY_ENABLED".to_string(), "true".to_string()),
@@ -82,15 +81,23 @@ async fn run() -> anyhow::Result<()> {
         .context("binary directory")?
         .to_path_buf();
     let mut children: Vec<(&str, Child)> = Vec::new();
-    for service in ["presigner", "processor", "intake", "notifier"] {
+    let services = [
+        ("presigner", NatsUser::Presigner),
+        ("processor", NatsUser::Processor),
+        ("intake", NatsUser::Intake),
+        ("notifier", NatsUser::Notifier),
+    ];
+    for (service, user) in services {
         let path = binaries.join(service);
         let port = if service == "notifier" {
             NOTIFIER_PORT
         } else {
             INTAKE_PORT
         };
+        // Each service connects as its own NATS user (NATS_URL, NATS_USER, NATS_PASSWORD).
         let child = Command::new(&path)
             .envs(env.iter().cloned())
+            .envs(nats.env_for(user))
             .env("PORT", port.to_string())
             .spawn()
             .with_context(|| format!("starting {} (built by deploy/local/up?)", path.display()))?;
@@ -121,6 +128,11 @@ async fn run() -> anyhow::Result<()> {
     println!(
         "  NATS           {} (monitoring http://127.0.0.1:{NATS_MONITOR_PORT})",
         nats.url()
+    );
+    println!(
+        "  nats CLI       nats --server {} --user ops --password {}   (passwords of this run only)",
+        nats.url(),
+        nats.credentials().password(NatsUser::Ops)
     );
     println!(
         "  S3 endpoint    {} (bucket downloads, credentials in deploy/local/README.md, access key {})",

@@ -60,6 +60,20 @@ pub fn new_webhook_secret() -> String {
 }
 
 impl IdentityBuckets {
+    /// Provisions (creates or updates) both buckets and opens them.
+    pub async fn provision(
+        client: &async_nats::Client,
+        topology: &crate::nats::Topology,
+    ) -> Result<Self, crate::nats::NatsSetupError> {
+        use crate::nats::Resource;
+        let jetstream =
+            crate::nats::provision_only(client, topology, &[Resource::ApiKeysBucket, Resource::TenantsBucket]).await?;
+        Ok(IdentityBuckets {
+            keys: crate::nats::bucket(&jetstream, crate::names::API_KEYS_BUCKET).await?,
+            tenants: crate::nats::bucket(&jetstream, crate::names::TENANTS_BUCKET).await?,
+        })
+    }
+
     /// Creates a tenant with a webhook secret and its first key.
     pub async fn create_tenant(&self, tenant: &str, label: &str) -> Result<(TenantRecord, IssuedKey), AdminError> {
         let tenant = check_tenant_id(tenant).map_err(AdminError::Invalid)?;
