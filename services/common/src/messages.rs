@@ -172,7 +172,7 @@ pub enum PresignResponse {
     },
 }
 
-/// Every message type with the file name of its JSON Schema in `schemas/`.
+/// Every message and KV record type with the file name of its JSON Schema in `schemas/`.
 pub fn schema_documents() -> Vec<(&'static str, serde_json::Value)> {
     fn schema_of<T: JsonSchema>() -> serde_json::Value {
         serde_json::to_value(schemars::schema_for!(T)).expect("schemas serialize")
@@ -183,6 +183,8 @@ pub fn schema_documents() -> Vec<(&'static str, serde_json::Value)> {
         ("job-record.schema.json", schema_of::<crate::JobRecord>()),
         ("presign-request.schema.json", schema_of::<PresignRequest>()),
         ("presign-response.schema.json", schema_of::<PresignResponse>()),
+        ("api-key-record.schema.json", schema_of::<crate::identity::ApiKeyRecord>()),
+        ("tenant-record.schema.json", schema_of::<crate::identity::TenantRecord>()),
     ]
 }
 

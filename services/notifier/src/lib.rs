@@ -253,3 +253,24 @@ impl Application {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_never_print_webhook_token_or_nats_secrets() {
+        let webhook_secret = "whsec_c2VjcmV0LWtleS1mb3Itd2ViaG9va3M=";
+        let token_secret = "stream-token-secret-0123456789abcdef";
+        let env = Env::from_pairs([
+            ("WEBHOOK_SECRETS", webhook_secret),
+            ("STREAM_TOKEN_SECRET", token_secret),
+            ("NATS_USER", "notifier"),
+            ("NATS_PASSWORD", "nats-password-hunter2"),
+        ]);
+        let shown = format!("{:?}", Settings::from_env(&env).unwrap());
+        for secret in [webhook_secret, token_secret, "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} printed in {shown}");
+        }
+    }
+}

@@ -21,6 +21,7 @@ use common::store::JobStore;
 use common::identity::TenantRecord;
 use common::identity::directory::Directory;
 use common::{JobStatus, telemetry, webhook};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,7 +34,7 @@ pub struct WebhookSettings {
     /// the tenants bucket (jobs of a gateway's users, `AUTH_MODE=gateway`). A tenant's jobs are
     /// always signed with the tenant's own secrets, never these. Empty (the default): such jobs'
     /// webhooks are retried, then dead-lettered, until the owner is a tenant.
-    pub secrets: Vec<String>,
+    pub secrets: Vec<SecretString>,
     /// `WEBHOOK_TIMEOUT_MS`: per-attempt timeout (default 15000).
     pub timeout: Duration,
     /// `WEBHOOK_MAX_ATTEMPTS` (default 15).
@@ -57,14 +58,15 @@ pub struct WebhookSettings {
 impl WebhookSettings {
     /// Reads and validates the settings.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let secrets: Vec<String> = env
+        let secrets: Vec<SecretString> = env
             .string("WEBHOOK_SECRETS", "")
             .split(',')
             .map(|secret| secret.trim().to_string())
             .filter(|secret| !secret.is_empty())
+            .map(SecretString::from)
             .collect();
         for secret in &secrets {
-            if webhook::check_secret(secret).is_err() {
+            if webhook::check_secret(secret.expose_secret()).is_err() {
                 return Err(ConfigError {
                     key: "WEBHOOK_SECRETS".into(),
                     value: "(hidden)".into(),
@@ -298,7 +300,12 @@ impl Deliverer {
     pub async fn secrets_of(&self, owner: &str) -> Result<Vec<String>, String> {
         match self.tenants.get(owner).await {
             Ok(Some(tenant)) => Ok(tenant.signing_secrets(chrono::Utc::now())),
-            Ok(None) => Ok(self.settings.secrets.clone()),
+            Ok(None) => Ok(self
+                .settings
+                .secrets
+                .iter()
+                .map(|secret| secret.expose_secret().to_string())
+                .collect()),
             Err(error) => Err(format!("tenants unavailable: {error}")),
         }
     }
