@@ -20,6 +20,10 @@ use crate::cluster::NatsCluster;
 use crate::servers::{NatsServer, NatsUser, S3Server};
 use crate::wait::wait_for;
 
+/// The NATS user that runs each service's `provision` step before the service starts (services
+/// themselves may not create streams).
+pub const PROVISIONER: NatsUser = NatsUser::Ops;
+
 /// A service running on its own task.
 pub struct Service {
     token: CancellationToken,
@@ -181,7 +185,10 @@ impl Stack {
     fn on(nats: Broker, s3: S3Server, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut env = Env::from_pairs(fast_defaults())
             .with("NATS_URL", nats.urls())
-            .with("STREAM_TOKEN_SECRET", random_secret());
+            .with("STREAM_TOKEN_SECRET", random_secret())
+            // As in a least-privilege deployment: services only open their resources, which
+            // `<service> provision` (run by PROVISIONER) created.
+            .with("NATS_PROVISION", "false");
         for (key, value) in s3.env() {
             env = env.with(key, value);
         }
@@ -270,6 +277,7 @@ impl Stack {
 
     /// Starts the intake on a free port.
     pub async fn start_intake(&mut self) -> anyhow::Result<()> {
+        intake::provision(&intake::Settings::from_env(&self.env_as(PROVISIONER))?).await?;
         let settings = intake::Settings::from_env(&self.env_as(NatsUser::Intake))?;
         let application = intake::Application::build(settings).await?;
         self.intake_address = Some(application.local_addr());
@@ -282,9 +290,12 @@ impl Stack {
     /// Starts a processor with extra settings; returns its instance id.
     pub async fn start_processor(&mut self, extra: &[(&str, &str)]) -> anyhow::Result<String> {
         let mut env = self.env_as(NatsUser::Processor);
+        let mut provisioning = self.env_as(PROVISIONER);
         for (key, value) in extra {
             env = env.with(*key, *value);
+            provisioning = provisioning.with(*key, *value);
         }
+        processor::provision(&processor::Settings::from_env(&provisioning)?).await?;
         let settings = processor::Settings::from_env(&env)?;
         let instance_id = settings.instance_id.clone();
         self.processors
@@ -296,6 +307,18 @@ impl Stack {
     /// Starts the presigner, a processor, the intake and the notifier all at once, as a fresh
     /// deployment does, and waits until each is up.
     pub async fn start_together(&mut self) -> anyhow::Result<()> {
+        // Each service's provisioning step, all at once, as a fresh deployment runs them.
+        let provisioning = self.env_as(PROVISIONER);
+        let (intake_provisioning, processor_provisioning, notifier_provisioning) = (
+            intake::Settings::from_env(&provisioning)?,
+            processor::Settings::from_env(&provisioning)?,
+            notifier::Settings::from_env(&provisioning)?,
+        );
+        tokio::try_join!(
+            intake::provision(&intake_provisioning),
+            processor::provision(&processor_provisioning),
+            notifier::provision(&notifier_provisioning),
+        )?;
         let presigner_settings = presigner::Settings::from_env(&self.env_as(NatsUser::Presigner))?;
         let processor_settings = processor::Settings::from_env(&self.env_as(NatsUser::Processor))?;
         let intake_settings = intake::Settings::from_env(&self.env_as(NatsUser::Intake))?;
@@ -363,9 +386,12 @@ impl Stack {
     /// Starts one more notifier with extra settings; returns its address and handle.
     pub async fn spawn_notifier(&self, extra: &[(&str, &str)]) -> anyhow::Result<(SocketAddr, Service)> {
         let mut env = self.env_as(NatsUser::Notifier);
+        let mut provisioning = self.env_as(PROVISIONER);
         for (key, value) in extra {
             env = env.with(*key, *value);
+            provisioning = provisioning.with(*key, *value);
         }
+        notifier::provision(&notifier::Settings::from_env(&provisioning)?).await?;
         let settings = notifier::Settings::from_env(&env)?;
         let application = notifier::Application::build(settings).await?;
         let address = application.local_addr();

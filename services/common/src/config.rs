@@ -170,6 +170,12 @@ pub struct NatsSettings {
     /// while the cluster cannot answer it, before the failure counts (default 30: a leader
     /// election takes up to ~10 s).
     pub patience: crate::retry::Patience,
+    /// `NATS_PROVISION`: whether the service creates or updates its streams, buckets and
+    /// consumers at startup (default true). With least-privilege NATS users (`nats/auth.conf`)
+    /// services may not create streams (that right would let them read and write every stream
+    /// through sources): set it to false, and run `<service> provision` as the `admin` user
+    /// before starting the service; it then waits for them to exist.
+    pub provision: bool,
 }
 
 impl NatsSettings {
@@ -225,6 +231,7 @@ impl NatsSettings {
             tls_client_cert,
             replicas,
             patience: crate::retry::Patience { window },
+            provision: env.bool("NATS_PROVISION", true)?,
         })
     }
 }

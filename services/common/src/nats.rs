@@ -15,8 +15,23 @@ pub enum NatsSetupError {
     /// The connection could not be set up.
     #[error("cannot connect to NATS")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stream, consumer or bucket that the service does not provision does not exist.
+    #[error(
+        "JetStream {what} does not exist (NATS_PROVISION=false): run `<service> provision` with a NATS user \
+         allowed to create it (the admin user of nats/auth.conf)"
+    )]
+    Missing {
+        /// Which one.
+        what: String,
+        /// The last failure to open it.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A stream, consumer or bucket could not be created or updated.
-    #[error("cannot provision JetStream {what}")]
+    #[error(
+        "cannot provision JetStream {what} (a NATS user that may not create streams needs NATS_PROVISION=false \
+         and `<service> provision` run by a user that may)"
+    )]
     Provision {
         /// Which definition failed.
         what: String,
@@ -456,6 +471,71 @@ pub async fn provision(
     let jetstream = provision_only(client, topology, &with_jobs).await?;
     let jobs = bucket(&jetstream, names::JOBS_BUCKET).await?;
     Ok(JetStreamHandles { jetstream, jobs })
+}
+
+/// The service's resources, as its settings say: created or updated ([`provision`]) with
+/// `NATS_PROVISION=true`, else opened once they exist ([`open`]).
+pub async fn prepare(
+    client: &async_nats::Client,
+    settings: &NatsSettings,
+    topology: &Topology,
+    resources: &[Resource],
+) -> Result<JetStreamHandles, NatsSetupError> {
+    if settings.provision {
+        provision(client, topology, resources).await
+    } else {
+        open(client, resources).await
+    }
+}
+
+/// Waits (for [`PROVISION_WINDOW`]) until `resources` and the job records bucket exist, as a
+/// provisioning step run by a privileged user creates them, and opens them; creates nothing.
+pub async fn open(client: &async_nats::Client, resources: &[Resource]) -> Result<JetStreamHandles, NatsSetupError> {
+    let jetstream = jetstream::new(client.clone());
+    let patience = crate::retry::Patience {
+        window: PROVISION_WINDOW,
+    };
+    let every = resources
+        .iter()
+        .copied()
+        .filter(|resource| *resource != Resource::JobsBucket)
+        .chain([Resource::JobsBucket]);
+    for resource in every {
+        patience
+            .retry("waiting for a provisioned resource", || open_one(&jetstream, resource), |_| true)
+            .await
+            .map_err(|source| NatsSetupError::Missing {
+                what: resource.name().to_string(),
+                source,
+            })?;
+    }
+    let jobs = bucket(&jetstream, names::JOBS_BUCKET).await?;
+    Ok(JetStreamHandles { jetstream, jobs })
+}
+
+async fn open_one(
+    jetstream: &jetstream::Context,
+    resource: Resource,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let consumer_of = |name: &'static str, stream: &'static str| async move {
+        jetstream
+            .get_consumer_from_stream::<consumer::pull::Config, _, _>(name, stream)
+            .await
+            .map(drop)
+    };
+    match resource {
+        Resource::ProcessorConsumer => consumer_of(names::PROCESSOR_CONSUMER, names::JOBS_STREAM).await?,
+        Resource::AdvisoriesConsumer => consumer_of(names::ADVISORIES_CONSUMER, names::ADVISORIES_STREAM).await?,
+        Resource::DeadLettersBucket
+        | Resource::StreamLeasesBucket
+        | Resource::JobsBucket
+        | Resource::ApiKeysBucket
+        | Resource::TenantsBucket => drop(jetstream.get_key_value(resource.name()).await?),
+        Resource::JobsStream | Resource::EventsStream | Resource::AdvisoriesStream | Resource::WebhookReplaysStream => {
+            drop(jetstream.get_stream(resource.name()).await?)
+        }
+    }
+    Ok(())
 }
 
 /// Creates or updates exactly `resources` (for a client that uses no job records, such as the

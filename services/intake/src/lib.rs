@@ -199,6 +199,23 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .map_to_response()
 }
 
+/// The JetStream resources the intake owns: it queues jobs, writes records, publishes
+/// cancellations and reads API keys; the consumers are the processors' and the notifiers'.
+pub const NATS_RESOURCES: &[common::nats::Resource] = &[
+    common::nats::Resource::JobsStream,
+    common::nats::Resource::EventsStream,
+    common::nats::Resource::ApiKeysBucket,
+];
+
+/// Creates or updates the intake's JetStream resources (`intake provision`, run by a NATS user
+/// allowed to, before intakes that run with `NATS_PROVISION=false`).
+pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
+    let nats = common::nats::connect(&settings.nats, "download-intake-provision").await?;
+    common::nats::provision(&nats, &common::nats::Topology::streams(&settings.nats), NATS_RESOURCES).await?;
+    nats.flush().await?;
+    Ok(())
+}
+
 /// A built intake: connected, provisioned, bound to its port.
 pub struct Application {
     state: Arc<State>,
@@ -212,14 +229,11 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let storage = Storage::new(&settings.s3)?;
         let nats = common::nats::connect(&settings.nats, "download-intake").await?;
-        // The intake queues jobs, writes records and publishes cancellations: it provisions the
-        // job stream, the events stream and the records bucket, and no consumer (those are the
-        // processors' and the notifiers', with their settings).
-        use common::nats::{Resource, Topology};
-        let handles = common::nats::provision(
+        let handles = common::nats::prepare(
             &nats,
-            &Topology::streams(&settings.nats),
-            &[Resource::JobsStream, Resource::EventsStream, Resource::ApiKeysBucket],
+            &settings.nats,
+            &common::nats::Topology::streams(&settings.nats),
+            NATS_RESOURCES,
         )
         .await?;
         let keys = common::identity::directory::Directory::new(

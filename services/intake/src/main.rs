@@ -1,9 +1,13 @@
 //! Intake entry point: settings from the environment, serve until SIGTERM/ctrl-c.
+//! `intake provision` creates or updates the intake's JetStream resources and exits.
 
 fn main() -> anyhow::Result<()> {
     let env = common::config::Env::from_process();
     let settings = intake::Settings::from_env(&env)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    if std::env::args().nth(1).as_deref() == Some("provision") {
+        return runtime.block_on(intake::provision(&settings));
+    }
     runtime.block_on(async {
         common::telemetry::init("intake", env.get("LOG_FORMAT") == Some("json"));
         let shutdown = common::shutdown::on_signal();

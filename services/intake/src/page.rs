@@ -1,7 +1,9 @@
-//! The browser page at `/app`: a field for file ids, a Download button, live progress over
-//! `EventSource` with a polling fallback, the download on completion, Retry on errors, and pending
-//! jobs resumed after a reload. Plain HTML, CSS and JavaScript compiled into the binary: no build
-//! step, nothing to deploy beside the intake.
+//! The browser page at `/app`: fields for the API key (kept in the tab's sessionStorage, sent
+//! only as `Authorization: Bearer`) and file ids, a Download button, live progress over
+//! `EventSource` (renewing the `streamUrl` token when a reconnection is refused) with a polling
+//! fallback, the download on completion, Retry on errors, and pending jobs resumed after a
+//! reload. Plain HTML, CSS and JavaScript compiled into the binary: no build step, nothing to
+//! deploy beside the intake.
 
 use poem::http::header;
 use poem::{Response, handler};

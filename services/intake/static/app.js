@@ -1,28 +1,51 @@
-// The download page: starts jobs, follows each one live over Server-Sent Events, falls back to
-// polling when the stream fails, downloads the result when it is ready, and resumes pending jobs
-// after a reload (their ids are kept in localStorage). No build step: plain browser JavaScript.
+// The download page: starts jobs with the caller's API key, follows each one live over
+// Server-Sent Events (renewing the stream's short-lived token when a reconnection needs it),
+// falls back to polling when the stream fails, downloads the result when it is ready, and
+// resumes pending jobs after a reload (their ids are kept in localStorage). The API key stays in
+// this tab's sessionStorage and travels only in the Authorization header: never in a URL, never
+// in a log. No build step: plain browser JavaScript.
 'use strict';
 
 const API = '/v1/download';
 const PENDING_KEY = 'downloads.pending';
-const USER_KEY = 'downloads.user';
+const API_KEY_STORAGE = 'downloads.apiKey';
 const POLL_MS = 2000; // the intake's advice (Retry-After of a pending result)
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
-// Consecutive stream errors without an event before giving up on the stream for polling.
+// Stream failures in a row (with no stream opened and no event between them) before giving up on
+// the stream for polling.
 const STREAM_ERRORS_BEFORE_POLLING = 3;
+const UNAUTHORIZED = 'API key missing or invalid';
 
 const form = document.getElementById('start');
-const userInput = document.getElementById('user');
+const keyInput = document.getElementById('key');
 const filesInput = document.getElementById('files');
 const formError = document.getElementById('form-error');
 const jobsList = document.getElementById('jobs');
 
-// ---- pending jobs, kept across reloads ----
+// ---- the API key ----
+
+function apiKey() {
+  return keyInput.value.trim();
+}
+
+// The key's public id (`dk_<id>_…`), which may be stored and shown; the secret part never is.
+function keyIdOf(key) {
+  const match = /^dk_([0-9A-Za-z]{12})_/.exec(key);
+  return match ? match[1] : null;
+}
+
+function keepKey() {
+  const key = apiKey();
+  if (key) sessionStorage.setItem(API_KEY_STORAGE, key);
+  else sessionStorage.removeItem(API_KEY_STORAGE);
+}
+
+// ---- pending jobs, kept across reloads (with the id of the key that owns them) ----
 
 function pendingJobs() {
   try {
     const list = JSON.parse(localStorage.getItem(PENDING_KEY));
-    return Array.isArray(list) ? list.filter((job) => job && job.jobId && job.user) : [];
+    return Array.isArray(list) ? list.filter((job) => job && job.jobId && job.keyId) : [];
   } catch {
     return [];
   }
@@ -60,13 +83,20 @@ async function problemText(response) {
   }
 }
 
-function api(path, user, options = {}) {
-  return fetch(`${API}${path}`, {
-    ...options,
-    cache: 'no-store',
-    headers: { 'X-User-Id': user, ...(options.headers || {}) },
-  });
+// What to tell the user about a refused call: a 401 is about the key, whatever its detail.
+async function failureText(response) {
+  const text = await problemText(response);
+  return response.status === 401 ? `${UNAUTHORIZED}: ${text}` : text;
 }
+
+function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  const key = apiKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return fetch(`${API}${path}`, { ...options, cache: 'no-store', headers });
+}
+
+const statusPath = (job) => `/status/${encodeURIComponent(job.jobId)}`;
 
 // ---- one job on the page ----
 
@@ -102,6 +132,22 @@ class JobCard {
     this.el.querySelector('.id').textContent = job.jobId;
     this.cancelButton.hidden = false;
     this.cancelButton.onclick = () => cancel(this);
+    // What the streams delivered (event ids as received, duplicates included) and how often the
+    // stream's token was renewed: kept on the element for whoever inspects the page.
+    this.eventIds = [];
+    this.el.dataset.eventIds = '';
+    this.renewals = 0;
+    this.el.dataset.renewals = '0';
+  }
+
+  received(eventId) {
+    this.eventIds.push(eventId);
+    this.el.dataset.eventIds = this.eventIds.join(' ');
+  }
+
+  renewed() {
+    this.renewals += 1;
+    this.el.dataset.renewals = String(this.renewals);
   }
 
   set(status, progress) {
@@ -159,12 +205,14 @@ class JobCard {
 
 // ---- the flow ----
 
-async function start(user, fileIds, card = new JobCard(fileIds)) {
+async function start(fileIds, card = new JobCard(fileIds)) {
   card.set('starting', 0);
-  const retry = () => start(user, fileIds, card);
+  // Retry reads the key field again: a mistyped key can be fixed in place.
+  const retry = () => start(fileIds, card);
+  const keyId = keyIdOf(apiKey());
   let response;
   try {
-    response = await api('/initiate', user, {
+    response = await api('/initiate', {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify({ file_ids: fileIds }),
@@ -174,45 +222,112 @@ async function start(user, fileIds, card = new JobCard(fileIds)) {
     return;
   }
   if (response.status !== 202) {
-    card.fail('error', await problemText(response), retry);
+    card.fail('error', await failureText(response), retry);
     return;
   }
   const body = await response.json();
-  const job = { jobId: body.jobId, user, fileIds };
+  const job = { jobId: body.jobId, keyId, fileIds };
   remember(job);
   card.attach(job);
   card.set(body.status || 'queued', 0);
-  follow(job, card);
+  follow(job, card, body.streamUrl);
 }
 
-// Live progress over SSE. EventSource resumes by itself with Last-Event-ID after a network blip;
-// when the stream is refused (proxy error, notifier down) or keeps failing, polling takes over.
-function follow(job, card) {
-  if (!('EventSource' in window)) {
+// A job found in localStorage (or whose key was just entered): its status says where it is and
+// hands out a fresh streamUrl.
+async function resume(job, card) {
+  card.attach(job);
+  card.set('resuming', 0);
+  let data = null;
+  try {
+    const response = await api(statusPath(job));
+    if (response.ok) data = await response.json();
+  } catch {
+    data = null;
+  }
+  // Polling reads the status again and says what is wrong (key, missing job, outage).
+  if (!data) {
     poll(job, card);
     return;
   }
-  const url = `${API}/${encodeURIComponent(job.jobId)}/stream?userId=${encodeURIComponent(job.user)}`;
-  const source = new EventSource(url);
-  card.source = source;
+  card.update(data);
+  if (TERMINAL.has(data.status)) {
+    finish(job, card, data);
+    return;
+  }
+  follow(job, card, data.streamUrl);
+}
+
+// Live progress over SSE. The streamUrl carries a short-lived token. After a network blip
+// EventSource reconnects by itself, with Last-Event-ID, which works while the token is valid;
+// once it has expired the notifier refuses the reconnection (401 TOKEN_EXPIRED, a status
+// EventSource cannot see: it just closes). The page then asks the status for a fresh streamUrl
+// and opens it with lastEventId = the last event seen, so the job continues without a gap or a
+// duplicate. When streams keep failing (notifier down, proxy error), polling takes over.
+function follow(job, card, streamUrl) {
+  if (!('EventSource' in window) || !streamUrl) {
+    poll(job, card);
+    return;
+  }
   card.setMode('live');
-  let errors = 0;
-  const onEvent = (event) => {
-    errors = 0;
-    const data = JSON.parse(event.data);
-    card.update(data);
-    if (TERMINAL.has(data.status)) finish(job, card, data);
+  let failures = 0;
+  let lastEventId = null;
+
+  const open = (url) => {
+    const source = new EventSource(url);
+    card.source = source;
+    source.onopen = () => {
+      failures = 0;
+    };
+    const onEvent = (event) => {
+      failures = 0;
+      const eventId = Number(event.lastEventId);
+      card.received(eventId);
+      if (lastEventId !== null && eventId <= lastEventId) return; // shown already
+      lastEventId = eventId;
+      const data = JSON.parse(event.data);
+      card.update(data);
+      if (TERMINAL.has(data.status)) finish(job, card, data);
+    };
+    for (const name of ['progress', 'completed', 'failed', 'cancelled']) source.addEventListener(name, onEvent);
+    source.onerror = () => {
+      if (card.done || card.source !== source) return;
+      failures += 1;
+      if (failures >= STREAM_ERRORS_BEFORE_POLLING) {
+        source.close();
+        card.source = null;
+        poll(job, card);
+        return;
+      }
+      // CONNECTING: EventSource is reconnecting by itself. CLOSED: it was refused, most likely
+      // for an expired token.
+      if (source.readyState === EventSource.CLOSED) renew(source);
+    };
   };
-  for (const name of ['progress', 'completed', 'failed', 'cancelled']) source.addEventListener(name, onEvent);
-  source.onerror = () => {
-    if (card.done) return;
-    errors += 1;
-    if (source.readyState === EventSource.CLOSED || errors >= STREAM_ERRORS_BEFORE_POLLING) {
-      source.close();
-      card.source = null;
-      poll(job, card);
+
+  const renew = async (refused) => {
+    refused.close();
+    card.source = null;
+    let body = null;
+    try {
+      const response = await api(statusPath(job));
+      if (response.ok) body = await response.json();
+    } catch {
+      body = null;
     }
+    if (card.done) return;
+    if (!body || !body.streamUrl) {
+      // Polling says why the status could not be read (key, missing job, outage) and keeps trying.
+      poll(job, card);
+      return;
+    }
+    const url = new URL(body.streamUrl, window.location.href);
+    if (lastEventId !== null) url.searchParams.set('lastEventId', String(lastEventId));
+    card.renewed();
+    open(url.href);
   };
+
+  open(streamUrl);
 }
 
 async function poll(job, card) {
@@ -220,7 +335,7 @@ async function poll(job, card) {
   while (!card.done) {
     let wait = POLL_MS;
     try {
-      const response = await api(`/status/${encodeURIComponent(job.jobId)}`, job.user);
+      const response = await api(statusPath(job));
       if (response.ok) {
         const data = await response.json();
         card.update(data);
@@ -230,7 +345,11 @@ async function poll(job, card) {
         }
       } else if (response.status === 404) {
         forget(job.jobId);
-        card.fail('error', 'This job no longer exists.', () => start(job.user, job.fileIds, card));
+        card.fail('error', 'This job no longer exists.', () => start(job.fileIds, card));
+        return;
+      } else if (response.status === 401) {
+        // The job stays pending: with the right key, Retry picks it up again.
+        card.fail('error', await failureText(response), () => resume(job, card));
         return;
       } else {
         // 429 and 503 say when to ask again.
@@ -248,7 +367,7 @@ async function poll(job, card) {
 async function finish(job, card, data) {
   if (card.done) return;
   forget(job.jobId);
-  const retry = () => start(job.user, job.fileIds, card);
+  const retry = () => start(job.fileIds, card);
   if (data.status === 'failed') {
     card.fail('failed', `${data.error || 'The job failed.'} (${data.errorCode || 'FAILED'})`, retry);
     return;
@@ -259,13 +378,15 @@ async function finish(job, card, data) {
   }
   card.stopFollowing();
   let url = data.downloadUrl;
+  let why = 'The file is ready but its link could not be fetched.';
   if (!url) {
     // The stream could not presign right then; a status read mints a fresh URL.
-    const response = await api(`/status/${encodeURIComponent(job.jobId)}`, job.user).catch(() => null);
-    url = response && response.ok ? (await response.json()).downloadUrl : null;
+    const response = await api(statusPath(job)).catch(() => null);
+    if (response && response.ok) url = (await response.json()).downloadUrl;
+    else if (response && response.status === 401) why = await failureText(response);
   }
   if (!url) {
-    card.fail('error', 'The file is ready but its link could not be fetched.', () => finish(job, card, data));
+    card.fail('error', why, () => finish(job, card, data));
     return;
   }
   card.complete(url);
@@ -279,24 +400,43 @@ async function finish(job, card, data) {
 
 async function cancel(card) {
   const { job } = card;
-  const response = await api(`/${encodeURIComponent(job.jobId)}`, job.user, { method: 'DELETE' }).catch(() => null);
+  const response = await api(`/${encodeURIComponent(job.jobId)}`, { method: 'DELETE' }).catch(() => null);
   if (response && (response.status === 202 || response.status === 200)) {
     forget(job.jobId);
-    card.fail('cancelled', 'Cancelled.', () => start(job.user, job.fileIds, card));
+    card.fail('cancelled', 'Cancelled.', () => start(job.fileIds, card));
   } else {
-    card.note(response ? await problemText(response) : 'Could not reach the service.');
+    card.note(response ? await failureText(response) : 'Could not reach the service.');
+  }
+}
+
+// Resumes the pending jobs of the key in the field that are not on the page yet.
+function resumePending() {
+  const keyId = keyIdOf(apiKey());
+  if (!keyId) return;
+  const shown = new Set([...jobsList.querySelectorAll('.job')].map((card) => card.dataset.jobId));
+  for (const job of pendingJobs()) {
+    if (job.keyId !== keyId || shown.has(job.jobId)) continue;
+    resume(job, new JobCard(job.fileIds || []));
   }
 }
 
 // ---- page setup ----
 
-userInput.value = localStorage.getItem(USER_KEY) || 'demo';
+// The user id the page asked for before API keys: nothing identifies anyone by it any more.
+localStorage.removeItem('downloads.user');
+keyInput.value = sessionStorage.getItem(API_KEY_STORAGE) || '';
+keyInput.addEventListener('input', keepKey);
+keyInput.addEventListener('change', resumePending);
 form.addEventListener('submit', (event) => {
   event.preventDefault();
   formError.textContent = '';
-  const user = userInput.value.trim();
-  if (!user) {
-    formError.textContent = 'Enter a user.';
+  const key = apiKey();
+  if (!key) {
+    formError.textContent = 'Enter your API key.';
+    return;
+  }
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    formError.textContent = 'That is not an API key: keys have no spaces or accented letters.';
     return;
   }
   let fileIds;
@@ -306,13 +446,8 @@ form.addEventListener('submit', (event) => {
     formError.textContent = error.message;
     return;
   }
-  localStorage.setItem(USER_KEY, user);
-  start(user, fileIds);
+  keepKey();
+  start(fileIds);
 });
 
-for (const job of pendingJobs()) {
-  const card = new JobCard(job.fileIds || []);
-  card.attach(job);
-  card.set('resuming', 0);
-  follow(job, card);
-}
+resumePending();

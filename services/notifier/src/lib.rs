@@ -89,6 +89,30 @@ impl Settings {
     }
 }
 
+/// The JetStream resources notifiers own (besides the webhook consumers, made from the webhook
+/// settings): events they follow, webhook replays, dead letters, stream leases, and the
+/// identity buckets they read.
+pub const NATS_RESOURCES: &[common::nats::Resource] = &[
+    common::nats::Resource::EventsStream,
+    common::nats::Resource::WebhookReplaysStream,
+    common::nats::Resource::DeadLettersBucket,
+    common::nats::Resource::StreamLeasesBucket,
+    common::nats::Resource::ApiKeysBucket,
+    common::nats::Resource::TenantsBucket,
+];
+
+/// Creates or updates the notifiers' JetStream resources and webhook consumers from these
+/// settings (`notifier provision`, run by a NATS user allowed to, before notifiers with
+/// `NATS_PROVISION=false`).
+pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
+    let nats = common::nats::connect(&settings.nats, "download-notifier-provision").await?;
+    let handles =
+        common::nats::provision(&nats, &common::nats::Topology::streams(&settings.nats), NATS_RESOURCES).await?;
+    webhooks::provision_consumers(&handles.jetstream, &settings.webhooks.topology()).await?;
+    nats.flush().await?;
+    Ok(())
+}
+
 /// What every stream shares.
 pub struct State {
     /// Settings.
@@ -129,18 +153,11 @@ impl Application {
     /// Connects, provisions, starts following events and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let nats = common::nats::connect(&settings.nats, "download-notifier").await?;
-        use common::nats::{Resource, Topology};
-        let handles = common::nats::provision(
+        let handles = common::nats::prepare(
             &nats,
-            &Topology::streams(&settings.nats),
-            &[
-                Resource::EventsStream,
-                Resource::WebhookReplaysStream,
-                Resource::DeadLettersBucket,
-                Resource::StreamLeasesBucket,
-                Resource::ApiKeysBucket,
-                Resource::TenantsBucket,
-            ],
+            &settings.nats,
+            &common::nats::Topology::streams(&settings.nats),
+            NATS_RESOURCES,
         )
         .await?;
         let keys = common::identity::directory::Directory::<common::identity::ApiKeyRecord>::new(
@@ -180,7 +197,11 @@ impl Application {
         // consumer that does not exist yet.
         let topology = settings.webhooks.topology();
         let jetstream = handles.jetstream.clone();
-        webhooks::provision_consumers(&jetstream, &topology).await?;
+        if settings.nats.provision {
+            webhooks::provision_consumers(&jetstream, &topology).await?;
+        } else {
+            webhooks::wait_for_consumers(&jetstream).await?;
+        }
         let dead_letters = common::nats::bucket(&jetstream, common::names::WEBHOOK_DEAD_LETTERS_BUCKET).await?;
         let deliverer = webhooks::Deliverer::new(
             settings.webhooks.clone(),

@@ -1,5 +1,6 @@
 //! Notifier entry point: settings from the environment, serve until SIGTERM/ctrl-c.
 //!
+//! `notifier provision` creates or updates the notifiers' JetStream resources and exits.
 //! Operator subcommands for webhook dead letters:
 //! `notifier dead-letters list` and `notifier dead-letters replay <webhookId>... | --all`.
 
@@ -12,6 +13,9 @@ fn main() -> anyhow::Result<()> {
         return runtime.block_on(dead_letters(nats, &arguments[1..]));
     }
     let settings = notifier::Settings::from_env(&env)?;
+    if arguments.first().map(String::as_str) == Some("provision") {
+        return runtime.block_on(notifier::provision(&settings));
+    }
     runtime.block_on(async {
         common::telemetry::init("notifier", env.get("LOG_FORMAT") == Some("json"));
         let shutdown = common::shutdown::on_signal();

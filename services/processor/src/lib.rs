@@ -143,24 +143,55 @@ pub struct Context {
     pub abandon: CancellationToken,
 }
 
+/// The JetStream resources processors own: the job stream and its consumer, the events they
+/// publish, and the advisories of exhausted jobs with their consumer.
+pub const NATS_RESOURCES: &[common::nats::Resource] = &[
+    common::nats::Resource::JobsStream,
+    common::nats::Resource::EventsStream,
+    common::nats::Resource::AdvisoriesStream,
+    common::nats::Resource::ProcessorConsumer,
+    common::nats::Resource::AdvisoriesConsumer,
+];
+
+/// Creates or updates the processors' JetStream resources from these settings (`processor
+/// provision`, run by a NATS user allowed to, before processors with `NATS_PROVISION=false`).
+pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
+    let client = common::nats::connect(&settings.nats, "download-processor-provision").await?;
+    common::nats::provision(&client, &settings.topology(), NATS_RESOURCES).await?;
+    client.flush().await?;
+    Ok(())
+}
+
+/// A consumer provisioned with other settings than this processor's would renew leases on
+/// another schedule than the server expires them: refuse to start, naming the difference.
+async fn check_consumer_matches(jetstream: &async_nats::jetstream::Context, settings: &Settings) -> anyhow::Result<()> {
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
+        .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
+        .await?;
+    let config = &consumer.info().await?.config;
+    let wanted = common::nats::processor_consumer_config(&settings.topology());
+    anyhow::ensure!(
+        config.ack_wait == wanted.ack_wait && config.max_deliver == wanted.max_deliver,
+        "the consumer {} has ack_wait {:?} and max_deliver {}, but JOB_ACK_WAIT_SECONDS and JOB_MAX_DELIVERIES \
+         say {:?} and {}: run `processor provision` with these settings",
+        common::names::PROCESSOR_CONSUMER,
+        config.ack_wait,
+        config.max_deliver,
+        wanted.ack_wait,
+        wanted.max_deliver
+    );
+    Ok(())
+}
+
 /// Runs a processor until `shutdown`, then drains: stops taking jobs, lets running ones finish
 /// within the grace period, hands the rest back to the queue.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let storage = Storage::new(&settings.s3)?;
     let client = common::nats::connect(&settings.nats, "download-processor").await?;
-    use common::nats::Resource;
-    let handles = common::nats::provision(
-        &client,
-        &settings.topology(),
-        &[
-            Resource::JobsStream,
-            Resource::EventsStream,
-            Resource::AdvisoriesStream,
-            Resource::ProcessorConsumer,
-            Resource::AdvisoriesConsumer,
-        ],
-    )
-    .await?;
+    let handles = common::nats::prepare(&client, &settings.nats, &settings.topology(), NATS_RESOURCES).await?;
+    if !settings.nats.provision {
+        check_consumer_matches(&handles.jetstream, &settings).await?;
+    }
     let store = JobStore::new(handles.jetstream.clone(), handles.jobs.clone()).with_patience(settings.nats.patience);
     let context = Arc::new(Context {
         settings,

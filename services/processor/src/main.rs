@@ -1,9 +1,13 @@
 //! Processor entry point: settings from the environment, run until SIGTERM/ctrl-c.
+//! `processor provision` creates or updates the processors' JetStream resources and exits.
 
 fn main() -> anyhow::Result<()> {
     let env = common::config::Env::from_process();
     let settings = processor::Settings::from_env(&env)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    if std::env::args().nth(1).as_deref() == Some("provision") {
+        return runtime.block_on(processor::provision(&settings));
+    }
     runtime.block_on(async {
         common::telemetry::init("processor", env.get("LOG_FORMAT") == Some("json"));
         let shutdown = common::shutdown::on_signal();

@@ -534,6 +534,30 @@ pub async fn provision_consumers(jetstream: &jetstream::Context, topology: &Webh
     Ok(())
 }
 
+/// Waits (for the provisioning window) until the webhook consumers exist, as `notifier
+/// provision` creates them for notifiers that may not (`NATS_PROVISION=false`).
+pub async fn wait_for_consumers(jetstream: &jetstream::Context) -> anyhow::Result<()> {
+    let patience = common::retry::Patience {
+        window: common::nats::PROVISION_WINDOW,
+    };
+    for (name, stream) in [
+        (common::names::WEBHOOK_CONSUMER, common::names::EVENTS_STREAM),
+        (common::names::WEBHOOK_REPLAY_CONSUMER, common::names::WEBHOOK_REPLAYS_STREAM),
+    ] {
+        patience
+            .retry(
+                "waiting for a webhook consumer",
+                || jetstream.get_consumer_from_stream::<consumer::pull::Config, _, _>(name, stream),
+                |_| true,
+            )
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!("the webhook consumer {name} does not exist (run `notifier provision`): {error}")
+            })?;
+    }
+    Ok(())
+}
+
 /// Delivers webhooks from `consumer` (events or replays) until `stop`, each delivery on its own
 /// task (at most `WEBHOOK_CONCURRENCY` at once, and no more pulled than there are free slots, so
 /// no delivery waits in a buffer while its ack wait runs), and waits for those in flight.
