@@ -14,11 +14,12 @@ async fn job_consumer_is_idle(stack: &Stack) -> bool {
     }
 }
 
+/// `DELETE /v1/download/{jobId}` with `user`'s API key.
 async fn cancel(stack: &Stack, user: &str, job_id: &str) -> reqwest::Response {
     stack
         .http
         .delete(stack.url(&format!("/v1/download/{job_id}")))
-        .header("X-User-Id", user)
+        .header("Authorization", stack.bearer(user).await.unwrap())
         .send()
         .await
         .unwrap()
@@ -102,7 +103,7 @@ async fn a_running_job_is_stopped_by_its_processor_and_leaves_no_bundle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_a_finished_job_is_a_conflict_and_another_users_job_is_not_found() {
+async fn cancelling_a_finished_job_is_a_conflict_and_another_tenants_job_is_not_found() {
     init_logs();
     let stack = Stack::start(&[]).await.unwrap();
     stack.put_file(30_003, 10).await.unwrap();
@@ -127,6 +128,6 @@ async fn cancelling_a_finished_job_is_a_conflict_and_another_users_job_is_not_fo
     assert_eq!(
         cancel(&stack, "mallory", &finished).await.status(),
         404,
-        "another user's job is not found"
+        "another tenant's job is not found"
     );
 }

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::init_logs;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const USER: &str = "cluster-user";
 const FILE_ID: u64 = 61_000;
 
@@ -24,13 +23,14 @@ struct Submitted {
     job_id: Option<String>,
 }
 
-/// Follows a job's stream until its terminal event, resuming with `Last-Event-ID` whenever the
-/// stream is cut; returns the terminal event's name, or what went wrong.
-async fn follow(http: reqwest::Client, url: String, within: Duration) -> Result<String, String> {
+/// Follows a job's stream with the API key in `bearer` until its terminal event, resuming with
+/// `Last-Event-ID` whenever the stream is cut; returns the terminal event's name, or what went
+/// wrong.
+async fn follow(http: reqwest::Client, url: String, bearer: String, within: Duration) -> Result<String, String> {
     let deadline = tokio::time::Instant::now() + within;
     let mut last_id: Option<String> = None;
     while tokio::time::Instant::now() < deadline {
-        let mut request = http.get(&url).header("X-User-Id", USER);
+        let mut request = http.get(&url).header("Authorization", &bearer);
         if let Some(id) = &last_id {
             request = request.header("Last-Event-ID", id);
         }
@@ -77,7 +77,6 @@ async fn killing_the_leader_of_each_stream_under_load_fails_loses_and_freezes_no
             ("DOWNLOAD_DELAY_MAX_MS", "1500"),
             ("JOB_ACK_WAIT_SECONDS", "6"),
             ("PROGRESS_INTERVAL_MS", "250"),
-            ("WEBHOOK_SECRETS", SECRET),
             ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"),
             ("WEBHOOK_INITIAL_DELAY_MS", "500"),
             ("WEBHOOK_MAX_DELAY_MS", "2000"),
@@ -88,6 +87,9 @@ async fn killing_the_leader_of_each_stream_under_load_fails_loses_and_freezes_no
     // Everything at once on a cluster that has no stream yet, as a fresh deployment starts.
     stack.start_together().await.unwrap();
     let bytes = stack.put_file(FILE_ID, 4096).await.unwrap();
+    // The tenant of every job: its key authenticates the load, its secret signs the webhooks.
+    let bearer = stack.bearer(USER).await.unwrap();
+    let secrets = stack.webhook_secrets(USER).await.unwrap();
 
     // A steady load: a job every 150 ms with a callback, every third one followed over SSE.
     let stop_load = CancellationToken::new();
@@ -102,6 +104,7 @@ async fn killing_the_leader_of_each_stream_under_load_fails_loses_and_freezes_no
             .build()
             .unwrap();
         let stop_load = stop_load.clone();
+        let bearer = bearer.clone();
         async move {
             let mut submitted = Vec::new();
             let mut followers = Vec::new();
@@ -110,7 +113,7 @@ async fn killing_the_leader_of_each_stream_under_load_fails_loses_and_freezes_no
                 ticker.tick().await;
                 let answer = http
                     .post(format!("{base}/v1/download/initiate"))
-                    .header("X-User-Id", USER)
+                    .header("Authorization", &bearer)
                     .json(&serde_json::json!({ "file_ids": [FILE_ID], "callbackUrl": callback }))
                     .send()
                     .await
@@ -121,7 +124,7 @@ async fn killing_the_leader_of_each_stream_under_load_fails_loses_and_freezes_no
                     && submitted.len() % 3 == 0
                 {
                     let url = format!("{notifier}/v1/download/{job_id}/stream");
-                    let follower = tokio::spawn(follow(http.clone(), url, Duration::from_secs(120)));
+                    let follower = tokio::spawn(follow(http.clone(), url, bearer.clone(), Duration::from_secs(120)));
                     followers.push((job_id.clone(), follower));
                 }
                 submitted.push(Submitted { status, job_id });
@@ -219,7 +222,7 @@ async fn killing_the_leader_of_each_stream_under_load_fails_loses_and_freezes_no
                 missing.iter().next()
             );
         };
-        delivery.verify(&[SECRET]).unwrap();
+        delivery.verify(&secrets).unwrap();
         missing.remove(&delivery.id);
     }
 }

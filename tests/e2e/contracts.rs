@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use futures::TryStreamExt;
 use serde_json::Value;
-use system_tests::servers::{NatsServer, venv_binary, workspace_root};
+use system_tests::servers::{NatsCredentials, NatsServer, venv_binary, workspace_root};
 use system_tests::stack::Stack;
 
 use crate::init_logs;
@@ -147,15 +148,20 @@ async fn assert_stream_matches_the_document(stack: &Stack, json: &Value) {
         .map(|name| name.as_str().unwrap())
         .collect();
 
-    // A real completed job's stream, read from the notifier.
+    // A real completed job's stream, read from the notifier through the streamUrl its status
+    // gives (with its token), as a browser opens it.
     let (notifier_url, notifier) = stack.spawn_notifier(&[]).await.unwrap();
     stack.put_file(93_001, 100).await.unwrap();
     let job_id = stack.initiate("contract", &[93_001]).await.unwrap();
-    stack.wait_for_terminal("contract", &job_id).await.unwrap();
+    let status = stack.wait_for_terminal("contract", &job_id).await.unwrap();
+    let stream_url = status["streamUrl"].as_str().unwrap();
+    assert!(
+        stream_url.starts_with(&format!("/v1/download/{job_id}/stream?token=")),
+        "the streamUrl is the documented operation's path: {stream_url}"
+    );
     let response = stack
         .http
-        .get(format!("http://{notifier_url}/v1/download/{job_id}/stream"))
-        .header("X-User-Id", "contract")
+        .get(format!("http://{notifier_url}{stream_url}"))
         .send()
         .await
         .unwrap();
@@ -178,13 +184,7 @@ async fn assert_stream_matches_the_document(stack: &Stack, json: &Value) {
     assert!(data["downloadUrl"].is_string());
     drop(notifier);
 
-    let misdirected = stack
-        .http
-        .get(stack.url(&format!("/v1/download/{job_id}/stream")))
-        .header("X-User-Id", "contract")
-        .send()
-        .await
-        .unwrap();
+    let misdirected = stack.http.get(stack.url(stream_url)).send().await.unwrap();
     assert_eq!(misdirected.status(), 421);
     let problem: Value = misdirected.json().await.unwrap();
     assert_eq!(problem["code"], "MISDIRECTED");
@@ -211,7 +211,7 @@ fn the_committed_json_schemas_are_generated_from_the_message_types() {
 async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
     init_logs();
     let server = NatsServer::start().await.unwrap();
-    let client = async_nats::connect(server.url()).await.unwrap();
+    let client = server.client().await.unwrap();
     let topology = common::nats::Topology::default();
     common::nats::provision(&client, &topology, common::nats::Resource::ALL)
         .await
@@ -267,7 +267,19 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
             format!("KV_{}", common::names::STREAM_LEASES_BUCKET),
             "nats/kv/download-stream-leases.json",
         ),
+        (
+            format!("KV_{}", common::names::API_KEYS_BUCKET),
+            "nats/kv/download-api-keys.json",
+        ),
+        (
+            format!("KV_{}", common::names::TENANTS_BUCKET),
+            "nats/kv/download-tenants.json",
+        ),
     ];
+    // Every stream and bucket provisioning created has its file: none is left out of nats/.
+    let created: std::collections::BTreeSet<String> = jetstream.stream_names().try_collect().await.unwrap();
+    let documented: std::collections::BTreeSet<String> = streams.iter().map(|(name, _)| name.clone()).collect();
+    assert_eq!(created, documented, "streams and buckets provisioning creates");
     let committed_files = |folder: &str| {
         std::fs::read_dir(workspace_root().join(folder))
             .map(|entries| entries.count())
@@ -309,7 +321,9 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
 fn the_server_configuration_in_nats_is_valid() {
     let config = workspace_root().join("nats/nats-server.conf");
     assert!(Path::new(&config).exists());
+    // Its users' passwords come from the environment, as in a deployment.
     let output = std::process::Command::new(venv_binary("nats-server").unwrap())
+        .envs(NatsCredentials::generate().server_env())
         .arg("-c")
         .arg(&config)
         .arg("-t")

@@ -1,4 +1,5 @@
-//! The HTTP contract: validation problems, identity, isolation, rate limits, headers, redirects.
+//! The HTTP contract: validation problems, API keys, tenant isolation, rate limits, headers,
+//! redirects.
 
 use std::time::Duration;
 
@@ -18,11 +19,12 @@ async fn problem(response: reqwest::Response, status: u16) -> Value {
     body
 }
 
-fn initiate(stack: &Stack, body: &str) -> reqwest::RequestBuilder {
+/// `POST /v1/download/initiate` of `body` as the tenant `val`.
+async fn initiate(stack: &Stack, body: &str) -> reqwest::RequestBuilder {
     stack
         .http
         .post(stack.url("/v1/download/initiate"))
-        .header("X-User-Id", "val")
+        .header("Authorization", stack.bearer("val").await.unwrap())
         .header("Content-Type", "application/json")
         .body(body.to_string())
 }
@@ -83,7 +85,7 @@ async fn every_invalid_request_answers_a_problem_naming_its_field() {
         ),
     ];
     for (body, field, detail) in cases {
-        let response = initiate(&stack, &body).send().await.unwrap();
+        let response = initiate(&stack, &body).await.send().await.unwrap();
         let answer = problem(response, 400).await;
         assert_eq!(answer["code"], "VALIDATION_FAILED", "{body}");
         assert_eq!(answer["field"].as_str(), field, "field of {body}: {answer}");
@@ -96,7 +98,7 @@ async fn every_invalid_request_answers_a_problem_naming_its_field() {
     let wrong_type = stack
         .http
         .post(stack.url("/v1/download/initiate"))
-        .header("X-User-Id", "val")
+        .header("Authorization", stack.bearer("val").await.unwrap())
         .header("Content-Type", "text/plain")
         .body("{\"file_ids\": [10000]}")
         .send()
@@ -124,7 +126,7 @@ async fn every_invalid_request_answers_a_problem_naming_its_field() {
     let bad_job_id = stack
         .http
         .get(stack.url("/v1/download/status/not-a-uuid"))
-        .header("X-User-Id", "val")
+        .header("Authorization", stack.bearer("val").await.unwrap())
         .send()
         .await
         .unwrap();
@@ -136,7 +138,7 @@ async fn oversized_bodies_answer_413_whether_announced_or_streamed() {
     init_logs();
     let stack = Stack::start(&[("MAX_BODY_BYTES", "2048")]).await.unwrap();
     let big = format!("{{\"file_ids\": [{}]}}", vec!["10000"; 1000].join(","));
-    let announced = initiate(&stack, &big).send().await.unwrap();
+    let announced = initiate(&stack, &big).await.send().await.unwrap();
     assert_eq!(problem(announced, 413).await["code"], "PAYLOAD_TOO_LARGE");
 
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
@@ -144,7 +146,7 @@ async fn oversized_bodies_answer_413_whether_announced_or_streamed() {
     let streamed = stack
         .http
         .post(stack.url("/v1/download/initiate"))
-        .header("X-User-Id", "val")
+        .header("Authorization", stack.bearer("val").await.unwrap())
         .header("Content-Type", "application/json")
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
@@ -154,7 +156,7 @@ async fn oversized_bodies_answer_413_whether_announced_or_streamed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn job_endpoints_need_an_identity_and_hide_other_users_jobs() {
+async fn job_endpoints_need_an_api_key_and_hide_other_tenants_jobs() {
     init_logs();
     let stack = Stack::start(&[]).await.unwrap();
     stack.put_file(40_000, 10).await.unwrap();
@@ -165,21 +167,31 @@ async fn job_endpoints_need_an_identity_and_hide_other_users_jobs() {
         format!("/v1/download/status/{job_id}"),
         format!("/v1/download/{job_id}"),
     ];
+    let intruder_key = stack.bearer("intruder").await.unwrap();
     for path in &paths {
         let anonymous = stack.http.get(stack.url(path)).send().await.unwrap();
         assert_eq!(problem(anonymous, 401).await["code"], "UNAUTHENTICATED");
-        let malformed = stack
+        // Naming the owner is no credential.
+        let claimed = stack
             .http
             .get(stack.url(path))
-            .header("X-User-Id", "a b")
+            .header("X-User-Id", "owner")
             .send()
             .await
             .unwrap();
-        assert_eq!(problem(malformed, 401).await["code"], "UNAUTHENTICATED");
+        assert_eq!(problem(claimed, 401).await["code"], "UNAUTHENTICATED");
+        let malformed = stack
+            .http
+            .get(stack.url(path))
+            .header("Authorization", "Bearer a b")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(malformed, 401).await["code"], "INVALID_CREDENTIALS");
         let intruder = stack
             .http
             .get(stack.url(path))
-            .header("X-User-Id", "intruder")
+            .header("Authorization", &intruder_key)
             .send()
             .await
             .unwrap();
@@ -203,7 +215,7 @@ async fn job_endpoints_need_an_identity_and_hide_other_users_jobs() {
     let unknown = stack
         .http
         .get(stack.url(&format!("/v1/download/status/{}", uuid::Uuid::now_v7())))
-        .header("X-User-Id", "owner")
+        .header("Authorization", stack.bearer("owner").await.unwrap())
         .send()
         .await
         .unwrap();
@@ -219,7 +231,7 @@ async fn unknown_routes_and_wrong_methods_are_problems_too() {
     let wrong_method = stack
         .http
         .put(stack.url("/v1/download/initiate"))
-        .header("X-User-Id", "u")
+        .header("Authorization", stack.bearer("u").await.unwrap())
         .send()
         .await
         .unwrap();
@@ -238,10 +250,11 @@ async fn the_result_endpoint_redirects_when_ready_and_says_when_to_retry_before(
     .unwrap();
     let content = stack.put_file(40_001, 5000).await.unwrap();
     let job_id = stack.initiate("hank", &[40_001]).await.unwrap();
+    let hank = stack.bearer("hank").await.unwrap();
     let pending = stack
         .http
         .get(stack.url(&format!("/v1/download/{job_id}")))
-        .header("X-User-Id", "hank")
+        .header("Authorization", &hank)
         .send()
         .await
         .unwrap();
@@ -259,7 +272,7 @@ async fn the_result_endpoint_redirects_when_ready_and_says_when_to_retry_before(
     let ready = stack
         .http
         .get(stack.url(&format!("/v1/download/{job_id}")))
-        .header("X-User-Id", "hank")
+        .header("Authorization", &hank)
         .send()
         .await
         .unwrap();
@@ -302,14 +315,15 @@ async fn progress_is_reported_while_the_simulated_delay_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_client_gets_its_own_budget_and_429_says_when_to_retry() {
+async fn each_tenant_gets_its_own_budget_and_429_says_when_to_retry() {
     init_logs();
     let stack = Stack::start(&[("RATE_LIMIT_MAX_REQUESTS", "3")]).await.unwrap();
+    let (busy, calm) = (stack.bearer("busy").await.unwrap(), stack.bearer("calm").await.unwrap());
     for remaining in [2, 1, 0] {
         let response = stack
             .http
             .get(stack.url("/"))
-            .header("X-User-Id", "busy")
+            .header("Authorization", &busy)
             .send()
             .await
             .unwrap();
@@ -324,7 +338,7 @@ async fn each_client_gets_its_own_budget_and_429_says_when_to_retry() {
     let refused = stack
         .http
         .get(stack.url("/"))
-        .header("X-User-Id", "busy")
+        .header("Authorization", &busy)
         .send()
         .await
         .unwrap();
@@ -340,11 +354,37 @@ async fn each_client_gets_its_own_budget_and_429_says_when_to_retry() {
     let other = stack
         .http
         .get(stack.url("/"))
-        .header("X-User-Id", "calm")
+        .header("Authorization", &calm)
         .send()
         .await
         .unwrap();
-    assert_eq!(other.status(), 200, "another user has its own budget");
+    assert_eq!(other.status(), 200, "another tenant has its own budget");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_trusted_proxies_an_anonymous_client_is_counted_by_the_rightmost_untrusted_hop() {
+    init_logs();
+    // The test's requests come from 127.0.0.1, here the proxy in front of the intake.
+    let stack = Stack::start(&[("RATE_LIMIT_MAX_REQUESTS", "2"), ("TRUSTED_PROXIES", "127.0.0.1/32")])
+        .await
+        .unwrap();
+    let from = |forwarded_for: &str| {
+        stack
+            .http
+            .get(stack.url("/"))
+            .header("X-Forwarded-For", forwarded_for.to_string())
+            .send()
+    };
+    // The proxy appended the client's address; whatever the client wrote before it is not
+    // believed, so rewriting it buys no fresh budget.
+    for spoofed in ["6.6.6.6", "7.7.7.7"] {
+        let response = from(&format!("{spoofed}, 203.0.113.9")).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let refused = from("8.8.8.8, 203.0.113.9").await.unwrap();
+    assert_eq!(problem(refused, 429).await["code"], "RATE_LIMITED");
+    // Another client behind the same proxy has its own budget.
+    assert_eq!(from("203.0.113.10").await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +425,7 @@ async fn every_response_carries_request_id_security_and_cors_headers() {
         .request(reqwest::Method::OPTIONS, stack.url("/v1/download/initiate"))
         .header("Origin", "https://app.example")
         .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "content-type,x-user-id")
+        .header("Access-Control-Request-Headers", "content-type,authorization")
         .send()
         .await
         .unwrap();

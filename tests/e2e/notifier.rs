@@ -1,4 +1,5 @@
-//! Server-Sent Events from the notifier: order, resumption, heartbeats, identity, fan-out.
+//! Server-Sent Events from the notifier: order, resumption, heartbeats, credentials (API keys
+//! and the stream tokens of `streamUrl`), fan-out.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -17,12 +18,25 @@ async fn stack_with_notifier(overrides: &[(&str, &str)]) -> Stack {
     stack
 }
 
+/// Opens a job's stream as a programmatic client does: with `user`'s API key, resuming after
+/// `last_event_id`.
 async fn open(stack: &Stack, user: &str, job_id: &str, last_event_id: Option<u64>) -> reqwest::Response {
-    let mut request = stack.http.get(stack.stream_url(job_id)).header("X-User-Id", user);
+    let mut request = stack
+        .http
+        .get(stack.stream_url(job_id))
+        .header("Authorization", stack.bearer(user).await.unwrap());
     if let Some(id) = last_event_id {
         request = request.header("Last-Event-ID", id.to_string());
     }
     request.send().await.unwrap()
+}
+
+/// The job's `streamUrl` as its status gives it to `user` (with the token a browser's
+/// `EventSource` opens it with), on the notifier.
+async fn browser_stream_url(stack: &Stack, user: &str, job_id: &str) -> String {
+    let status = stack.status(user, job_id).await.unwrap();
+    let stream_url = status["streamUrl"].as_str().expect("the status carries a streamUrl");
+    format!("http://{}{stream_url}", stack.notifier_address())
 }
 
 /// Reads a stream to its end: (event ids, event names, data), heartbeats seen.
@@ -129,13 +143,24 @@ async fn a_client_resuming_with_last_event_id_misses_nothing_and_sees_nothing_tw
     let mut resumed = SseReader::new(open(&stack, "rory", &job_id, Some(last)).await);
     let (ids, names, _, _) = read_all(&mut resumed).await;
     assert_eq!(ids[0], last + 1, "the first resumed event follows the last one seen");
-    seen.extend(ids);
+    seen.extend(ids.iter().copied());
     let unique: HashSet<&u64> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "no event twice: {seen:?}");
     assert!(seen.windows(2).all(|pair| pair[1] == pair[0] + 1), "no gap: {seen:?}");
     assert_eq!(names.last().unwrap(), "completed");
     let history = stack.events(&job_id).await.unwrap();
     assert_eq!(*seen.last().unwrap(), history.last().unwrap()["seq"].as_u64().unwrap());
+
+    // A reloaded page opens a new EventSource, which cannot send Last-Event-ID: the same resume
+    // through the streamUrl's query.
+    let reloaded = format!(
+        "{}&lastEventId={last}",
+        browser_stream_url(&stack, "rory", &job_id).await
+    );
+    let reloaded = stack.http.get(&reloaded).send().await.unwrap();
+    assert_eq!(reloaded.status(), 200);
+    let (reloaded_ids, _, _, _) = read_all(&mut SseReader::new(reloaded)).await;
+    assert_eq!(reloaded_ids, ids, "the query resumes as the header does");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,7 +183,7 @@ async fn a_last_event_id_beyond_the_jobs_events_or_empty_still_ends_with_the_ter
     let empty = stack
         .http
         .get(stack.stream_url(&job_id))
-        .header("X-User-Id", "lea")
+        .header("Authorization", stack.bearer("lea").await.unwrap())
         .header("Last-Event-ID", "")
         .send()
         .await
@@ -181,7 +206,7 @@ async fn a_last_event_id_beyond_the_jobs_events_or_empty_still_ends_with_the_ter
     let junk = stack
         .http
         .get(stack.stream_url(&job_id))
-        .header("X-User-Id", "lea")
+        .header("Authorization", stack.bearer("lea").await.unwrap())
         .header("Last-Event-ID", "seven")
         .send()
         .await
@@ -189,6 +214,10 @@ async fn a_last_event_id_beyond_the_jobs_events_or_empty_still_ends_with_the_ter
     assert_eq!(junk.status(), 400);
     let problem: Value = junk.json().await.unwrap();
     assert_eq!(problem["field"], "Last-Event-ID");
+    let junk_query = format!("{}&lastEventId=seven", browser_stream_url(&stack, "lea", &job_id).await);
+    let junk_query = stack.http.get(&junk_query).send().await.unwrap();
+    assert_eq!(junk_query.status(), 400);
+    assert_eq!(junk_query.json::<Value>().await.unwrap()["field"], "lastEventId");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +240,7 @@ async fn a_finished_job_yields_its_terminal_event_at_once_and_nothing_after_it()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_need_an_identity_and_belong_to_the_jobs_owner() {
+async fn streams_need_credentials_and_belong_to_the_jobs_owner() {
     init_logs();
     let stack = stack_with_notifier(&[
         ("SSE_MAX_STREAMS_PER_USER", "2"),
@@ -225,6 +254,14 @@ async fn streams_need_an_identity_and_belong_to_the_jobs_owner() {
     let anonymous = stack.http.get(stack.stream_url(&job_id)).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     assert_eq!(anonymous.headers()["content-type"], "application/problem+json");
+    let claimed = stack
+        .http
+        .get(stack.stream_url(&job_id))
+        .header("X-User-Id", "olga")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claimed.status(), 401, "naming a user is no credential");
     assert_eq!(open(&stack, "intruder", &job_id, None).await.status(), 404);
     assert_eq!(
         open(&stack, "olga", &uuid::Uuid::now_v7().to_string(), None)
@@ -233,22 +270,39 @@ async fn streams_need_an_identity_and_belong_to_the_jobs_owner() {
         404
     );
     assert_eq!(open(&stack, "olga", "not-a-job", None).await.status(), 400);
-    // EventSource cannot send headers: the identity may come in the query, percent-encoded.
-    let pia_job = stack.initiate("pia@example.com", &[91_002]).await.unwrap();
-    let by_query = |user: &str| {
-        let mut url = reqwest::Url::parse(&stack.stream_url(&pia_job)).unwrap();
-        url.query_pairs_mut().append_pair("userId", user);
-        stack.http.get(url).send()
-    };
-    let mut browser = SseReader::new(by_query("pia@example.com").await.unwrap());
+    // EventSource cannot send headers: the streamUrl of initiate and status carries a token
+    // that opens that one job's stream.
+    let pia_job = stack.initiate("pia", &[91_002]).await.unwrap();
+    let pia_url = browser_stream_url(&stack, "pia", &pia_job).await;
+    let browser = stack.http.get(&pia_url).send().await.unwrap();
+    assert_eq!(browser.status(), 200);
+    let mut browser = SseReader::new(browser);
     assert!(matches!(browser.next(QUIET).await.unwrap(), Some(SseItem::Retry(_))));
     drop(browser);
-    assert_eq!(by_query("olga").await.unwrap().status(), 404, "another user's job");
-    assert_eq!(by_query("bad user").await.unwrap().status(), 401);
+    let by_token = |token: &str| {
+        let mut url = reqwest::Url::parse(&stack.stream_url(&pia_job)).unwrap();
+        url.query_pairs_mut().append_pair("token", token);
+        stack.http.get(url).send()
+    };
+    let olga_url = reqwest::Url::parse(&browser_stream_url(&stack, "olga", &job_id).await).unwrap();
+    let (_, olga_token) = olga_url
+        .query_pairs()
+        .find(|(name, _)| name == "token")
+        .expect("the streamUrl has a token");
+    let crossed = by_token(&olga_token).await.unwrap();
+    assert_eq!(
+        crossed.status(),
+        401,
+        "another user's job: the token opens its own job only"
+    );
+    assert_eq!(crossed.json::<Value>().await.unwrap()["field"], "token");
+    let forged = by_token("not.a.token").await.unwrap();
+    assert_eq!(forged.status(), 401);
+    assert_eq!(forged.json::<Value>().await.unwrap()["code"], "INVALID_CREDENTIALS");
     let bad_resume = stack
         .http
         .get(stack.stream_url(&job_id))
-        .header("X-User-Id", "olga")
+        .header("Authorization", stack.bearer("olga").await.unwrap())
         .header("Last-Event-ID", "x")
         .send()
         .await
@@ -288,11 +342,12 @@ async fn the_per_user_stream_cap_holds_across_notifiers_and_a_crashed_instances_
     let (second_notifier, _second) = stack.spawn_notifier(&[]).await.unwrap();
     stack.put_file(91_010, 10).await.unwrap();
     let job_id = stack.initiate("capped", &[91_010]).await.unwrap();
+    let capped = stack.bearer("capped").await.unwrap();
     let open_on = |notifier: std::net::SocketAddr| {
         stack
             .http
             .get(format!("http://{notifier}/v1/download/{job_id}/stream"))
-            .header("X-User-Id", "capped")
+            .header("Authorization", &capped)
             .send()
     };
 
@@ -342,6 +397,7 @@ async fn the_per_user_stream_cap_holds_across_notifiers_and_a_crashed_instances_
     let crashed = serde_json::json!({"leases": {"crashed-1": now - 1_000, "crashed-2": now + 4_000}});
     let other = "crash-victim";
     let job_of_other = stack.initiate(other, &[91_010]).await.unwrap();
+    let other_bearer = stack.bearer(other).await.unwrap();
     leases
         .put(notifier::limits::key_of(other), crashed.to_string().into())
         .await
@@ -350,7 +406,7 @@ async fn the_per_user_stream_cap_holds_across_notifiers_and_a_crashed_instances_
         stack
             .http
             .get(format!("http://{first_notifier}/v1/download/{job_of_other}/stream"))
-            .header("X-User-Id", other)
+            .header("Authorization", &other_bearer)
             .send()
     };
     let kept = open_other().await.unwrap();
@@ -428,15 +484,16 @@ async fn one_notifier_delivers_the_completion_to_a_thousand_concurrent_streams()
     ])
     .await;
     stack.put_file(92_000, 100).await.unwrap();
-    let mut job_ids = Vec::new();
+    // A thousand browsers, each opening the streamUrl its page got.
+    let mut stream_urls = Vec::new();
     for _ in 0..50 {
-        job_ids.push(stack.initiate("crowd", &[92_000]).await.unwrap());
+        let job_id = stack.initiate("crowd", &[92_000]).await.unwrap();
+        stream_urls.push(browser_stream_url(&stack, "crowd", &job_id).await);
     }
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let mut streams = Vec::new();
     for index in 0..1000 {
-        let job_id = job_ids[index % job_ids.len()].clone();
-        let request = client.get(stack.stream_url(&job_id)).header("X-User-Id", "crowd");
+        let request = client.get(&stream_urls[index % stream_urls.len()]);
         streams.push(tokio::spawn(async move {
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 200);

@@ -8,6 +8,16 @@ use system_tests::stack::Stack;
 
 use crate::init_logs;
 
+/// The claims of a stream token (a JWT), read without checking its signature.
+fn stream_token_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("the payload is base64url");
+    serde_json::from_slice(&json).expect("the payload is JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_file_job_completes_and_its_presigned_url_serves_the_file() {
     init_logs();
@@ -17,7 +27,7 @@ async fn a_single_file_job_completes_and_its_presigned_url_serves_the_file() {
     let initiated = stack
         .http
         .post(stack.url("/v1/download/initiate"))
-        .header("X-User-Id", "alice")
+        .header("Authorization", stack.bearer("alice").await.unwrap())
         .json(&serde_json::json!({ "file_ids": [70000] }))
         .send()
         .await
@@ -31,7 +41,17 @@ async fn a_single_file_job_completes_and_its_presigned_url_serves_the_file() {
     assert_eq!(body["totalFileIds"], 1);
     assert_eq!(location, format!("/v1/download/status/{job_id}"));
     assert_eq!(body["statusUrl"], location);
-    assert_eq!(body["streamUrl"], format!("/v1/download/{job_id}/stream"));
+    let stream_url = body["streamUrl"].as_str().unwrap();
+    let token = stream_url
+        .strip_prefix(&format!("/v1/download/{job_id}/stream?token="))
+        .unwrap_or_else(|| panic!("the stream URL is the job's, with a token: {stream_url}"));
+    let claims = stream_token_claims(token);
+    assert_eq!(
+        (claims["sub"].as_str(), claims["job"].as_str()),
+        (Some("alice"), Some(job_id)),
+        "the token opens this job's stream, for its owner: {claims}"
+    );
+    assert!(claims["exp"].as_i64().unwrap() > chrono::Utc::now().timestamp());
 
     let status = stack.wait_for_terminal("alice", job_id).await.unwrap();
     assert_eq!(status["status"], "completed", "{status}");
@@ -219,7 +239,7 @@ async fn the_callers_trace_follows_the_job_through_nats() {
     let response = stack
         .http
         .post(stack.url("/v1/download/initiate"))
-        .header("X-User-Id", "tracy")
+        .header("Authorization", stack.bearer("tracy").await.unwrap())
         .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .json(&serde_json::json!({ "file_ids": [20100] }))
         .send()
@@ -264,11 +284,12 @@ async fn estimates_follow_the_durations_of_recent_jobs() {
         .unwrap();
     stack.put_file(20_200, 100).await.unwrap();
 
+    let esti = stack.bearer("esti").await.unwrap();
     let estimate = |stack: &Stack| {
         let request = stack
             .http
             .post(stack.url("/v1/download/initiate"))
-            .header("X-User-Id", "esti")
+            .header("Authorization", &esti)
             .json(&serde_json::json!({ "file_ids": [20200] }));
         async move {
             let body: serde_json::Value = request.send().await.unwrap().json().await.unwrap();

@@ -1,5 +1,7 @@
 //! The production nginx front (deploy/nginx) with its read timeout cut to two seconds: streams
-//! survive far longer thanks to heartbeats, and polling works through it.
+//! survive far longer thanks to heartbeats, and polling works through it. The client is a
+//! browser page: its API calls carry a key, its stream is the `streamUrl` it was given, resolved
+//! against the proxy's base URL.
 
 use std::time::Duration;
 
@@ -28,17 +30,21 @@ async fn a_stream_outlives_a_short_proxy_timeout_thanks_to_heartbeats_and_pollin
     let content = stack.put_file(94_000, 2048).await.unwrap();
 
     // Initiate and poll through the proxy.
+    let bearer = stack.bearer("proxied").await.unwrap();
     let initiated = http
         .post(format!("{}/v1/download/initiate", proxy.base_url()))
-        .header("X-User-Id", "proxied")
+        .header("Authorization", &bearer)
         .json(&serde_json::json!({"file_ids": [94000]}))
         .send()
         .await
         .unwrap();
-    let job_id = system_tests::stack::accepted_job_id(initiated).await.unwrap();
+    assert_eq!(initiated.status(), 202);
+    let accepted: serde_json::Value = initiated.json().await.unwrap();
+    let stream_path = accepted["streamUrl"].as_str().unwrap().to_string();
+    let job_id = accepted["jobId"].as_str().unwrap();
     let status = http
         .get(format!("{}/v1/download/status/{job_id}", proxy.base_url()))
-        .header("X-User-Id", "proxied")
+        .header("Authorization", &bearer)
         .send()
         .await
         .unwrap();
@@ -48,21 +54,12 @@ async fn a_stream_outlives_a_short_proxy_timeout_thanks_to_heartbeats_and_pollin
     assert_eq!(health.status(), 200, "health is served through the proxy");
 
     // No processor runs yet: the job stays queued and its stream is silent but for heartbeats.
-    let stream_url = |base: String| format!("{base}/v1/download/{job_id}/stream");
-    let response = http
-        .get(stream_url(proxy.base_url()))
-        .header("X-User-Id", "proxied")
-        .send()
-        .await
-        .unwrap();
+    let stream_url = |base: String| format!("{base}{stream_path}");
+    let response = http.get(stream_url(proxy.base_url())).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let mut reader = SseReader::new(response);
-    let quiet = http
-        .get(stream_url(quiet_proxy.base_url()))
-        .header("X-User-Id", "proxied")
-        .send()
-        .await
-        .unwrap();
+    let quiet = http.get(stream_url(quiet_proxy.base_url())).send().await.unwrap();
+    assert_eq!(quiet.status(), 200);
     let mut quiet_reader = SseReader::new(quiet);
 
     let mut heartbeats = 0;

@@ -29,10 +29,12 @@ async fn stopping_every_service_under_load_loses_no_job() {
         job_ids.push(stack.initiate(USER, &[53_000]).await.unwrap());
     }
     let followed = job_ids[0].clone();
+    // A programmatic client: its API key, and Last-Event-ID when it resumes.
+    let bearer = stack.bearer(USER).await.unwrap();
     let stream = stack
         .http
         .get(stack.stream_url(&followed))
-        .header("X-User-Id", USER)
+        .header("Authorization", &bearer)
         .send()
         .await
         .unwrap();
@@ -79,7 +81,10 @@ async fn stopping_every_service_under_load_loses_no_job() {
     stack.start_intake().await.unwrap();
     stack.start_presigner().await.unwrap();
 
-    let mut request = stack.http.get(stack.stream_url(&followed)).header("X-User-Id", USER);
+    let mut request = stack
+        .http
+        .get(stack.stream_url(&followed))
+        .header("Authorization", &bearer);
     if let Some(id) = &last_id {
         request = request.header("Last-Event-ID", id);
     }

@@ -1,5 +1,5 @@
-//! Signed, durable webhooks: verification, retries with a stable id, 410, dead letters and
-//! replay, SSRF refusals.
+//! Signed, durable webhooks: verification with the job owner's (tenant's) secret, retries with
+//! a stable id, 410, dead letters and replay, SSRF refusals.
 
 use std::time::Duration;
 
@@ -9,12 +9,11 @@ use system_tests::wait::{wait_for, wait_until};
 
 use crate::init_logs;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 async fn stack_with_webhooks(extra: &[(&str, &str)]) -> Stack {
+    // Every job owner is a tenant, whose own secrets sign its webhooks: no WEBHOOK_SECRETS.
     let mut overrides = vec![
-        ("WEBHOOK_SECRETS", SECRET),
         ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"),
         ("WEBHOOK_INITIAL_DELAY_MS", "200"),
         ("WEBHOOK_MAX_DELAY_MS", "1000"),
@@ -72,13 +71,15 @@ async fn a_failing_receiver_gets_the_same_signed_webhook_until_it_accepts_it_and
     let initiated = stack
         .http
         .post(stack.url("/v1/download/initiate"))
-        .header("X-User-Id", "web")
+        .header("Authorization", stack.bearer("web").await.unwrap())
         .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
         .json(&serde_json::json!({ "file_ids": [93_000], "callbackUrl": receiver.url() }))
         .send()
         .await
         .unwrap();
     let job_id = system_tests::stack::accepted_job_id(initiated).await.unwrap();
+    let secrets = stack.webhook_secrets("web").await.unwrap();
+    let another_tenants = stack.webhook_secrets("web-neighbour").await.unwrap();
 
     let mut deliveries = Vec::new();
     while deliveries.len() < 3 {
@@ -86,7 +87,11 @@ async fn a_failing_receiver_gets_the_same_signed_webhook_until_it_accepts_it_and
             .await
             .expect("a delivery")
             .unwrap();
-        delivery.verify(&[SECRET]).expect("every delivery verifies");
+        delivery.verify(&secrets).expect("every delivery verifies");
+        assert!(
+            delivery.verify(&another_tenants).is_err(),
+            "another tenant's secret does not verify the owner's webhook"
+        );
         deliveries.push(delivery);
     }
     assert!(
@@ -178,6 +183,9 @@ async fn a_dead_receiver_ends_in_the_dead_letters_and_a_replay_delivers_once_it_
         delivery.id, letters[0].webhook_id,
         "the replay carries the original webhook-id"
     );
+    delivery
+        .verify(&stack.webhook_secrets("dead").await.unwrap())
+        .expect("the replay is signed with the owner's secret");
     assert_eq!(delivery.json()["status"], "completed");
     assert!(dead_letters(&stack).await.is_empty());
 }
@@ -203,9 +211,10 @@ async fn progress_milestones_are_posted_once_each_as_the_job_crosses_them() {
     wait_until("webhook deliveries to settle", PATIENCE, || webhooks_idle(&stack))
         .await
         .unwrap();
+    let secrets = stack.webhook_secrets("miles").await.unwrap();
     let mut deliveries = Vec::new();
     while let Ok(delivery) = receiver.deliveries.try_recv() {
-        delivery.verify(&[SECRET]).expect("every delivery verifies");
+        delivery.verify(&secrets).expect("every delivery verifies");
         deliveries.push(delivery);
     }
 
@@ -310,7 +319,7 @@ async fn private_and_metadata_targets_are_refused_even_through_a_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_that_ended_before_any_notifier_ever_ran_still_get_their_webhooks() {
     init_logs();
-    let mut stack = Stack::start(&[("WEBHOOK_SECRETS", SECRET), ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")])
+    let mut stack = Stack::start(&[("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")])
         .await
         .unwrap();
     let mut receiver = Receiver::start(0, &[200]).await.unwrap();
@@ -328,7 +337,7 @@ async fn jobs_that_ended_before_any_notifier_ever_ran_still_get_their_webhooks()
         .await
         .expect("the webhook of a job that ended before the notifier started")
         .unwrap();
-    delivery.verify(&[SECRET]).unwrap();
+    delivery.verify(&stack.webhook_secrets("early").await.unwrap()).unwrap();
     assert_eq!(delivery.json()["jobId"], job_id.as_str());
     assert_eq!(delivery.json()["type"], "download.completed");
 }

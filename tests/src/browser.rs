@@ -176,6 +176,28 @@ impl Browser {
             .map(drop)
     }
 
+    /// The rendered text of the element `css`.
+    pub async fn text(&self, css: &str) -> anyhow::Result<String> {
+        let element = self.element(css).await?;
+        let text = self
+            .command("GET", &format!("/element/{element}/text"), Value::Null)
+            .await?;
+        Ok(text.as_str().unwrap_or_default().to_string())
+    }
+
+    /// Waits until the page has an element `css` (pages that render after loading, such as
+    /// Swagger UI).
+    pub async fn wait_for_element(&self, css: &str, timeout: Duration) -> anyhow::Result<()> {
+        wait_for(&format!("the element {css}"), timeout, || async {
+            let found = self
+                .eval("return document.querySelector(arguments[0]) !== null;", json!([css]))
+                .await
+                .ok()?;
+            found.as_bool().filter(|found| *found).map(drop)
+        })
+        .await
+    }
+
     /// Runs `script` (a function body; `arguments` are `args`) in the page and returns its value.
     pub async fn eval(&self, script: &str, args: Value) -> anyhow::Result<Value> {
         self.command("POST", "/execute/sync", json!({ "script": script, "args": args }))

@@ -51,16 +51,21 @@ impl Delivery {
         serde_json::from_slice(&self.body).expect("webhook bodies are JSON")
     }
 
-    /// Verifies the signature as a receiver holding `secrets` would, now.
-    pub fn verify(&self, secrets: &[&str]) -> Result<(), common::webhook::VerifyError> {
-        common::webhook::verify(
-            secrets,
-            &self.id,
-            &self.timestamp,
-            &self.signature,
-            &self.body,
-            chrono::Utc::now().timestamp(),
-        )
+    /// Verifies the signature as a receiver holding `secrets` would, now (a tenant's secrets
+    /// come from `Stack::webhook_secrets`).
+    pub fn verify<Secret: AsRef<str>>(&self, secrets: &[Secret]) -> Result<(), common::webhook::VerifyError> {
+        self.verify_at(secrets, chrono::Utc::now().timestamp())
+    }
+
+    /// Verifies the signature as a receiver holding `secrets` would have at `now` (unix
+    /// seconds): for a delivery checked after it arrived.
+    pub fn verify_at<Secret: AsRef<str>>(
+        &self,
+        secrets: &[Secret],
+        now: i64,
+    ) -> Result<(), common::webhook::VerifyError> {
+        let secrets: Vec<&str> = secrets.iter().map(AsRef::as_ref).collect();
+        common::webhook::verify(&secrets, &self.id, &self.timestamp, &self.signature, &self.body, now)
     }
 }
 

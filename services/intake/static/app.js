@@ -299,9 +299,9 @@ function follow(job, card, streamUrl) {
         poll(job, card);
         return;
       }
-      // CONNECTING: EventSource is reconnecting by itself. CLOSED: it was refused, most likely
-      // for an expired token.
-      if (source.readyState === EventSource.CLOSED) renew(source);
+      // CLOSED: the reconnection was refused, most likely for an expired token. CONNECTING:
+      // EventSource is reconnecting by itself; when that failed already, a fresh token is tried.
+      if (source.readyState === EventSource.CLOSED || failures > 1) renew(source);
     };
   };
 

@@ -326,11 +326,41 @@ impl Feed {
             if self.last_sent.is_some_and(|last| event.seq() <= last) {
                 continue;
             }
+            if let Some(last) = self.last_sent
+                && event.seq() > last + 1
+                && self.fill_gap(last, &event).await
+            {
+                // The events in between go first; this one follows them.
+                continue;
+            }
             self.last_sent = Some(event.seq());
             self.finished = event.status().is_terminal();
             let sse = self.to_sse(&event).await;
             return Some((sse, self));
         }
+    }
+
+    /// An event arrived ahead of some not sent yet (the live feed lost them while the events
+    /// stream changed leader): reads them back from the events stream and queues them before
+    /// `event`. False when none of them can be had (never published, or the stream cannot be
+    /// read right now): `event` then goes out after the gap rather than never.
+    async fn fill_gap(&mut self, last_sent: u64, event: &Arc<JobEvent>) -> bool {
+        let Ok(missed) = self.state.store.events_after(self.job_id, last_sent).await else {
+            return false;
+        };
+        let between: Vec<Arc<JobEvent>> = missed
+            .into_iter()
+            .filter(|missed| missed.seq() < event.seq())
+            .map(Arc::new)
+            .collect();
+        if between.is_empty() {
+            return false;
+        }
+        self.pending.push_front(event.clone());
+        for missed in between.into_iter().rev() {
+            self.pending.push_front(missed);
+        }
+        true
     }
 
     /// A stream quiet for a while looks at the job's record: when the record is ahead of what

@@ -9,18 +9,21 @@
 //! SeaweedFS and the events competing for the same two cores.
 //!
 //! Starts nats-server and SeaweedFS on free ports and every service as its own process (the
-//! binaries next to this one), then measures: idle RSS per service; initiate throughput and
-//! latency under `connections` concurrent clients for `seconds`; end-to-end jobs/s with no
-//! simulated delay (from the first initiate until the work queue is drained); the processor's
-//! peak RSS while bundling two 256 MiB files.
+//! binaries next to this one, each as its own NATS user), then measures: idle RSS per service;
+//! initiate throughput and latency under `connections` concurrent clients (each its own tenant
+//! with an API key, so keys are checked as in production) for `seconds`; end-to-end jobs/s with
+//! no simulated delay (from the first initiate until the work queue is drained); the
+//! processor's peak RSS while bundling two 256 MiB files.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use common::identity::admin::IdentityBuckets;
+use secrecy::ExposeSecret;
 use system_tests::processes::{Services, memory_mib};
-use system_tests::servers::{NatsServer, S3Server, free_port, port_answers};
+use system_tests::servers::{NatsServer, NatsUser, S3Server, free_port, port_answers};
 use system_tests::wait::{wait_for, wait_until};
 
 fn percentile(sorted: &[u64], fraction: f64) -> f64 {
@@ -29,6 +32,30 @@ fn percentile(sorted: &[u64], fraction: f64) -> f64 {
     }
     let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
     sorted[index] as f64 / 1000.0
+}
+
+/// Starts `names`, each with `env` and its own NATS user.
+fn start_services(nats: &NatsServer, names: &[&'static str], env: &[(String, String)]) -> anyhow::Result<Services> {
+    let mut services = Services { children: Vec::new() };
+    for name in names {
+        let user = match *name {
+            "intake" => NatsUser::Intake,
+            "processor" => NatsUser::Processor,
+            "presigner" => NatsUser::Presigner,
+            _ => NatsUser::Notifier,
+        };
+        let mut own_env = env.to_vec();
+        own_env.extend(nats.env_for(user));
+        let mut started = Services::start(&[name], &own_env)?;
+        services.children.append(&mut started.children);
+    }
+    Ok(services)
+}
+
+/// The `Authorization` header of a new tenant `tenant`'s key.
+async fn tenant_bearer(identity: &IdentityBuckets, tenant: &str) -> anyhow::Result<String> {
+    let (_, issued) = identity.create_tenant(tenant, "bench").await?;
+    Ok(format!("Bearer {}", issued.key.expose_secret()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,14 +72,14 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
     let api_port = free_port();
     let mut env = s3.env();
     env.extend([
-        ("NATS_URL".to_string(), nats.url()),
         ("PORT".to_string(), api_port.to_string()),
+        ("STREAM_TOKEN_SECRET".to_string(), system_tests::stack::random_secret()),
         ("RATE_LIMIT_MAX_REQUESTS".to_string(), "1000000000".to_string()),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
     let mut names = vec!["presigner", "intake"];
     names.extend(std::iter::repeat_n("processor", processors));
-    let services = Services::start(&names, &env)?;
+    let services = start_services(&nats, &names, &env)?;
     wait_until("the intake", Duration::from_secs(60), || async {
         port_answers(api_port)
     })
@@ -78,6 +105,14 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
             .await?;
     }
 
+    let nats_client = nats.client().await?;
+    let identity = IdentityBuckets::provision(&nats_client, &common::nats::Topology::default()).await?;
+    let mut bearers = Vec::with_capacity(connections);
+    for worker in 0..connections {
+        bearers.push(tenant_bearer(&identity, &format!("bench-{worker}")).await?);
+    }
+    let bundle_bearer = tenant_bearer(&identity, "bench-bundle").await?;
+
     let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
     let url = format!("http://127.0.0.1:{api_port}/v1/download/initiate");
     let accepted = Arc::new(AtomicU64::new(0));
@@ -85,7 +120,7 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut workers = Vec::new();
-    for worker in 0..connections {
+    for bearer in bearers {
         let client = client.clone();
         let url = url.clone();
         let accepted = accepted.clone();
@@ -96,7 +131,7 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
                 let sent = Instant::now();
                 let response = client
                     .post(&url)
-                    .header("X-User-Id", format!("bench-{worker}"))
+                    .header("Authorization", &bearer)
                     .header("Content-Type", "application/json")
                     .body(r#"{"file_ids":[10000]}"#)
                     .send()
@@ -138,7 +173,7 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
     if processors == 0 {
         return Ok(());
     }
-    let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let jetstream = async_nats::jetstream::new(nats_client.clone());
     wait_until("the work queue to drain", Duration::from_secs(600), || {
         system_tests::queue::job_consumer_idle(&jetstream)
     })
@@ -175,7 +210,7 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
         let (before, peak_before) = memory_mib(processor_pid);
         let response: serde_json::Value = client
             .post(&url)
-            .header("X-User-Id", "bench-bundle")
+            .header("Authorization", &bundle_bearer)
             .header("Content-Type", "application/json")
             .body(format!(r#"{{"file_ids":[{first_id},{}]}}"#, first_id + 1))
             .send()
@@ -188,10 +223,11 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
         let final_status = wait_for("the bundle", Duration::from_secs(600), || {
             let client = client.clone();
             let status_url = status_url.clone();
+            let bundle_bearer = bundle_bearer.clone();
             async move {
                 let response = client
                     .get(&status_url)
-                    .header("X-User-Id", "bench-bundle")
+                    .header("Authorization", bundle_bearer)
                     .send()
                     .await
                     .ok()?;

@@ -6,9 +6,10 @@
 //! ```
 //!
 //! Starts nats-server and SeaweedFS on free ports, the notifier and the presigner as their own
-//! processes (the binaries next to this one), creates one job per stream (one user each) straight
-//! in the job store, opens every stream, then plays the processor: moves every job to 50 % and
-//! then completes it, with `writers` concurrent writers. Reports the notifier's memory per open
+//! processes (the binaries next to this one, each as its own NATS user), creates one job per
+//! stream (one user each) straight in the job store, opens every stream as a browser does (the
+//! job's `streamUrl`, whose token the benchmark signs as the intake would), then plays the
+//! processor: moves every job to 50 % and then completes it, with `writers` concurrent writers. Reports the notifier's memory per open
 //! stream, and how long each `progress` and `completed` event took from its KV write (the
 //! event's `at`, stamped just before the write) to its client, as percentiles.
 
@@ -19,7 +20,7 @@ use anyhow::Context;
 use common::{JobId, JobRecord, JobStatus};
 use futures::StreamExt;
 use system_tests::processes::{Services, memory_mib};
-use system_tests::servers::{NatsServer, S3Server, free_port, port_answers};
+use system_tests::servers::{NatsServer, NatsUser, S3Server, free_port, port_answers};
 use system_tests::sse::{SseItem, SseReader};
 use system_tests::wait::wait_until;
 use tokio::sync::mpsc;
@@ -55,18 +56,25 @@ fn main() -> anyhow::Result<()> {
 async fn run(streams: usize, writers: usize) -> anyhow::Result<()> {
     let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
     let port = free_port();
+    let token_secret = system_tests::stack::random_secret();
     let mut env = s3.env();
     env.extend([
-        ("NATS_URL".to_string(), nats.url()),
         ("PORT".to_string(), port.to_string()),
         ("SSE_MAX_STREAMS_PER_USER".to_string(), "5".to_string()),
+        ("STREAM_TOKEN_SECRET".to_string(), token_secret.clone()),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
-    let services = Services::start(&["presigner", "notifier"], &env)?;
+    let mut services = Services { children: Vec::new() };
+    for (name, user) in [("presigner", NatsUser::Presigner), ("notifier", NatsUser::Notifier)] {
+        let mut own_env = env.clone();
+        own_env.extend(nats.env_for(user));
+        let mut started = Services::start(&[name], &own_env)?;
+        services.children.append(&mut started.children);
+    }
     wait_until("the notifier", Duration::from_secs(60), || async { port_answers(port) }).await?;
     let notifier_pid = services.pid("notifier").context("the notifier runs")?;
 
-    let client = async_nats::connect(nats.url()).await?;
+    let client = nats.client().await?;
     let jetstream = async_nats::jetstream::new(client);
     let store = common::store::JobStore::new(
         jetstream.clone(),
@@ -100,11 +108,14 @@ async fn run(streams: usize, writers: usize) -> anyhow::Result<()> {
     let (report_sender, mut reports) = mpsc::unbounded_channel::<(String, f64)>();
     let (open_sender, mut opened) = mpsc::unbounded_channel::<bool>();
     let opening = Instant::now();
+    let signer = common::identity::token::TokenSigner::new(secrecy::SecretString::from(token_secret));
+    let expires_at = chrono::Utc::now().timestamp() + 3600;
     let mut readers = Vec::new();
     for (job_id, user) in &jobs {
-        let request = http
-            .get(format!("http://127.0.0.1:{port}/v1/download/{job_id}/stream"))
-            .header("X-User-Id", user.as_str());
+        let token = signer.issue(user, &job_id.to_string(), expires_at);
+        let request = http.get(format!(
+            "http://127.0.0.1:{port}/v1/download/{job_id}/stream?token={token}"
+        ));
         let (report_sender, open_sender) = (report_sender.clone(), open_sender.clone());
         readers.push(tokio::spawn(async move {
             let response = match request.send().await {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use crate::servers::free_port;
+use crate::servers::{NatsUser, free_port};
 
 /// Which service a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +43,16 @@ impl Kind {
 
     fn listens(self) -> bool {
         matches!(self, Kind::Intake | Kind::Notifier)
+    }
+
+    /// The NATS user it connects as.
+    pub fn nats_user(self) -> NatsUser {
+        match self {
+            Kind::Intake => NatsUser::Intake,
+            Kind::Processor => NatsUser::Processor,
+            Kind::Notifier => NatsUser::Notifier,
+            Kind::Presigner => NatsUser::Presigner,
+        }
     }
 }
 
@@ -145,9 +155,13 @@ pub struct Fleet {
 pub type SharedFleet = Arc<Mutex<Fleet>>;
 
 impl Fleet {
-    /// Two processes of every kind with `env` (plus their own `PORT` / `PROCESSOR_ID`), logging
-    /// into `run_dir`; nothing runs yet.
-    pub fn new(env: &[(String, String)], run_dir: &Path) -> anyhow::Result<Self> {
+    /// Two processes of every kind with `env`, the kind's own `kind_env` (its NATS user) and
+    /// their own `PORT` / `PROCESSOR_ID`, logging into `run_dir`; nothing runs yet.
+    pub fn new(
+        env: &[(String, String)],
+        kind_env: impl Fn(Kind) -> Vec<(String, String)>,
+        run_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let binaries = std::env::current_exe()?
             .parent()
             .context("binary directory")?
@@ -157,6 +171,7 @@ impl Fleet {
             for instance in 0..2 {
                 let port = kind.listens().then(free_port);
                 let mut own_env = env.to_vec();
+                own_env.extend(kind_env(kind));
                 if let Some(port) = port {
                     own_env.push(("PORT".into(), port.to_string()));
                 }

@@ -1,13 +1,15 @@
-//! An SSE follower as `EventSource` behaves: it reads a job's stream through nginx and, when the
-//! stream is cut or ends early, reconnects with `Last-Event-ID` until it has seen the terminal
-//! event. It keeps every event with the time it arrived and every connection with its span, so
-//! the checks can tell a frozen feed from a dead one.
+//! An SSE follower as `EventSource` behaves: it opens the job's `streamUrl` (its token is the
+//! credential; a page cannot send headers) through nginx and, when the stream is cut or ends
+//! early, reconnects to it with `Last-Event-ID` until it has seen the terminal event; a token
+//! refused (expired) is replaced by the `streamUrl` of a fresh status, as a page would. It keeps
+//! every event with the time it arrived and every connection with its span, so the checks can
+//! tell a frozen feed from a dead one.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::load::{Load, is_terminal};
+use super::load::{Load, is_terminal, status};
 use crate::sse::{SseItem, SseReader};
 
 /// One event as the follower got it.
@@ -62,18 +64,28 @@ impl FollowLog {
     }
 }
 
-/// Follows the job until its terminal event, a 204, or the load stops.
-pub async fn follow(load: &Load, job_id: &str, user: &str) -> FollowLog {
+/// Follows the job, starting from the `streamUrl` its initiate answered (`None`: read one from
+/// its status as `user`), until its terminal event, a 204, or the load stops.
+pub async fn follow(load: &Load, job_id: &str, user: &str, stream_url: Option<String>) -> FollowLog {
     let mut log = FollowLog::default();
     // Silence longer than three heartbeats means the connection is dead.
     let silence = load.heartbeat * 3 + Duration::from_secs(2);
     let client = reqwest::Client::new();
+    let mut stream_url = stream_url;
     while !load.stop.is_cancelled() && !log.saw_terminal {
+        let Some(url) = stream_url.clone() else {
+            stream_url = fresh_stream_url(load, job_id, user).await;
+            if stream_url.is_none() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = load.stop.cancelled() => {}
+                }
+            }
+            continue;
+        };
         let last_event_id = log.events.last().map(|seen| seen.seq);
         let opened = Utc::now();
-        let mut request = client
-            .get(format!("{}/v1/download/{job_id}/stream", load.base_url))
-            .header("X-User-Id", user);
+        let mut request = client.get(format!("{}{url}", load.base_url));
         if let Some(seq) = last_event_id {
             request = request.header("Last-Event-ID", seq.to_string());
         }
@@ -127,12 +139,22 @@ pub async fn follow(load: &Load, job_id: &str, user: &str) -> FollowLog {
         if status == 204 {
             break;
         }
+        if status == 401 {
+            // The token expired: the page reads the status again for a fresh streamUrl.
+            stream_url = None;
+        }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = load.stop.cancelled() => {}
         }
     }
     log
+}
+
+/// The `streamUrl` of the job's status, with a fresh token; `None` when the status cannot be read.
+async fn fresh_stream_url(load: &Load, job_id: &str, user: &str) -> Option<String> {
+    let body = status(load, job_id, user).await.ok()?;
+    body["streamUrl"].as_str().map(str::to_string)
 }
 
 /// Reads one connection until the terminal event, its end, or silence; returns how it ended.

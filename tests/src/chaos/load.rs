@@ -1,7 +1,8 @@
 //! The steady load: jobs started at a fixed rate through nginx (single files, bundles, missing
 //! files, a missing file in a bundle), most with a callback, some followed over SSE, some
 //! cancelled; every accepted job is polled like a browser would until it ends. Every initiate
-//! gets its own user id, so any record found after the run names the request that made it.
+//! is its own tenant (with its own API key, see [`super::tenants`]), so any record found after
+//! the run names, by its owner, the request that made it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::follower::{self, FollowLog};
+use super::tenants::Tenants;
 use super::world::{MISSING_FILE, SAMPLES};
 
 /// How often a job's status is polled (the intake's suggested interval).
@@ -40,7 +42,7 @@ pub enum Shape {
 pub struct Spec {
     /// Request number (0-based).
     pub number: u64,
-    /// Its own user id.
+    /// Its own tenant ([`user_of`]).
     pub user: String,
     /// Requested file ids.
     pub files: Vec<u64>,
@@ -148,11 +150,18 @@ pub struct Load {
     pub stop: CancellationToken,
     /// `SSE_HEARTBEAT_SECONDS` of the notifiers.
     pub heartbeat: Duration,
+    /// The requests' tenants and their keys.
+    pub tenants: Arc<Tenants>,
 }
 
 impl Load {
-    /// A load against `base_url`.
-    pub fn new(base_url: String, callback_url: String, heartbeat: Duration) -> anyhow::Result<Arc<Self>> {
+    /// A load against `base_url`, each request as its tenant in `tenants`.
+    pub fn new(
+        base_url: String,
+        callback_url: String,
+        heartbeat: Duration,
+        tenants: Arc<Tenants>,
+    ) -> anyhow::Result<Arc<Self>> {
         Ok(Arc::new(Load {
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -163,8 +172,19 @@ impl Load {
             ledger: Arc::new(Ledger::default()),
             stop: CancellationToken::new(),
             heartbeat,
+            tenants,
         }))
     }
+}
+
+/// The tenant of request `number` of the run with `seed`.
+pub fn user_of(seed: u64, number: u64) -> String {
+    format!("chaos-{seed}-r{number}")
+}
+
+/// How many requests [`generate`] makes at most at `rate` per second for `duration`.
+pub fn most_requests(rate: f64, duration: Duration) -> u64 {
+    (rate * duration.as_secs_f64()).ceil() as u64 + 1
 }
 
 /// The job mix, from the seed.
@@ -187,7 +207,7 @@ pub fn plan(rng: &mut StdRng, number: u64, seed: u64) -> Spec {
     };
     Spec {
         number,
-        user: format!("chaos-{seed}-r{number}"),
+        user: user_of(seed, number),
         files,
         shape,
         callback: rng.random_bool(0.8),
@@ -226,21 +246,30 @@ async fn run_job(load: Arc<Load>, spec: Spec) {
     if spec.callback {
         body["callbackUrl"] = load.callback_url.clone().into();
     }
-    let response = load
-        .http
-        .post(format!("{}/v1/download/initiate", load.base_url))
-        .header("X-User-Id", &spec.user)
-        .header("X-Request-ID", format!("chaos-r{}", spec.number))
-        .json(&body)
-        .send()
-        .await;
+    let response = match load.tenants.bearer(&spec.user).await {
+        Ok(bearer) => load
+            .http
+            .post(format!("{}/v1/download/initiate", load.base_url))
+            .header("Authorization", bearer)
+            .header("X-Request-ID", format!("chaos-r{}", spec.number))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(format!("not sent, the harness has no key: {error:#}")),
+    };
+    // The streamUrl of the 202, with the token the follower opens the stream with.
+    let mut stream_url = None;
     let answer = match response {
-        Err(error) => Answer::Lost(error.to_string()),
+        Err(error) => Answer::Lost(error),
         Ok(response) => {
             let status = response.status().as_u16();
             let json: serde_json::Value = response.json().await.unwrap_or_default();
             match (status, json["jobId"].as_str()) {
-                (202, Some(job_id)) => Answer::Accepted(job_id.to_string()),
+                (202, Some(job_id)) => {
+                    stream_url = json["streamUrl"].as_str().map(str::to_string);
+                    Answer::Accepted(job_id.to_string())
+                }
                 _ => Answer::Refused {
                     status,
                     code: json["code"].as_str().map(str::to_string),
@@ -273,7 +302,7 @@ async fn run_job(load: Arc<Load>, spec: Spec) {
     if spec.follow {
         let (load, job_id, user) = (load.clone(), job_id.clone(), spec.user.clone());
         helpers.spawn(async move {
-            let log = follower::follow(&load, &job_id, &user).await;
+            let log = follower::follow(&load, &job_id, &user, stream_url).await;
             load.ledger.with_job(&job_id, |job| job.follow = Some(log));
         });
     }
@@ -292,12 +321,13 @@ async fn run_job(load: Arc<Load>, spec: Spec) {
 /// Sends the cancellation, again while the answer is 502/503/504 or missing (up to 20 s);
 /// returns the last status.
 async fn cancel(load: &Load, job_id: &str, user: &str) -> Option<u16> {
+    let bearer = load.tenants.bearer(user).await.ok()?;
     let mut last = None;
     for _ in 0..20 {
         let response = load
             .http
             .delete(format!("{}/v1/download/{job_id}", load.base_url))
-            .header("X-User-Id", user)
+            .header("Authorization", &bearer)
             .send()
             .await;
         last = response.ok().map(|response| response.status().as_u16());
@@ -309,12 +339,13 @@ async fn cancel(load: &Load, job_id: &str, user: &str) -> Option<u16> {
     last
 }
 
-/// The status as JSON, or the failing status (0: no answer).
+/// The status as `user` reads it, as JSON, or the failing status (0: no answer).
 pub async fn status(load: &Load, job_id: &str, user: &str) -> Result<serde_json::Value, u16> {
+    let bearer = load.tenants.bearer(user).await.map_err(|_| 0u16)?;
     let response = load
         .http
         .get(format!("{}/v1/download/status/{job_id}", load.base_url))
-        .header("X-User-Id", user)
+        .header("Authorization", bearer)
         .send()
         .await
         .map_err(|_| 0u16)?;

@@ -20,6 +20,7 @@ mod load;
 pub mod options;
 mod report;
 pub mod schedule;
+mod tenants;
 mod world;
 
 use std::collections::HashSet;
@@ -135,10 +136,24 @@ fn reproduce(options: &Options) -> String {
 }
 
 async fn drive(options: &Options, schedule: &schedule::Schedule, world: &mut World) -> anyhow::Result<bool> {
-    let load = Load::new(world.base_url(), world.receiver.url(), world.settings.heartbeat)?;
+    let load_duration = options.duration.max(schedule.expected_end);
+    let most = load::most_requests(options.rate, load_duration);
+    println!("creating the tenants of at most {most} requests (one each) ...");
+    let creating = Instant::now();
+    let tenants = tenants::Tenants::open(&world.cluster.client().await?, world.cluster.size()).await?;
+    tenants
+        .create_all((0..most).map(|number| load::user_of(options.seed, number)))
+        .await?;
+    println!("tenants created in {:.1} s", creating.elapsed().as_secs_f64());
+    let load = Load::new(
+        world.base_url(),
+        world.receiver.url(),
+        world.settings.heartbeat,
+        tenants.clone(),
+    )?;
     let start = Instant::now();
     let load_started = Utc::now();
-    let until = start + options.duration.max(schedule.expected_end);
+    let until = start + load_duration;
     println!("\nload started: {} jobs/s through {}", options.rate, world.base_url());
     let generator = tokio::spawn(load::generate(load.clone(), options.seed, options.rate, until));
     let mut targets = Targets {
@@ -181,7 +196,15 @@ async fn drive(options: &Options, schedule: &schedule::Schedule, world: &mut Wor
     let jobs = load.ledger.jobs.lock().expect("ledger lock").clone();
     println!("collecting records, events, dead letters, statuses and downloads ...");
     let collected = collect::collect(&world.cluster, &load, &jobs).await?;
-    let deliveries = world.receiver.received();
+    let mut deliveries = world.receiver.received();
+    // A job's owner: the tenant that got its 202, else (no answer came) its record's.
+    hooks::check_signatures(&mut deliveries, |job_id| {
+        let owner = match jobs.get(job_id) {
+            Some(job) => job.spec.user.clone(),
+            None => collected.records.get(job_id)?["userId"].as_str()?.to_string(),
+        };
+        Some(tenants.created(&owner)?.webhook_secrets)
+    });
     let exits = world.fleet.lock().expect("fleet lock").unexpected_exits().to_vec();
     let evidence = Evidence {
         requests: &requests,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::fleet::{Fleet, Kind, SharedFleet};
-use super::hooks::{self, HookReceiver};
+use super::hooks::HookReceiver;
 use super::options::Options;
 use crate::cluster::NatsCluster;
 use crate::servers::{NginxServer, S3Server, port_answers};
@@ -119,12 +119,15 @@ impl Settings {
             ),
             ("JOB_RETRY_MULTIPLIER", "2".into()),
             ("SHUTDOWN_GRACE_SECONDS", self.shutdown_grace.as_secs().to_string()),
-            // One load generator is one client: the per-client budget is not under test here.
+            // Every request is its own tenant: the per-tenant budget is not under test here.
             ("RATE_LIMIT_MAX_REQUESTS", "1000000".into()),
-            ("TRUST_PROXY", "true".into()),
+            // nginx on loopback, in front of the intakes.
+            ("TRUSTED_PROXIES", "127.0.0.1/32".into()),
+            // Shared by the intakes (issuing streamUrl tokens) and the notifiers (checking them).
+            ("STREAM_TOKEN_SECRET", crate::stack::random_secret()),
             ("SSE_HEARTBEAT_SECONDS", self.heartbeat.as_secs().to_string()),
             ("SSE_RETRY_MS", "1000".into()),
-            ("WEBHOOK_SECRETS", hooks::SECRET.into()),
+            // No WEBHOOK_SECRETS: every job's owner is a tenant, signed with its own secrets.
             ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8".into()),
             ("WEBHOOK_TIMEOUT_MS", "5000".into()),
             ("WEBHOOK_INITIAL_DELAY_MS", "1000".into()),
@@ -164,9 +167,9 @@ impl World {
         let receiver = HookReceiver::start().await?;
         seed_samples(&s3).await?;
         let mut env = settings.env();
-        env.push(("NATS_URL".into(), cluster.urls()));
         env.extend(s3.env());
-        let mut fleet = Fleet::new(&env, &run_dir)?;
+        // Each service as its own NATS user (NATS_URL, NATS_USER, NATS_PASSWORD).
+        let mut fleet = Fleet::new(&env, |kind| cluster.env_for(kind.nats_user()), &run_dir)?;
         println!(
             "starting two of every service at once (logs in {}) ...",
             run_dir.display()

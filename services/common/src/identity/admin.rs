@@ -8,6 +8,7 @@ use futures::TryStreamExt;
 use rand::RngCore;
 use secrecy::SecretString;
 
+use super::directory::leader_entry;
 use super::{ApiKeyRecord, TenantRecord, WebhookSecret, check_tenant_id, key};
 
 /// Why an operation failed.
@@ -100,9 +101,7 @@ impl IdentityBuckets {
 
     /// The tenant's record.
     pub async fn tenant(&self, tenant: &str) -> Result<TenantRecord, AdminError> {
-        let value = self
-            .tenants
-            .get(tenant)
+        let (value, _) = leader_entry(&self.tenants, tenant)
             .await
             .map_err(unavailable)?
             .ok_or_else(|| AdminError::Missing(format!("tenant {tenant}")))?;
@@ -153,19 +152,16 @@ impl IdentityBuckets {
 
     /// Revokes a key (by id); every instance refuses it once the change reaches it.
     pub async fn revoke_key(&self, key_id: &str) -> Result<ApiKeyRecord, AdminError> {
-        let entry = self
-            .keys
-            .entry(key_id)
+        let (value, revision) = leader_entry(&self.keys, key_id)
             .await
             .map_err(unavailable)?
-            .filter(|entry| entry.operation == kv::Operation::Put)
             .ok_or_else(|| AdminError::Missing(format!("key {key_id}")))?;
-        let mut record: ApiKeyRecord = serde_json::from_slice(&entry.value).map_err(unavailable)?;
+        let mut record: ApiKeyRecord = serde_json::from_slice(&value).map_err(unavailable)?;
         if record.revoked_at.is_none() {
             record.revoked_at = Some(Utc::now());
             let value = serde_json::to_vec(&record).map_err(unavailable)?;
             self.keys
-                .update(key_id, value.into(), entry.revision)
+                .update(key_id, value.into(), revision)
                 .await
                 .map_err(unavailable)?;
         }
@@ -175,14 +171,11 @@ impl IdentityBuckets {
     /// Gives a tenant a new webhook secret; the previous ones keep signing for `grace`, so
     /// receivers can switch without missing a delivery. Returns the new secret.
     pub async fn rotate_webhook_secret(&self, tenant: &str, grace: chrono::Duration) -> Result<String, AdminError> {
-        let entry = self
-            .tenants
-            .entry(tenant)
+        let (value, revision) = leader_entry(&self.tenants, tenant)
             .await
             .map_err(unavailable)?
-            .filter(|entry| entry.operation == kv::Operation::Put)
             .ok_or_else(|| AdminError::Missing(format!("tenant {tenant}")))?;
-        let mut record: TenantRecord = serde_json::from_slice(&entry.value).map_err(unavailable)?;
+        let mut record: TenantRecord = serde_json::from_slice(&value).map_err(unavailable)?;
         let now = Utc::now();
         let retires_at = now + grace;
         record.webhook_secrets.retain(|secret| secret.retires_at.is_none_or(|retires| retires > now));
@@ -200,7 +193,7 @@ impl IdentityBuckets {
         );
         let value = serde_json::to_vec(&record).map_err(unavailable)?;
         self.tenants
-            .update(tenant, value.into(), entry.revision)
+            .update(tenant, value.into(), revision)
             .await
             .map_err(unavailable)?;
         Ok(secret)

@@ -17,6 +17,34 @@ use tokio_util::sync::CancellationToken;
 
 /// Pause before watching again after the watch broke.
 const REWATCH_PAUSE: Duration = Duration::from_millis(500);
+/// How long a lookup missing from memory rides out a bucket that cannot answer (a leader
+/// election), before it counts as unavailable.
+const LOOKUP_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The latest value under `key` and its revision, read through the stream's leader (a replica
+/// may lag a write made a moment ago); `None` when absent or deleted.
+pub async fn leader_entry(
+    kv: &kv::Store,
+    key: &str,
+) -> Result<Option<(bytes::Bytes, u64)>, async_nats::jetstream::stream::LastRawMessageError> {
+    let subject = format!("{}{key}", kv.prefix);
+    match kv.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => {
+            let removed = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
+            Ok((!removed).then_some((message.payload, message.sequence)))
+        }
+        Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The bucket could not be read (for an entry not held in memory).
+#[derive(Debug, thiserror::Error)]
+#[error("the identity bucket cannot be read")]
+pub struct LookupError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
 
 /// A bucket's entries, in memory, kept current.
 pub struct Directory<T> {
@@ -24,6 +52,16 @@ pub struct Directory<T> {
     entries: RwLock<HashMap<String, Arc<T>>>,
     following: AtomicBool,
     kind: PhantomData<fn() -> T>,
+}
+
+/// Whether `key` is a valid KV key: `[-/_=.A-Za-z0-9]+`, not starting or ending with `.`.
+pub fn is_kv_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'/' | b'_' | b'=' | b'.'))
 }
 
 impl<T: DeserializeOwned + Send + Sync + 'static> Directory<T> {
@@ -86,8 +124,12 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Directory<T> {
         }
     }
 
-    /// The entry under `key`: from memory while the watch is live, else from the bucket.
-    pub async fn get(&self, key: &str) -> Result<Option<Arc<T>>, kv::EntryError> {
+    /// The entry under `key`: from memory while the watch is live, else from the bucket. A name
+    /// that cannot be a KV key (a gateway's `alice@example.com`) has no entry.
+    pub async fn get(&self, key: &str) -> Result<Option<Arc<T>>, LookupError> {
+        if !is_kv_key(key) {
+            return Ok(None);
+        }
         if self.following.load(Ordering::SeqCst) {
             let cached = self
                 .entries
@@ -99,10 +141,19 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Directory<T> {
                 return Ok(cached);
             }
         }
-        let Some(value) = self.kv.get(key).await? else {
-            return Ok(None);
+        // Not in memory: a key created a moment ago, or the watch is down. Read through the
+        // leader (a replica may not have the write yet), riding out an election.
+        let patience = crate::retry::Patience {
+            window: LOOKUP_PATIENCE,
         };
-        match serde_json::from_slice::<T>(&value) {
+        let read = patience
+            .retry("reading an identity entry", || leader_entry(&self.kv, key), |_| true)
+            .await;
+        let value = match read {
+            Ok(Some((value, _))) => value,
+            Ok(None) => return Ok(None),
+            Err(error) => return Err(LookupError(Box::new(error))),
+        };        match serde_json::from_slice::<T>(&value) {
             Ok(value) => Ok(Some(Arc::new(value))),
             Err(error) => {
                 tracing::warn!(bucket = %self.kv.name, %key, %error, "unreadable entry ignored");

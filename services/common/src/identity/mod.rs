@@ -87,18 +87,28 @@ impl TenantRecord {
     }
 }
 
-/// Checks a tenant id: the rules of user ids, and not the reserved anonymous owner.
+/// Longest tenant id, in bytes.
+pub const TENANT_ID_MAX_BYTES: usize = 64;
+
+/// Checks a tenant id: 1-64 letters, digits, `-`, `_` and inner `.` (it is a KV key), and not
+/// the reserved anonymous owner.
 pub fn check_tenant_id(text: &str) -> Result<&str, String> {
-    let tenant = crate::validation::check_user_id(text).map_err(|_| {
-        format!(
-            "a tenant id is 1-{} characters of letters, digits and . _ @ : + -",
-            crate::validation::USER_ID_MAX_BYTES
-        )
-    })?;
-    if tenant == ANONYMOUS_TENANT {
+    let valid = !text.is_empty()
+        && text.len() <= TENANT_ID_MAX_BYTES
+        && !text.starts_with('.')
+        && !text.ends_with('.')
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'));
+    if !valid {
+        return Err(format!(
+            "a tenant id is 1-{TENANT_ID_MAX_BYTES} letters, digits, - _ and inner ."
+        ));
+    }
+    if text == ANONYMOUS_TENANT {
         return Err(format!("{ANONYMOUS_TENANT} is reserved for anonymous legacy jobs"));
     }
-    Ok(tenant)
+    Ok(text)
 }
 
 /// The credentials of an `Authorization` header value of the `Bearer` scheme (`None` for any
@@ -138,7 +148,7 @@ impl KeyDirectory {
     /// The tenant a key authenticates as. Shape and checksum are checked first, so a typo costs
     /// no lookup; a known key costs none either (the bucket is in memory). An error means the
     /// bucket could not be read for a key not in memory.
-    pub async fn authenticate(&self, text: &str) -> Result<Result<String, KeyRefusal>, async_nats::jetstream::kv::EntryError> {
+    pub async fn authenticate(&self, text: &str) -> Result<Result<String, KeyRefusal>, directory::LookupError> {
         let presented = match key::PresentedKey::parse(text) {
             Ok(presented) => presented,
             Err(error) => return Ok(Err(KeyRefusal::Format(error))),
@@ -196,6 +206,8 @@ mod tests {
     fn the_anonymous_owner_cannot_be_a_tenant() {
         assert!(check_tenant_id("anonymous").is_err());
         assert!(check_tenant_id("bad id").is_err());
+        assert!(check_tenant_id("alice@example.com").is_err(), "not a KV key");
+        assert!(check_tenant_id(".hidden").is_err());
         assert_eq!(check_tenant_id("acme-corp"), Ok("acme-corp"));
     }
 
