@@ -29,6 +29,28 @@ impl Services {
         Ok(services)
     }
 
+    /// Runs `<name> provision` for each of `names` that owns JetStream resources (not the
+    /// presigner) with `env` (the admin's NATS user: services may not create streams), and
+    /// waits for each to succeed.
+    pub fn provision(names: &[&'static str], env: &[(String, String)]) -> anyhow::Result<()> {
+        let binaries = std::env::current_exe()?
+            .parent()
+            .context("binary directory")?
+            .to_path_buf();
+        let mut owners: Vec<&str> = names.iter().copied().filter(|name| *name != "presigner").collect();
+        owners.sort_unstable();
+        owners.dedup();
+        for service in owners {
+            let status = Command::new(binaries.join(service))
+                .arg("provision")
+                .envs(env.iter().cloned())
+                .status()
+                .with_context(|| format!("running {service} provision (build it with --release)"))?;
+            anyhow::ensure!(status.success(), "`{service} provision` failed: {status}");
+        }
+        Ok(())
+    }
+
     /// The process id of the first service named `name`.
     pub fn pid(&self, name: &str) -> Option<u32> {
         self.children

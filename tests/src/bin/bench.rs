@@ -2,8 +2,11 @@
 //!
 //! ```sh
 //! cargo build --release -p intake -p processor -p presigner -p system-tests --bins
-//! target/release/bench [seconds=10] [connections=64] [processors=1]
+//! target/release/bench [seconds=10] [connections=64] [processors=1] [auth=key|gateway]
 //! ```
+//!
+//! `auth=gateway` runs the intake with `AUTH_MODE=gateway` (the tenant in a header, no key
+//! check), the baseline that shows what checking API keys costs.
 //!
 //! With `processors=0` only the intake runs, so initiate is measured without the processor,
 //! SeaweedFS and the events competing for the same two cores.
@@ -36,6 +39,9 @@ fn percentile(sorted: &[u64], fraction: f64) -> f64 {
 
 /// Starts `names`, each with `env` and its own NATS user.
 fn start_services(nats: &NatsServer, names: &[&'static str], env: &[(String, String)]) -> anyhow::Result<Services> {
+    let mut admin_env = env.to_vec();
+    admin_env.extend(nats.env_for(NatsUser::Admin));
+    Services::provision(names, &admin_env)?;
     let mut services = Services { children: Vec::new() };
     for name in names {
         let user = match *name {
@@ -46,6 +52,7 @@ fn start_services(nats: &NatsServer, names: &[&'static str], env: &[(String, Str
         };
         let mut own_env = env.to_vec();
         own_env.extend(nats.env_for(user));
+        own_env.push(("NATS_PROVISION".into(), "false".into()));
         let mut started = Services::start(&[name], &own_env)?;
         services.children.append(&mut started.children);
     }
@@ -63,10 +70,15 @@ fn main() -> anyhow::Result<()> {
     let seconds: u64 = arguments.get(1).map(|value| value.parse()).transpose()?.unwrap_or(10);
     let connections: usize = arguments.get(2).map(|value| value.parse()).transpose()?.unwrap_or(64);
     let processors: usize = arguments.get(3).map(|value| value.parse()).transpose()?.unwrap_or(1);
-    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections, processors))
+    let gateway = match arguments.get(4).map(String::as_str) {
+        None | Some("key") => false,
+        Some("gateway") => true,
+        Some(other) => anyhow::bail!("auth must be key or gateway, not {other}"),
+    };
+    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections, processors, gateway))
 }
 
-async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Result<()> {
+async fn run(seconds: u64, connections: usize, processors: usize, gateway: bool) -> anyhow::Result<()> {
     let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
     let storage = common::storage::Storage::new(&s3.settings())?;
     let api_port = free_port();
@@ -77,6 +89,9 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
         ("RATE_LIMIT_MAX_REQUESTS".to_string(), "1000000000".to_string()),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
+    if gateway {
+        env.push(("AUTH_MODE".to_string(), "gateway".to_string()));
+    }
     let mut names = vec!["presigner", "intake"];
     names.extend(std::iter::repeat_n("processor", processors));
     let services = start_services(&nats, &names, &env)?;
@@ -109,9 +124,22 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
     let identity = IdentityBuckets::provision(&nats_client, &common::nats::Topology::default()).await?;
     let mut bearers = Vec::with_capacity(connections);
     for worker in 0..connections {
-        bearers.push(tenant_bearer(&identity, &format!("bench-{worker}")).await?);
+        let tenant = format!("bench-{worker}");
+        bearers.push(if gateway {
+            ("X-User-Id", tenant)
+        } else {
+            ("Authorization", tenant_bearer(&identity, &tenant).await?)
+        });
     }
-    let bundle_bearer = tenant_bearer(&identity, "bench-bundle").await?;
+    println!(
+        "## initiate with {}",
+        if gateway { "the gateway's header (no key check)" } else { "API keys" }
+    );
+    let (bundle_header, bundle_bearer) = if gateway {
+        ("X-User-Id", "bench-bundle".to_string())
+    } else {
+        ("Authorization", tenant_bearer(&identity, "bench-bundle").await?)
+    };
 
     let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
     let url = format!("http://127.0.0.1:{api_port}/v1/download/initiate");
@@ -120,7 +148,7 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut workers = Vec::new();
-    for bearer in bearers {
+    for (header, credentials) in bearers {
         let client = client.clone();
         let url = url.clone();
         let accepted = accepted.clone();
@@ -131,7 +159,7 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
                 let sent = Instant::now();
                 let response = client
                     .post(&url)
-                    .header("Authorization", &bearer)
+                    .header(header, &credentials)
                     .header("Content-Type", "application/json")
                     .body(r#"{"file_ids":[10000]}"#)
                     .send()
@@ -210,7 +238,7 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
         let (before, peak_before) = memory_mib(processor_pid);
         let response: serde_json::Value = client
             .post(&url)
-            .header("Authorization", &bundle_bearer)
+            .header(bundle_header, &bundle_bearer)
             .header("Content-Type", "application/json")
             .body(format!(r#"{{"file_ids":[{first_id},{}]}}"#, first_id + 1))
             .send()
@@ -227,7 +255,7 @@ async fn run(seconds: u64, connections: usize, processors: usize) -> anyhow::Res
             async move {
                 let response = client
                     .get(&status_url)
-                    .header("Authorization", bundle_bearer)
+                    .header(bundle_header, bundle_bearer)
                     .send()
                     .await
                     .ok()?;

@@ -64,10 +64,14 @@ async fn run(streams: usize, writers: usize) -> anyhow::Result<()> {
         ("STREAM_TOKEN_SECRET".to_string(), token_secret.clone()),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
+    let mut admin_env = env.clone();
+    admin_env.extend(nats.env_for(NatsUser::Admin));
+    Services::provision(&["notifier"], &admin_env)?;
     let mut services = Services { children: Vec::new() };
     for (name, user) in [("presigner", NatsUser::Presigner), ("notifier", NatsUser::Notifier)] {
         let mut own_env = env.clone();
         own_env.extend(nats.env_for(user));
+        own_env.push(("NATS_PROVISION".into(), "false".into()));
         let mut started = Services::start(&[name], &own_env)?;
         services.children.append(&mut started.children);
     }

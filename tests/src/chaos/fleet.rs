@@ -200,6 +200,37 @@ impl Fleet {
         })
     }
 
+    /// Runs `<service> provision` of every kind that owns JetStream resources (all but the
+    /// presigner) at once, with the NATS user of `provisioner_env` (the admin: the services may
+    /// not create streams), and waits for each to succeed, as a deployment's init step does.
+    pub fn provision(&self, provisioner_env: &[(String, String)]) -> anyhow::Result<()> {
+        let mut running = Vec::new();
+        for kind in Kind::ALL.into_iter().filter(|kind| *kind != Kind::Presigner) {
+            let process = self.get(kind, 0);
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
+            let child = Command::new(self.binaries.join(kind.binary()))
+                .arg("provision")
+                .envs(process.env.iter().cloned())
+                .envs(provisioner_env.iter().cloned())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("provisioning for {} (build the services' binaries first)", kind.binary()))?;
+            running.push((kind, child));
+        }
+        for (kind, mut child) in running {
+            let status = child.wait()?;
+            anyhow::ensure!(
+                status.success(),
+                "`{} provision` failed ({status}); see {}",
+                kind.binary(),
+                self.get(kind, 0).log.display()
+            );
+        }
+        Ok(())
+    }
+
     /// Starts every process at once.
     pub fn start_all(&mut self) -> anyhow::Result<()> {
         for process in &mut self.processes {

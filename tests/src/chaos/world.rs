@@ -169,7 +169,11 @@ impl World {
         let mut env = settings.env();
         env.extend(s3.env());
         // Each service as its own NATS user (NATS_URL, NATS_USER, NATS_PASSWORD).
+        // Services only open their resources; each kind's `provision` step (as admin) makes them.
+        env.push(("NATS_PROVISION".into(), "false".into()));
         let mut fleet = Fleet::new(&env, |kind| cluster.env_for(kind.nats_user()), &run_dir)?;
+        println!("provisioning streams, buckets and consumers (each service's `provision`, as admin) ...");
+        fleet.provision(&cluster.env_for(crate::servers::NatsUser::Admin))?;
         println!(
             "starting two of every service at once (logs in {}) ...",
             run_dir.display()
