@@ -71,7 +71,11 @@ async fn without_a_key_every_job_endpoint_answers_401_and_a_forged_user_header_c
                 request = request.header("X-User-Id", user);
             }
             let (status, code, challenge) = refusal(request.send().await.unwrap()).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {url} with X-User-Id {forged:?}");
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {url} with X-User-Id {forged:?}"
+            );
             assert_eq!(code, "UNAUTHENTICATED", "{method} {url}");
             assert!(challenge.starts_with("Bearer"), "{method} {url}: {challenge}");
         }
@@ -97,7 +101,11 @@ async fn another_tenants_job_is_404_on_status_result_cancel_and_stream() {
             .await
             .unwrap();
         let (status, code, _) = refusal(response).await;
-        assert_eq!((status, code.as_str()), (StatusCode::NOT_FOUND, "NOT_FOUND"), "{method} {url}");
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            "{method} {url}"
+        );
     }
     let record = stack.wait_for_terminal("alice", &job_id).await.unwrap();
     assert_eq!(record["status"], "completed", "bob's cancel did not reach alice's job");
@@ -137,7 +145,10 @@ async fn a_mistyped_an_unknown_or_a_non_bearer_key_is_refused_with_a_reason() {
             problem["detail"].as_str().unwrap().contains(expected_detail),
             "{authorization}: {problem}"
         );
-        assert!(!problem.to_string().contains(&key[16..]), "the key's secret is not echoed");
+        assert!(
+            !problem.to_string().contains(&key[16..]),
+            "the key's secret is not echoed"
+        );
     }
     let accepted = stack
         .http
@@ -180,7 +191,10 @@ async fn a_revoked_key_stops_working_on_two_intakes_within_five_seconds() {
         }
     };
     assert_eq!(answers(key.clone()).await, [StatusCode::OK, StatusCode::OK]);
-    let key_id = common::identity::key::PresentedKey::parse(&key).unwrap().id().to_string();
+    let key_id = common::identity::key::PresentedKey::parse(&key)
+        .unwrap()
+        .id()
+        .to_string();
     stack.identity().await.unwrap().revoke_key(&key_id).await.unwrap();
     let revoked_at = std::time::Instant::now();
     wait_until("both intakes to refuse the revoked key", Duration::from_secs(5), || {
@@ -203,7 +217,13 @@ async fn a_revoked_key_stops_working_on_two_intakes_within_five_seconds() {
         .unwrap();
     assert!(problem["detail"].as_str().unwrap().contains("revoked"), "{problem}");
     // Another key of the same tenant still reads the job.
-    let other = stack.identity().await.unwrap().create_key("alice", "second").await.unwrap();
+    let other = stack
+        .identity()
+        .await
+        .unwrap()
+        .create_key("alice", "second")
+        .await
+        .unwrap();
     let other = secrecy::ExposeSecret::expose_secret(&other.key).to_string();
     assert_eq!(answers(other).await, [StatusCode::OK, StatusCode::OK]);
     stop_second.cancel();
@@ -241,11 +261,17 @@ async fn a_stream_token_opens_its_own_job_only_until_it_expires_and_the_status_r
     let second_job = second["jobId"].as_str().unwrap();
     let misused = format!("{notifier}/v1/download/{second_job}/stream?token={token}");
     let (status, code, _) = refusal(stack.http.get(&misused).send().await.unwrap()).await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS")
+    );
     // A tampered token.
     let tampered = format!("{first_url}x");
     let (status, code, _) = refusal(stack.http.get(&tampered).send().await.unwrap()).await;
-    assert_eq!((status, code.as_str()), (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS"));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "INVALID_CREDENTIALS")
+    );
     // Once expired, 401 TOKEN_EXPIRED; the status hands out a fresh streamUrl that opens.
     wait_until("the stream token to expire", Duration::from_secs(10), || async {
         let response = stack.http.get(&first_url).send().await.unwrap();
@@ -258,12 +284,7 @@ async fn a_stream_token_opens_its_own_job_only_until_it_expires_and_the_status_r
     let status = stack.status("alice", first_job).await.unwrap();
     let renewed = stream_url(&status);
     assert_ne!(renewed, first_url);
-    let reopened = stack
-        .http
-        .get(format!("{renewed}&lastEventId=1"))
-        .send()
-        .await
-        .unwrap();
+    let reopened = stack.http.get(format!("{renewed}&lastEventId=1")).send().await.unwrap();
     assert_eq!(reopened.status(), StatusCode::OK);
     // An API key opens a stream too (fetch-based SSE clients).
     let with_key = stack
@@ -333,8 +354,14 @@ async fn webhooks_are_signed_with_their_owners_secret_as_the_standardwebhooks_pa
         .unwrap()
         .unwrap();
     assert_eq!(delivery.json()["type"], "download.completed");
-    assert!(standard_webhooks_verifies(&delivery, &alice[0]).await, "the owner's secret verifies");
-    assert!(!standard_webhooks_verifies(&delivery, &bob[0]).await, "another tenant's does not");
+    assert!(
+        standard_webhooks_verifies(&delivery, &alice[0]).await,
+        "the owner's secret verifies"
+    );
+    assert!(
+        !standard_webhooks_verifies(&delivery, &bob[0]).await,
+        "another tenant's does not"
+    );
 
     // Rotation: both secrets sign until the old one retires; receivers on either verify.
     let new_secret = stack
@@ -427,7 +454,11 @@ async fn the_legacy_start_needs_a_key_unless_the_operator_allows_anonymous_start
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_gateway_mode_the_gateways_header_is_the_tenant_and_keys_are_not_consulted() {
     init_logs();
-    let stack = stack_with_notifier(&[("AUTH_MODE", "gateway"), ("AUTH_GATEWAY_HEADER", "X-Authenticated-User")]).await;
+    let stack = stack_with_notifier(&[
+        ("AUTH_MODE", "gateway"),
+        ("AUTH_GATEWAY_HEADER", "X-Authenticated-User"),
+    ])
+    .await;
     let initiate = |user: Option<&str>| {
         let mut request = stack
             .http

@@ -469,6 +469,7 @@ impl NatsCluster {
 impl Drop for NatsCluster {
     fn drop(&mut self) {
         self.stop_all();
+        crate::servers::report_refusals(&self.permission_violations());
     }
 }
 

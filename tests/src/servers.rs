@@ -138,7 +138,8 @@ pub enum NatsUser {
     Presigner,
     /// A notifier (and its `dead-letters` command).
     Notifier,
-    /// The `download-admin` command: the identity buckets.
+    /// The `download-admin` command and the services' `provision` steps: creates every
+    /// stream, bucket and durable consumer, and manages the identity buckets.
     Admin,
     /// Operators and test harness clients: everything.
     Ops,
@@ -414,6 +415,19 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
+        report_refusals(&self.permission_violations());
+    }
+}
+
+/// Prints what a server refused (to a test's captured output, shown when it fails), so a
+/// service refused something by `nats/auth.conf` is seen as the cause.
+pub(crate) fn report_refusals(refused: &[String]) {
+    if !refused.is_empty() {
+        eprintln!(
+            "nats-server refused {} publishes or subscriptions (nats/auth.conf):\n{}",
+            refused.len(),
+            refused.join("\n")
+        );
     }
 }
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use common::config::Env;
 use common::identity::admin::IdentityBuckets;
-use secrecy::ExposeSecret;
 use common::storage::Storage;
 use minio::s3::types::S3Api;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,9 +20,10 @@ use crate::cluster::NatsCluster;
 use crate::servers::{NatsServer, NatsUser, S3Server};
 use crate::wait::wait_for;
 
-/// The NATS user that runs each service's `provision` step before the service starts (services
-/// themselves may not create streams).
-pub const PROVISIONER: NatsUser = NatsUser::Ops;
+/// The NATS user that runs each service's `provision` step before the service starts: the
+/// `admin` of `nats/auth.conf`, as in a least-privilege deployment (services themselves may not
+/// create streams or durable consumers), so every test shows the admin's rights suffice.
+pub const PROVISIONER: NatsUser = NatsUser::Admin;
 
 /// A service running on its own task.
 pub struct Service {

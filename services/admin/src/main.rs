@@ -103,7 +103,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command.action {
         Action::Tenant(TenantAction::Create { tenant, label }) => {
             let (record, issued) = buckets.create_tenant(&tenant, &label).await?;
-            let secret = record.webhook_secrets.first().map(|secret| secret.secret.clone()).unwrap_or_default();
+            let secret = record
+                .webhook_secrets
+                .first()
+                .map(|secret| secret.secret.clone())
+                .unwrap_or_default();
             if json {
                 println!(
                     "{}",
@@ -173,8 +177,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         key.key_id,
                         key.tenant,
                         key.last4,
-                        key.revoked_at
-                            .map_or("active".to_string(), |at| format!("revoked {}", at.format("%Y-%m-%d %H:%M"))),
+                        key.revoked_at.map_or("active".to_string(), |at| format!(
+                            "revoked {}",
+                            at.format("%Y-%m-%d %H:%M")
+                        )),
                         key.label
                     );
                 }

@@ -174,6 +174,7 @@ async fn open_after(
     };
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            name: Some(crate::nats::ordered_consumer_name()),
             filter_subject: filter.to_string(),
             deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: after + 1,

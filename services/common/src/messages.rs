@@ -183,8 +183,14 @@ pub fn schema_documents() -> Vec<(&'static str, serde_json::Value)> {
         ("job-record.schema.json", schema_of::<crate::JobRecord>()),
         ("presign-request.schema.json", schema_of::<PresignRequest>()),
         ("presign-response.schema.json", schema_of::<PresignResponse>()),
-        ("api-key-record.schema.json", schema_of::<crate::identity::ApiKeyRecord>()),
-        ("tenant-record.schema.json", schema_of::<crate::identity::TenantRecord>()),
+        (
+            "api-key-record.schema.json",
+            schema_of::<crate::identity::ApiKeyRecord>(),
+        ),
+        (
+            "tenant-record.schema.json",
+            schema_of::<crate::identity::TenantRecord>(),
+        ),
     ]
 }
 

@@ -97,6 +97,11 @@ pub fn is_result_key(key: &str) -> bool {
     false
 }
 
+/// KV bucket of API keys (digests only), keyed by key id.
+pub const API_KEYS_BUCKET: &str = "download-api-keys";
+/// KV bucket of tenants and their webhook secrets, keyed by tenant id.
+pub const TENANTS_BUCKET: &str = "download-tenants";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,8 +140,3 @@ mod tests {
         assert_eq!(PRESIGN_SUBJECT, format!("{PRESIGN_GROUP}.{PRESIGN_ENDPOINT}"));
     }
 }
-
-/// KV bucket of API keys (digests only), keyed by key id.
-pub const API_KEYS_BUCKET: &str = "download-api-keys";
-/// KV bucket of tenants and their webhook secrets, keyed by tenant id.
-pub const TENANTS_BUCKET: &str = "download-tenants";

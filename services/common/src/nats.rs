@@ -280,10 +280,21 @@ pub fn advisories_stream_config(topology: &Topology) -> stream::Config {
     }
 }
 
-/// The durable consumer through which processors handle advisories.
+/// A unique name for an ordered consumer. Named, its creation's subject carries the name
+/// (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), so `nats/auth.conf` can refuse the
+/// names of durable consumers to services: an unnamed create whose body names a durable
+/// consumer would update that consumer.
+pub fn ordered_consumer_name() -> String {
+    format!("ordered-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The durable consumer through which processors handle advisories. Filtered to the
+/// max-deliveries advisory: a message another stream's consumer delivered into the stream
+/// keeps its own subject and is never handled.
 pub fn advisories_consumer_config(topology: &Topology) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(names::ADVISORIES_CONSUMER.into()),
+        filter_subject: names::max_deliveries_advisory_subject(),
         description: Some("Processors record the failure of jobs whose deliveries ran out".into()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: topology.ack_wait,
@@ -378,10 +389,12 @@ pub fn webhook_consumer_config(webhooks: &WebhookTopology) -> consumer::pull::Co
     }
 }
 
-/// The durable consumer of replayed webhook deliveries.
+/// The durable consumer of replayed webhook deliveries, filtered to the replay subject (as the
+/// advisories' consumer, so nothing delivered into the stream under another subject counts).
 pub fn webhook_replay_consumer_config(webhooks: &WebhookTopology) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(names::WEBHOOK_REPLAY_CONSUMER.into()),
+        filter_subject: names::WEBHOOK_REPLAY_SUBJECT.into(),
         description: Some("Notifiers deliver webhooks replayed from the dead letters".into()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: webhooks.ack_wait,
@@ -502,7 +515,11 @@ pub async fn open(client: &async_nats::Client, resources: &[Resource]) -> Result
         .chain([Resource::JobsBucket]);
     for resource in every {
         patience
-            .retry("waiting for a provisioned resource", || open_one(&jetstream, resource), |_| true)
+            .retry(
+                "waiting for a provisioned resource",
+                || open_one(&jetstream, resource),
+                |_| true,
+            )
             .await
             .map_err(|source| NatsSetupError::Missing {
                 what: resource.name().to_string(),

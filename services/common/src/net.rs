@@ -142,7 +142,10 @@ mod tests {
             ip("198.51.100.7")
         );
         // No proxies trusted (the default): the peer.
-        assert_eq!(client_address(ip("127.0.0.1"), Some("203.0.113.9"), &[]), ip("127.0.0.1"));
+        assert_eq!(
+            client_address(ip("127.0.0.1"), Some("203.0.113.9"), &[]),
+            ip("127.0.0.1")
+        );
         // Garbage ends the walk at the last trusted hop.
         assert_eq!(
             client_address(ip("127.0.0.1"), Some("203.0.113.9, junk"), &trusted),

@@ -427,6 +427,7 @@ impl JobStore {
             .map_err(|error| unavailable(error.into()))?;
         let mut ordered = stream
             .create_consumer(consumer::pull::OrderedConfig {
+                name: Some(crate::nats::ordered_consumer_name()),
                 filter_subject: format!("downloads.events.{job_id}.*"),
                 deliver_policy: consumer::DeliverPolicy::All,
                 ..Default::default()

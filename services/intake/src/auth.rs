@@ -122,7 +122,11 @@ pub async fn caller_of(state: &State, request: &Request) -> Caller {
 }
 
 /// Resolves the caller and keeps it in the request's extensions for what follows.
-pub async fn authenticate<E: Endpoint>(endpoint: Arc<E>, mut request: Request, state: Arc<State>) -> poem::Result<Response> {
+pub async fn authenticate<E: Endpoint>(
+    endpoint: Arc<E>,
+    mut request: Request,
+    state: Arc<State>,
+) -> poem::Result<Response> {
     let caller = caller_of(&state, &request).await;
     if let Caller::Tenant(tenant) = &caller {
         tracing::Span::current().record("tenant", tenant.as_str());
@@ -181,7 +185,11 @@ impl<'a> ApiExtractor<'a> for Tenant {
 
 /// The caller kept by [`authenticate`] (anonymous if the middleware did not run).
 pub fn caller(request: &Request) -> Caller {
-    request.extensions().get::<Caller>().cloned().unwrap_or(Caller::Anonymous)
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Anonymous)
 }
 
 /// The caller of an operation that also serves anonymous callers (the legacy `/start`): in the

@@ -145,7 +145,10 @@ mod tests {
 
     #[test]
     fn a_missing_token_secret_and_the_old_trust_proxy_are_named() {
-        assert_eq!(Settings::from_env(&Env::default()).unwrap_err().key, "STREAM_TOKEN_SECRET");
+        assert_eq!(
+            Settings::from_env(&Env::default()).unwrap_err().key,
+            "STREAM_TOKEN_SECRET"
+        );
         let env = Env::from_pairs([("TRUST_PROXY", "true"), TOKEN_SECRET]);
         assert_eq!(Settings::from_env(&env).unwrap_err().key, "TRUST_PROXY");
         let env = Env::from_pairs([("TRUSTED_PROXIES", "10.0.0.0/8, nonsense"), TOKEN_SECRET]);

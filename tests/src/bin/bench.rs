@@ -133,7 +133,11 @@ async fn run(seconds: u64, connections: usize, processors: usize, gateway: bool)
     }
     println!(
         "## initiate with {}",
-        if gateway { "the gateway's header (no key check)" } else { "API keys" }
+        if gateway {
+            "the gateway's header (no key check)"
+        } else {
+            "API keys"
+        }
     );
     let (bundle_header, bundle_bearer) = if gateway {
         ("X-User-Id", "bench-bundle".to_string())

@@ -1,7 +1,11 @@
 //! The local stack: NATS and SeaweedFS from the project venv, seeded sample files, and every
-//! service as its own process (built binaries next to this one). Prints the URLs; Ctrl-C stops
-//! everything. Started by `deploy/local/up`.
+//! service as its own process (built binaries next to this one), set up as a least-privilege
+//! deployment: the admin NATS user runs each service's `provision` step and creates a demo
+//! tenant with `download-admin`, then every service runs as its own NATS user with
+//! `NATS_PROVISION=false`. Prints the URLs and the demo tenant's API key; Ctrl-C stops everything.
+//! Started by `deploy/local/up`.
 
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -30,12 +34,85 @@ const SAMPLES: &[(u64, usize)] = &[
     (70001, 128 * 1024 * 1024),
 ];
 
+/// The services, each started as its own process with its own NATS user.
+const SERVICES: [(&str, NatsUser); 4] = [
+    ("presigner", NatsUser::Presigner),
+    ("processor", NatsUser::Processor),
+    ("intake", NatsUser::Intake),
+    ("notifier", NatsUser::Notifier),
+];
+
+/// The services' processes: asked to stop (SIGTERM), and killed after a grace period, when
+/// stopped or dropped, so a failed start leaves none running.
+struct Services(Vec<(&'static str, Child)>);
+
+impl Services {
+    fn stop(&mut self) {
+        for (_, child) in &self.0 {
+            // A terminal's Ctrl-C reaches the services too, but a supervisor's signal reaches
+            // only this process: ask every service to stop either way.
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        }
+        for (name, mut child) in self.0.drain(..) {
+            // Give them a moment to drain.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                println!("{name} did not stop in time, killing it");
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The tenant the stack creates, whose API key it prints.
+const DEMO_TENANT: &str = "demo";
+
+/// Runs `binary arguments` with `env` as the admin NATS user and returns what it printed; fails
+/// with its error output when it fails.
+async fn run_as_admin(
+    binary: &Path,
+    arguments: &[&str],
+    env: &[(String, String)],
+    nats: &NatsServer,
+) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new(binary)
+        .args(arguments)
+        .envs(env.iter().cloned())
+        .envs(nats.env_for(NatsUser::Admin))
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .with_context(|| format!("running {} (built by deploy/local/up?)", binary.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} {} failed ({}): {}",
+            binary.display(),
+            arguments.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run())
 }
 
 async fn run() -> anyhow::Result<()> {
+    // Ctrl-C or SIGTERM (a supervisor's) stops everything, once the stack is up.
+    let stop = common::shutdown::on_signal();
     let s3_ports = S3Ports::fixed(S3_PORT, S3_INTERNAL_BASE);
     let mut wanted = vec![NATS_PORT, NATS_MONITOR_PORT, API_PORT, NOTIFIER_PORT, INTAKE_PORT];
     wanted.extend(s3_ports.all());
@@ -71,37 +148,74 @@ async fn run() -> anyhow::Result<()> {
         ("HOST".to_string(), "127.0.0.1".to_string()),
         ("PORT".to_string(), API_PORT.to_string()),
         ("DOWNLOAD_DELAY_ENABLED".to_string(), "true".to_string()),
-        // Behind nginx: rate limits key anonymous clients by X-Forwarded-For.
-        ("TRUST_PROXY".to_string(), "true".to_string()),
+        // Behind nginx on loopback: client addresses (rate limits) come from X-Forwarded-For
+        // when the hop is nginx.
+        ("TRUSTED_PROXIES".to_string(), "127.0.0.1/32".to_string()),
         ("DOWNLOAD_DELAY_MIN_MS".to_string(), "5000".to_string()),
         ("DOWNLOAD_DELAY_MAX_MS".to_string(), "15000".to_string()),
     ]);
+    // The intake signs stream tokens, the notifier verifies them: one secret of this run.
+    let stream_token_secret = system_tests::stack::random_secret();
     let binaries = std::env::current_exe()?
         .parent()
         .context("binary directory")?
         .to_path_buf();
-    let mut children: Vec<(&str, Child)> = Vec::new();
-    let services = [
-        ("presigner", NatsUser::Presigner),
-        ("processor", NatsUser::Processor),
-        ("intake", NatsUser::Intake),
-        ("notifier", NatsUser::Notifier),
-    ];
-    for (service, user) in services {
-        let path = binaries.join(service);
+    let service_env = |service: &str| -> Vec<(String, String)> {
+        let mut own = env.clone();
         let port = if service == "notifier" {
             NOTIFIER_PORT
         } else {
             INTAKE_PORT
         };
-        // Each service connects as its own NATS user (NATS_URL, NATS_USER, NATS_PASSWORD).
+        own.push(("PORT".to_string(), port.to_string()));
+        if service == "intake" || service == "notifier" {
+            own.push(("STREAM_TOKEN_SECRET".to_string(), stream_token_secret.clone()));
+        }
+        if service == "intake" {
+            // The download page's anonymous `/start` (README "Legacy").
+            own.push(("LEGACY_ANONYMOUS_START".to_string(), "true".to_string()));
+        }
+        own
+    };
+
+    // Provisioning, as the admin: each service's streams, buckets and durable consumers from
+    // its own settings, then the demo tenant (download-admin provisions the identity buckets).
+    println!("provisioning JetStream as the admin user ...");
+    for service in ["intake", "processor", "notifier"] {
+        let path = binaries.join(service);
+        run_as_admin(&path, &["provision"], &service_env(service), &nats)
+            .await
+            .with_context(|| format!("{service} provision"))?;
+    }
+    let demo = run_as_admin(
+        &binaries.join("download-admin"),
+        &["--json", "tenant", "create", DEMO_TENANT],
+        &env,
+        &nats,
+    )
+    .await
+    .context("download-admin tenant create")?;
+    let demo: serde_json::Value = serde_json::from_str(&demo).context("download-admin --json output")?;
+    let field = |name: &str| -> anyhow::Result<String> {
+        demo[name]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("download-admin printed no {name}"))
+    };
+    let (api_key, webhook_secret) = (field("apiKey")?, field("webhookSecret")?);
+
+    let mut services = Services(Vec::new());
+    for (service, user) in SERVICES {
+        let path = binaries.join(service);
+        // Each service connects as its own NATS user (NATS_URL, NATS_USER, NATS_PASSWORD) and
+        // opens what the admin provisioned.
         let child = Command::new(&path)
-            .envs(env.iter().cloned())
+            .envs(service_env(service))
             .envs(nats.env_for(user))
-            .env("PORT", port.to_string())
+            .env("NATS_PROVISION", "false")
             .spawn()
             .with_context(|| format!("starting {} (built by deploy/local/up?)", path.display()))?;
-        children.push((service, child));
+        services.0.push((service, child));
     }
     wait_until(
         "the intake and the notifier to listen",
@@ -135,6 +249,14 @@ async fn run() -> anyhow::Result<()> {
         nats.credentials().password(NatsUser::Ops)
     );
     println!(
+        "  download-admin NATS_URL={} NATS_USER=admin NATS_PASSWORD={} {} tenant list",
+        nats.url(),
+        nats.credentials().password(NatsUser::Admin),
+        binaries.join("download-admin").display()
+    );
+    println!("  API key (tenant {DEMO_TENANT})  {api_key}");
+    println!("  webhook secret (tenant {DEMO_TENANT})  {webhook_secret}");
+    println!(
         "  S3 endpoint    {} (bucket downloads, credentials in deploy/local/README.md, access key {})",
         s3.endpoint(),
         system_tests::servers::S3_ACCESS_KEY
@@ -149,35 +271,14 @@ async fn run() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "  try: curl -s -X POST {base}/v1/download/initiate -H 'X-User-Id: demo' -H 'Content-Type: application/json' -d '{{\"file_ids\":[10000,70000]}}'"
+        "  try: curl -s -X POST {base}/v1/download/initiate -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' -d '{{\"file_ids\":[10000,70000]}}'"
     );
     println!();
     println!("Ctrl-C stops everything.");
 
-    tokio::signal::ctrl_c().await?;
+    stop.cancelled().await;
     println!("stopping ...");
-    for (_, child) in &children {
-        // A terminal's Ctrl-C reaches the services too, but a supervisor's signal reaches only
-        // this process: ask every service to stop either way.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-    }
-    for (name, child) in &mut children {
-        // Give them a moment to drain.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if child.try_wait()?.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if child.try_wait()?.is_none() {
-            println!("{name} did not stop in time, killing it");
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    services.stop();
     drop(proxy);
     drop(s3);
     drop(nats);

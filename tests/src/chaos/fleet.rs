@@ -207,7 +207,10 @@ impl Fleet {
         let mut running = Vec::new();
         for kind in Kind::ALL.into_iter().filter(|kind| *kind != Kind::Presigner) {
             let process = self.get(kind, 0);
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&process.log)?;
             let child = Command::new(self.binaries.join(kind.binary()))
                 .arg("provision")
                 .envs(process.env.iter().cloned())
@@ -216,7 +219,12 @@ impl Fleet {
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()
-                .with_context(|| format!("provisioning for {} (build the services' binaries first)", kind.binary()))?;
+                .with_context(|| {
+                    format!(
+                        "provisioning for {} (build the services' binaries first)",
+                        kind.binary()
+                    )
+                })?;
             running.push((kind, child));
         }
         for (kind, mut child) in running {

@@ -178,7 +178,9 @@ impl IdentityBuckets {
         let mut record: TenantRecord = serde_json::from_slice(&value).map_err(unavailable)?;
         let now = Utc::now();
         let retires_at = now + grace;
-        record.webhook_secrets.retain(|secret| secret.retires_at.is_none_or(|retires| retires > now));
+        record
+            .webhook_secrets
+            .retain(|secret| secret.retires_at.is_none_or(|retires| retires > now));
         for secret in &mut record.webhook_secrets {
             secret.retires_at = Some(secret.retires_at.map_or(retires_at, |retires| retires.min(retires_at)));
         }

@@ -36,7 +36,9 @@ pub async fn leader_entry(
                 .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
             Ok((!removed).then_some((message.payload, message.sequence)))
         }
-        Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
         Err(error) => Err(error),
     }
 }
@@ -153,7 +155,8 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Directory<T> {
             Ok(Some((value, _))) => value,
             Ok(None) => return Ok(None),
             Err(error) => return Err(LookupError(Box::new(error))),
-        };        match serde_json::from_slice::<T>(&value) {
+        };
+        match serde_json::from_slice::<T>(&value) {
             Ok(value) => Ok(Some(Arc::new(value))),
             Err(error) => {
                 tracing::warn!(bucket = %self.kv.name, %key, %error, "unreadable entry ignored");

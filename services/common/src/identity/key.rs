@@ -40,7 +40,10 @@ pub struct PresentedKey {
 
 impl std::fmt::Debug for PresentedKey {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("PresentedKey").field("id", &self.id).finish_non_exhaustive()
+        formatter
+            .debug_struct("PresentedKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

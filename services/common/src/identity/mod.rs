@@ -190,7 +190,10 @@ mod tests {
             ],
         };
         assert_eq!(tenant.signing_secrets(now), vec!["whsec_bmV3", "whsec_b2xk"]);
-        assert_eq!(tenant.signing_secrets(now + chrono::Duration::hours(2)), vec!["whsec_bmV3"]);
+        assert_eq!(
+            tenant.signing_secrets(now + chrono::Duration::hours(2)),
+            vec!["whsec_bmV3"]
+        );
     }
 
     #[test]

@@ -89,7 +89,8 @@ impl TokenSigner {
     /// The claims of a token signed with this secret, unexpired at `now` (unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<StreamClaims, TokenError> {
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Invalid);
         };
@@ -142,7 +143,8 @@ mod tests {
             Err(TokenError::Invalid)
         );
         let parts: Vec<&str> = token.split('.').collect();
-        let forged_payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"victim","job":"job-1","aud":"downloads-stream","exp":1000}"#);
+        let forged_payload =
+            URL_SAFE_NO_PAD.encode(br#"{"sub":"victim","job":"job-1","aud":"downloads-stream","exp":1000}"#);
         let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
         assert_eq!(signer(SECRET).verify(&forged, 0), Err(TokenError::Invalid));
         let none_header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);

@@ -12,8 +12,8 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::types::{ApiJobStatus, CancelBody, InitiateBody, InitiateRequest, JobStatusBody};
 use super::{ApiTags, status_url};
-use crate::auth::Tenant;
 use crate::State;
+use crate::auth::Tenant;
 use crate::body::ValidatedJson;
 use crate::problem::ApiError;
 

@@ -17,8 +17,8 @@ use super::types::{
 };
 use super::{ApiTags, status_url};
 use crate::State;
-use crate::body::ValidatedJson;
 use crate::auth::{Caller, OptionalTenant};
+use crate::body::ValidatedJson;
 use crate::problem::{ApiError, Problem};
 
 /// Owner of jobs started through `/start` without credentials.
@@ -136,9 +136,9 @@ impl LegacyApi {
             Caller::Tenant(tenant) => tenant,
             Caller::Anonymous if self.state.settings.legacy_anonymous_start => ANONYMOUS_USER.to_string(),
             other => {
-                let problem = other.problem().unwrap_or_else(|| {
-                    Problem::new(common::ErrorCode::Unauthenticated, "authentication is required")
-                });
+                let problem = other
+                    .problem()
+                    .unwrap_or_else(|| Problem::new(common::ErrorCode::Unauthenticated, "authentication is required"));
                 return Err(ApiError::from_problem(problem));
             }
         };
@@ -238,7 +238,9 @@ impl LegacyApi {
                     status: ApiJobStatus::from(latest.status),
                     status_url: status_url(&job_id_text),
                     stream_url: self.state.stream_url(&job_id_text, &user_id_owner),
-                    message: "Still preparing; follow streamUrl or poll statusUrl (with the same API key) instead of waiting".into(),
+                    message:
+                        "Still preparing; follow streamUrl or poll statusUrl (with the same API key) instead of waiting"
+                            .into(),
                 }),
                 status_url(&job_id_text),
                 2,

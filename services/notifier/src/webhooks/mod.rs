@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use common::config::{ConfigError, Env};
+use common::identity::TenantRecord;
+use common::identity::directory::Directory;
 use common::messages::JobEvent;
 use common::nats::WebhookTopology;
 use common::store::JobStore;
-use common::identity::TenantRecord;
-use common::identity::directory::Directory;
 use common::{JobStatus, telemetry, webhook};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -542,7 +542,10 @@ pub async fn wait_for_consumers(jetstream: &jetstream::Context) -> anyhow::Resul
     };
     for (name, stream) in [
         (common::names::WEBHOOK_CONSUMER, common::names::EVENTS_STREAM),
-        (common::names::WEBHOOK_REPLAY_CONSUMER, common::names::WEBHOOK_REPLAYS_STREAM),
+        (
+            common::names::WEBHOOK_REPLAY_CONSUMER,
+            common::names::WEBHOOK_REPLAYS_STREAM,
+        ),
     ] {
         patience
             .retry(
