@@ -113,3 +113,92 @@ async fn a_stream_outlives_a_short_proxy_timeout_thanks_to_heartbeats_and_pollin
         content
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_keeps_stream_paths_without_their_tokens() {
+    init_logs();
+    let mut stack = Stack::start(&[]).await.unwrap();
+    stack.start_notifier().await.unwrap();
+    stack.put_file(94_001, 1024).await.unwrap();
+    let proxy = NginxServer::start(0, stack.intake_address(), stack.notifier_address(), "10s", "1h")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let initiated: serde_json::Value = http
+        .post(format!("{}/v1/download/initiate", proxy.base_url()))
+        .header("Authorization", stack.bearer("logged").await.unwrap())
+        .json(&serde_json::json!({"file_ids": [94001]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stream_path = initiated["streamUrl"].as_str().unwrap();
+    let token = stream_path.split("token=").nth(1).unwrap();
+    let stream = http
+        .get(format!("{}{stream_path}&lastEventId=0", proxy.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // The stream ends after the job's terminal event; nginx logs a request when it ends.
+    let _ = stream.bytes().await.unwrap();
+    let job_id = initiated["jobId"].as_str().unwrap();
+    let path = format!("/v1/download/{job_id}/stream");
+    system_tests::wait::wait_until("nginx to log the stream", Duration::from_secs(10), || async {
+        proxy.access_log().iter().any(|line| line.contains(&path))
+    })
+    .await
+    .unwrap();
+    let log = proxy.access_log().join("\n");
+    assert!(log.contains("POST /v1/download/initiate"), "{log}");
+    assert!(!log.contains(token), "the token reached the access log: {log}");
+    assert!(!log.contains("token="), "{log}");
+    assert!(!log.contains("dk_"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_gateway_mode_nginx_sets_the_tenant_header_and_a_clients_own_value_never_passes() {
+    init_logs();
+    let mut stack = Stack::start(&[("AUTH_MODE", "gateway")]).await.unwrap();
+    stack.start_notifier().await.unwrap();
+    stack.put_file(94_002, 1024).await.unwrap();
+    // A gateway that authenticated every client of this test as carol.
+    let gateway = NginxServer::start_as_gateway(stack.intake_address(), stack.notifier_address(), "carol")
+        .await
+        .unwrap();
+    // API-key mode's proxy: no tenant header passes at all.
+    let plain = NginxServer::start(0, stack.intake_address(), stack.notifier_address(), "10s", "1h")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let initiate = |base: String| {
+        http.post(format!("{base}/v1/download/initiate"))
+            .header("X-User-Id", "mallory")
+            .json(&serde_json::json!({"file_ids": [94002]}))
+            .send()
+    };
+    let accepted = initiate(gateway.base_url()).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let job_id = accepted.json::<serde_json::Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status_as = |user: &'static str| {
+        http.get(stack.url(&format!("/v1/download/status/{job_id}")))
+            .header("X-User-Id", user)
+            .send()
+    };
+    assert_eq!(status_as("carol").await.unwrap().status(), 200, "the job is carol's");
+    assert_eq!(
+        status_as("mallory").await.unwrap().status(),
+        404,
+        "not the client's claim"
+    );
+    assert_eq!(
+        initiate(plain.base_url()).await.unwrap().status(),
+        401,
+        "through the key-mode proxy a client's X-User-Id never arrives"
+    );
+}

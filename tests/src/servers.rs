@@ -669,6 +669,36 @@ impl NginxServer {
         read_timeout: &str,
         stream_timeout: &str,
     ) -> anyhow::Result<Self> {
+        Self::start_rendered(port, intakes, notifiers, read_timeout, stream_timeout, "").await
+    }
+
+    /// Starts nginx as a gateway that authenticated every client as `user` (the template's
+    /// `GATEWAY_USER`, for `AUTH_MODE=gateway` behind it), whatever tenant header clients send.
+    pub async fn start_as_gateway(
+        intake: std::net::SocketAddr,
+        notifier: std::net::SocketAddr,
+        user: &str,
+    ) -> anyhow::Result<Self> {
+        Self::start_rendered(0, &[intake], &[notifier], "10s", "1h", user).await
+    }
+
+    /// The access log's lines so far.
+    pub fn access_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn start_rendered(
+        port: u16,
+        intakes: &[std::net::SocketAddr],
+        notifiers: &[std::net::SocketAddr],
+        read_timeout: &str,
+        stream_timeout: &str,
+        gateway_user: &str,
+    ) -> anyhow::Result<Self> {
         let servers = |addresses: &[std::net::SocketAddr]| {
             addresses
                 .iter()
@@ -684,6 +714,9 @@ impl NginxServer {
             ("NOTIFIER_UPSTREAM", servers(notifiers)),
             ("READ_TIMEOUT", read_timeout.to_string()),
             ("STREAM_TIMEOUT", stream_timeout.to_string()),
+            ("ACCESS_LOG", dir.path().join("access.log").display().to_string()),
+            ("GATEWAY_HEADER", "X-User-Id".to_string()),
+            ("GATEWAY_USER", gateway_user.to_string()),
         ])?;
         std::fs::write(dir.path().join("downloads.conf"), site)?;
         let root = dir.path().display().to_string();
