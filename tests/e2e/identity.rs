@@ -486,10 +486,57 @@ async fn in_gateway_mode_the_gateways_header_is_the_tenant_and_keys_are_not_cons
     assert_eq!(code, StatusCode::UNAUTHORIZED);
     let (code, _, _) = refusal(initiate(Some("not a valid id")).await.unwrap()).await;
     assert_eq!(code, StatusCode::UNAUTHORIZED);
+    let (code, _, _) = refusal(initiate(Some("anonymous")).await.unwrap()).await;
+    assert_eq!(
+        code,
+        StatusCode::UNAUTHORIZED,
+        "the owner of anonymous legacy jobs is no gateway user"
+    );
     let stream = format!(
         "http://{}{}",
         stack.notifier_address(),
         body["streamUrl"].as_str().unwrap()
     );
     assert_eq!(stack.http.get(&stream).send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_every_forwarded_for_line_counts_and_the_rightmost_hop_is_the_client() {
+    init_logs();
+    let stack = Stack::start(&[("RATE_LIMIT_MAX_REQUESTS", "3"), ("TRUSTED_PROXIES", "127.0.0.1/32")])
+        .await
+        .unwrap();
+    let url = stack.url("/v1/download/status/0192d0f6-4a4e-7cc0-8000-000000000000");
+    // A proxy that adds its own X-Forwarded-For line after the client's: the client writes
+    // whatever it likes in the first line, the proxy's line names the real client.
+    let request = |claimed: String| {
+        stack
+            .http
+            .get(&url)
+            .header("X-Forwarded-For", claimed)
+            .header("X-Forwarded-For", "203.0.113.9")
+            .send()
+    };
+    for attempt in 0..3 {
+        let answer = request(format!("6.6.6.{attempt}")).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    }
+    let limited = request("6.6.6.99".to_string()).await.unwrap();
+    assert_eq!(
+        limited.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "a fresh first line does not buy a fresh budget"
+    );
+    let other = stack
+        .http
+        .get(&url)
+        .header("X-Forwarded-For", "203.0.113.10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        StatusCode::UNAUTHORIZED,
+        "another client has its own budget"
+    );
 }

@@ -291,9 +291,9 @@ impl AuthSettings {
         )?;
         let stream_token_ttl = env.seconds("STREAM_TOKEN_TTL_SECONDS", 600)?;
         env.require(
-            (Duration::from_secs(2)..=Duration::from_secs(86_400)).contains(&stream_token_ttl),
+            (Duration::from_secs(2)..=Duration::from_secs(3_600)).contains(&stream_token_ttl),
             "STREAM_TOKEN_TTL_SECONDS",
-            "must be between 2 and 86400",
+            "must be between 2 and 3600 (a token in a URL is a short-lived capability)",
         )?;
         Ok(AuthSettings {
             mode,

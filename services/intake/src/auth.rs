@@ -100,7 +100,7 @@ pub async fn caller_of(state: &State, request: &Request) -> Caller {
             Some(value) => match value
                 .to_str()
                 .ok()
-                .and_then(|text| common::validation::check_user_id(text).ok())
+                .and_then(|text| common::identity::check_gateway_user(text).ok())
             {
                 Some(tenant) => Caller::Tenant(tenant.to_string()),
                 None => Caller::Refused(Refusal::GatewayHeader(header.clone())),
@@ -121,12 +121,26 @@ pub async fn caller_of(state: &State, request: &Request) -> Caller {
     }
 }
 
-/// Resolves the caller and keeps it in the request's extensions for what follows.
+/// Resolves the caller and keeps it in the request's extensions for what follows. A key that
+/// would cost a read of the key bucket (its id is not in memory) counts against the client
+/// address's budget first, so made-up keys cannot make every request a read.
 pub async fn authenticate<E: Endpoint>(
     endpoint: Arc<E>,
     mut request: Request,
     state: Arc<State>,
 ) -> poem::Result<Response> {
+    if let Some(Ok(key)) = bearer(&request)
+        && state.settings.auth.mode == AuthMode::ApiKeys
+        && state.keys.needs_lookup(key)
+    {
+        let address = crate::middleware::client_address_key(&request, &state.settings.trusted_proxies);
+        let decision = state
+            .rate_limiter
+            .check(&format!("lookup:{address}"), std::time::Instant::now());
+        if !decision.allowed {
+            return Ok(crate::middleware::rate_limited(decision));
+        }
+    }
     let caller = caller_of(&state, &request).await;
     if let Caller::Tenant(tenant) = &caller {
         tracing::Span::current().record("tenant", tenant.as_str());

@@ -79,22 +79,49 @@ fn client_key(request: &Request, trusted_proxies: &[common::net::Network]) -> St
     if let crate::auth::Caller::Tenant(tenant) = crate::auth::caller(request) {
         return format!("tenant:{tenant}");
     }
+    client_address_key(request, trusted_proxies)
+}
+
+/// `ip:<address>` of the client: the peer, or behind `TRUSTED_PROXIES` the rightmost untrusted
+/// hop of every `X-Forwarded-For` line, in order.
+pub fn client_address_key(request: &Request, trusted_proxies: &[common::net::Network]) -> String {
     let Some(peer) = request.remote_addr().as_socket_addr().map(|address| address.ip()) else {
         return "ip:unknown".to_string();
     };
-    let forwarded_for = request
+    // A proxy may add its own line rather than extend the client's: all lines, in order, are
+    // one list, and the rightmost entries are the proxies'.
+    let lines: Vec<&str> = request
         .headers()
-        .get("X-Forwarded-For")
-        .and_then(|value| value.to_str().ok());
+        .get_all("X-Forwarded-For")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let forwarded_for = (!lines.is_empty()).then(|| lines.join(","));
     format!(
         "ip:{}",
-        common::net::client_address(peer, forwarded_for, trusted_proxies)
+        common::net::client_address(peer, forwarded_for.as_deref(), trusted_proxies)
     )
 }
 
 /// Routes never rate limited: health checks (load balancers and orchestrators poll them).
 fn exempt_from_rate_limits(request: &Request) -> bool {
     request.uri().path() == "/health"
+}
+
+/// The 429 of a spent budget, with `Retry-After`.
+pub fn rate_limited(decision: crate::rate_limit::Decision) -> Response {
+    let mut response = Problem::new(
+        ErrorCode::RateLimited,
+        format!(
+            "more than {} requests in the current window; retry after {} s",
+            decision.limit, decision.reset_seconds
+        ),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert("Retry-After", HeaderValue::from(decision.reset_seconds));
+    response
 }
 
 /// Counts the request against its client's budget; adds `RateLimit-*` headers to every response
@@ -114,18 +141,7 @@ pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: 
             Err(error) => into_problem(error),
         }
     } else {
-        let mut response = Problem::new(
-            ErrorCode::RateLimited,
-            format!(
-                "more than {} requests in the current window; retry after {} s",
-                decision.limit, decision.reset_seconds
-            ),
-        )
-        .into_response();
-        response
-            .headers_mut()
-            .insert("Retry-After", HeaderValue::from(decision.reset_seconds));
-        response
+        rate_limited(decision)
     };
     let headers = response.headers_mut();
     headers.insert("RateLimit-Limit", HeaderValue::from(decision.limit));

@@ -210,6 +210,7 @@ impl Application {
             settings.presign_timeout,
             dead_letters,
             tenants,
+            matches!(settings.auth.mode, common::config::AuthMode::Gateway { .. }),
         )?;
         background.spawn(webhooks::run(
             deliverer.clone(),

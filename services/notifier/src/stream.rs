@@ -98,7 +98,7 @@ async fn caller(state: &State, request: &Request, job_id: &str) -> Result<String
                 .headers()
                 .get(header.as_str())
                 .and_then(|value| value.to_str().ok())
-                .and_then(|text| common::validation::check_user_id(text).ok());
+                .and_then(|text| common::identity::check_gateway_user(text).ok());
             tenant.map(str::to_string).ok_or_else(|| {
                 unauthorized(
                     ErrorCode::Unauthenticated,

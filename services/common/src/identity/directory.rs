@@ -1,8 +1,11 @@
 //! A bucket kept in memory: every entry of a KV bucket (API keys, tenants), followed through a
 //! watch so changes (a revocation, a rotated secret) reach this instance within moments, without
-//! a read per request. A miss, or any read while the watch is down, goes to the bucket itself, so
-//! a key created a moment ago on another instance works at once and a revocation is never
-//! outlived by a broken watch.
+//! a read per request. A miss goes to the bucket itself, so a key created a moment ago on
+//! another instance works at once. Memory is trusted only while it is known to be current: twice
+//! a second the bucket's last sequence is compared with the last revision the watch applied; a
+//! watch behind for more than a second (stalled on a connection that never errors, or still
+//! replaying after a reconnect) is distrusted, every lookup reads the bucket, and the watch is
+//! started again. So a revocation is never outlived by a stalled watch by more than ~1.5 s.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -20,6 +23,53 @@ const REWATCH_PAUSE: Duration = Duration::from_millis(500);
 /// How long a lookup missing from memory rides out a bucket that cannot answer (a leader
 /// election), before it counts as unavailable.
 const LOOKUP_PATIENCE: Duration = Duration::from_secs(10);
+/// How often memory is checked against the bucket.
+const FRESHNESS_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the watch may stay behind the bucket before memory is distrusted.
+pub const STALE_AFTER: Duration = Duration::from_secs(1);
+
+/// What one freshness check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Whether lookups may answer from memory.
+    pub trusted: bool,
+    /// Since when the watch has been behind the bucket, if it is.
+    pub behind_since: Option<tokio::time::Instant>,
+    /// Whether to start the watch again (it has been behind too long).
+    pub rewatch: bool,
+}
+
+/// Judges memory against the bucket: `applied` is the last revision the watch applied,
+/// `last_sequence` the bucket's (`None`: the bucket could not be asked, so nothing can be
+/// trusted), `behind_since` what the previous check found.
+pub fn judge(
+    applied: u64,
+    last_sequence: Option<u64>,
+    behind_since: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+) -> Freshness {
+    match last_sequence {
+        None => Freshness {
+            trusted: false,
+            behind_since,
+            rewatch: false,
+        },
+        Some(last) if applied >= last => Freshness {
+            trusted: true,
+            behind_since: None,
+            rewatch: false,
+        },
+        Some(_) => {
+            let since = behind_since.unwrap_or(now);
+            let stale = now.duration_since(since) >= STALE_AFTER;
+            Freshness {
+                trusted: !stale,
+                behind_since: Some(since),
+                rewatch: stale,
+            }
+        }
+    }
+}
 
 /// The latest value under `key` and its revision, read through the stream's leader (a replica
 /// may lag a write made a moment ago); `None` when absent or deleted.
@@ -53,6 +103,8 @@ pub struct Directory<T> {
     kv: kv::Store,
     entries: RwLock<HashMap<String, Arc<T>>>,
     following: AtomicBool,
+    applied: std::sync::atomic::AtomicU64,
+    rewatch: tokio::sync::Notify,
     kind: PhantomData<fn() -> T>,
 }
 
@@ -73,42 +125,75 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Directory<T> {
             kv,
             entries: RwLock::new(HashMap::new()),
             following: AtomicBool::new(false),
+            applied: std::sync::atomic::AtomicU64::new(0),
+            rewatch: tokio::sync::Notify::new(),
             kind: PhantomData,
         })
     }
 
-    /// Follows the bucket until `shutdown`: loads every entry, then applies each change.
+    /// Follows the bucket until `shutdown`: loads every entry, then applies each change, and
+    /// checks twice a second that memory is current.
     pub async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
+        let checker = tokio::spawn(self.clone().check_freshness(shutdown.clone()));
         while !shutdown.is_cancelled() {
             match self.kv.watch_with_history(">").await {
-                Ok(mut watch) => {
-                    self.following.store(true, Ordering::SeqCst);
-                    loop {
-                        let entry = tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            entry = watch.next() => entry,
-                        };
-                        match entry {
-                            Some(Ok(entry)) => self.apply(entry),
-                            Some(Err(error)) => {
-                                tracing::warn!(bucket = %self.kv.name, %error, "watch of the bucket broke");
-                                break;
-                            }
-                            None => break,
+                Ok(mut watch) => loop {
+                    let entry = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = self.rewatch.notified() => {
+                            tracing::warn!(bucket = %self.kv.name, "watch of the bucket fell behind; watching again");
+                            break;
                         }
+                        entry = watch.next() => entry,
+                    };
+                    match entry {
+                        Some(Ok(entry)) => self.apply(entry),
+                        Some(Err(error)) => {
+                            tracing::warn!(bucket = %self.kv.name, %error, "watch of the bucket broke");
+                            break;
+                        }
+                        None => break,
                     }
-                    self.following.store(false, Ordering::SeqCst);
-                }
+                },
                 Err(error) => tracing::warn!(bucket = %self.kv.name, %error, "cannot watch the bucket"),
             }
+            self.following.store(false, Ordering::SeqCst);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(REWATCH_PAUSE) => {}
+            }
+        }
+        checker.abort();
+    }
+
+    /// Compares memory with the bucket every [`FRESHNESS_INTERVAL`]; see [`judge`].
+    async fn check_freshness(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut behind_since = None;
+        let mut ticks = tokio::time::interval(FRESHNESS_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(REWATCH_PAUSE) => {}
+                _ = ticks.tick() => {}
+            }
+            let mut stream = self.kv.stream.clone();
+            let last_sequence = match tokio::time::timeout(FRESHNESS_INTERVAL, stream.info()).await {
+                Ok(Ok(info)) => Some(info.state.last_sequence),
+                _ => None,
+            };
+            let applied = self.applied.load(Ordering::SeqCst);
+            let verdict = judge(applied, last_sequence, behind_since, tokio::time::Instant::now());
+            behind_since = verdict.behind_since;
+            self.following.store(verdict.trusted, Ordering::SeqCst);
+            if verdict.rewatch {
+                behind_since = None;
+                self.rewatch.notify_one();
             }
         }
     }
 
     fn apply(&self, entry: kv::Entry) {
+        self.applied.fetch_max(entry.revision, Ordering::SeqCst);
         let mut entries = self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<T>(&entry.value) {
@@ -165,8 +250,51 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Directory<T> {
         }
     }
 
-    /// Whether the watch is live (for health and tests).
+    /// Whether a lookup of `key` would be answered from memory (no read of the bucket).
+    pub fn answers_from_memory(&self, key: &str) -> bool {
+        !is_kv_key(key)
+            || (self.following.load(Ordering::SeqCst)
+                && self
+                    .entries
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains_key(key))
+    }
+
+    /// Whether lookups answer from memory now (the watch is current).
     pub fn is_following(&self) -> bool {
         self.following.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watch_behind_the_bucket_is_distrusted_after_a_second_and_watched_again() {
+        let start = Instant::now();
+        let current = judge(7, Some(7), None, start);
+        assert_eq!((current.trusted, current.rewatch), (true, false));
+        // A revocation landed (sequence 8); the watch has not applied it yet.
+        let first = judge(7, Some(8), None, start);
+        assert!(first.trusted, "a moment behind is the normal delay of a watch");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let second = judge(7, Some(8), first.behind_since, Instant::now());
+        assert!(second.trusted);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let stalled = judge(7, Some(8), second.behind_since, Instant::now());
+        assert_eq!((stalled.trusted, stalled.rewatch), (false, true));
+        // Caught up again.
+        let caught_up = judge(8, Some(8), None, Instant::now());
+        assert_eq!((caught_up.trusted, caught_up.behind_since), (true, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_trusted_while_the_bucket_cannot_be_asked() {
+        let verdict = judge(7, None, None, Instant::now());
+        assert!(!verdict.trusted);
+        assert!(!verdict.rewatch, "the watch is not to blame");
     }
 }

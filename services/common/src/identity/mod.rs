@@ -111,6 +111,16 @@ pub fn check_tenant_id(text: &str) -> Result<&str, String> {
     Ok(text)
 }
 
+/// Checks the tenant a gateway names (`AUTH_MODE=gateway`): a valid user id, and not the
+/// anonymous owner of legacy jobs (whose jobs no caller may read).
+pub fn check_gateway_user(text: &str) -> Result<&str, String> {
+    let user = crate::validation::check_user_id(text)?;
+    if user == ANONYMOUS_TENANT {
+        return Err(format!("{ANONYMOUS_TENANT} is reserved for anonymous legacy jobs"));
+    }
+    Ok(user)
+}
+
 /// The credentials of an `Authorization` header value of the `Bearer` scheme (`None` for any
 /// other scheme, or none at all).
 pub fn bearer_credentials(value: &str) -> Option<&str> {
@@ -143,6 +153,16 @@ impl KeyDirectory {
     /// Keys from `directory` (which the caller keeps following).
     pub fn new(keys: std::sync::Arc<directory::Directory<ApiKeyRecord>>) -> Self {
         KeyDirectory { keys }
+    }
+
+    /// Whether checking `text` would read the key bucket: a well-formed key whose id is not held
+    /// in memory (a key created a moment ago, or a made-up one). Callers limit such checks per
+    /// client before making them, since anyone can make up keys with a valid checksum.
+    pub fn needs_lookup(&self, text: &str) -> bool {
+        match key::PresentedKey::parse(text) {
+            Ok(presented) => !self.keys.answers_from_memory(presented.id()),
+            Err(_) => false,
+        }
     }
 
     /// The tenant a key authenticates as. Shape and checksum are checked first, so a typo costs

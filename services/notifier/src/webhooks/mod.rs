@@ -216,6 +216,9 @@ pub struct Deliverer {
     pub dead_letters: async_nats::jetstream::kv::Store,
     /// Tenants and their webhook secrets, held in memory and kept current.
     pub tenants: Arc<Directory<TenantRecord>>,
+    /// `AUTH_MODE=gateway`: owners that are not tenants are the gateway's users, signed with
+    /// `WEBHOOK_SECRETS`. With API keys every owner is a tenant (or anonymous, with no webhook).
+    pub gateway_users: bool,
 }
 
 impl Deliverer {
@@ -227,6 +230,7 @@ impl Deliverer {
         presign_timeout: Duration,
         dead_letters: async_nats::jetstream::kv::Store,
         tenants: Arc<Directory<TenantRecord>>,
+        gateway_users: bool,
     ) -> anyhow::Result<Arc<Self>> {
         let policy = ssrf::TargetPolicy::new(settings.allowed_networks.clone());
         let http = ssrf::guarded_client(policy.clone(), settings.timeout, ssrf::Lookup::System)?;
@@ -239,6 +243,7 @@ impl Deliverer {
             presign_timeout,
             dead_letters,
             tenants,
+            gateway_users,
         }))
     }
 
@@ -295,11 +300,13 @@ impl Deliverer {
         }))
     }
 
-    /// The secrets that sign `owner`'s webhooks: the tenant's own, or for an owner that is no
-    /// tenant (a gateway's user) the configured `WEBHOOK_SECRETS`.
+    /// The secrets that sign `owner`'s webhooks: the tenant's own, or in gateway mode, for an
+    /// owner that is no tenant (a gateway's user), the configured `WEBHOOK_SECRETS`, which all
+    /// such users share (make the users that receive webhooks tenants to give them their own).
     pub async fn secrets_of(&self, owner: &str) -> Result<Vec<String>, String> {
         match self.tenants.get(owner).await {
             Ok(Some(tenant)) => Ok(tenant.signing_secrets(chrono::Utc::now())),
+            Ok(None) if !self.gateway_users => Ok(Vec::new()),
             Ok(None) => Ok(self
                 .settings
                 .secrets
@@ -322,7 +329,9 @@ impl Deliverer {
         if secrets.is_empty() {
             return Attempt::Retry {
                 delay: None,
-                reason: "the job's owner has no webhook secret (not a tenant, and WEBHOOK_SECRETS is empty)".into(),
+                reason:
+                    "the job's owner has no webhook secret (not a tenant; WEBHOOK_SECRETS serves gateway users only)"
+                        .into(),
             };
         }
         let body = serde_json::to_vec(payload).expect("payloads serialize");

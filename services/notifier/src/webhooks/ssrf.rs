@@ -74,8 +74,8 @@ pub struct TargetPolicy {
 }
 
 impl TargetPolicy {
-    /// Forbidden ranges are refused except for `allowed` networks. An allowed network opens
-    /// exactly the addresses it contains: an IPv4 network does not open their IPv4-mapped form.
+    /// Forbidden ranges are refused except for `allowed` networks. An allowed IPv4 network also
+    /// opens the IPv4-mapped form of its addresses (`::ffff:a.b.c.d` is the same destination).
     pub fn new(allowed: Vec<Network>) -> Self {
         TargetPolicy { allowed }
     }
