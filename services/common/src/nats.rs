@@ -475,13 +475,7 @@ pub async fn provision(
     topology: &Topology,
     resources: &[Resource],
 ) -> Result<JetStreamHandles, NatsSetupError> {
-    let with_jobs: Vec<Resource> = resources
-        .iter()
-        .copied()
-        .filter(|resource| *resource != Resource::JobsBucket)
-        .chain([Resource::JobsBucket])
-        .collect();
-    let jetstream = provision_only(client, topology, &with_jobs).await?;
+    let jetstream = provision_only(client, topology, &with_jobs_bucket_last(resources)).await?;
     let jobs = bucket(&jetstream, names::JOBS_BUCKET).await?;
     Ok(JetStreamHandles { jetstream, jobs })
 }
@@ -501,6 +495,16 @@ pub async fn prepare(
     }
 }
 
+/// `resources` with the job records bucket, which every service uses, last.
+fn with_jobs_bucket_last(resources: &[Resource]) -> Vec<Resource> {
+    resources
+        .iter()
+        .copied()
+        .filter(|resource| *resource != Resource::JobsBucket)
+        .chain([Resource::JobsBucket])
+        .collect()
+}
+
 /// Waits (for [`PROVISION_WINDOW`]) until `resources` and the job records bucket exist, as a
 /// provisioning step run by a privileged user creates them, and opens them; creates nothing.
 pub async fn open(client: &async_nats::Client, resources: &[Resource]) -> Result<JetStreamHandles, NatsSetupError> {
@@ -508,12 +512,7 @@ pub async fn open(client: &async_nats::Client, resources: &[Resource]) -> Result
     let patience = crate::retry::Patience {
         window: PROVISION_WINDOW,
     };
-    let every = resources
-        .iter()
-        .copied()
-        .filter(|resource| *resource != Resource::JobsBucket)
-        .chain([Resource::JobsBucket]);
-    for resource in every {
+    for resource in with_jobs_bucket_last(resources) {
         patience
             .retry(
                 "waiting for a provisioned resource",
