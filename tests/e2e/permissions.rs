@@ -50,6 +50,16 @@ struct Connection {
 }
 
 impl Connection {
+    /// A JetStream publish of `{}` to `subject`, its ack awaited (a refused one never gets one).
+    async fn publish_acked(&self, subject: &str) -> Result<(), async_nats::Error> {
+        self.jetstream
+            .publish(subject.to_string(), "{}".into())
+            .await?
+            .await
+            .map(drop)
+            .map_err(async_nats::Error::from)
+    }
+
     async fn open(server: &NatsServer, user: NatsUser) -> Self {
         let (sender, server_errors) = tokio::sync::mpsc::unbounded_channel();
         let client = server
@@ -416,15 +426,7 @@ async fn the_processor_consumes_jobs_but_cannot_write_api_keys_or_tenants() {
     let mut processor = Connection::open(&server, NatsUser::Processor).await;
     for (bucket, key) in [(names::API_KEYS_BUCKET, "rogue-key"), (names::TENANTS_BUCKET, "acme")] {
         let subject = format!("$KV.{bucket}.{key}");
-        let written = async {
-            processor
-                .jetstream
-                .publish(subject.clone(), "{}".into())
-                .await?
-                .await
-                .map_err(async_nats::Error::from)
-        }
-        .await;
+        let written = processor.publish_acked(&subject).await;
         assert!(written.is_err(), "the processor wrote {subject}");
         processor.expect_refused_publish(&subject).await;
     }
@@ -495,15 +497,7 @@ async fn the_presigner_answers_presign_requests_but_cannot_queue_jobs_or_read_jo
         .expect("the presigner answers discovery");
     assert!(!ping.payload.is_empty());
 
-    let queued = async {
-        presigner
-            .jetstream
-            .publish(names::JOB_SUBMITTED_SUBJECT, "{}".into())
-            .await?
-            .await
-            .map_err(async_nats::Error::from)
-    }
-    .await;
+    let queued = presigner.publish_acked(names::JOB_SUBMITTED_SUBJECT).await;
     assert!(queued.is_err(), "the presigner queued a job");
     presigner.expect_refused_publish(names::JOB_SUBMITTED_SUBJECT).await;
 
@@ -1146,15 +1140,7 @@ async fn the_admin_provisions_everything_and_manages_tenants_and_keys_but_writes
         .unwrap();
 
     let subject = format!("$KV.{}.{}", names::JOBS_BUCKET, record.job_id);
-    let written = async {
-        admin
-            .jetstream
-            .publish(subject.clone(), "{}".into())
-            .await?
-            .await
-            .map_err(async_nats::Error::from)
-    }
-    .await;
+    let written = admin.publish_acked(&subject).await;
     // A guard against mistakes, not a boundary: the admin may change streams, so it is an
     // operator's user (nats/auth.conf, "Provisioning").
     assert!(written.is_err(), "the admin wrote a job record");

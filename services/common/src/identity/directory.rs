@@ -260,11 +260,6 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Directory<T> {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .contains_key(key))
     }
-
-    /// Whether lookups answer from memory now (the watch is current).
-    pub fn is_following(&self) -> bool {
-        self.following.load(Ordering::SeqCst)
-    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,14 @@ impl PresentedKey {
     }
 }
 
+/// The id part of a key shaped like one (no checksum or digest computed: for deciding cheaply
+/// whether checking it will need a lookup).
+pub fn id_of(text: &str) -> Option<&str> {
+    let text = text.trim();
+    let id = text.strip_prefix(KEY_PREFIX)?.get(..KEY_ID_LENGTH)?;
+    (text.len() == KEY_LENGTH && id.bytes().all(|byte| byte.is_ascii_alphanumeric())).then_some(id)
+}
+
 /// A newly generated key: the text to show once, and what is stored.
 pub struct NewKey {
     /// The whole key, shown once.
@@ -148,6 +156,8 @@ mod tests {
         let presented = PresentedKey::parse(text).unwrap();
         assert_eq!(presented.id(), key.id);
         assert!(presented.matches(&key.sha256));
+        assert_eq!(id_of(text), Some(key.id.as_str()));
+        assert_eq!(id_of("dk_short"), None);
         assert!(!presented.matches(&generate().sha256));
         assert!(text.ends_with(&key.last4));
     }
