@@ -40,17 +40,21 @@ pub struct Freshness {
 }
 
 /// Judges memory against the bucket: `applied` is the last revision the watch applied,
-/// `last_sequence` the bucket's (`None`: the bucket could not be asked, so nothing can be
-/// trusted), `behind_since` what the previous check found.
+/// `last_sequence` the bucket's, `trusted` what the previous check concluded, `behind_since`
+/// since when it found the watch behind. When the bucket cannot be asked (`None`: its leader is
+/// being elected, or this connection is down), memory keeps its standing: a bucket that cannot
+/// answer cannot take a revocation either, and distrusting memory then would make every request
+/// wait for the same unavailable leader.
 pub fn judge(
     applied: u64,
     last_sequence: Option<u64>,
+    trusted: bool,
     behind_since: Option<tokio::time::Instant>,
     now: tokio::time::Instant,
 ) -> Freshness {
     match last_sequence {
         None => Freshness {
-            trusted: false,
+            trusted,
             behind_since,
             rewatch: false,
         },
@@ -182,7 +186,14 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Directory<T> {
                 _ => None,
             };
             let applied = self.applied.load(Ordering::SeqCst);
-            let verdict = judge(applied, last_sequence, behind_since, tokio::time::Instant::now());
+            let trusted = self.following.load(Ordering::SeqCst);
+            let verdict = judge(
+                applied,
+                last_sequence,
+                trusted,
+                behind_since,
+                tokio::time::Instant::now(),
+            );
             behind_since = verdict.behind_since;
             self.following.store(verdict.trusted, Ordering::SeqCst);
             if verdict.rewatch {
@@ -270,26 +281,27 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_watch_behind_the_bucket_is_distrusted_after_a_second_and_watched_again() {
         let start = Instant::now();
-        let current = judge(7, Some(7), None, start);
+        let current = judge(7, Some(7), false, None, start);
         assert_eq!((current.trusted, current.rewatch), (true, false));
         // A revocation landed (sequence 8); the watch has not applied it yet.
-        let first = judge(7, Some(8), None, start);
+        let first = judge(7, Some(8), true, None, start);
         assert!(first.trusted, "a moment behind is the normal delay of a watch");
         tokio::time::advance(Duration::from_millis(500)).await;
-        let second = judge(7, Some(8), first.behind_since, Instant::now());
+        let second = judge(7, Some(8), first.trusted, first.behind_since, Instant::now());
         assert!(second.trusted);
         tokio::time::advance(Duration::from_millis(500)).await;
-        let stalled = judge(7, Some(8), second.behind_since, Instant::now());
+        let stalled = judge(7, Some(8), second.trusted, second.behind_since, Instant::now());
         assert_eq!((stalled.trusted, stalled.rewatch), (false, true));
         // Caught up again.
-        let caught_up = judge(8, Some(8), None, Instant::now());
+        let caught_up = judge(8, Some(8), false, None, Instant::now());
         assert_eq!((caught_up.trusted, caught_up.behind_since), (true, None));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn nothing_is_trusted_while_the_bucket_cannot_be_asked() {
-        let verdict = judge(7, None, None, Instant::now());
-        assert!(!verdict.trusted);
-        assert!(!verdict.rewatch, "the watch is not to blame");
+    async fn memory_keeps_its_standing_while_the_bucket_cannot_be_asked() {
+        let trusted = judge(7, None, true, None, Instant::now());
+        assert_eq!((trusted.trusted, trusted.rewatch), (true, false));
+        let distrusted = judge(7, None, false, None, Instant::now());
+        assert!(!distrusted.trusted, "not trusted before, not trusted now");
     }
 }
