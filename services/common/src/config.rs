@@ -149,6 +149,18 @@ impl Env {
     }
 }
 
+/// Where a service without an HTTP port of its own (processor, presigner) serves `/metrics`
+/// and `/health`: `METRICS_PORT` on `HOST` (default 127.0.0.1); unset: not served, `0`: a free
+/// port (logged).
+pub fn metrics_address(env: &Env) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let Some(_) = env.get("METRICS_PORT") else {
+        return Ok(None);
+    };
+    let port: u16 = env.parse("METRICS_PORT", 0)?;
+    let host: std::net::IpAddr = env.parse("HOST", std::net::IpAddr::from([127, 0, 0, 1]))?;
+    Ok(Some(std::net::SocketAddr::new(host, port)))
+}
+
 /// How to reach NATS.
 #[derive(Debug, Clone)]
 pub struct NatsSettings {

@@ -7,6 +7,7 @@ pub mod error_code;
 pub mod identity;
 pub mod job;
 pub mod messages;
+pub mod metrics;
 pub mod names;
 pub mod nats;
 pub mod net;

@@ -1,6 +1,7 @@
 //! Client side of the presigner micro-service: ask for a fresh presigned URL over NATS.
 
 use std::time::Duration;
+use tracing::Instrument;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -76,25 +77,34 @@ pub async fn request_url(
         filename: filename.to_string(),
     };
     let payload = Bytes::from(serde_json::to_vec(&request).expect("requests serialize"));
-    let mut headers = async_nats::HeaderMap::new();
-    telemetry::inject_current(&mut headers);
-    let reply = tokio::time::timeout(
-        timeout,
-        client.request_with_headers(names::PRESIGN_SUBJECT, headers, payload),
-    )
-    .await
-    .map_err(|elapsed| PresignError::Unavailable(Box::new(elapsed)))?
-    .map_err(|error| PresignError::Unavailable(Box::new(error)))?;
-    if let Some(service_error) = reply
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get("Nats-Service-Error"))
-    {
-        return Err(PresignError::Refused(service_error.as_str().to_string()));
+    let span = telemetry::span::request(names::PRESIGN_SUBJECT, false);
+    let asked = async {
+        let mut headers = async_nats::HeaderMap::new();
+        telemetry::inject_current(&mut headers);
+        let reply = tokio::time::timeout(
+            timeout,
+            client.request_with_headers(names::PRESIGN_SUBJECT, headers, payload),
+        )
+        .await
+        .map_err(|elapsed| PresignError::Unavailable(Box::new(elapsed)))?
+        .map_err(|error| PresignError::Unavailable(Box::new(error)))?;
+        if let Some(service_error) = reply
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("Nats-Service-Error"))
+        {
+            return Err(PresignError::Refused(service_error.as_str().to_string()));
+        }
+        match serde_json::from_slice(&reply.payload).map_err(PresignError::Malformed)? {
+            PresignResponse::V1 { url, expires_at } => Ok((url, expires_at)),
+        }
     }
-    match serde_json::from_slice(&reply.payload).map_err(PresignError::Malformed)? {
-        PresignResponse::V1 { url, expires_at } => Ok((url, expires_at)),
+    .instrument(span.clone())
+    .await;
+    if let Err(error) = &asked {
+        telemetry::span::failed(&span, &error.to_string());
     }
+    asked
 }
 
 #[cfg(test)]

@@ -98,27 +98,35 @@ impl Storage {
         self.request_timeout
     }
 
-    /// Runs one storage call under the request timeout, classifying its error.
+    /// Runs one storage call under the request timeout, classifying its error, in a client span
+    /// `S3.{operation}` on `key`.
     pub async fn timed<T>(
         &self,
+        operation: &'static str,
+        key: &str,
         call: impl Future<Output = Result<T, minio::s3::error::Error>>,
     ) -> Result<T, StorageError> {
-        match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(result) => result.map_err(StorageError::from_minio),
-            Err(_) => Err(StorageError::TimedOut(self.request_timeout)),
-        }
+        self.timed_within(operation, key, self.request_timeout, call).await
     }
 
-    /// Runs one storage call under `timeout` (a large upload's own), classifying its error.
+    /// Like [`timed`](Self::timed) under `timeout` (a large upload's own).
     pub async fn timed_within<T>(
         &self,
+        operation: &'static str,
+        key: &str,
         timeout: Duration,
         call: impl Future<Output = Result<T, minio::s3::error::Error>>,
     ) -> Result<T, StorageError> {
-        match tokio::time::timeout(timeout, call).await {
+        use tracing::Instrument;
+        let span = crate::telemetry::span::s3(operation, &self.bucket, key);
+        let result = match tokio::time::timeout(timeout, call).instrument(span.clone()).await {
             Ok(result) => result.map_err(StorageError::from_minio),
             Err(_) => Err(StorageError::TimedOut(timeout)),
+        };
+        if let Err(error) = &result {
+            crate::telemetry::span::failed(&span, &error.to_string());
         }
+        result
     }
 
     /// Size of an object, `None` when it does not exist.
@@ -128,7 +136,7 @@ impl Storage {
             .stat_object(&self.bucket, key)
             .map_err(|error| StorageError::Config(error.into()))?
             .build();
-        match self.timed(request.send()).await {
+        match self.timed("HeadObject", key, request.send()).await {
             Ok(response) => Ok(Some(
                 response.size().map_err(|error| StorageError::Config(error.into()))?,
             )),
@@ -144,7 +152,7 @@ impl Storage {
             .bucket_exists(&self.bucket)
             .map_err(|error| StorageError::Config(error.into()))?
             .build();
-        let response = self.timed(request.send()).await?;
+        let response = self.timed("HeadBucket", "", request.send()).await?;
         if response.exists() {
             Ok(())
         } else {

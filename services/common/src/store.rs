@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use chrono::Utc;
+use tracing::Instrument;
 
 use crate::messages::{JobEvent, JobMessage};
 use crate::retry::Patience;
@@ -307,6 +308,7 @@ impl JobStore {
         };
         if let Some(landed) = unanswered.iter().find(|write| write.after == current.record) {
             tracing::info!(%job_id, seq = landed.after.event_seq, "a write whose answer was lost was stored");
+            count_if_finished(&landed.before, &landed.after);
             if let Err(error) = self
                 .publish_event(&JobEvent::of_change(&landed.before, &landed.after))
                 .await
@@ -334,6 +336,7 @@ impl JobStore {
             .await
         {
             Ok(_) => {
+                count_if_finished(&current.record, &next);
                 if let Err(error) = self.publish_event(&JobEvent::of_change(&current.record, &next)).await {
                     let mut unpublished = self.unpublished_lock();
                     if unpublished.len() < MAX_UNPUBLISHED {
@@ -371,6 +374,7 @@ impl JobStore {
         let subject = names::event_subject(&job_id.to_string(), event.kind());
         let payload = Bytes::from(serde_json::to_vec(event).expect("events serialize"));
         let message_id = format!("{job_id}:{seq}");
+        let span = telemetry::span::publish("downloads.events", &subject);
         let published = self
             .patience
             .retry(
@@ -391,8 +395,10 @@ impl JobStore {
                 },
                 Self::is_transient,
             )
+            .instrument(span.clone())
             .await;
         if let Err(error) = &published {
+            telemetry::span::failed(&span, "event not published");
             tracing::error!(%job_id, seq, error = %error, "event not published; the record is current and whoever finds it next re-publishes it");
         }
         published.map(|_| ())
@@ -472,7 +478,8 @@ impl JobStore {
     async fn submit_with(&self, message: &JobMessage, patience: Patience) -> Result<(), StoreError> {
         let payload = Bytes::from(serde_json::to_vec(message).expect("messages serialize"));
         let message_id = message.job_id().to_string();
-        patience
+        let span = telemetry::span::publish("downloads.jobs", names::JOB_SUBMITTED_SUBJECT);
+        let submitted = patience
             .retry(
                 "queueing a job",
                 || {
@@ -491,8 +498,12 @@ impl JobStore {
                 },
                 Self::is_transient,
             )
-            .await
-            .map(|_| ())
+            .instrument(span.clone())
+            .await;
+        if submitted.is_err() {
+            telemetry::span::failed(&span, "job not queued");
+        }
+        submitted.map(|_| ())
     }
 
     /// Accepts a job within `budget`: queues its message, then stores its record, riding out an
@@ -580,3 +591,11 @@ const YOUNG_MISS_WAIT: Duration = Duration::from_secs(3);
 
 /// The header in which KV marks deletes and purges.
 const KV_OPERATION_HEADER: &str = "KV-Operation";
+
+/// Counts a write that made a job terminal (`download_jobs_finished_total`): once per job, since
+/// only one compare-and-set can make that change.
+fn count_if_finished(before: &JobRecord, after: &JobRecord) {
+    if after.status.is_terminal() && !before.status.is_terminal() {
+        crate::metrics::JOBS.finished(after);
+    }
+}

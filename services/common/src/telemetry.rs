@@ -1,48 +1,298 @@
-//! Logging and trace context: a `tracing` subscriber with an OpenTelemetry layer, and W3C trace
-//! context carried in NATS headers on every publish and request.
+//! Logs, traces and W3C trace context.
 //!
-//! Spans get real trace and span ids (an SDK tracer without exporter for now); exporting them comes
-//! with the observability work. What matters already: a job's `traceparent` travels intake →
-//! JetStream → processor → events → presigner, so one trace id follows the job.
+//! - Logs: a `tracing` fmt layer filtered by `RUST_LOG` (default `info`), JSON with `LOG_FORMAT=json`.
+//! - Traces: an OpenTelemetry layer with its own filter (this workspace's spans at `info`, its
+//!   events at `warn`), so `RUST_LOG=warn` still traces a job and still propagates `traceparent`.
+//!   Spans are exported over OTLP (HTTP/protobuf, a batch processor on its own thread) when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `_TRACES_ENDPOINT`) is set; without it no exporter, thread
+//!   or connection exists, and spans only carry ids for propagation.
+//! - Context: `traceparent`/`tracestate` in NATS headers on every publish and request, so one
+//!   trace follows a job intake → JetStream → processor → events → presigner → notifier.
+//!
+//! Span names and attributes follow the OpenTelemetry semantic conventions; [`span`] builds them.
+
+use std::time::Duration;
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::{KeyValue, Value};
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Level;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, filter};
 
-/// Installs the global subscriber once; later calls are no-ops.
-/// `RUST_LOG` filters (default `info`), `LOG_FORMAT=json` switches to JSON lines.
-pub fn init(service_name: &'static str, json_logs: bool) {
-    install(service_name, json_logs, false);
+use crate::config::{ConfigError, Env};
+
+pub mod span;
+
+/// The crates whose spans are traced (targets start with these names).
+const TRACED_CRATES: [&str; 6] = [
+    "common",
+    "intake",
+    "processor",
+    "presigner",
+    "notifier",
+    "download_admin",
+];
+
+/// How traces leave the process, from the standard OpenTelemetry variables.
+#[derive(Debug, Clone)]
+pub struct TraceSettings {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the full URL) or `OTEL_EXPORTER_OTLP_ENDPOINT` (the
+    /// base, `/v1/traces` appended); `None`: no export. `OTEL_SDK_DISABLED=true` or
+    /// `OTEL_TRACES_EXPORTER=none` turn export off too.
+    pub endpoint: Option<String>,
+    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` (default `parentbased_always_on`).
+    pub sampler: Sampler,
+    /// `service.name`: `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`,
+    /// else the service's own name.
+    pub service_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES` (`key=value,...`, values percent-encoded), minus `service.name`.
+    pub resource_attributes: Vec<(String, String)>,
 }
 
-/// Like [`init`], with logs captured by the test harness (shown for failing tests only).
-pub fn init_for_tests(service_name: &'static str) {
-    install(service_name, false, true);
+impl TraceSettings {
+    /// Reads the standard variables; every error names the variable.
+    pub fn from_env(env: &Env, service: &str) -> Result<Self, ConfigError> {
+        let disabled = env.bool("OTEL_SDK_DISABLED", false)?;
+        let exporter = env.string("OTEL_TRACES_EXPORTER", "otlp").to_ascii_lowercase();
+        env.require(
+            matches!(exporter.as_str(), "otlp" | "none"),
+            "OTEL_TRACES_EXPORTER",
+            "supported: otlp, none",
+        )?;
+        let endpoint = match (
+            env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(full), _) => Some(check_endpoint(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", full)?.to_string()),
+            (None, Some(base)) => {
+                let base = check_endpoint(env, "OTEL_EXPORTER_OTLP_ENDPOINT", base)?;
+                Some(format!("{}/v1/traces", base.as_str().trim_end_matches('/')))
+            }
+            (None, None) => None,
+        };
+        for key in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(protocol) = env.get(key) {
+                env.require(
+                    protocol.trim() == "http/protobuf",
+                    key,
+                    "only http/protobuf is built in (no gRPC stack; point it at the collector's OTLP/HTTP port, 4318)",
+                )?;
+                break;
+            }
+        }
+        let mut resource_attributes = Vec::new();
+        let mut named = None;
+        if let Some(raw) = env.get("OTEL_RESOURCE_ATTRIBUTES") {
+            for pair in raw.split(',').filter(|pair| !pair.trim().is_empty()) {
+                let Some((key, value)) = pair.split_once('=') else {
+                    return Err(ConfigError {
+                        key: "OTEL_RESOURCE_ATTRIBUTES".into(),
+                        value: raw.into(),
+                        reason: format!("{pair:?} is not key=value"),
+                    });
+                };
+                let decoded = percent_encoding::percent_decode_str(value.trim()).decode_utf8_lossy();
+                match key.trim() {
+                    "" => env.require(false, "OTEL_RESOURCE_ATTRIBUTES", "an attribute has no key")?,
+                    "service.name" => named = Some(decoded.into_owned()),
+                    key => resource_attributes.push((key.to_string(), decoded.into_owned())),
+                }
+            }
+        }
+        let service_name = env
+            .get("OTEL_SERVICE_NAME")
+            .map(|name| name.trim().to_string())
+            .or(named)
+            .unwrap_or_else(|| service.to_string());
+        Ok(TraceSettings {
+            endpoint: endpoint.filter(|_| !disabled && exporter == "otlp"),
+            sampler: sampler(env)?,
+            service_name,
+            resource_attributes,
+        })
+    }
 }
 
-fn install(service_name: &'static str, json_logs: bool, test_writer: bool) {
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-    let tracer = provider.tracer(service_name);
-    opentelemetry::global::set_tracer_provider(provider);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let otel_layer = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+fn check_endpoint(env: &Env, key: &str, value: &str) -> Result<url::Url, ConfigError> {
+    let parsed = url::Url::parse(value.trim()).map_err(|error| ConfigError {
+        key: key.into(),
+        value: value.into(),
+        reason: error.to_string(),
+    })?;
+    env.require(
+        matches!(parsed.scheme(), "http" | "https"),
+        key,
+        "expected an http:// or https:// URL (OTLP/HTTP)",
+    )?;
+    Ok(parsed)
+}
+
+fn sampler(env: &Env) -> Result<Sampler, ConfigError> {
+    let ratio = || -> Result<f64, ConfigError> {
+        let ratio: f64 = env.parse("OTEL_TRACES_SAMPLER_ARG", 1.0)?;
+        env.require(
+            (0.0..=1.0).contains(&ratio),
+            "OTEL_TRACES_SAMPLER_ARG",
+            "a ratio between 0 and 1",
+        )?;
+        Ok(ratio)
+    };
+    let name = env
+        .string("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+        .to_ascii_lowercase();
+    Ok(match name.as_str() {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),
+        _ => {
+            return Err(ConfigError {
+                key: "OTEL_TRACES_SAMPLER".into(),
+                value: name,
+                reason: "supported: always_on, always_off, traceidratio, parentbased_always_on, \
+                         parentbased_always_off, parentbased_traceidratio"
+                    .into(),
+            });
+        }
+    })
+}
+
+/// The installed tracer provider. [`Telemetry::shutdown`] flushes what is buffered; call it
+/// when the service stops, outside the async runtime (the export blocks).
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    exporting: bool,
+}
+
+impl Telemetry {
+    /// Whether spans leave the process.
+    pub fn exporting(&self) -> bool {
+        self.exporting
+    }
+
+    /// Exports what is buffered and stops the exporter (bounded by a few seconds).
+    pub fn shutdown(self) {
+        if !self.exporting {
+            return;
+        }
+        if let Err(error) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+            eprintln!("traces not flushed at shutdown: {error}");
+        }
+    }
+}
+
+/// Installs logging and tracing for a service; a second call in the same process only returns
+/// a handle without exporter. Call it before starting the async runtime.
+pub fn init(service: &'static str, env: &Env) -> Result<Telemetry, anyhow::Error> {
+    let settings = TraceSettings::from_env(env, service)?;
+    let json_logs = env.get("LOG_FORMAT") == Some("json");
+    install(service, &settings, json_logs, false)
+}
+
+/// Like [`init`] without export, with logs captured by the test harness.
+pub fn init_for_tests(service: &'static str) {
+    let settings = TraceSettings::from_env(&Env::default(), service).expect("no variables, no error");
+    let _ = install(service, &settings, false, true);
+}
+
+fn install(
+    service: &'static str,
+    settings: &TraceSettings,
+    json_logs: bool,
+    test_writer: bool,
+) -> Result<Telemetry, anyhow::Error> {
+    let resource = resource(settings);
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(settings.sampler.clone())
+        .with_resource(resource);
+    if let Some(endpoint) = &settings.endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(endpoint.clone())
+            .build()
+            .map_err(|error| anyhow::anyhow!("OTLP span exporter for {endpoint}: {error}"))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer(service);
+    let exporting = settings.endpoint.is_some();
+
+    // What is traced does not depend on RUST_LOG: the workspace's spans from info, its events
+    // (recorded on their span) from warn.
+    let traced = filter::filter_fn(|metadata| {
+        let ours = TRACED_CRATES
+            .iter()
+            .any(|name| metadata.target().split("::").next() == Some(name));
+        let wanted = if metadata.is_span() { Level::INFO } else { Level::WARN };
+        ours && *metadata.level() <= wanted
+    });
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_filter(traced);
+    let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(otel_layer);
     let result = if json_logs {
-        registry.with(tracing_subscriber::fmt::layer().json()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json().with_filter(log_filter()))
+            .try_init()
     } else if test_writer {
         registry
-            .with(tracing_subscriber::fmt::layer().with_test_writer())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(log_filter()),
+            )
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_filter(log_filter()))
+            .try_init()
     };
-    if result.is_ok() {
-        tracing::debug!(service = service_name, "telemetry initialised");
+    if result.is_err() {
+        // Another subscriber is installed (a test process running several services): keep it.
+        return Ok(Telemetry {
+            provider,
+            exporting: false,
+        });
     }
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    if let Some(endpoint) = &settings.endpoint {
+        tracing::info!(service = %settings.service_name, endpoint = %crate::config::shown_value("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), "exporting traces over OTLP/HTTP");
+    }
+    Ok(Telemetry { provider, exporting })
+}
+
+fn resource(settings: &TraceSettings) -> Resource {
+    let mut attributes = vec![
+        KeyValue::new("service.name", settings.service_name.clone()),
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("telemetry.sdk.language", "rust"),
+        KeyValue::new("telemetry.sdk.name", "opentelemetry"),
+    ];
+    if !settings
+        .resource_attributes
+        .iter()
+        .any(|(key, _)| key == "service.instance.id")
+    {
+        attributes.push(KeyValue::new("service.instance.id", uuid::Uuid::new_v4().to_string()));
+    }
+    for (key, value) in &settings.resource_attributes {
+        attributes.retain(|attribute| attribute.key.as_str() != key);
+        attributes.push(KeyValue::new(key.clone(), Value::from(value.clone())));
+    }
+    Resource::builder_empty().with_attributes(attributes).build()
 }
 
 struct NatsHeaderInjector<'a>(&'a mut async_nats::HeaderMap);
@@ -78,6 +328,17 @@ pub fn current_traceparent() -> Option<String> {
     headers.get("traceparent").map(|value| value.as_str().to_string())
 }
 
+/// The `traceparent` found in NATS headers, if any.
+pub fn traceparent_of(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers?.get("traceparent").map(|value| value.as_str().to_string())
+}
+
+fn context_of_traceparent(traceparent: &str) -> opentelemetry::Context {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", traceparent);
+    TraceContextPropagator::new().extract(&NatsHeaderExtractor(&headers))
+}
+
 /// Makes `span` a child of the trace context found in NATS headers, if any.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
     let Some(headers) = headers else { return };
@@ -88,7 +349,100 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&async_nats
 /// Makes `span` a child of a `traceparent` (an HTTP header or one stored in a record), if any.
 pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
     let Some(traceparent) = traceparent else { return };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("traceparent", traceparent);
-    set_parent_from_headers(span, Some(&headers));
+    let _ = span.set_parent(context_of_traceparent(traceparent));
+}
+
+/// Adds a span link from `span` to the span of a `traceparent` (a job's trace, seen from a
+/// request that is not part of it, such as a status read).
+pub fn link_to_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(traceparent) = traceparent else { return };
+    let context = context_of_traceparent(traceparent);
+    let linked = context.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
+/// Adds a span link from `span` to the current span (a job's step caused by a request outside
+/// the job's trace, such as a cancellation).
+pub fn link_to_current(span: &tracing::Span) {
+    let current = tracing::Span::current().context().span().span_context().clone();
+    if current.is_valid() {
+        span.add_link(current);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_endpoint_means_no_export_and_the_base_endpoint_gets_the_traces_path() {
+        let settings = TraceSettings::from_env(&Env::default(), "intake").unwrap();
+        assert!(settings.endpoint.is_none());
+        assert_eq!(settings.service_name, "intake");
+
+        let env = Env::from_pairs([("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/")]);
+        let settings = TraceSettings::from_env(&env, "intake").unwrap();
+        assert_eq!(settings.endpoint.as_deref(), Some("http://127.0.0.1:4318/v1/traces"));
+
+        let env = env.with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:4318/custom");
+        let settings = TraceSettings::from_env(&env, "intake").unwrap();
+        assert_eq!(settings.endpoint.as_deref(), Some("http://collector:4318/custom"));
+
+        let off = env.clone().with("OTEL_SDK_DISABLED", "true");
+        assert!(TraceSettings::from_env(&off, "intake").unwrap().endpoint.is_none());
+        let none = env.with("OTEL_TRACES_EXPORTER", "none");
+        assert!(TraceSettings::from_env(&none, "intake").unwrap().endpoint.is_none());
+    }
+
+    #[test]
+    fn bad_variables_are_refused_by_name() {
+        let cases = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4318"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_EXPORTER", "jaeger"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment"),
+        ];
+        for (key, value) in cases {
+            let env = Env::from_pairs([("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).with(key, value);
+            let error = TraceSettings::from_env(&env, "intake").unwrap_err();
+            assert_eq!(error.key, key, "{value}");
+        }
+        let env = Env::from_pairs([
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ]);
+        assert_eq!(
+            TraceSettings::from_env(&env, "intake").unwrap_err().key,
+            "OTEL_TRACES_SAMPLER_ARG"
+        );
+    }
+
+    #[test]
+    fn the_service_name_comes_from_the_standard_variables_first() {
+        let env = Env::from_pairs([(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=from-attributes,deployment.environment=prod%20eu",
+        )]);
+        let settings = TraceSettings::from_env(&env, "intake").unwrap();
+        assert_eq!(settings.service_name, "from-attributes");
+        assert_eq!(
+            settings.resource_attributes,
+            vec![("deployment.environment".to_string(), "prod eu".to_string())]
+        );
+        let env = env.with("OTEL_SERVICE_NAME", "downloads-intake");
+        assert_eq!(
+            TraceSettings::from_env(&env, "intake").unwrap().service_name,
+            "downloads-intake"
+        );
+        let resource = resource(&TraceSettings::from_env(&env, "intake").unwrap());
+        assert!(resource.get(&"service.instance.id".into()).is_some());
+        assert_eq!(
+            resource.get(&"service.name".into()).map(|value| value.to_string()),
+            Some("downloads-intake".to_string())
+        );
+    }
 }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod metrics;
 pub mod middleware;
 pub mod page;
 pub mod problem;
@@ -88,8 +89,18 @@ impl State {
 
     /// Cancels a job unless it ended, on a task of its own: once its record says cancelled, its
     /// event is published even if the client goes away or the request times out.
-    pub async fn cancel_job(&self, job_id: common::JobId) -> Result<common::store::Change, common::store::StoreError> {
+    ///
+    /// The change and its event belong to the job's trace (`job_trace`, the record's
+    /// `traceparent`), linked to the cancelling request's.
+    pub async fn cancel_job(
+        &self,
+        job_id: common::JobId,
+        job_trace: Option<&str>,
+    ) -> Result<common::store::Change, common::store::StoreError> {
         let store = self.store.clone();
+        let span = common::telemetry::span::job_step("cancel job", &job_id.to_string());
+        common::telemetry::set_parent_from_traceparent(&span, job_trace);
+        common::telemetry::link_to_current(&span);
         to_the_end(async move {
             store
                 .update(job_id, |current| {
@@ -99,6 +110,7 @@ impl State {
                     current.cancel();
                     true
                 })
+                .instrument(span)
                 .await
         })
         .await
@@ -190,6 +202,7 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .at("/app/", get(page::index))
         .at("/app/app.js", get(page::script))
         .at("/app/app.css", get(page::style))
+        .at("/metrics", get(common::metrics::endpoint))
         .around(move |endpoint, request| middleware::bound_request(endpoint, request, bound_state.clone()))
         .around(move |endpoint, request| middleware::rate_limit(endpoint, request, rate_state.clone()))
         .around(move |endpoint, request| auth::authenticate(endpoint, request, auth_state.clone()))
@@ -227,6 +240,7 @@ pub struct Application {
 impl Application {
     /// Connects to NATS, provisions JetStream, binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        metrics::init();
         let storage = Storage::new(&settings.s3)?;
         let nats = common::nats::connect(&settings.nats, "download-intake").await?;
         let handles = common::nats::prepare(

@@ -8,10 +8,15 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("provision") {
         return runtime.block_on(intake::provision(&settings));
     }
-    runtime.block_on(async {
-        common::telemetry::init("intake", env.get("LOG_FORMAT") == Some("json"));
+    // Before the runtime runs: the exporter's blocking client lives on the batch thread.
+    let telemetry = common::telemetry::init("intake", &env)?;
+    let result = runtime.block_on(async {
         let shutdown = common::shutdown::on_signal();
         let application = intake::Application::build(settings).await?;
         application.run_until_stopped(shutdown).await
-    })
+    });
+    drop(runtime);
+    // Spans buffered at exit are exported before the process ends.
+    telemetry.shutdown();
+    result
 }

@@ -29,29 +29,45 @@ fn caller_request_id(request: &Request) -> Option<String> {
     valid.then(|| value.to_string())
 }
 
+/// The intake's route templates, for span names and metric labels (specific before generic).
+const ROUTES: &[&str] = &[
+    "/",
+    "/health",
+    "/metrics",
+    "/openapi.json",
+    "/openapi.yaml",
+    "/docs",
+    "/app",
+    "/app/app.js",
+    "/app/app.css",
+    "/v1/download/initiate",
+    "/v1/download/check",
+    "/v1/download/start",
+    "/v1/download/status/{jobId}",
+    "/v1/download/{jobId}/stream",
+    "/v1/download/{jobId}",
+];
+
 /// Outermost layer: request id, trace span, security headers; turns any error into a problem.
 pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
     let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(request_id.clone()));
-    let span = tracing::info_span!(
-        "http",
-        method = %request.method(),
-        path = %request.uri().path(),
-        request_id = %request_id,
-        tenant = tracing::field::Empty,
-        status = tracing::field::Empty,
-    );
+    let route = common::metrics::route_of(request.uri().path(), ROUTES);
+    let span = telemetry::span::http_server(request.method().as_str(), route, request.uri().path(), &request_id);
     let traceparent = request
         .headers()
         .get("traceparent")
         .and_then(|value| value.to_str().ok());
     telemetry::set_parent_from_traceparent(&span, traceparent);
+    let method = request.method().clone();
     let started = Instant::now();
     let mut response = match endpoint.call(request).instrument(span.clone()).await {
         Ok(response) => response.into_response(),
         Err(error) => into_problem(error),
     };
-    span.record("status", response.status().as_u16());
+    let status = response.status().as_u16();
+    telemetry::span::http_status(&span, status, false);
+    common::metrics::HTTP.observe(route, &method, status, started.elapsed());
     tracing::debug!(parent: &span, elapsed_us = started.elapsed().as_micros() as u64, "request served");
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
@@ -103,9 +119,10 @@ pub fn client_address_key(request: &Request, trusted_proxies: &[common::net::Net
     )
 }
 
-/// Routes never rate limited: health checks (load balancers and orchestrators poll them).
+/// Routes never rate limited: health checks and metrics (load balancers, orchestrators and
+/// Prometheus poll them).
 fn exempt_from_rate_limits(request: &Request) -> bool {
-    request.uri().path() == "/health"
+    matches!(request.uri().path(), "/health" | "/metrics")
 }
 
 /// The 429 of a spent budget, with `Retry-After`.

@@ -14,7 +14,34 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Events are shared between the streams of a job, so a buffer slot is one pointer.
-type Subscribers = HashMap<JobId, Vec<(u64, mpsc::Sender<Arc<JobEvent>>)>>;
+type Subscribers = HashMap<JobId, Vec<(u64, mpsc::Sender<Arc<LiveEvent>>)>>;
+
+/// A job event with the trace context it was published in (its `traceparent` header), so each
+/// stream's delivery of it joins the job's trace.
+#[derive(Debug)]
+pub struct LiveEvent {
+    /// The event.
+    pub event: JobEvent,
+    /// Its publisher's `traceparent`, when it came from the events stream with one.
+    pub traceparent: Option<String>,
+}
+
+impl From<JobEvent> for LiveEvent {
+    fn from(event: JobEvent) -> Self {
+        LiveEvent {
+            event,
+            traceparent: None,
+        }
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = JobEvent;
+
+    fn deref(&self) -> &JobEvent {
+        &self.event
+    }
+}
 
 /// Open streams by job.
 pub struct Hub {
@@ -29,7 +56,7 @@ pub struct Subscription {
     job_id: JobId,
     id: u64,
     /// Live events of the job, in order. Ends if the client fell too far behind.
-    pub receiver: mpsc::Receiver<Arc<JobEvent>>,
+    pub receiver: mpsc::Receiver<Arc<LiveEvent>>,
 }
 
 impl Drop for Subscription {
@@ -78,6 +105,11 @@ impl Hub {
 
     /// Hands an event to every stream of its job, dropping streams whose buffer is full.
     pub fn dispatch(&self, event: JobEvent) {
+        self.dispatch_live(LiveEvent::from(event));
+    }
+
+    /// Like [`dispatch`](Self::dispatch), with the event's trace context.
+    pub fn dispatch_live(&self, event: LiveEvent) {
         let job_id = event.job_id();
         let event = Arc::new(event);
         let mut subscribers = self
@@ -91,6 +123,7 @@ impl Hub {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::info!(%job_id, "stream too far behind, disconnecting it (it resumes with Last-Event-ID)");
+                crate::metrics::slow_client_cut();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -120,7 +153,10 @@ pub async fn follow(
 ) {
     let dispatch = |message: jetstream::Message| {
         match serde_json::from_slice::<JobEvent>(&message.payload) {
-            Ok(event) => hub.dispatch(event),
+            Ok(event) => hub.dispatch_live(LiveEvent {
+                event,
+                traceparent: common::telemetry::traceparent_of(message.headers.as_ref()),
+            }),
             Err(error) => tracing::warn!(subject = %message.subject, %error, "unreadable job event skipped"),
         }
         std::future::ready(())

@@ -8,6 +8,7 @@
 
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 mod stream;
 pub mod webhooks;
 
@@ -136,8 +137,39 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
     Route::new()
         .at("/v1/download/:job_id/stream", get(stream::stream))
         .at("/health", get(stream::health))
+        .at("/metrics", get(common::metrics::endpoint))
         .data(state)
+        .around(observe)
         .map_to_response()
+}
+
+/// The notifier's route templates, for span names and metric labels.
+const ROUTES: &[&str] = &["/health", "/metrics", "/v1/download/{jobId}/stream"];
+
+/// Each request in an HTTP server span (its own trace, or the caller's `traceparent`), counted
+/// by route template and status; for a stream, until its response head.
+async fn observe<E: poem::Endpoint>(endpoint: Arc<E>, request: poem::Request) -> poem::Result<poem::Response> {
+    use poem::IntoResponse;
+    use tracing::Instrument;
+    let route = common::metrics::route_of(request.uri().path(), ROUTES);
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span =
+        common::telemetry::span::http_server(request.method().as_str(), route, request.uri().path(), &request_id);
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
+    common::telemetry::set_parent_from_traceparent(&span, traceparent);
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = match endpoint.call(request).instrument(span.clone()).await {
+        Ok(response) => response.into_response(),
+        Err(error) => error.into_response(),
+    };
+    let status = response.status().as_u16();
+    common::telemetry::span::http_status(&span, status, false);
+    common::metrics::HTTP.observe(route, &method, status, started.elapsed());
+    Ok(response)
 }
 
 /// A built notifier: connected, following events, bound to its port.
@@ -152,6 +184,7 @@ pub struct Application {
 impl Application {
     /// Connects, provisions, starts following events and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        metrics::init();
         let nats = common::nats::connect(&settings.nats, "download-notifier").await?;
         let handles = common::nats::prepare(
             &nats,
@@ -217,6 +250,17 @@ impl Application {
             jetstream.clone(),
             common::names::EVENTS_STREAM,
             common::names::WEBHOOK_CONSUMER,
+            background_stop.clone(),
+        ));
+        background.spawn(metrics::refresh_webhook_backlog(
+            jetstream.clone(),
+            vec![
+                (common::names::EVENTS_STREAM, common::names::WEBHOOK_CONSUMER),
+                (
+                    common::names::WEBHOOK_REPLAYS_STREAM,
+                    common::names::WEBHOOK_REPLAY_CONSUMER,
+                ),
+            ],
             background_stop.clone(),
         ));
         background.spawn(webhooks::run(

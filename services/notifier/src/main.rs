@@ -16,12 +16,17 @@ fn main() -> anyhow::Result<()> {
     if arguments.first().map(String::as_str) == Some("provision") {
         return runtime.block_on(notifier::provision(&settings));
     }
-    runtime.block_on(async {
-        common::telemetry::init("notifier", env.get("LOG_FORMAT") == Some("json"));
+    // Before the runtime runs: the exporter's blocking client lives on the batch thread.
+    let telemetry = common::telemetry::init("notifier", &env)?;
+    let result = runtime.block_on(async {
         let shutdown = common::shutdown::on_signal();
         let application = notifier::Application::build(settings).await?;
         application.run_until_stopped(shutdown).await
-    })
+    });
+    drop(runtime);
+    // Spans buffered at exit are exported before the process ends.
+    telemetry.shutdown();
+    result
 }
 
 async fn dead_letters(nats: common::config::NatsSettings, arguments: &[String]) -> anyhow::Result<()> {

@@ -16,9 +16,10 @@ use poem::http::StatusCode;
 use poem::web::sse::Event;
 use poem::web::{Data, Path};
 use poem::{Body, IntoResponse, Request, Response, handler};
+use tracing::Instrument;
 
 use crate::State;
-use crate::hub::Subscription;
+use crate::hub::{LiveEvent, Subscription};
 use crate::limits::StreamSlot;
 
 /// Heartbeats a stream may stay without an event before it reads the job's record.
@@ -230,10 +231,10 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
     // replica a write behind): resume from the record's event instead of skipping every event to
     // come, its terminal one included.
     let last_event_id = last_event_id.map(|id| id.min(record.event_seq));
-    let mut initial: VecDeque<Arc<JobEvent>> = match last_event_id {
-        None => VecDeque::from([Arc::new(JobEvent::of_record(&record))]),
+    let mut initial: VecDeque<Arc<LiveEvent>> = match last_event_id {
+        None => VecDeque::from([live(JobEvent::of_record(&record))]),
         Some(after) => match state.store.events_after(job_id, after).await {
-            Ok(events) => events.into_iter().map(Arc::new).collect(),
+            Ok(events) => events.into_iter().map(live).collect(),
             Err(error) => {
                 tracing::warn!(error = %error, "event history unavailable");
                 return problem(
@@ -247,15 +248,20 @@ pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): 
     let newest_known = initial.back().map(|event| event.seq()).or(last_event_id).unwrap_or(0);
     if record.status.is_terminal() && record.event_seq > newest_known {
         // The record is the truth: its terminal state is delivered even if its event was lost.
-        initial.push_back(Arc::new(JobEvent::of_record(&record)));
+        initial.push_back(live(JobEvent::of_record(&record)));
     }
     if record.status.is_terminal() && initial.is_empty() {
         // The client has seen the end already; 204 tells EventSource not to reconnect.
         return StatusCode::NO_CONTENT.into_response();
     }
+    // The stream's request is a trace of its own, linked to the job's; each event it sends is a
+    // delivery span in the job's trace.
+    common::telemetry::link_to_traceparent(&tracing::Span::current(), record.traceparent.as_deref());
     let feed = Feed {
         state: state.clone(),
         job_id,
+        job_trace: record.traceparent.clone(),
+        _open: crate::metrics::OpenStream::open(),
         pending: initial,
         subscription,
         last_sent: last_event_id,
@@ -285,11 +291,19 @@ fn sse_response(events: impl futures::Stream<Item = Event> + Send + 'static, hea
         .body(Body::from_bytes_stream(body))
 }
 
+/// An event read from the record or back from the events stream (without its publisher's trace).
+fn live(event: JobEvent) -> Arc<LiveEvent> {
+    Arc::new(LiveEvent::from(event))
+}
+
 /// One client's position in its job's events.
 struct Feed {
     state: Arc<State>,
     job_id: JobId,
-    pending: VecDeque<Arc<JobEvent>>,
+    /// The job's `traceparent`: the parent of deliveries of events read back without one.
+    job_trace: Option<String>,
+    _open: crate::metrics::OpenStream,
+    pending: VecDeque<Arc<LiveEvent>>,
     subscription: Subscription,
     last_sent: Option<u64>,
     retry_sent: bool,
@@ -335,7 +349,11 @@ impl Feed {
             }
             self.last_sent = Some(event.seq());
             self.finished = event.status().is_terminal();
-            let sse = self.to_sse(&event).await;
+            let span = common::telemetry::span::sse_delivery(&self.job_id.to_string(), event.seq());
+            let parent = event.traceparent.as_deref().or(self.job_trace.as_deref());
+            common::telemetry::set_parent_from_traceparent(&span, parent);
+            let sse = self.to_sse(&event).instrument(span).await;
+            crate::metrics::event_sent();
             return Some((sse, self));
         }
     }
@@ -344,14 +362,14 @@ impl Feed {
     /// stream changed leader): reads them back from the events stream and queues them before
     /// `event`. False when none of them can be had (never published, or the stream cannot be
     /// read right now): `event` then goes out after the gap rather than never.
-    async fn fill_gap(&mut self, last_sent: u64, event: &Arc<JobEvent>) -> bool {
+    async fn fill_gap(&mut self, last_sent: u64, event: &Arc<LiveEvent>) -> bool {
         let Ok(missed) = self.state.store.events_after(self.job_id, last_sent).await else {
             return false;
         };
-        let between: Vec<Arc<JobEvent>> = missed
+        let between: Vec<Arc<LiveEvent>> = missed
             .into_iter()
             .filter(|missed| missed.seq() < event.seq())
-            .map(Arc::new)
+            .map(live)
             .collect();
         if between.is_empty() {
             return false;
@@ -378,11 +396,11 @@ impl Feed {
             return;
         }
         if let Ok(missed) = self.state.store.events_after(self.job_id, sent).await {
-            self.pending.extend(missed.into_iter().map(Arc::new));
+            self.pending.extend(missed.into_iter().map(live));
         }
         let newest = self.pending.back().map_or(sent, |event| event.seq());
         if record.status.is_terminal() && newest < record.event_seq {
-            self.pending.push_back(Arc::new(JobEvent::of_record(&record)));
+            self.pending.push_back(live(JobEvent::of_record(&record)));
         }
     }
 

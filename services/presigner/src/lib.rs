@@ -4,6 +4,8 @@
 //! URLs are never stored: the intake asks for a fresh one whenever a completed job is read.
 //! Signing is pure computation, so instances scale out behind the service's queue group.
 
+pub mod metrics;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +30,8 @@ pub struct Settings {
     pub s3: S3Settings,
     /// `PRESIGNED_URL_EXPIRY_SECONDS`: lifetime of a URL (default 3600).
     pub url_expiry: Duration,
+    /// `METRICS_PORT` (on `HOST`): where `/metrics` and `/health` are served; unset: nowhere.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -43,6 +47,7 @@ impl Settings {
             nats: NatsSettings::from_env(env)?,
             s3: S3Settings::from_env(env)?,
             url_expiry,
+            metrics_address: common::config::metrics_address(env)?,
         })
     }
 }
@@ -56,8 +61,18 @@ const SIGNING_FAILED: usize = 500;
 
 /// Runs the presigner until `shutdown` is cancelled.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    metrics::init();
     let storage = Storage::new(&settings.s3)?;
     let client = common::nats::connect(&settings.nats, names::PRESIGNER_SERVICE).await?;
+    let metrics_stop = CancellationToken::new();
+    let metrics_server = match settings.metrics_address {
+        Some(address) => {
+            let connection = client.clone();
+            let healthy = move || connection.connection_state() == async_nats::connection::State::Connected;
+            Some(common::metrics::serve(address, healthy, metrics_stop.clone()).await?)
+        }
+        None => None,
+    };
     let service = client
         .service_builder()
         .description("Presigned S3 GET URLs for completed download jobs")
@@ -91,11 +106,20 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         let storage = storage.clone();
         let expiry = settings.url_expiry;
         in_flight.spawn(async move {
-            let span = tracing::info_span!("presign");
+            let span = telemetry::span::request(names::PRESIGN_SUBJECT, true);
             telemetry::set_parent_from_headers(&span, request.message.headers.as_ref());
+            let started = std::time::Instant::now();
             let response = answer(&storage, expiry, &request.message.payload)
-                .instrument(span)
+                .instrument(span.clone())
                 .await;
+            let outcome = match &response {
+                Ok(_) => "ok",
+                Err(error) => {
+                    telemetry::span::failed(&span, &error.status);
+                    if error.code == BAD_REQUEST { "invalid" } else { "error" }
+                }
+            };
+            metrics::answered(outcome, started.elapsed());
             if let Err(error) = request.respond(response).await {
                 tracing::warn!(%error, "presign reply not sent");
             }
@@ -108,6 +132,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     in_flight.wait().await;
     service.stop().await.ok();
     client.drain().await.ok();
+    metrics_stop.cancel();
+    if let Some(server) = metrics_server {
+        let _ = server.await;
+    }
     tracing::info!("presigner stopped");
     Ok(())
 }

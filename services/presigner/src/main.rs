@@ -4,9 +4,14 @@ fn main() -> anyhow::Result<()> {
     let env = common::config::Env::from_process();
     let settings = presigner::Settings::from_env(&env)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        common::telemetry::init("presigner", env.get("LOG_FORMAT") == Some("json"));
+    // Before the runtime runs: the exporter's blocking client lives on the batch thread.
+    let telemetry = common::telemetry::init("presigner", &env)?;
+    let result = runtime.block_on(async {
         let shutdown = common::shutdown::on_signal();
         presigner::run(settings, shutdown).await
-    })
+    });
+    drop(runtime);
+    // Spans buffered at exit are exported before the process ends.
+    telemetry.shutdown();
+    result
 }

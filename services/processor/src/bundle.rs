@@ -81,7 +81,7 @@ impl UploadInFlight {
                 return;
             }
         };
-        match storage.timed(request.send()).await {
+        match storage.timed("AbortMultipartUpload", &key, request.send()).await {
             Ok(_) => tracing::info!(key, "partial bundle upload aborted"),
             Err(error) => tracing::warn!(error = %error, key, "partial bundle upload not aborted"),
         }
@@ -113,7 +113,7 @@ pub async fn build(
         .create_multipart_upload(bucket, key)
         .map_err(|error| StorageError::Config(error.into()))?
         .build();
-    let created = storage.timed(create.send()).await?;
+    let created = storage.timed("CreateMultipartUpload", key, create.send()).await?;
     let upload_id = created
         .upload_id()
         .await
@@ -132,7 +132,7 @@ pub async fn build(
             .get_object(bucket, source_key.as_str())
             .map_err(|error| StorageError::Config(error.into()))?
             .build();
-        let response = storage.timed(get.send()).await?;
+        let response = storage.timed("GetObject", &source_key, get.send()).await?;
         let (mut body, _) = response.into_boxed_stream().map_err(StorageError::from_minio)?;
         loop {
             let chunk = match tokio::time::timeout(stall, body.next()).await {
@@ -165,7 +165,7 @@ pub async fn build(
         .complete_multipart_upload(bucket, key, upload_id.as_ref(), parts)
         .map_err(|error| StorageError::Config(error.into()))?
         .build();
-    storage.timed(complete.send()).await?;
+    storage.timed("CompleteMultipartUpload", key, complete.send()).await?;
     upload.clear();
     Ok(total)
 }
@@ -209,6 +209,8 @@ async fn upload_part(
     // A part's upload takes longer the larger it is: the request timeout, plus a second per MiB.
     let response = storage
         .timed_within(
+            "UploadPart",
+            key,
             storage.request_timeout() + std::time::Duration::from_secs(size.div_ceil(1024 * 1024)),
             request.send(),
         )

@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod cancellations;
 pub mod execute;
 mod max_deliveries;
+pub mod metrics;
 mod stats;
 mod worker;
 pub mod zip;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// `PROCESSOR_ID`: this instance's name in job records (default `processor-` and a random suffix).
     pub instance_id: String,
+    /// `METRICS_PORT` (on `HOST`): where `/metrics` and `/health` are served; unset: nowhere.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -77,6 +80,7 @@ impl Settings {
                 "PROCESSOR_ID",
                 &format!("processor-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             ),
+            metrics_address: common::config::metrics_address(env)?,
         };
         env.require(
             (1..=10_000).contains(&settings.concurrency),
@@ -186,6 +190,7 @@ async fn check_consumer_matches(jetstream: &async_nats::jetstream::Context, sett
 /// Runs a processor until `shutdown`, then drains: stops taking jobs, lets running ones finish
 /// within the grace period, hands the rest back to the queue.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    metrics::init(settings.concurrency);
     let storage = Storage::new(&settings.s3)?;
     let client = common::nats::connect(&settings.nats, "download-processor").await?;
     let handles = common::nats::prepare(&client, &settings.nats, &settings.topology(), NATS_RESOURCES).await?;
@@ -203,6 +208,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     });
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
+    if let Some(address) = context.settings.metrics_address {
+        let connection = client.clone();
+        let healthy = move || connection.connection_state() == async_nats::connection::State::Connected;
+        let server = common::metrics::serve(address, healthy, background_stop.clone()).await?;
+        background.spawn(async move {
+            let _ = server.await;
+        });
+    }
+    background.spawn(metrics::refresh_queue(
+        handles.jetstream.clone(),
+        background_stop.clone(),
+    ));
     let (cancellations_ready, cancellations_ready_receiver) = tokio::sync::oneshot::channel();
     background.spawn(cancellations::listen(
         handles.jetstream.clone(),

@@ -8,9 +8,14 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some("provision") {
         return runtime.block_on(processor::provision(&settings));
     }
-    runtime.block_on(async {
-        common::telemetry::init("processor", env.get("LOG_FORMAT") == Some("json"));
+    // Before the runtime runs: the exporter's blocking client lives on the batch thread.
+    let telemetry = common::telemetry::init("processor", &env)?;
+    let result = runtime.block_on(async {
         let shutdown = common::shutdown::on_signal();
         processor::run(settings, shutdown).await
-    })
+    });
+    drop(runtime);
+    // Spans buffered at exit are exported before the process ends.
+    telemetry.shutdown();
+    result
 }

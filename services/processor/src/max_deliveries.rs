@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use async_nats::jetstream::{AckKind, consumer};
 use common::messages::JobMessage;
@@ -69,6 +70,9 @@ async fn record_exhausted(context: &Context, stream_seq: u64, deliveries: u64) -
     match serde_json::from_slice::<JobMessage>(&message.payload) {
         Ok(job) => {
             let job_id = job.job_id();
+            // The job's trace gets the step that failed it, a child of the job's publish.
+            let span = common::telemetry::span::job_step("retries exhausted", &job_id.to_string());
+            common::telemetry::set_parent_from_headers(&span, Some(&message.headers));
             let change = context
                 .store
                 .update(job_id, |record| {
@@ -81,10 +85,12 @@ async fn record_exhausted(context: &Context, stream_seq: u64, deliveries: u64) -
                     );
                     true
                 })
+                .instrument(span.clone())
                 .await;
             match change {
                 Ok(common::store::Change::Written(_)) => {
-                    tracing::warn!(%job_id, deliveries, "job failed after its last delivery")
+                    common::telemetry::span::failed(&span, ErrorCode::RetriesExhausted.as_str());
+                    tracing::warn!(parent: &span, %job_id, deliveries, "job failed after its last delivery")
                 }
                 Ok(common::store::Change::Unchanged(_)) => {}
                 Err(common::store::StoreError::Missing(_)) => {}

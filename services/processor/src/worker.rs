@@ -58,14 +58,35 @@ async fn handle(context: &Context, message: jetstream::Message) {
             return;
         }
     };
-    let span = tracing::info_span!("job", job_id = %job.job_id(), attempt = delivered);
+    // Each delivery is an attempt span, a child of the job's publish: a redelivered job shows
+    // one per attempt in its trace.
+    let span = telemetry::span::process(
+        "downloads.jobs",
+        &message.subject,
+        names::PROCESSOR_CONSUMER,
+        u64::from(delivered),
+    );
+    span.record("job_id", job.job_id().to_string().as_str());
     telemetry::set_parent_from_headers(&span, message.headers.as_ref());
+    let _slot = crate::metrics::BusySlot::take();
     // The lease is renewed for as long as this delivery is handled, including while a claim or
     // an outcome waits for an unavailable cluster.
     let decision = tokio::select! {
         decision = process(context, job.job_id(), delivered).instrument(span.clone()) => decision,
         never = common::consume::keep_lease(&message, context.settings.progress_interval) => match never {},
     };
+    match &decision {
+        Some(AckKind::Nak(Some(_))) => {
+            span.record("outcome", "retry");
+        }
+        Some(AckKind::Term) => {
+            span.record("outcome", "terminated");
+        }
+        None => {
+            span.record("outcome", "taken_over");
+        }
+        _ => {}
+    }
     if let Some(decision) = decision {
         acknowledge(&message, decision).instrument(span).await;
     }
@@ -74,6 +95,7 @@ async fn handle(context: &Context, message: jetstream::Message) {
 /// A short wait before a delivery that could not be handled comes back, jittered so deliveries
 /// that failed together do not return together.
 fn soon() -> Duration {
+    crate::metrics::retried("unavailable");
     Duration::from_millis(rand::random_range(2_000..5_000))
 }
 
@@ -112,6 +134,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
     }
     let delay = context.settings.pick_delay();
     let attempt_started = tokio::time::Instant::now();
+    let mut first_start = false;
     let claimed = context
         .store
         .update(job_id, |record| {
@@ -119,6 +142,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
                 return false;
             }
             let now = Utc::now();
+            first_start = record.started_at.is_none();
             record.status = JobStatus::Processing;
             record.attempt = delivered;
             record.processed_by = Some(context.settings.instance_id.clone());
@@ -131,7 +155,13 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         })
         .await;
     let record = match claimed {
-        Ok(Change::Written(record)) => record,
+        Ok(Change::Written(record)) => {
+            if first_start && let Some(started) = record.started_at {
+                let waited = (started - record.created_at).to_std().unwrap_or_default();
+                crate::metrics::METRICS.queue_wait.observe(waited.as_secs_f64());
+            }
+            record
+        }
         Ok(Change::Unchanged(record)) => {
             // Its terminal event may be missing if the writer died after the record: publish it
             // again before the message goes.
@@ -233,6 +263,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             })
             .await;
             if matches!(finished, Some(AckKind::Ack)) {
+                tracing::Span::current().record("outcome", "completed");
                 context.stats.record(elapsed);
                 tracing::info!(
                     elapsed_ms = elapsed.as_millis() as u64,
@@ -244,6 +275,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         }
         Outcome::Finished(Err(JobError::Permanent { code, message })) => {
             tracing::info!(%code, message, "job failed");
+            failed_span("failed", code);
             finish(context, job_id, &attempt, |record| {
                 with_files(record);
                 record.fail(code, message.clone());
@@ -271,6 +303,8 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
                     })
                     .await;
                     if matches!(requeued, Some(AckKind::Ack)) {
+                        crate::metrics::retried("transient");
+                        tracing::Span::current().record("outcome", "retry");
                         Some(AckKind::Nak(Some(retry_in)))
                     } else {
                         requeued
@@ -278,6 +312,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
                 }
                 None => {
                     tracing::warn!(%code, message, "transient failure on the last attempt, job failed");
+                    failed_span("failed", code);
                     let attempts = context.settings.retry.max_attempts;
                     finish(context, job_id, &attempt, |record| {
                         record.failed_attempts = failed;
@@ -290,6 +325,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         Outcome::TimedOut => {
             let limit = context.settings.job_timeout.as_secs();
             tracing::warn!(limit_seconds = limit, "job timed out");
+            failed_span("timed_out", ErrorCode::Timeout);
             finish(context, job_id, &attempt, |record| {
                 record.fail(ErrorCode::Timeout, format!("job ran longer than {limit} s"))
             })
@@ -297,6 +333,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         }
         Outcome::Cancelled => {
             tracing::info!("job cancelled by its owner, stopped");
+            tracing::Span::current().record("outcome", "cancelled");
             // The canceller may have died between its record write and its event: make sure the
             // cancellation is published before the message goes (a duplicate is dropped).
             ended_meanwhile(context, job_id).await
@@ -307,6 +344,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         }
         Outcome::Abandoned => {
             tracing::warn!("processor shutting down, job handed back to the queue");
+            tracing::Span::current().record("outcome", "handed_back");
             let requeued = finish(context, job_id, &attempt, |record| {
                 record.status = JobStatus::Queued;
                 record.progress = 0;
@@ -319,6 +357,13 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             }
         }
     }
+}
+
+/// Marks the attempt span failed with its outcome and error code.
+fn failed_span(outcome: &'static str, code: ErrorCode) {
+    let span = tracing::Span::current();
+    span.record("outcome", outcome);
+    telemetry::span::failed(&span, code.as_str());
 }
 
 /// The attempt this processor runs: its writes apply only while the record still names it, so a

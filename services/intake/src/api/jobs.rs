@@ -90,7 +90,13 @@ impl JobsApi {
             .await
             .map_err(|error| store_error("reading the job", error))?;
         match loaded {
-            Some(versioned) if versioned.record.user_id == user => Ok(versioned.record),
+            Some(versioned) if versioned.record.user_id == user => {
+                // A read of a job is a trace of its own, linked to the job's.
+                let span = tracing::Span::current();
+                span.record("job_id", job_id.to_string().as_str());
+                telemetry::link_to_traceparent(&span, versioned.record.traceparent.as_deref());
+                Ok(versioned.record)
+            }
             _ => Err(ApiError::job_not_found()),
         }
     }
@@ -122,6 +128,7 @@ impl JobsApi {
         let request = body.0;
         let file_ids: Vec<u64> = dedupe_file_ids(&request.file_ids.iter().map(|id| *id as u64).collect::<Vec<_>>());
         let job_id = JobId::new();
+        tracing::Span::current().record("job_id", job_id.to_string().as_str());
         let estimated_seconds = self.state.estimated_job_seconds();
         let record = JobRecord::queued(
             job_id,
@@ -141,6 +148,7 @@ impl JobsApi {
             .await
             .map_err(|error| store_error("accepting the job", error))?;
         let job_id_text = job_id.to_string();
+        crate::metrics::accepted("v1");
         tracing::info!(job_id = %job_id_text, files = file_ids.len(), "job accepted");
         Ok(InitiateResponse::Accepted(
             Json(InitiateBody {
@@ -225,7 +233,7 @@ impl JobsApi {
         let record = self.owned_job(&tenant.0, &job_id.0).await?;
         let change = self
             .state
-            .cancel_job(record.job_id)
+            .cancel_job(record.job_id, record.traceparent.as_deref())
             .await
             .map_err(|error| store_error("cancelling the job", error))?;
         let body = CancelBody {

@@ -144,6 +144,7 @@ impl LegacyApi {
         };
         let file_id = body.0.file_id;
         let job_id = JobId::new();
+        tracing::Span::current().record("job_id", job_id.to_string().as_str());
         let record = JobRecord::queued(
             job_id,
             user_id.clone(),
@@ -165,6 +166,7 @@ impl LegacyApi {
             )
             .await
             .map_err(|error| store_error("accepting the job", error))?;
+        crate::metrics::accepted("legacy");
         // The watch starts with the record's current value, so no outcome slips past.
         // The job is accepted now: if it cannot be watched, the answer is the job to poll (202),
         // never an error that would hide a job that runs.

@@ -193,7 +193,12 @@ pub enum Attempt {
     /// 410 Gone: the receiver wants no more for this job.
     Stopped,
     /// Worth another attempt after the delay.
-    Retry { delay: Option<Duration>, reason: String },
+    Retry {
+        delay: Option<Duration>,
+        reason: String,
+        /// The receiver's status, when it answered.
+        status: Option<u16>,
+    },
     /// Never worth another attempt (refused target, no URL).
     Refused(String),
 }
@@ -317,8 +322,16 @@ impl Deliverer {
         }
     }
 
-    /// One attempt to deliver `payload` to `url` as webhook `webhook_id`, signed with `secrets`.
-    pub async fn attempt(&self, webhook_id: &str, url: &str, payload: &WebhookPayload, secrets: &[String]) -> Attempt {
+    /// Attempt `attempt_number` to deliver `payload` to `url` as webhook `webhook_id`, signed
+    /// with `secrets`, in an HTTP client span (whose `traceparent` the receiver gets).
+    pub async fn attempt(
+        &self,
+        webhook_id: &str,
+        url: &str,
+        payload: &WebhookPayload,
+        secrets: &[String],
+        attempt_number: u32,
+    ) -> Attempt {
         let parsed = match url::Url::parse(url) {
             Ok(parsed) => parsed,
             Err(error) => return Attempt::Refused(format!("invalid callback URL: {error}")),
@@ -332,6 +345,7 @@ impl Deliverer {
                 reason:
                     "the job's owner has no webhook secret (not a tenant; WEBHOOK_SECRETS serves gateway users only)"
                         .into(),
+                status: None,
             };
         }
         let body = serde_json::to_vec(payload).expect("payloads serialize");
@@ -340,6 +354,34 @@ impl Deliverer {
             Ok(signature) => signature,
             Err(error) => return Attempt::Refused(error.to_string()),
         };
+        let span = telemetry::span::http_client("POST", &parsed);
+        span.record("http.request.resend_count", attempt_number.saturating_sub(1));
+        let started = std::time::Instant::now();
+        let attempt = self
+            .send(parsed, webhook_id, timestamp, signature, body)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &attempt {
+            Attempt::Delivered => "delivered",
+            Attempt::Stopped | Attempt::Retry { status: Some(_), .. } => "rejected",
+            _ => "failed",
+        };
+        if let Attempt::Retry { reason, .. } | Attempt::Refused(reason) = &attempt {
+            telemetry::span::failed(&span, reason);
+        }
+        crate::metrics::webhook_attempt(outcome, started.elapsed());
+        attempt
+    }
+
+    /// The POST of one attempt, in its client span.
+    async fn send(
+        &self,
+        parsed: url::Url,
+        webhook_id: &str,
+        timestamp: i64,
+        signature: String,
+        body: Vec<u8>,
+    ) -> Attempt {
         let mut request = self
             .http
             .post(parsed)
@@ -352,6 +394,9 @@ impl Deliverer {
             request = request.header("traceparent", traceparent);
         }
         let response = request.body(body).send().await;
+        if let Ok(response) = &response {
+            telemetry::span::http_status(&tracing::Span::current(), response.status().as_u16(), true);
+        }
         match response {
             Ok(response) if response.status().is_success() => Attempt::Delivered,
             Ok(response) if response.status() == reqwest::StatusCode::GONE => Attempt::Stopped,
@@ -373,6 +418,7 @@ impl Deliverer {
                 Attempt::Retry {
                     delay: retry_after,
                     reason: format!("receiver answered {status}"),
+                    status: Some(status.as_u16()),
                 }
             }
             Err(error) => {
@@ -394,6 +440,7 @@ impl Deliverer {
                 Attempt::Retry {
                     delay: None,
                     reason: format!("{kind}: {}", error.without_url()),
+                    status: None,
                 }
             }
         }
@@ -436,7 +483,7 @@ impl Deliverer {
                 return AckKind::Nak(Some(wait));
             }
         };
-        let outcome = self.attempt(&webhook_id, &url, &payload, &secrets).await;
+        let outcome = self.attempt(&webhook_id, &url, &payload, &secrets, delivered).await;
         match outcome {
             Attempt::Delivered => {
                 tracing::info!(webhook_id, attempt = delivered, "webhook delivered");
@@ -450,7 +497,7 @@ impl Deliverer {
                 tracing::warn!(webhook_id, reason, "webhook target refused");
                 self.dead_letter(&webhook_id, &url, &event, delivered, &reason).await
             }
-            Attempt::Retry { delay, reason } => {
+            Attempt::Retry { delay, reason, .. } => {
                 let wait = self.retry_wait(delivered, delay);
                 if delivered < self.settings.max_attempts && age + wait <= self.settings.max_window {
                     tracing::info!(
@@ -492,7 +539,10 @@ impl Deliverer {
             )
             .await
         {
-            Ok(_) => AckKind::Ack,
+            Ok(_) => {
+                crate::metrics::dead_letter();
+                AckKind::Ack
+            }
             Err(error) => {
                 tracing::warn!(%error, webhook_id, "dead letter not stored, retrying later");
                 AckKind::Nak(Some(self.settings.retry_delay(attempts)))
@@ -594,7 +644,12 @@ pub async fn run(
                 })
                 .unwrap_or((1, Duration::ZERO));
             // The delivery is a span of the job's trace, carried in the event's headers.
-            let span = tracing::info_span!("webhook", subject = %message.subject, attempt = delivered);
+            let span = telemetry::span::process(
+                "downloads.events",
+                &message.subject,
+                consumer_name,
+                u64::from(delivered),
+            );
             telemetry::set_parent_from_headers(&span, message.headers.as_ref());
             let decision = match serde_json::from_slice::<JobEvent>(&message.payload) {
                 Ok(event) => {
