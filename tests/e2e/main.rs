@@ -11,6 +11,7 @@ mod http;
 mod identity;
 mod legacy;
 mod notifier;
+mod observability;
 mod permissions;
 mod pipeline;
 mod presigner;

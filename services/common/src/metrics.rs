@@ -251,7 +251,13 @@ pub static PROCESS: LazyLock<ProcessMetrics> = LazyLock::new(|| ProcessMetrics {
 
 /// Registers the shared metrics and the build info of `service`.
 pub fn init(service: &'static str) {
-    LazyLock::force(&JOBS);
+    // The usual outcomes exist from the start, so a first increment shows in `increase()`.
+    for status in [Terminal::completed, Terminal::cancelled] {
+        let _ = JOBS.finished.get_or_create(&FinishedLabels {
+            status,
+            error_code: "none".to_string(),
+        });
+    }
     LazyLock::force(&PROCESS);
     PROCESS
         .build_info

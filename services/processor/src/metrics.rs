@@ -39,6 +39,8 @@ pub struct ProcessorMetrics {
     pub queue_pending: Gauge,
     /// `download_queue_ack_pending_messages`.
     pub queue_ack_pending: Gauge,
+    /// `download_queue_redelivered_messages`.
+    pub queue_redelivered: Gauge,
     /// `download_queue_oldest_message_age_seconds`.
     pub queue_oldest_age: Gauge<f64, AtomicU64>,
     /// `download_queue_info_age_seconds`.
@@ -91,6 +93,11 @@ pub static METRICS: LazyLock<ProcessorMetrics> = LazyLock::new(|| {
         queue_ack_pending: register(
             "download_queue_ack_pending_messages",
             "Jobs handed to a processor and not yet acknowledged (consumer num_ack_pending)",
+            Gauge::default(),
+        ),
+        queue_redelivered: register(
+            "download_queue_redelivered_messages",
+            "Jobs delivered more than once and not yet acknowledged (consumer num_redelivered)",
             Gauge::default(),
         ),
         queue_oldest_age: register(
@@ -156,6 +163,7 @@ pub async fn refresh_queue(jetstream: jetstream::Context, stop: CancellationToke
                 METRICS.queue_messages.set(queue.messages as i64);
                 METRICS.queue_pending.set(queue.pending as i64);
                 METRICS.queue_ack_pending.set(queue.ack_pending as i64);
+                METRICS.queue_redelivered.set(queue.redelivered as i64);
                 METRICS.queue_oldest_age.set(queue.oldest_age.as_secs_f64());
                 last_success = Instant::now();
             }
@@ -170,6 +178,7 @@ struct Queue {
     messages: u64,
     pending: u64,
     ack_pending: usize,
+    redelivered: usize,
     oldest_age: Duration,
 }
 
@@ -191,6 +200,7 @@ async fn read_queue(jetstream: &jetstream::Context) -> Result<Queue, async_nats:
         messages: state.messages,
         pending: info.num_pending,
         ack_pending: info.num_ack_pending,
+        redelivered: info.num_redelivered,
         oldest_age,
     })
 }
