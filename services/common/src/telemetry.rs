@@ -1,8 +1,8 @@
 //! Logs, traces and W3C trace context.
 //!
 //! - Logs: a `tracing` fmt layer filtered by `RUST_LOG` (default `info`), JSON with `LOG_FORMAT=json`.
-//! - Traces: an OpenTelemetry layer with its own filter (this workspace's spans at `info`, its
-//!   events at `warn`), so `RUST_LOG=warn` still traces a job and still propagates `traceparent`.
+//! - Traces: an OpenTelemetry layer with its own filter (this workspace's spans and events from
+//!   `info`), so `RUST_LOG=warn` still traces a job and still propagates `traceparent`.
 //!   Spans are exported over OTLP (HTTP/protobuf, a batch processor on its own thread) when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `_TRACES_ENDPOINT`) is set; without it no exporter, thread
 //!   or connection exists, and spans only carry ids for propagation.
@@ -30,14 +30,7 @@ use crate::config::{ConfigError, Env};
 pub mod span;
 
 /// The crates whose spans are traced (targets start with these names).
-const TRACED_CRATES: [&str; 6] = [
-    "common",
-    "intake",
-    "processor",
-    "presigner",
-    "notifier",
-    "download_admin",
-];
+const TRACED_CRATES: [&str; 5] = ["common", "intake", "processor", "presigner", "notifier"];
 
 /// How traces leave the process, from the standard OpenTelemetry variables.
 #[derive(Debug, Clone)]
@@ -226,15 +219,12 @@ fn install(
     let tracer = provider.tracer(service);
     let exporting = settings.endpoint.is_some();
 
-    // What is traced does not depend on RUST_LOG: the workspace's spans from info, its events
-    // (recorded on their span) from warn.
-    let traced = filter::filter_fn(|metadata| {
-        let ours = TRACED_CRATES
-            .iter()
-            .any(|name| metadata.target().split("::").next() == Some(name));
-        let wanted = if metadata.is_span() { Level::INFO } else { Level::WARN };
-        ours && *metadata.level() <= wanted
-    });
+    // What is traced does not depend on RUST_LOG: the workspace's spans, and its events from
+    // info (recorded on their span), whatever the log filter. A static filter: decided once
+    // per callsite.
+    let traced = TRACED_CRATES
+        .iter()
+        .fold(filter::Targets::new(), |targets, name| targets.with_target(*name, Level::INFO));
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
