@@ -49,16 +49,26 @@ pub enum NatsSetupError {
 /// `_INBOX_<user>.>`, the only inboxes `nats/auth.conf` lets that user subscribe to.
 pub async fn connect(settings: &NatsSettings, connection_name: &str) -> Result<async_nats::Client, NatsSetupError> {
     let user = settings.user_password.as_ref().map(|(user, _)| user.as_str());
+    // Every connection after this client's first is a reconnection (`download_nats_reconnects_total`).
+    let connected_before = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut options = async_nats::ConnectOptions::new()
         .name(connection_name)
         .custom_inbox_prefix(inbox_prefix(user))
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("nats connected"),
-                async_nats::Event::Disconnected => tracing::warn!("nats disconnected, reconnecting"),
-                other => tracing::info!(event = %other, "nats event"),
+        .event_callback(move |event| {
+            let connected_before = connected_before.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        if connected_before.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            crate::metrics::PROCESS.nats_reconnects.inc();
+                        }
+                        tracing::info!("nats connected")
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("nats disconnected, reconnecting"),
+                    other => tracing::info!(event = %other, "nats event"),
+                }
             }
         });
     if let Some(path) = &settings.credentials_file {
