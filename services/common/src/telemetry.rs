@@ -222,9 +222,9 @@ fn install(
     // What is traced does not depend on RUST_LOG: the workspace's spans, and its events from
     // info (recorded on their span), whatever the log filter. A static filter: decided once
     // per callsite.
-    let traced = TRACED_CRATES
-        .iter()
-        .fold(filter::Targets::new(), |targets, name| targets.with_target(*name, Level::INFO));
+    let traced = TRACED_CRATES.iter().fold(filter::Targets::new(), |targets, name| {
+        targets.with_target(*name, Level::INFO)
+    });
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
