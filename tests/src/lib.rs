@@ -1,9 +1,11 @@
 //! Test harness shared by the end-to-end tests and the dev stack: real `nats-server` and
-//! SeaweedFS processes on free ports, the services in-process, and HTTP helpers.
+//! SeaweedFS processes on free ports, the services in-process or as processes, an OTLP receiver,
+//! and HTTP helpers.
 
 pub mod browser;
 pub mod chaos;
 pub mod cluster;
+pub mod otlp;
 pub mod processes;
 pub mod queue;
 pub mod receiver;

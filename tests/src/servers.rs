@@ -62,7 +62,7 @@ pub fn free_port() -> u16 {
 
 /// How many times a server is started on fresh ports before the harness gives up (a port taken
 /// by something outside this process between the check and the bind).
-const START_ATTEMPTS: usize = 3;
+pub(crate) const START_ATTEMPTS: usize = 3;
 
 /// The last lines of a server's log, for errors.
 pub(crate) fn log_tail(path: &Path) -> String {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::NatsCluster;
 use crate::servers::{NatsServer, NatsUser, S3Server};
-use crate::wait::wait_for;
+use crate::wait::{wait_for, wait_until};
 
 /// The NATS user that runs each service's `provision` step before the service starts: the
 /// `admin` of `nats/auth.conf`, as in a least-privilege deployment (services themselves may not
@@ -139,6 +139,8 @@ pub struct Stack {
     /// The S3 server.
     pub s3: S3Server,
     env: Env,
+    /// The variables of `env`, in the order they were set (a later one wins).
+    variables: Vec<(String, String)>,
     /// The intake, when running.
     pub intake: Option<Service>,
     intake_address: Option<SocketAddr>,
@@ -184,18 +186,24 @@ impl Stack {
     }
 
     fn on(nats: Broker, s3: S3Server, overrides: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let mut env = Env::from_pairs(fast_defaults())
-            .with("NATS_URL", nats.urls())
-            .with("STREAM_TOKEN_SECRET", random_secret())
+        let mut variables: Vec<(String, String)> = fast_defaults()
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        variables.extend([
+            ("NATS_URL".to_string(), nats.urls()),
+            ("STREAM_TOKEN_SECRET".to_string(), random_secret()),
             // As in a least-privilege deployment: services only open their resources, which
             // `<service> provision` (run by PROVISIONER) created.
-            .with("NATS_PROVISION", "false");
-        for (key, value) in s3.env() {
-            env = env.with(key, value);
-        }
-        for (key, value) in overrides {
-            env = env.with(*key, *value);
-        }
+            ("NATS_PROVISION".to_string(), "false".to_string()),
+        ]);
+        variables.extend(s3.env());
+        variables.extend(
+            overrides
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string())),
+        );
+        let env = Env::from_pairs(variables.clone());
         let storage = Storage::new(&s3.settings())?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -204,6 +212,7 @@ impl Stack {
             nats,
             s3,
             env,
+            variables,
             intake: None,
             intake_address: None,
             processors: Vec::new(),
@@ -274,6 +283,14 @@ impl Stack {
             env = env.with(key, value);
         }
         env
+    }
+
+    /// The configuration of a service process connecting as `user`: the variables of
+    /// [`Stack::env_as`], for a `Command` (a later variable wins).
+    pub fn process_env(&self, user: NatsUser) -> Vec<(String, String)> {
+        let mut variables = self.variables.clone();
+        variables.extend(self.nats.env_for(user));
+        variables
     }
 
     /// Starts the intake on a free port.
@@ -363,14 +380,7 @@ impl Stack {
             Duration::from_secs(60),
             || {
                 let jetstream = jetstream.clone();
-                async move {
-                    let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
-                        .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
-                        .await
-                        .ok()?;
-                    let info = consumer.info().await.ok()?;
-                    (info.num_waiting >= count).then_some(())
-                }
+                async move { (pulling_processors(&jetstream).await? >= count).then_some(()) }
             },
         )
         .await
@@ -425,15 +435,8 @@ impl Stack {
         let settings = presigner::Settings::from_env(&self.env_as(NatsUser::Presigner))?;
         self.presigner = Some(Service::spawn(|token| tokio::spawn(presigner::run(settings, token))));
         let client = self.nats_client().await?;
-        wait_for("the presigner to answer $SRV.PING", Duration::from_secs(20), || {
-            let client = client.clone();
-            async move {
-                let subject = format!("$SRV.PING.{}", common::names::PRESIGNER_SERVICE);
-                tokio::time::timeout(Duration::from_millis(500), client.request(subject, "".into()))
-                    .await
-                    .ok()?
-                    .ok()
-            }
+        wait_until("the presigner to answer $SRV.PING", Duration::from_secs(20), || {
+            presigner_answers(&client)
         })
         .await?;
         Ok(())
@@ -569,6 +572,24 @@ impl Stack {
         let events = store.events_after(job_id, 0).await?;
         Ok(events.iter().map(serde_json::to_value).collect::<Result<_, _>>()?)
     }
+}
+
+/// How many pull requests wait on the processors' shared job consumer (about one per pulling
+/// processor); `None` while the consumer cannot be read.
+pub async fn pulling_processors(jetstream: &async_nats::jetstream::Context) -> Option<usize> {
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
+        .get_consumer_from_stream(common::names::PROCESSOR_CONSUMER, common::names::JOBS_STREAM)
+        .await
+        .ok()?;
+    Some(consumer.info().await.ok()?.num_waiting)
+}
+
+/// Whether a presigner answers a `$SRV.PING` within half a second.
+pub async fn presigner_answers(client: &async_nats::Client) -> bool {
+    let subject = format!("$SRV.PING.{}", common::names::PRESIGNER_SERVICE);
+    tokio::time::timeout(Duration::from_millis(500), client.request(subject, "".into()))
+        .await
+        .is_ok_and(|answer| answer.is_ok())
 }
 
 /// A random secret of 48 characters (stream token secrets).

@@ -2,14 +2,17 @@
 //! service as its own process (built binaries next to this one), set up as a least-privilege
 //! deployment: the admin NATS user runs each service's `provision` step and creates a demo
 //! tenant with `download-admin`, then every service runs as its own NATS user with
-//! `NATS_PROVISION=false`. Prints the URLs and the demo tenant's API key; Ctrl-C stops everything.
-//! Started by `deploy/local/up`.
+//! `NATS_PROVISION=false`. Every service exports its spans to an OTLP receiver (rotel) writing
+//! them to `.devstack/spans.jsonl`, read by `deploy/local/trace <jobId>`, and serves Prometheus
+//! metrics. Prints the URLs and the demo tenant's API key; Ctrl-C stops everything. Started by
+//! `deploy/local/up`.
 
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use system_tests::otlp::{OtlpReceiver, dev_stack_dir};
 use system_tests::servers::{NatsPorts, NatsServer, NatsUser, S3Ports, S3Server, port_answers};
 use system_tests::wait::wait_until;
 
@@ -22,6 +25,15 @@ const S3_INTERNAL_BASE: u16 = 19330;
 const API_PORT: u16 = 18080;
 const NOTIFIER_PORT: u16 = 18081;
 const INTAKE_PORT: u16 = 18082;
+/// `METRICS_PORT` of the processor (`/metrics` and `/health`).
+const PROCESSOR_METRICS_PORT: u16 = 18083;
+/// `METRICS_PORT` of the presigner (`/metrics` and `/health`).
+const PRESIGNER_METRICS_PORT: u16 = 18084;
+/// The OTLP/HTTP receiver every service exports its spans to.
+const OTLP_PORT: u16 = 14318;
+/// How often the services export their spans, in milliseconds (`OTEL_BSP_SCHEDULE_DELAY`): soon
+/// enough for `deploy/local/trace` right after a job ends.
+const SPAN_EXPORT_DELAY_MS: &str = "500";
 
 /// Sample files: small ones, and two large enough that bundling them takes visible time.
 const SAMPLES: &[(u64, usize)] = &[
@@ -114,7 +126,16 @@ async fn run() -> anyhow::Result<()> {
     // Ctrl-C or SIGTERM (a supervisor's) stops everything, once the stack is up.
     let stop = common::shutdown::on_signal();
     let s3_ports = S3Ports::fixed(S3_PORT, S3_INTERNAL_BASE);
-    let mut wanted = vec![NATS_PORT, NATS_MONITOR_PORT, API_PORT, NOTIFIER_PORT, INTAKE_PORT];
+    let mut wanted = vec![
+        NATS_PORT,
+        NATS_MONITOR_PORT,
+        API_PORT,
+        NOTIFIER_PORT,
+        INTAKE_PORT,
+        PROCESSOR_METRICS_PORT,
+        PRESIGNER_METRICS_PORT,
+        OTLP_PORT,
+    ];
     wanted.extend(s3_ports.all());
     if let Some(busy) = wanted.iter().find(|port| port_answers(**port)) {
         bail!("port {busy} is already in use (another dev stack running?); stop it and retry");
@@ -130,6 +151,9 @@ async fn run() -> anyhow::Result<()> {
     )
     .await?;
     let s3 = S3Server::start_on(s3_ports, tempfile::tempdir()?).await?;
+    // Started before the services and stopped after them, so it receives what they flush when
+    // they stop.
+    let traces = OtlpReceiver::start_in(OTLP_PORT, &dev_stack_dir()).await?;
     let storage = common::storage::Storage::new(&s3.settings())?;
     println!("seeding {} sample files ...", SAMPLES.len());
     for (file_id, size) in SAMPLES {
@@ -153,6 +177,8 @@ async fn run() -> anyhow::Result<()> {
         ("TRUSTED_PROXIES".to_string(), "127.0.0.1/32".to_string()),
         ("DOWNLOAD_DELAY_MIN_MS".to_string(), "5000".to_string()),
         ("DOWNLOAD_DELAY_MAX_MS".to_string(), "15000".to_string()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), traces.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_string(), SPAN_EXPORT_DELAY_MS.to_string()),
     ]);
     // The intake signs stream tokens, the notifier verifies them: one secret of this run.
     let stream_token_secret = system_tests::stack::random_secret();
@@ -168,6 +194,11 @@ async fn run() -> anyhow::Result<()> {
             INTAKE_PORT
         };
         own.push(("PORT".to_string(), port.to_string()));
+        match service {
+            "processor" => own.push(("METRICS_PORT".to_string(), PROCESSOR_METRICS_PORT.to_string())),
+            "presigner" => own.push(("METRICS_PORT".to_string(), PRESIGNER_METRICS_PORT.to_string())),
+            _ => {}
+        }
         if service == "intake" || service == "notifier" {
             own.push(("STREAM_TOKEN_SECRET".to_string(), stream_token_secret.clone()));
         }
@@ -254,6 +285,18 @@ async fn run() -> anyhow::Result<()> {
         nats.credentials().password(NatsUser::Admin),
         binaries.join("download-admin").display()
     );
+    println!(
+        "  Metrics        intake http://127.0.0.1:{INTAKE_PORT}/metrics, notifier http://127.0.0.1:{NOTIFIER_PORT}/metrics,"
+    );
+    println!(
+        "                 processor http://127.0.0.1:{PROCESSOR_METRICS_PORT}/metrics, presigner http://127.0.0.1:{PRESIGNER_METRICS_PORT}/metrics"
+    );
+    println!(
+        "  Traces         OTLP/HTTP {} writes {}",
+        traces.endpoint(),
+        traces.spans_path().display()
+    );
+    println!("                 a job's waterfall: deploy/local/trace <jobId>");
     println!("  API key (tenant {DEMO_TENANT})  {api_key}");
     println!("  webhook secret (tenant {DEMO_TENANT})  {webhook_secret}");
     println!(
@@ -279,6 +322,7 @@ async fn run() -> anyhow::Result<()> {
     stop.cancelled().await;
     println!("stopping ...");
     services.stop();
+    drop(traces);
     drop(proxy);
     drop(s3);
     drop(nats);

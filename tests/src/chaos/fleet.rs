@@ -12,59 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use crate::servers::{NatsUser, free_port};
+use crate::servers::free_port;
 
-/// Which service a process runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// The HTTP API.
-    Intake,
-    /// The job worker.
-    Processor,
-    /// SSE streams and webhooks.
-    Notifier,
-    /// The presign micro-service.
-    Presigner,
-}
-
-impl Kind {
-    /// Every kind, in start order.
-    pub const ALL: [Kind; 4] = [Kind::Intake, Kind::Processor, Kind::Notifier, Kind::Presigner];
-
-    /// The binary's name.
-    pub fn binary(self) -> &'static str {
-        match self {
-            Kind::Intake => "intake",
-            Kind::Processor => "processor",
-            Kind::Notifier => "notifier",
-            Kind::Presigner => "presigner",
-        }
-    }
-
-    fn listens(self) -> bool {
-        matches!(self, Kind::Intake | Kind::Notifier)
-    }
-
-    /// The NATS user it connects as.
-    pub fn nats_user(self) -> NatsUser {
-        match self {
-            Kind::Intake => NatsUser::Intake,
-            Kind::Processor => NatsUser::Processor,
-            Kind::Notifier => NatsUser::Notifier,
-            Kind::Presigner => NatsUser::Presigner,
-        }
-    }
-}
-
-/// A signal sent with `kill(1)` (the workspace forbids unsafe code, so no libc).
-pub fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .args(["-s", name, &pid.to_string()])
-        .status()
-        .context("running kill")?;
-    anyhow::ensure!(status.success(), "kill -s {name} {pid} failed");
-    Ok(())
-}
+pub use crate::processes::{Kind, signal};
 
 /// A process that exited without being told to.
 #[derive(Debug, Clone)]
