@@ -18,6 +18,7 @@ mod presigner;
 mod proxy;
 mod shutdown;
 mod takeover;
+mod telemetry;
 mod webhooks;
 
 use std::sync::Once;

@@ -32,7 +32,7 @@ pub enum StorageError {
 impl StorageError {
     /// Classifies a client error: missing objects are `NotFound`, everything else is transient.
     pub fn from_minio(error: minio::s3::error::Error) -> Self {
-        use minio::s3::error::{Error, S3ServerError};
+        use minio::s3::error::{Error, S3ServerError, ValidationErr};
         match &error {
             Error::S3Server(S3ServerError::S3Error(response))
                 if matches!(
@@ -43,6 +43,11 @@ impl StorageError {
                 StorageError::NotFound
             }
             Error::S3Server(S3ServerError::HttpError(404, _)) => StorageError::NotFound,
+            // The client reports a refused connection or a broken transfer as a validation
+            // error: storage could not be reached, which is worth retrying, not a bad setting.
+            Error::Validation(ValidationErr::HttpError(_) | ValidationErr::IOError(_)) => {
+                StorageError::Unavailable(error)
+            }
             Error::Validation(_) => StorageError::Config(error),
             _ => StorageError::Unavailable(error),
         }

@@ -228,6 +228,7 @@ fn install(
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
+        .with_target(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
         .with_filter(traced);

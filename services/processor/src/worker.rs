@@ -304,7 +304,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
                     .await;
                     if matches!(requeued, Some(AckKind::Ack)) {
                         crate::metrics::retried("transient");
-                        tracing::Span::current().record("outcome", "retry");
+                        failed_span("retry", code);
                         Some(AckKind::Nak(Some(retry_in)))
                     } else {
                         requeued

@@ -1,3 +1,6 @@
+//! Integer attributes are recorded as `i64`: `tracing-opentelemetry` turns other integers into
+//! strings.
+//!
 //! Spans named and attributed after the OpenTelemetry semantic conventions (HTTP server and
 //! client, messaging with `messaging.system = nats`, S3 calls as AWS SDK client spans). Span
 //! names are low-cardinality (`POST /v1/download/{jobId}/cancel`, `publish downloads.events`);
@@ -32,7 +35,7 @@ pub fn http_client(method: &str, url: &url::Url) -> Span {
         otel.status_code = Empty,
         http.request.method = %method,
         server.address = %url.host_str().unwrap_or_default(),
-        server.port = url.port_or_known_default().unwrap_or_default(),
+        server.port = i64::from(url.port_or_known_default().unwrap_or_default()),
         url.full = %format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or_default(), url.path()),
         http.response.status_code = Empty,
         http.request.resend_count = Empty,
@@ -43,7 +46,7 @@ pub fn http_client(method: &str, url: &url::Url) -> Span {
 /// Records an HTTP response's status on a server or client span (errors: 5xx on servers, any
 /// 4xx/5xx on clients, as the conventions say).
 pub fn http_status(span: &Span, status: u16, client: bool) {
-    span.record("http.response.status_code", status);
+    span.record("http.response.status_code", i64::from(status));
     if status >= 500 || (client && status >= 400) {
         span.record("otel.status_code", "ERROR");
         if client {
@@ -82,9 +85,9 @@ pub fn process(destination: &'static str, subject: &str, consumer: &str, deliver
         messaging.destination.name = %subject,
         messaging.destination.template = destination,
         messaging.consumer.group.name = %consumer,
-        messaging.message.delivery_count = delivered,
+        messaging.message.delivery_count = delivered as i64,
         job_id = Empty,
-        attempt = delivered,
+        attempt = delivered as i64,
         outcome = Empty,
     )
 }
@@ -101,7 +104,7 @@ pub fn sse_delivery(job_id: &str, seq: u64) -> Span {
         messaging.operation.name = "send",
         messaging.system = "sse",
         messaging.destination.name = "text/event-stream",
-        messaging.message.id = seq,
+        messaging.message.id = seq as i64,
         job_id = %job_id,
     )
 }

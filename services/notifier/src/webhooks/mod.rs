@@ -355,7 +355,7 @@ impl Deliverer {
             Err(error) => return Attempt::Refused(error.to_string()),
         };
         let span = telemetry::span::http_client("POST", &parsed);
-        span.record("http.request.resend_count", attempt_number.saturating_sub(1));
+        span.record("http.request.resend_count", i64::from(attempt_number.saturating_sub(1)));
         let started = std::time::Instant::now();
         let attempt = self
             .send(parsed, webhook_id, timestamp, signature, body)

@@ -1,0 +1,495 @@
+//! What an operator sees of a job: every service as its own process (its own tracer, its own
+//! metrics) exporting spans over OTLP to a real receiver (rotel) with `RUST_LOG=warn`, behind the
+//! production nginx front; one job with a callback and an open stream, one job retried after a
+//! storage outage. Then each service's `/metrics`, as Prometheus and `promtool` read it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use system_tests::otlp::{OtlpReceiver, SpanKind, SpanRecord, SpanStatus, waterfall};
+use system_tests::processes::{Kind, ServiceFleet};
+use system_tests::receiver::Receiver;
+use system_tests::servers::NginxServer;
+use system_tests::sse::SseReader;
+use system_tests::stack::Stack;
+use system_tests::wait::wait_for;
+
+use crate::init_logs;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+/// The caller's trace and span: the job's trace must continue them.
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const RETRIED_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
+
+/// The spans of one trace, with lookups by name.
+struct Trace<'a> {
+    spans: Vec<&'a SpanRecord>,
+}
+
+impl<'a> Trace<'a> {
+    fn of(spans: &'a [SpanRecord], trace_id: &str) -> Self {
+        Trace {
+            spans: spans.iter().filter(|span| span.trace_id == trace_id).collect(),
+        }
+    }
+
+    fn named(&self, name: &str) -> Vec<&'a SpanRecord> {
+        self.spans.iter().copied().filter(|span| span.name == name).collect()
+    }
+
+    /// The one span named `name` of `service` with `kind`; fails with the waterfall otherwise.
+    fn only(&self, name: &str, service: &str, kind: SpanKind) -> &'a SpanRecord {
+        let found: Vec<_> = self
+            .named(name)
+            .into_iter()
+            .filter(|span| span.service == service && span.kind == kind)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one {kind:?} span {name:?} of {service} expected:\n{}",
+            self.waterfall()
+        );
+        found[0]
+    }
+
+    fn by_id(&self, span_id: &str) -> Option<&'a SpanRecord> {
+        self.spans.iter().copied().find(|span| span.span_id == span_id)
+    }
+
+    fn parent_of(&self, span: &SpanRecord) -> Option<&'a SpanRecord> {
+        span.parent_span_id.as_deref().and_then(|parent| self.by_id(parent))
+    }
+
+    fn waterfall(&self) -> String {
+        waterfall(&self.spans.iter().map(|span| (*span).clone()).collect::<Vec<_>>())
+    }
+}
+
+fn text(span: &SpanRecord, key: &str) -> String {
+    span.attribute_str(key).unwrap_or_default().to_string()
+}
+
+fn number(span: &SpanRecord, key: &str) -> i64 {
+    span.attribute_i64(key).unwrap_or(-1)
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in Prometheus text.
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.rsplit_once(' ').filter(|(name, _)| *name == series))
+        .and_then(|(_, value)| value.parse().ok())
+}
+
+/// The metric families an exposition declares, with their types.
+fn families(exposition: &str) -> HashMap<String, String> {
+    exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|declaration| declaration.split_once(' '))
+        .map(|(name, kind)| (name.to_string(), kind.to_string()))
+        .collect()
+}
+
+/// `promtool check metrics` on an exposition: parses it and lints names, help and units.
+fn promtool_check_metrics(service: &str, exposition: &str) {
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            panic!("promtool is missing: run deploy/local/install (Debian's prometheus package)")
+        }
+        Err(error) => panic!("cannot run promtool: {error}"),
+    };
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics refuses the {service}'s /metrics ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Polls a job's status until `wanted` holds.
+async fn status_until(
+    http: &reqwest::Client,
+    bearer: &str,
+    url: &str,
+    wanted: fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for("a job's status", PATIENCE, || async move {
+        let status: serde_json::Value = http
+            .get(url)
+            .header("Authorization", bearer)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        wanted(&status).then_some(status)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_metrics() {
+    init_logs();
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let mut stack = Stack::servers_only(&[
+        ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"),
+        ("WEBHOOK_INITIAL_DELAY_MS", "200"),
+        ("WEBHOOK_TIMEOUT_MS", "2000"),
+        ("JOB_MAX_ATTEMPTS", "10"),
+        ("JOB_RETRY_INITIAL_DELAY_MS", "300"),
+        ("JOB_RETRY_MAX_DELAY_MS", "1000"),
+        ("S3_REQUEST_TIMEOUT_MS", "1000"),
+    ])
+    .await
+    .unwrap();
+    let content = stack.put_file(95_000, 4096).await.unwrap();
+    stack.put_file(95_001, 1024).await.unwrap();
+    // Logs at warn only: what is traced must not depend on the log filter.
+    let fleet = ServiceFleet::builder(&stack)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("RUST_LOG", "warn")
+        .start()
+        .await
+        .unwrap();
+    let proxy = NginxServer::start(0, fleet.intake_address(), fleet.notifier_address(), "10s", "1h")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let bearer = stack.bearer("traced").await.unwrap();
+    let mut webhooks = Receiver::start(0, &[200]).await.unwrap();
+
+    // A job with a callback, followed on its stream, both through nginx.
+    let initiated = http
+        .post(format!("{}/v1/download/initiate", proxy.base_url()))
+        .header("Authorization", &bearer)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .json(&serde_json::json!({ "file_ids": [95_000], "callbackUrl": webhooks.url() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(initiated.status(), 202);
+    let accepted: serde_json::Value = initiated.json().await.unwrap();
+    let job_id = accepted["jobId"].as_str().unwrap().to_string();
+    let stream = http
+        .get(format!(
+            "{}{}",
+            proxy.base_url(),
+            accepted["streamUrl"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut reader = SseReader::new(stream);
+    let mut heartbeats = 0;
+    let completed = loop {
+        let (_, kind, data) = reader
+            .next_event(PATIENCE, &mut heartbeats)
+            .await
+            .unwrap()
+            .expect("the stream lasts until the job ends");
+        if kind.as_deref() == Some("completed") {
+            break data;
+        }
+    };
+    let url = completed["downloadUrl"]
+        .as_str()
+        .expect("a completed event carries its URL");
+    assert_eq!(
+        reqwest::get(url).await.unwrap().bytes().await.unwrap().to_vec(),
+        content
+    );
+    let delivery = tokio::time::timeout(PATIENCE, webhooks.deliveries.recv())
+        .await
+        .expect("the webhook arrives")
+        .unwrap();
+    assert_eq!(delivery.json()["type"], "download.completed");
+    // A status read: a short trace of its own, linked to the job's.
+    let status = http
+        .get(format!("{}/v1/download/status/{job_id}", proxy.base_url()))
+        .header("Authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+
+    // A job retried after a storage outage: two attempts in its trace.
+    stack.s3.stop();
+    let initiated = http
+        .post(format!("{}/v1/download/initiate", proxy.base_url()))
+        .header("Authorization", &bearer)
+        .header("traceparent", format!("00-{RETRIED_TRACE}-{CALLER_SPAN}-01"))
+        .json(&serde_json::json!({ "file_ids": [95_001] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(initiated.status(), 202);
+    let retried_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status_url = format!("{}/v1/download/status/{retried_id}", proxy.base_url());
+    // The first attempt failed (storage is down) and the job waits for its retry.
+    status_until(&http, &bearer, &status_url, |status| {
+        status["status"] == "queued" && !status["error"].is_null()
+    })
+    .await;
+    stack.s3.restart().await.unwrap();
+    let finished = status_until(&http, &bearer, &status_url, |status| {
+        status["status"] == "completed" || status["status"] == "failed"
+    })
+    .await;
+    assert_eq!(finished["status"], "completed", "{finished}");
+
+    // Metrics, while the services run: each as promtool and Prometheus read it.
+    let mut expositions = HashMap::new();
+    for kind in [Kind::Intake, Kind::Processor, Kind::Presigner, Kind::Notifier] {
+        let response = http.get(fleet.metrics_url(kind)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{kind:?} /metrics");
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        let exposition = response.text().await.unwrap();
+        promtool_check_metrics(kind.binary(), &exposition);
+        expositions.insert(kind, exposition);
+    }
+    let health = http.get(fleet.health_url(Kind::Processor)).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the processor's /health on its metrics port");
+    let public = http.get(format!("{}/metrics", proxy.base_url())).send().await.unwrap();
+    assert_eq!(public.status(), 404, "nginx keeps /metrics from the public");
+
+    // Every documented metric is exported, with its documented type.
+    let mut exported = HashMap::new();
+    for exposition in expositions.values() {
+        exported.extend(families(exposition));
+    }
+    for (name, kind) in crate::observability::documented_metrics() {
+        assert_eq!(
+            exported.get(&name),
+            Some(&kind),
+            "{name} is documented as a {kind} in observability/README.md; exported: {exported:?}"
+        );
+    }
+    let (intake, processor, presigner, notifier) = (
+        &expositions[&Kind::Intake],
+        &expositions[&Kind::Processor],
+        &expositions[&Kind::Presigner],
+        &expositions[&Kind::Notifier],
+    );
+    assert_eq!(
+        sample(intake, r#"download_jobs_accepted_total{api="v1"}"#),
+        Some(2.0),
+        "{intake}"
+    );
+    assert!(
+        sample(
+            intake,
+            r#"download_http_requests_total{route="/v1/download/status/{jobId}",method="GET",status="200"}"#
+        )
+        .is_some_and(|count| count >= 2.0),
+        "requests are counted by route template: {intake}"
+    );
+    assert!(!intake.contains(&job_id), "no job id in a label");
+    assert_eq!(
+        sample(
+            processor,
+            r#"download_jobs_finished_total{status="completed",error_code="none"}"#
+        ),
+        Some(2.0),
+        "{processor}"
+    );
+    assert!(
+        sample(processor, r#"download_job_retries_total{reason="transient"}"#).is_some_and(|count| count >= 1.0),
+        "{processor}"
+    );
+    assert!(sample(processor, "download_job_attempts_total").is_some_and(|count| count >= 3.0));
+    assert_eq!(sample(processor, "download_processor_slots_busy"), Some(0.0));
+    assert_eq!(sample(processor, "download_job_queue_wait_seconds_count"), Some(2.0));
+    assert!(sample(presigner, r#"download_presign_requests_total{outcome="ok"}"#).is_some_and(|count| count >= 1.0));
+    assert!(
+        sample(notifier, r#"download_webhook_attempts_total{outcome="delivered"}"#).is_some_and(|count| count >= 1.0)
+    );
+    assert!(sample(notifier, "download_sse_events_sent_total").is_some_and(|count| count >= 2.0));
+    drop(reader);
+
+    // SIGTERM: every service flushes its spans on the way out.
+    fleet.stop().await.unwrap();
+    let spans = receiver
+        .wait_for("both jobs' spans", PATIENCE, |spans| {
+            let names = |trace: &str| -> BTreeSet<&str> {
+                spans
+                    .iter()
+                    .filter(|span| span.trace_id == trace)
+                    .map(|span| span.name.as_str())
+                    .collect()
+            };
+            let attempts = spans
+                .iter()
+                .filter(|span| span.trace_id == RETRIED_TRACE && span.name == "process downloads.jobs")
+                .count();
+            names(CALLER_TRACE).contains("POST")
+                && names(CALLER_TRACE).contains("process downloads.presign.url")
+                && attempts >= 2
+        })
+        .await
+        .unwrap();
+
+    // The job's trace: one tree under the caller's span, across every service.
+    let job = Trace::of(&spans, CALLER_TRACE);
+    let services: BTreeSet<&str> = job.spans.iter().map(|span| span.service.as_str()).collect();
+    assert_eq!(
+        services,
+        BTreeSet::from(["intake", "notifier", "presigner", "processor"]),
+        "{}",
+        job.waterfall()
+    );
+    let roots: Vec<_> = job.spans.iter().filter(|span| job.parent_of(span).is_none()).collect();
+    assert_eq!(roots.len(), 1, "one root, no orphans:\n{}", job.waterfall());
+    let initiate = roots[0];
+    assert_eq!(
+        initiate.parent_span_id.as_deref(),
+        Some(CALLER_SPAN),
+        "the caller's span is the parent"
+    );
+    assert_eq!(initiate.name, "POST /v1/download/initiate");
+    assert_eq!((initiate.kind, initiate.service.as_str()), (SpanKind::Server, "intake"));
+    assert_eq!(text(initiate, "http.route"), "/v1/download/initiate");
+    assert_eq!(text(initiate, "http.request.method"), "POST");
+    assert_eq!(
+        number(initiate, "http.response.status_code"),
+        202,
+        "{:?}",
+        initiate.attributes
+    );
+    assert_eq!(text(initiate, "job_id"), job_id);
+    for span in &job.spans {
+        assert_ne!(span.status, SpanStatus::Error, "nothing failed:\n{}", job.waterfall());
+        assert_eq!(span.resource["service.version"], env!("CARGO_PKG_VERSION"));
+        assert!(span.resource.contains_key("service.instance.id"));
+    }
+
+    let publish = job.only("publish downloads.jobs", "intake", SpanKind::Producer);
+    assert_eq!(text(publish, "messaging.system"), "nats");
+    assert_eq!(
+        text(publish, "messaging.destination.name"),
+        common::names::JOB_SUBMITTED_SUBJECT
+    );
+    let attempt = job.only("process downloads.jobs", "processor", SpanKind::Consumer);
+    assert_eq!(attempt.parent_span_id.as_deref(), Some(publish.span_id.as_str()));
+    assert_eq!(text(attempt, "messaging.system"), "nats");
+    assert_eq!(
+        text(attempt, "messaging.consumer.group.name"),
+        common::names::PROCESSOR_CONSUMER
+    );
+    assert_eq!(
+        (number(attempt, "attempt"), text(attempt, "outcome")),
+        (1, "completed".into())
+    );
+    let head = job.only("S3.HeadObject", "processor", SpanKind::Client);
+    assert_eq!(head.parent_span_id.as_deref(), Some(attempt.span_id.as_str()));
+    assert_eq!(text(head, "rpc.system"), "aws-api");
+    assert_eq!(text(head, "aws.s3.key"), common::names::source_key(95_000));
+    let events = job.named("publish downloads.events");
+    assert!(
+        events.len() >= 2
+            && events
+                .iter()
+                .all(|span| span.kind == SpanKind::Producer && text(span, "messaging.system") == "nats"),
+        "every event is a producer span:\n{}",
+        job.waterfall()
+    );
+    // Each event the stream sent is a delivery span; live ones are children of their publish.
+    let deliveries = job.named("send sse");
+    assert!(
+        deliveries
+            .iter()
+            .all(|span| span.service == "notifier" && span.kind == SpanKind::Producer)
+            && deliveries.iter().any(|span| job
+                .parent_of(span)
+                .is_some_and(|parent| parent.name == "publish downloads.events")),
+        "stream deliveries under the events they send:\n{}",
+        job.waterfall()
+    );
+    // The completed event's URL, presigned for the stream and for the webhook.
+    let presigns = job.named("process downloads.presign.url");
+    assert!(!presigns.is_empty());
+    for served in presigns {
+        assert_eq!((served.service.as_str(), served.kind), ("presigner", SpanKind::Server));
+        let asked = job.parent_of(served).unwrap();
+        assert_eq!(
+            (asked.name.as_str(), asked.service.as_str(), asked.kind),
+            ("send downloads.presign.url", "notifier", SpanKind::Client)
+        );
+    }
+    // The webhook: a consumer span per attempt, its POST a client span whose context the
+    // receiver got.
+    let post = job.only("POST", "notifier", SpanKind::Client);
+    assert_eq!(number(post, "http.response.status_code"), 200);
+    assert_eq!(job.parent_of(post).unwrap().name, "process downloads.events");
+    assert_eq!(
+        delivery.traceparent,
+        format!("00-{CALLER_TRACE}-{}-01", post.span_id),
+        "the receiver continues the webhook's span"
+    );
+
+    // The status read: its own trace, linked to the job's.
+    let read = spans
+        .iter()
+        .find(|span| span.name == "GET /v1/download/status/{jobId}" && text(span, "job_id") == job_id)
+        .expect("the status read is traced");
+    assert_ne!(read.trace_id, CALLER_TRACE);
+    assert!(
+        read.links.iter().any(|link| link.trace_id == CALLER_TRACE),
+        "the status read links to the job's trace: {:?}",
+        read.links
+    );
+
+    // The retried job: every attempt a child of the one publish, each but the last failed and
+    // retried, the last completed (storage came back).
+    let retried = Trace::of(&spans, RETRIED_TRACE);
+    let mut attempts = retried.named("process downloads.jobs");
+    attempts.sort_by_key(|span| number(span, "attempt"));
+    assert!(attempts.len() >= 2, "{}", retried.waterfall());
+    let (last, failed) = attempts.split_last().unwrap();
+    for (index, attempt) in attempts.iter().enumerate() {
+        assert_eq!(number(attempt, "attempt"), index as i64 + 1, "{}", retried.waterfall());
+        assert_eq!(attempt.parent_span_id, attempts[0].parent_span_id);
+    }
+    for attempt in failed {
+        assert_eq!(
+            (
+                text(attempt, "outcome"),
+                attempt.status,
+                attempt.status_message.as_str()
+            ),
+            ("retry".to_string(), SpanStatus::Error, "STORAGE_UNAVAILABLE"),
+            "{}",
+            retried.waterfall()
+        );
+    }
+    assert_eq!(text(last, "outcome"), "completed", "{}", retried.waterfall());
+    let roots = retried
+        .spans
+        .iter()
+        .filter(|span| retried.parent_of(span).is_none())
+        .count();
+    assert_eq!(roots, 1, "one tree:\n{}", retried.waterfall());
+}
