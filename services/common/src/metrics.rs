@@ -211,6 +211,43 @@ pub fn route_of(path: &str, templates: &[&'static str]) -> &'static str {
         .unwrap_or("other")
 }
 
+/// Serves a request in an HTTP server span (a trace of its own, or the caller's `traceparent`)
+/// and counts it by route template and status; `on_error` answers an endpoint's error. Health
+/// checks and scrapes are counted, not traced: they would bury the jobs' traces.
+pub async fn observe_http<E: poem::Endpoint>(
+    inner: &E,
+    request: poem::Request,
+    routes: &[&'static str],
+    request_id: &str,
+    on_error: fn(poem::Error) -> poem::Response,
+) -> poem::Response {
+    use poem::IntoResponse;
+    use tracing::Instrument;
+    let route = route_of(request.uri().path(), routes);
+    let span = if matches!(route, "/health" | "/metrics") {
+        tracing::Span::none()
+    } else {
+        let span =
+            crate::telemetry::span::http_server(request.method().as_str(), route, request.uri().path(), request_id);
+        let traceparent = request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok());
+        crate::telemetry::set_parent_from_traceparent(&span, traceparent);
+        span
+    };
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = match inner.call(request).instrument(span.clone()).await {
+        Ok(response) => response.into_response(),
+        Err(error) => on_error(error),
+    };
+    let status = response.status().as_u16();
+    crate::telemetry::span::http_status(&span, status, false);
+    HTTP.observe(route, &method, status, started.elapsed());
+    response
+}
+
 /// Process-wide metrics every service has.
 pub struct ProcessMetrics {
     /// `download_nats_reconnects_total`.
@@ -288,11 +325,12 @@ pub fn encode() -> String {
     text
 }
 
-/// RSS from `/proc/self/statm` (Linux), in bytes.
+/// RSS from `/proc/self/status` (`VmRSS`, Linux), in bytes.
 fn resident_memory_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The `/metrics` endpoint.

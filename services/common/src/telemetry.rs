@@ -46,6 +46,11 @@ pub struct TraceSettings {
     pub service_name: String,
     /// `OTEL_RESOURCE_ATTRIBUTES` (`key=value,...`, values percent-encoded), minus `service.name`.
     pub resource_attributes: Vec<(String, String)>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` / `OTEL_EXPORTER_OTLP_TIMEOUT` in ms (default 10000).
+    pub export_timeout: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`: spans buffered for export (default 1024, half the SDK's: the
+    /// queue is allocated whole at start; under load a batch leaves every 512 spans anyway).
+    pub queue_size: usize,
 }
 
 impl TraceSettings {
@@ -103,7 +108,22 @@ impl TraceSettings {
             .map(|name| name.trim().to_string())
             .or(named)
             .unwrap_or_else(|| service.to_string());
+        let timeout_key = if env.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+        } else {
+            "OTEL_EXPORTER_OTLP_TIMEOUT"
+        };
+        let export_timeout = env.millis(timeout_key, 10_000)?;
+        env.require(!export_timeout.is_zero(), timeout_key, "must be at least 1 ms")?;
+        let queue_size: usize = env.parse("OTEL_BSP_MAX_QUEUE_SIZE", 1024)?;
+        env.require(
+            (512..=1_000_000).contains(&queue_size),
+            "OTEL_BSP_MAX_QUEUE_SIZE",
+            "between 512 (a batch) and 1000000",
+        )?;
         Ok(TraceSettings {
+            export_timeout,
+            queue_size,
             endpoint: endpoint.filter(|_| !disabled && exporter == "otlp"),
             sampler: sampler(env)?,
             service_name,
@@ -159,26 +179,34 @@ fn sampler(env: &Env) -> Result<Sampler, ConfigError> {
 }
 
 /// The installed tracer provider. [`Telemetry::shutdown`] flushes what is buffered; call it
-/// when the service stops, outside the async runtime (the export blocks).
+/// when the service stops, outside the async runtime (the export blocks). Dropping it flushes
+/// too, so a panic unwinding out of `main` still exports the spans that explain it.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
-    exporting: bool,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
     /// Whether spans leave the process.
     pub fn exporting(&self) -> bool {
-        self.exporting
+        self.provider.is_some()
     }
 
     /// Exports what is buffered and stops the exporter (bounded by a few seconds).
-    pub fn shutdown(self) {
-        if !self.exporting {
-            return;
-        }
-        if let Err(error) = self.provider.shutdown_with_timeout(Duration::from_secs(5)) {
+    pub fn shutdown(mut self) {
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let Some(provider) = self.provider.take() else { return };
+        if let Err(error) = provider.shutdown_with_timeout(Duration::from_secs(5)) {
             eprintln!("traces not flushed at shutdown: {error}");
         }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -207,17 +235,29 @@ fn install(
         .with_sampler(settings.sampler.clone())
         .with_resource(resource);
     if let Some(endpoint) = &settings.endpoint {
-        use opentelemetry_otlp::WithExportConfig;
+        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+        let client = reqwest::blocking::Client::builder()
+            .timeout(settings.export_timeout)
+            // Only the collector's own (at most one) connection is kept.
+            .pool_max_idle_per_host(1)
+            .build()
+            .map_err(|error| anyhow::anyhow!("OTLP HTTP client: {error}"))?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(OtlpClient(client))
             .with_endpoint(endpoint.clone())
             .build()
             .map_err(|error| anyhow::anyhow!("OTLP span exporter for {endpoint}: {error}"))?;
-        builder = builder.with_batch_exporter(exporter);
+        let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+            .with_max_queue_size(settings.queue_size)
+            .build();
+        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+            .with_batch_config(batch)
+            .build();
+        builder = builder.with_span_processor(processor);
     }
     let provider = builder.build();
     let tracer = provider.tracer(service);
-    let exporting = settings.endpoint.is_some();
 
     // What is traced does not depend on RUST_LOG: the workspace's spans, and its events from
     // info (recorded on their span), whatever the log filter. A static filter: decided once
@@ -253,16 +293,15 @@ fn install(
     };
     if result.is_err() {
         // Another subscriber is installed (a test process running several services): keep it.
-        return Ok(Telemetry {
-            provider,
-            exporting: false,
-        });
+        return Ok(Telemetry { provider: None });
     }
     opentelemetry::global::set_tracer_provider(provider.clone());
     if let Some(endpoint) = &settings.endpoint {
         tracing::info!(service = %settings.service_name, endpoint = %crate::config::shown_value("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), "exporting traces over OTLP/HTTP");
     }
-    Ok(Telemetry { provider, exporting })
+    Ok(Telemetry {
+        provider: settings.endpoint.is_some().then_some(provider),
+    })
 }
 
 fn resource(settings: &TraceSettings) -> Resource {
@@ -284,6 +323,33 @@ fn resource(settings: &TraceSettings) -> Resource {
         attributes.push(KeyValue::new(key.clone(), Value::from(value.clone())));
     }
     Resource::builder_empty().with_attributes(attributes).build()
+}
+
+/// The OTLP exporter's HTTP client: our reqwest's blocking client, called from the batch span
+/// processor's own thread (the exporter waits for each export there, so blocking is right).
+#[derive(Debug)]
+struct OtlpClient(reqwest::blocking::Client);
+
+/// The most of a collector's answer that is read (it is a few bytes of status).
+const MAX_EXPORT_RESPONSE: u64 = 64 * 1024;
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OtlpClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        use std::io::Read;
+        let request = reqwest::blocking::Request::try_from(request.map(|body| body.to_vec()))?;
+        let mut response = self.0.execute(request)?;
+        let mut answer = http::Response::builder().status(response.status());
+        if let Some(headers) = answer.headers_mut() {
+            headers.extend(response.headers().clone());
+        }
+        let mut body = Vec::new();
+        (&mut response).take(MAX_EXPORT_RESPONSE).read_to_end(&mut body)?;
+        Ok(answer.body(bytes::Bytes::from(body))?)
+    }
 }
 
 struct NatsHeaderInjector<'a>(&'a mut async_nats::HeaderMap);

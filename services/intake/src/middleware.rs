@@ -4,10 +4,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{ErrorCode, telemetry};
+use common::ErrorCode;
 use poem::http::HeaderValue;
 use poem::{Endpoint, IntoResponse, Request, Response};
-use tracing::Instrument;
 
 use crate::State;
 use crate::problem::{Problem, into_problem};
@@ -52,23 +51,8 @@ const ROUTES: &[&str] = &[
 pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
     let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(request_id.clone()));
-    let route = common::metrics::route_of(request.uri().path(), ROUTES);
-    let span = telemetry::span::http_server(request.method().as_str(), route, request.uri().path(), &request_id);
-    let traceparent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok());
-    telemetry::set_parent_from_traceparent(&span, traceparent);
-    let method = request.method().clone();
-    let started = Instant::now();
-    let mut response = match endpoint.call(request).instrument(span.clone()).await {
-        Ok(response) => response.into_response(),
-        Err(error) => into_problem(error),
-    };
-    let status = response.status().as_u16();
-    telemetry::span::http_status(&span, status, false);
-    common::metrics::HTTP.observe(route, &method, status, started.elapsed());
-    tracing::debug!(parent: &span, elapsed_us = started.elapsed().as_micros() as u64, "request served");
+    let mut response =
+        common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, &request_id, into_problem).await;
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID_HEADER, value);

@@ -146,30 +146,16 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
 /// The notifier's route templates, for span names and metric labels.
 const ROUTES: &[&str] = &["/health", "/metrics", "/v1/download/{jobId}/stream"];
 
-/// Each request in an HTTP server span (its own trace, or the caller's `traceparent`), counted
-/// by route template and status; for a stream, until its response head.
+/// Each request in an HTTP server span, counted by route template and status; for a stream,
+/// until its response head.
 async fn observe<E: poem::Endpoint>(endpoint: Arc<E>, request: poem::Request) -> poem::Result<poem::Response> {
-    use poem::IntoResponse;
-    use tracing::Instrument;
-    let route = common::metrics::route_of(request.uri().path(), ROUTES);
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span =
-        common::telemetry::span::http_server(request.method().as_str(), route, request.uri().path(), &request_id);
-    let traceparent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok());
-    common::telemetry::set_parent_from_traceparent(&span, traceparent);
-    let method = request.method().clone();
-    let started = std::time::Instant::now();
-    let response = match endpoint.call(request).instrument(span.clone()).await {
-        Ok(response) => response.into_response(),
-        Err(error) => error.into_response(),
-    };
-    let status = response.status().as_u16();
-    common::telemetry::span::http_status(&span, status, false);
-    common::metrics::HTTP.observe(route, &method, status, started.elapsed());
-    Ok(response)
+    Ok(
+        common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, &request_id, |error| {
+            error.into_response()
+        })
+        .await,
+    )
 }
 
 /// A built notifier: connected, following events, bound to its port.

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 /// Labels of `download_webhook_attempts_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `delivered` (2xx), `rejected` (another answer), `failed` (no answer, refused target).
+    /// `delivered` (2xx), `rejected` (another answer), `failed` (no answer), `refused` (no
+    /// request sent: invalid or forbidden URL, no signing secret).
     pub outcome: &'static str,
 }
 
@@ -36,7 +37,7 @@ static METRICS: LazyLock<NotifierMetrics> = LazyLock::new(|| {
         "Webhook POSTs, by outcome",
         Family::<OutcomeLabel, Counter>::default(),
     );
-    for outcome in ["delivered", "rejected", "failed"] {
+    for outcome in ["delivered", "rejected", "failed", "refused"] {
         let _ = webhook_attempts.get_or_create(&OutcomeLabel { outcome });
     }
     NotifierMetrics {
@@ -104,10 +105,12 @@ pub fn slow_client_cut() {
     METRICS.slow_clients_cut.inc();
 }
 
-/// Counts a webhook attempt.
-pub fn webhook_attempt(outcome: &'static str, took: Duration) {
+/// Counts a webhook attempt, and its POST's duration when one was sent.
+pub fn webhook_attempt(outcome: &'static str, took: Option<Duration>) {
     METRICS.webhook_attempts.get_or_create(&OutcomeLabel { outcome }).inc();
-    METRICS.webhook_duration.observe(took.as_secs_f64());
+    if let Some(took) = took {
+        METRICS.webhook_duration.observe(took.as_secs_f64());
+    }
 }
 
 /// Counts a dead letter.

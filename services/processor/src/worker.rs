@@ -75,10 +75,8 @@ async fn handle(context: &Context, message: jetstream::Message) {
         decision = process(context, job.job_id(), delivered).instrument(span.clone()) => decision,
         never = common::consume::keep_lease(&message, context.settings.progress_interval) => match never {},
     };
+    // Outcomes are recorded where they are decided; these two have no other place.
     match &decision {
-        Some(AckKind::Nak(Some(_))) => {
-            span.record("outcome", "retry");
-        }
         Some(AckKind::Term) => {
             span.record("outcome", "terminated");
         }
@@ -95,8 +93,15 @@ async fn handle(context: &Context, message: jetstream::Message) {
 /// A short wait before a delivery that could not be handled comes back, jittered so deliveries
 /// that failed together do not return together.
 fn soon() -> Duration {
-    crate::metrics::retried("unavailable");
     Duration::from_millis(rand::random_range(2_000..5_000))
+}
+
+/// [`soon`], for a delivery NATS or the job store could not serve: counted as a retry
+/// (`reason="unavailable"`) and so noted on the attempt's span.
+fn unavailable() -> Duration {
+    crate::metrics::retried("unavailable");
+    tracing::Span::current().record("outcome", "unavailable");
+    soon()
 }
 
 async fn acknowledge(message: &jetstream::Message, kind: AckKind) {
@@ -166,6 +171,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             // Its terminal event may be missing if the writer died after the record: publish it
             // again before the message goes.
             tracing::info!(status = record.status.as_str(), "job already finished, acknowledging");
+            tracing::Span::current().record("outcome", "already_finished");
             return publish_then_ack(context, &record).await;
         }
         Err(StoreError::Missing(_)) if job_id.created_within(RECORD_GRACE) => {
@@ -173,6 +179,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             // lag: a young job's record may still come. Without one, the job was refused (its
             // record could not be stored) and its message is dropped once the job is older.
             tracing::warn!("job record not found yet, retrying soon");
+            tracing::Span::current().record("outcome", "record_pending");
             return Some(AckKind::Nak(Some(soon())));
         }
         Err(StoreError::Missing(_)) => {
@@ -185,7 +192,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         }
         Err(error) => {
             tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "cannot claim job, retrying soon");
-            return Some(AckKind::Nak(Some(soon())));
+            return Some(AckKind::Nak(Some(unavailable())));
         }
     };
     tracing::info!(
@@ -413,7 +420,7 @@ async fn finish(
         }
         Err(error) => {
             tracing::warn!(error = %error, cause = ?std::error::Error::source(&error), "outcome not recorded, job will be redelivered");
-            Some(AckKind::Nak(Some(soon())))
+            Some(AckKind::Nak(Some(unavailable())))
         }
     }
 }
@@ -426,7 +433,7 @@ async fn ended_meanwhile(context: &Context, job_id: JobId) -> Option<AckKind> {
         Ok(None) => Some(AckKind::Ack),
         Err(error) => {
             tracing::warn!(error = %error, "ended job not re-read, retrying soon");
-            Some(AckKind::Nak(Some(soon())))
+            Some(AckKind::Nak(Some(unavailable())))
         }
     }
 }
@@ -438,7 +445,7 @@ async fn publish_then_ack(context: &Context, record: &common::JobRecord) -> Opti
         Ok(()) => Some(AckKind::Ack),
         Err(error) => {
             tracing::warn!(error = %error, "event of an ended job not re-published, retrying soon");
-            Some(AckKind::Nak(Some(soon())))
+            Some(AckKind::Nak(Some(unavailable())))
         }
     }
 }

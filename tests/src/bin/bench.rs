@@ -2,8 +2,11 @@
 //!
 //! ```sh
 //! cargo build --release -p intake -p processor -p presigner -p system-tests --bins
-//! target/release/bench [seconds=10] [connections=64] [processors=1] [auth=key|gateway]
+//! target/release/bench [seconds=10] [connections=64] [processors=1] [auth=key|gateway] [trace=off|on]
 //! ```
+//!
+//! `trace=on` exports every span (sampling 100 %) over OTLP/HTTP to a receiver that drops them
+//! (rotel without a trace processor), so the figures show what tracing everything costs.
 //!
 //! `auth=gateway` runs the intake with `AUTH_MODE=gateway` (the tenant in a header, no key
 //! check), the baseline that shows what checking API keys costs.
@@ -11,7 +14,7 @@
 //! With `processors=0` only the intake runs, so initiate is measured without the processor,
 //! SeaweedFS and the events competing for the same two cores.
 //!
-//! Starts nats-server and SeaweedFS on free ports and every service as its own process (the
+//! Starts nats-server and SeaweedFS on free ports and every service (the notifier too, idle) as its own process (the
 //! binaries next to this one, each as its own NATS user), then measures: idle RSS per service;
 //! initiate throughput and latency under `connections` concurrent clients (each its own tenant
 //! with an API key, so keys are checked as in production) for `seconds`; end-to-end jobs/s with
@@ -37,7 +40,8 @@ fn percentile(sorted: &[u64], fraction: f64) -> f64 {
     sorted[index] as f64 / 1000.0
 }
 
-/// Starts `names`, each with `env` and its own NATS user.
+/// Starts `names`, each with `env`, its own NATS user and its own port: the intake `PORT` of
+/// `env`, the notifier a free one, the others `/metrics` on a free `METRICS_PORT`.
 fn start_services(nats: &NatsServer, names: &[&'static str], env: &[(String, String)]) -> anyhow::Result<Services> {
     let mut admin_env = env.to_vec();
     admin_env.extend(nats.env_for(NatsUser::Admin));
@@ -52,6 +56,11 @@ fn start_services(nats: &NatsServer, names: &[&'static str], env: &[(String, Str
         };
         let mut own_env = env.to_vec();
         own_env.extend(nats.env_for(user));
+        match *name {
+            "intake" => {}
+            "notifier" => own_env.push(("PORT".into(), free_port().to_string())),
+            _ => own_env.push(("METRICS_PORT".into(), "0".into())),
+        }
         own_env.push(("NATS_PROVISION".into(), "false".into()));
         let mut started = Services::start(&[name], &own_env)?;
         services.children.append(&mut started.children);
@@ -75,11 +84,21 @@ fn main() -> anyhow::Result<()> {
         Some("gateway") => true,
         Some(other) => anyhow::bail!("auth must be key or gateway, not {other}"),
     };
-    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections, processors, gateway))
+    let trace = match arguments.get(5).map(String::as_str) {
+        None | Some("off") => false,
+        Some("on") => true,
+        Some(other) => anyhow::bail!("trace must be on or off, not {other}"),
+    };
+    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections, processors, gateway, trace))
 }
 
-async fn run(seconds: u64, connections: usize, processors: usize, gateway: bool) -> anyhow::Result<()> {
+async fn run(seconds: u64, connections: usize, processors: usize, gateway: bool, trace: bool) -> anyhow::Result<()> {
     let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
+    let sink = if trace {
+        Some(system_tests::otlp::OtlpReceiver::start_sink().await?)
+    } else {
+        None
+    };
     let storage = common::storage::Storage::new(&s3.settings())?;
     let api_port = free_port();
     let mut env = s3.env();
@@ -92,7 +111,19 @@ async fn run(seconds: u64, connections: usize, processors: usize, gateway: bool)
     if gateway {
         env.push(("AUTH_MODE".to_string(), "gateway".to_string()));
     }
-    let mut names = vec!["presigner", "intake"];
+    if let Some(sink) = &sink {
+        env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".to_string(), sink.endpoint()));
+        env.push(("OTEL_TRACES_SAMPLER".to_string(), "always_on".to_string()));
+    }
+    println!(
+        "## tracing: {}",
+        if trace {
+            "every span exported over OTLP/HTTP"
+        } else {
+            "off (no endpoint)"
+        }
+    );
+    let mut names = vec!["presigner", "intake", "notifier"];
     names.extend(std::iter::repeat_n("processor", processors));
     let services = start_services(&nats, &names, &env)?;
     wait_until("the intake", Duration::from_secs(60), || async {

@@ -112,25 +112,47 @@ impl OtlpReceiver {
         Self::launch(port, spans_path, dir.join("rotel.log"), None).await
     }
 
+    /// Starts a receiver on a free port that accepts spans and drops them (no trace processor,
+    /// so no Python per span): what a benchmark exports to, costing the services what a real
+    /// collector would and the machine little else.
+    pub async fn start_sink() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let (spans_path, log_path) = (dir.path().join("spans.jsonl"), dir.path().join("rotel.log"));
+        Self::launch_with(free_port(), spans_path, log_path, Some(dir), false).await
+    }
+
     async fn launch(
         port: u16,
         spans_path: PathBuf,
         log_path: PathBuf,
         dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<Self> {
+        Self::launch_with(port, spans_path, log_path, dir, true).await
+    }
+
+    async fn launch_with(
+        port: u16,
+        spans_path: PathBuf,
+        log_path: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        record: bool,
+    ) -> anyhow::Result<Self> {
         let agent = rotel_agent()?;
         let processor = trace_processor();
         anyhow::ensure!(processor.is_file(), "{} is missing", processor.display());
         let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let child = Command::new(&agent)
+        let mut command = Command::new(&agent);
+        command
             .arg("start")
             .args(["--log-format", "json"])
             .args(["--otlp-http-endpoint", &format!("127.0.0.1:{port}")])
             .args(["--otlp-grpc-endpoint", "127.0.0.1:0"])
-            // Received spans go nowhere but to the trace processor.
-            .args(["--exporter", "blackhole"])
-            .arg("--otlp-with-trace-processor")
-            .arg(&processor)
+            // Received spans go nowhere but to the trace processor (if any).
+            .args(["--exporter", "blackhole"]);
+        if record {
+            command.arg("--otlp-with-trace-processor").arg(&processor);
+        }
+        let child = command
             .env("SPANS_JSONL", &spans_path)
             // The agent embeds the system's Python: the caller's Python paths would mislead it.
             .env_remove("PYTHONHOME")

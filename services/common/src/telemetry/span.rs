@@ -3,8 +3,8 @@
 //!
 //! Spans named and attributed after the OpenTelemetry semantic conventions (HTTP server and
 //! client, messaging with `messaging.system = nats`, S3 calls as AWS SDK client spans). Span
-//! names are low-cardinality (`POST /v1/download/{jobId}/cancel`, `publish downloads.events`);
-//! ids go into attributes.
+//! names are low-cardinality (`DELETE /v1/download/{jobId}`, `publish downloads.events`); ids go
+//! into attributes.
 
 use tracing::Span;
 use tracing::field::Empty;
@@ -19,6 +19,7 @@ pub fn http_server(method: &str, route: &str, path: &str, request_id: &str) -> S
         http.request.method = %method,
         http.route = %route,
         url.path = %path,
+        url.scheme = "http",
         http.response.status_code = Empty,
         request_id = %request_id,
         tenant = Empty,
@@ -26,7 +27,8 @@ pub fn http_server(method: &str, route: &str, path: &str, request_id: &str) -> S
     )
 }
 
-/// An HTTP client span: `{method}` to a host (the URL without query or credentials).
+/// An HTTP client span: `{method}` to a host. The URL's path, query and credentials are left
+/// out: a webhook URL often carries its receiver's secret in any of them.
 pub fn http_client(method: &str, url: &url::Url) -> Span {
     tracing::info_span!(
         "http.client",
@@ -36,7 +38,7 @@ pub fn http_client(method: &str, url: &url::Url) -> Span {
         http.request.method = %method,
         server.address = %url.host_str().unwrap_or_default(),
         server.port = i64::from(url.port_or_known_default().unwrap_or_default()),
-        url.full = %format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or_default(), url.path()),
+        url.scheme = %url.scheme(),
         http.response.status_code = Empty,
         http.request.resend_count = Empty,
         "error.type" = Empty,
@@ -92,19 +94,15 @@ pub fn process(destination: &'static str, subject: &str, consumer: &str, deliver
     )
 }
 
-/// The delivery of a job event to one open SSE stream: `send downloads.events` (kind producer:
-/// the notifier hands the event on to a client), a child of the event's publish.
+/// The delivery of a job event to one open SSE stream: `send sse` (kind producer: the notifier
+/// hands the event on to a client), a child of the event's publish.
 pub fn sse_delivery(job_id: &str, seq: u64) -> Span {
     tracing::info_span!(
         "sse.delivery",
         otel.name = "send sse",
         otel.kind = "producer",
         otel.status_code = Empty,
-        "messaging.operation.type" = "send",
-        messaging.operation.name = "send",
-        messaging.system = "sse",
-        messaging.destination.name = "text/event-stream",
-        messaging.message.id = seq as i64,
+        sse.event.id = seq as i64,
         job_id = %job_id,
     )
 }

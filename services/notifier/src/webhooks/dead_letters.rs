@@ -24,6 +24,9 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
     /// The event it carries.
     pub event: JobEvent,
+    /// The `traceparent` of its last attempt: a replay continues the job's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Every dead letter.
@@ -52,7 +55,14 @@ pub async fn replay(
             continue;
         }
         let payload = Bytes::from(serde_json::to_vec(&letter.event)?);
-        jetstream.publish(names::WEBHOOK_REPLAY_SUBJECT, payload).await?.await?;
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(traceparent) = &letter.traceparent {
+            headers.insert("traceparent", traceparent.as_str());
+        }
+        jetstream
+            .publish_with_headers(names::WEBHOOK_REPLAY_SUBJECT, headers, payload)
+            .await?
+            .await?;
         bucket.purge(&letter.webhook_id).await?;
         replayed += 1;
     }

@@ -203,6 +203,16 @@ pub enum Attempt {
     Refused(String),
 }
 
+/// An attempt that sent no request (invalid or forbidden URL, no signing secret), counted as
+/// `refused`.
+fn refused(attempt: Attempt) -> Attempt {
+    crate::metrics::webhook_attempt("refused", None);
+    if let Attempt::Retry { reason, .. } | Attempt::Refused(reason) = &attempt {
+        telemetry::span::failed(&tracing::Span::current(), reason);
+    }
+    attempt
+}
+
 /// Shared by deliveries.
 pub struct Deliverer {
     /// Settings.
@@ -334,19 +344,19 @@ impl Deliverer {
     ) -> Attempt {
         let parsed = match url::Url::parse(url) {
             Ok(parsed) => parsed,
-            Err(error) => return Attempt::Refused(format!("invalid callback URL: {error}")),
+            Err(error) => return refused(Attempt::Refused(format!("invalid callback URL: {error}"))),
         };
         if let Err(reason) = self.policy.check_url(&parsed) {
-            return Attempt::Refused(reason);
+            return refused(Attempt::Refused(reason));
         }
         if secrets.is_empty() {
-            return Attempt::Retry {
+            return refused(Attempt::Retry {
                 delay: None,
                 reason:
                     "the job's owner has no webhook secret (not a tenant; WEBHOOK_SECRETS serves gateway users only)"
                         .into(),
                 status: None,
-            };
+            });
         }
         let body = serde_json::to_vec(payload).expect("payloads serialize");
         let timestamp = chrono::Utc::now().timestamp();
@@ -364,12 +374,14 @@ impl Deliverer {
         let outcome = match &attempt {
             Attempt::Delivered => "delivered",
             Attempt::Stopped | Attempt::Retry { status: Some(_), .. } => "rejected",
-            _ => "failed",
+            // A resolved address the SSRF policy refuses: no request went out.
+            Attempt::Refused(_) => "refused",
+            Attempt::Retry { .. } => "failed",
         };
         if let Attempt::Retry { reason, .. } | Attempt::Refused(reason) = &attempt {
             telemetry::span::failed(&span, reason);
         }
-        crate::metrics::webhook_attempt(outcome, started.elapsed());
+        crate::metrics::webhook_attempt(outcome, Some(started.elapsed()));
         attempt
     }
 
@@ -530,7 +542,9 @@ impl Deliverer {
             last_error: reason.to_string(),
             failed_at: chrono::Utc::now(),
             event: event.clone(),
+            traceparent: telemetry::current_traceparent(),
         };
+        telemetry::span::failed(&tracing::Span::current(), "dead letter");
         match self
             .dead_letters
             .put(
