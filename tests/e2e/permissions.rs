@@ -579,6 +579,7 @@ async fn the_notifier_reads_job_records_and_keeps_its_own_buckets_but_cannot_wri
         last_error: "receiver answered 500".into(),
         failed_at: chrono::Utc::now(),
         event: common::messages::JobEvent::of_record(&record),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
     };
     let dead_letters = common::nats::bucket(&handles.jetstream, names::WEBHOOK_DEAD_LETTERS_BUCKET)
         .await
