@@ -23,6 +23,7 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const RETRIED_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
+const CANCELLED_TRACE: &str = "6df92f3577b34da6a3ce929d0e0e4738";
 
 /// The spans of one trace, with lookups by name.
 struct Trace<'a> {
@@ -162,10 +163,11 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
     .unwrap();
     let content = stack.put_file(95_000, 4096).await.unwrap();
     stack.put_file(95_001, 1024).await.unwrap();
-    // Logs at warn only: what is traced must not depend on the log filter.
+    // Logs at warn only: what is traced must not depend on the log filter. Batches leave only
+    // when full or at shutdown: the spans arrive because every service flushes on SIGTERM.
     let fleet = ServiceFleet::builder(&stack)
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
         .env("RUST_LOG", "warn")
         .start()
         .await
@@ -253,6 +255,31 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
         status["status"] == "queued" && !status["error"].is_null()
     })
     .await;
+    // A job cancelled while it waits for a retry: the cancellation is in its trace.
+    let initiated = http
+        .post(format!("{}/v1/download/initiate", proxy.base_url()))
+        .header("Authorization", &bearer)
+        .header("traceparent", format!("00-{CANCELLED_TRACE}-{CALLER_SPAN}-01"))
+        .json(&serde_json::json!({ "file_ids": [95_001] }))
+        .send()
+        .await
+        .unwrap();
+    let cancelled_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cancelled_url = format!("{}/v1/download/status/{cancelled_id}", proxy.base_url());
+    status_until(&http, &bearer, &cancelled_url, |status| {
+        status["status"] == "queued" && !status["error"].is_null()
+    })
+    .await;
+    let cancel = http
+        .delete(format!("{}/v1/download/{cancelled_id}", proxy.base_url()))
+        .header("Authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
     stack.s3.restart().await.unwrap();
     let finished = status_until(&http, &bearer, &status_url, |status| {
         status["status"] == "completed" || status["status"] == "failed"
@@ -296,7 +323,7 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
     );
     assert_eq!(
         sample(intake, r#"download_jobs_accepted_total{api="v1"}"#),
-        Some(2.0),
+        Some(3.0),
         "{intake}"
     );
     assert!(
@@ -322,7 +349,15 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
     );
     assert!(sample(processor, "download_job_attempts_total").is_some_and(|count| count >= 3.0));
     assert_eq!(sample(processor, "download_processor_slots_busy"), Some(0.0));
-    assert_eq!(sample(processor, "download_job_queue_wait_seconds_count"), Some(2.0));
+    assert_eq!(sample(processor, "download_job_queue_wait_seconds_count"), Some(3.0));
+    assert_eq!(
+        sample(
+            intake,
+            r#"download_jobs_finished_total{status="cancelled",error_code="none"}"#
+        ),
+        Some(1.0),
+        "the intake counts the cancellation it wrote: {intake}"
+    );
     assert!(sample(presigner, r#"download_presign_requests_total{outcome="ok"}"#).is_some_and(|count| count >= 1.0));
     assert!(
         sample(notifier, r#"download_webhook_attempts_total{outcome="delivered"}"#).is_some_and(|count| count >= 1.0)
@@ -345,9 +380,16 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
                 .iter()
                 .filter(|span| span.trace_id == RETRIED_TRACE && span.name == "process downloads.jobs")
                 .count();
-            names(CALLER_TRACE).contains("POST")
-                && names(CALLER_TRACE).contains("process downloads.presign.url")
+            let status_read = spans
+                .iter()
+                .any(|span| span.name == "GET /v1/download/status/{jobId}" && span.job_id() == Some(job_id.as_str()));
+            let job = names(CALLER_TRACE);
+            ["POST", "process downloads.presign.url", "send sse", "S3.HeadObject"]
+                .iter()
+                .all(|name| job.contains(name))
+                && names(CANCELLED_TRACE).contains("cancel job")
                 && attempts >= 2
+                && status_read
         })
         .await
         .unwrap();
@@ -450,6 +492,32 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
         "the receiver continues the webhook's span"
     );
 
+    // Nothing of the job started a trace of its own: every span naming the job is in its
+    // trace or links to it, and every presign a presigner served belongs to a received trace.
+    for span in spans.iter().filter(|span| span.job_id() == Some(job_id.as_str())) {
+        assert!(
+            span.trace_id == CALLER_TRACE || span.links.iter().any(|link| link.trace_id == CALLER_TRACE),
+            "{} ({}) is neither in the job's trace nor linked to it",
+            span.name,
+            span.service
+        );
+    }
+    for served in spans.iter().filter(|span| span.service == "presigner") {
+        assert!(
+            spans
+                .iter()
+                .any(|asked| Some(asked.span_id.as_str()) == served.parent_span_id.as_deref()),
+            "a presign with no received parent:\n{}",
+            waterfall(
+                &spans
+                    .iter()
+                    .filter(|span| span.trace_id == served.trace_id)
+                    .cloned()
+                    .collect::<Vec<_>>()
+            )
+        );
+    }
+
     // The status read: its own trace, linked to the job's.
     let read = spans
         .iter()
@@ -492,4 +560,36 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
         .filter(|span| retried.parent_of(span).is_none())
         .count();
     assert_eq!(roots, 1, "one tree:\n{}", retried.waterfall());
+
+    // The cancelled job: the cancellation and its event in the job's trace, linked to the
+    // DELETE that asked for it (a trace of its own, linked to the job).
+    let cancelled = Trace::of(&spans, CANCELLED_TRACE);
+    let step = cancelled.only("cancel job", "intake", SpanKind::Internal);
+    let request = spans
+        .iter()
+        .find(|span| span.name == "DELETE /v1/download/{jobId}" && span.job_id() == Some(cancelled_id.as_str()))
+        .expect("the cancel request is traced");
+    assert_ne!(request.trace_id, CANCELLED_TRACE);
+    assert!(
+        step.links.iter().any(|link| link.span_id == request.span_id),
+        "the cancellation links to its request"
+    );
+    assert!(
+        request.links.iter().any(|link| link.trace_id == CANCELLED_TRACE),
+        "the request links to the job"
+    );
+    assert!(
+        cancelled
+            .named("publish downloads.events")
+            .iter()
+            .any(|event| event.parent_span_id.as_deref() == Some(step.span_id.as_str())),
+        "the cancelled event is published in the cancellation's span:\n{}",
+        cancelled.waterfall()
+    );
+    let roots = cancelled
+        .spans
+        .iter()
+        .filter(|span| cancelled.parent_of(span).is_none())
+        .count();
+    assert_eq!(roots, 1, "one tree:\n{}", cancelled.waterfall());
 }

@@ -109,8 +109,11 @@ impl JobMetrics {
         let Some(status) = Terminal::of(record.status) else {
             return;
         };
+        // Only a failure has an error code: a job cancelled while it waited for a retry keeps
+        // its last transient error in the record, which is not why it ended.
         let error_code = record
             .error_code
+            .filter(|_| status == Terminal::failed)
             .map(|code| code.as_str().to_string())
             .unwrap_or_else(|| "none".to_string());
         self.finished
