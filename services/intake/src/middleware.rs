@@ -205,3 +205,23 @@ pub async fn bound_request<E: Endpoint>(
         Err(_) => Ok(timed_out()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_of_the_published_contract_has_its_route_template() {
+        let spec: serde_json::Value = serde_json::from_str(include_str!("../../../openapi/openapi.json")).unwrap();
+        let paths = spec["paths"].as_object().unwrap();
+        assert!(!paths.is_empty());
+        for template in paths.keys() {
+            let path = template.replace("{jobId}", "01a224f1-2869-7492-a33b-0a7af98f579d");
+            assert_eq!(
+                common::metrics::route_of(&path, ROUTES),
+                template.as_str(),
+                "{template} has no route template of its own: add it to ROUTES"
+            );
+        }
+    }
+}

@@ -658,12 +658,12 @@ pub async fn run(
                 })
                 .unwrap_or((1, Duration::ZERO));
             // The delivery is a span of the job's trace, carried in the event's headers.
-            let span = telemetry::span::process(
-                "downloads.events",
-                &message.subject,
-                consumer_name,
-                u64::from(delivered),
-            );
+            let destination = if stream == common::names::WEBHOOK_REPLAYS_STREAM {
+                common::names::WEBHOOK_REPLAY_SUBJECT
+            } else {
+                "downloads.events"
+            };
+            let span = telemetry::span::process(destination, &message.subject, consumer_name, u64::from(delivered));
             telemetry::set_parent_from_headers(&span, message.headers.as_ref());
             let decision = match serde_json::from_slice::<JobEvent>(&message.payload) {
                 Ok(event) => {
