@@ -251,6 +251,29 @@ pub async fn observe_http<E: poem::Endpoint>(
     response
 }
 
+/// How often gauges read from JetStream (stream and consumer info) are refreshed.
+pub const REFRESH_PERIOD: Duration = Duration::from_secs(2);
+
+/// Runs `refresh` every [`REFRESH_PERIOD`] until `stop`, each run bounded by the period: the
+/// background refresh of gauges read from NATS, never a request per scrape or per job.
+pub async fn refresh_every<F, Fut>(stop: tokio_util::sync::CancellationToken, mut refresh: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(REFRESH_PERIOD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if tokio::time::timeout(REFRESH_PERIOD, refresh()).await.is_err() {
+            tracing::debug!("gauges not refreshed in time");
+        }
+    }
+}
+
 /// Process-wide metrics every service has.
 pub struct ProcessMetrics {
     /// `download_nats_reconnects_total`.

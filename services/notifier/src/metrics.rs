@@ -118,40 +118,27 @@ pub fn dead_letter() {
     METRICS.dead_letters.inc();
 }
 
-/// How often the webhook backlog is refreshed.
-const REFRESH: Duration = Duration::from_secs(2);
-
 /// Refreshes `download_webhook_pending_messages` from the webhook consumers (`consumers`, as
-/// `(stream, consumer)`) every [`REFRESH`] until `stop`; keeps the last value while NATS cannot
-/// answer.
+/// `(stream, consumer)`) every [`common::metrics::REFRESH_PERIOD`] until `stop`; keeps the last
+/// value while NATS cannot answer.
 pub async fn refresh_webhook_backlog(
     jetstream: jetstream::Context,
     consumers: Vec<(&'static str, &'static str)>,
     stop: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(REFRESH);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    common::metrics::refresh_every(stop, || async {
         let mut total = 0u64;
-        let mut complete = true;
         for (stream, consumer) in &consumers {
-            let read = async {
-                let consumer: jetstream::consumer::PullConsumer =
-                    jetstream.get_consumer_from_stream(*consumer, *stream).await?;
-                let info = consumer.cached_info();
-                Ok::<u64, async_nats::Error>(info.num_pending + info.num_ack_pending as u64)
+            let Ok(consumer) = jetstream
+                .get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(*consumer, *stream)
+                .await
+            else {
+                return;
             };
-            match tokio::time::timeout(REFRESH, read).await {
-                Ok(Ok(count)) => total += count,
-                _ => complete = false,
-            }
+            let info = consumer.cached_info();
+            total += info.num_pending + info.num_ack_pending as u64;
         }
-        if complete {
-            METRICS.webhook_pending.set(total as i64);
-        }
-    }
+        METRICS.webhook_pending.set(total as i64);
+    })
+    .await;
 }

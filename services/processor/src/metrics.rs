@@ -142,36 +142,32 @@ pub fn retried(reason: &'static str) {
     METRICS.retries.get_or_create(&ReasonLabel { reason }).inc();
 }
 
-/// How often the queue gauges are refreshed.
-const QUEUE_REFRESH: Duration = Duration::from_secs(2);
-
 /// Refreshes the queue gauges from the jobs stream's and the consumer's info every
-/// [`QUEUE_REFRESH`] until `stop`; while NATS cannot answer, the gauges keep their last values
-/// and `download_queue_info_age_seconds` grows.
+/// [`common::metrics::REFRESH_PERIOD`] until `stop`; while NATS cannot answer, the gauges keep
+/// their last values and `download_queue_info_age_seconds` grows.
 pub async fn refresh_queue(jetstream: jetstream::Context, stop: CancellationToken) {
-    let mut last_success = Instant::now();
-    let mut ticker = tokio::time::interval(QUEUE_REFRESH);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let read = tokio::time::timeout(QUEUE_REFRESH, read_queue(&jetstream)).await;
-        match read {
-            Ok(Ok(queue)) => {
+    let last_success = std::sync::Mutex::new(Instant::now());
+    common::metrics::refresh_every(stop, || async {
+        // Bounded within the period, so the age below is written even while NATS hangs.
+        let read = tokio::time::timeout(common::metrics::REFRESH_PERIOD / 2, read_queue(&jetstream)).await;
+        match read.unwrap_or_else(|elapsed| Err(elapsed.into())) {
+            Ok(queue) => {
                 METRICS.queue_messages.set(queue.messages as i64);
                 METRICS.queue_pending.set(queue.pending as i64);
                 METRICS.queue_ack_pending.set(queue.ack_pending as i64);
                 METRICS.queue_redelivered.set(queue.redelivered as i64);
                 METRICS.queue_oldest_age.set(queue.oldest_age.as_secs_f64());
-                last_success = Instant::now();
+                *last_success.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
             }
-            Ok(Err(error)) => tracing::debug!(%error, "queue info not read"),
-            Err(_) => tracing::debug!("queue info not read in time"),
+            Err(error) => tracing::debug!(%error, "queue info not read"),
         }
-        METRICS.queue_info_age.set(last_success.elapsed().as_secs_f64());
-    }
+        let since = last_success
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed();
+        METRICS.queue_info_age.set(since.as_secs_f64());
+    })
+    .await;
 }
 
 struct Queue {
