@@ -366,13 +366,13 @@ pub async fn endpoint() -> poem::Response {
 }
 
 /// Serves `/metrics` and `/health` on `address` (processor and presigner, which have no HTTP
-/// port of their own), until `shutdown`. `healthy` answers the health check: 200 when true,
-/// 503 otherwise.
+/// port of their own), until `shutdown`, on a task of its own. `healthy` answers the health
+/// check: 200 when true, 503 otherwise.
 pub async fn serve(
     address: std::net::SocketAddr,
     healthy: impl Fn() -> bool + Send + Sync + 'static,
     shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+) -> std::io::Result<()> {
     use poem::listener::{Acceptor, Listener};
     use poem::{EndpointExt, Route, get};
     let healthy = std::sync::Arc::new(healthy);
@@ -400,7 +400,7 @@ pub async fn serve(
     let acceptor = poem::listener::TcpListener::bind(address).into_acceptor().await?;
     let bound = acceptor.local_addr();
     tracing::info!(address = ?bound.first(), "serving /metrics and /health");
-    Ok(tokio::spawn(async move {
+    tokio::spawn(async move {
         let server = poem::Server::new_with_acceptor(acceptor);
         if let Err(error) = server
             .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(1)))
@@ -408,7 +408,8 @@ pub async fn serve(
         {
             tracing::warn!(%error, "metrics server stopped");
         }
-    }))
+    });
+    Ok(())
 }
 
 #[cfg(test)]

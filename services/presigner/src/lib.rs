@@ -64,15 +64,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     metrics::init();
     let storage = Storage::new(&settings.s3)?;
     let client = common::nats::connect(&settings.nats, names::PRESIGNER_SERVICE).await?;
+    // Stopped when this function returns, however it returns.
     let metrics_stop = CancellationToken::new();
-    let metrics_server = match settings.metrics_address {
-        Some(address) => {
-            let connection = client.clone();
-            let healthy = move || connection.connection_state() == async_nats::connection::State::Connected;
-            Some(common::metrics::serve(address, healthy, metrics_stop.clone()).await?)
-        }
-        None => None,
-    };
+    let _metrics_stop = metrics_stop.clone().drop_guard();
+    if let Some(address) = settings.metrics_address {
+        let connection = client.clone();
+        let healthy = move || connection.connection_state() == async_nats::connection::State::Connected;
+        common::metrics::serve(address, healthy, metrics_stop).await?;
+    }
     let service = client
         .service_builder()
         .description("Presigned S3 GET URLs for completed download jobs")
@@ -132,10 +131,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     in_flight.wait().await;
     service.stop().await.ok();
     client.drain().await.ok();
-    metrics_stop.cancel();
-    if let Some(server) = metrics_server {
-        let _ = server.await;
-    }
     tracing::info!("presigner stopped");
     Ok(())
 }

@@ -193,6 +193,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     metrics::init(settings.concurrency);
     let storage = Storage::new(&settings.s3)?;
     let client = common::nats::connect(&settings.nats, "download-processor").await?;
+    // Served from before the streams are checked, so a processor stuck starting up can be
+    // scraped and probed; stopped when this function returns, however it returns.
+    let metrics_stop = CancellationToken::new();
+    let _metrics_stop = metrics_stop.clone().drop_guard();
+    if let Some(address) = settings.metrics_address {
+        let connection = client.clone();
+        let healthy = move || connection.connection_state() == async_nats::connection::State::Connected;
+        common::metrics::serve(address, healthy, metrics_stop).await?;
+    }
     let handles = common::nats::prepare(&client, &settings.nats, &settings.topology(), NATS_RESOURCES).await?;
     if !settings.nats.provision {
         check_consumer_matches(&handles.jetstream, &settings).await?;
@@ -208,14 +217,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     });
     let background = TaskTracker::new();
     let background_stop = CancellationToken::new();
-    if let Some(address) = context.settings.metrics_address {
-        let connection = client.clone();
-        let healthy = move || connection.connection_state() == async_nats::connection::State::Connected;
-        let server = common::metrics::serve(address, healthy, background_stop.clone()).await?;
-        background.spawn(async move {
-            let _ = server.await;
-        });
-    }
     background.spawn(metrics::refresh_queue(
         handles.jetstream.clone(),
         background_stop.clone(),
