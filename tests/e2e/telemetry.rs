@@ -593,3 +593,78 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
         .count();
     assert_eq!(roots, 1, "one tree:\n{}", cancelled.waterfall());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_times_out_ends_in_its_trace_with_the_timeout() {
+    init_logs();
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let stack = Stack::servers_only(&[
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "3000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "3000"),
+        ("JOB_TIMEOUT_SECONDS", "1"),
+    ])
+    .await
+    .unwrap();
+    stack.put_file(95_100, 64).await.unwrap();
+    let fleet = ServiceFleet::builder(&stack)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .env("RUST_LOG", "warn")
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let bearer = stack.bearer("timed").await.unwrap();
+    let trace = "7ef92f3577b34da6a3ce929d0e0e4739";
+    let initiated = http
+        .post(fleet.url("/v1/download/initiate"))
+        .header("Authorization", &bearer)
+        .header("traceparent", format!("00-{trace}-{CALLER_SPAN}-01"))
+        .json(&serde_json::json!({ "file_ids": [95_100] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(initiated.status(), 202);
+    let job_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status_url = fleet.url(&format!("/v1/download/status/{job_id}"));
+    let failed = status_until(&http, &bearer, &status_url, |status| {
+        status["status"] == "failed" || status["status"] == "completed"
+    })
+    .await;
+    assert_eq!(failed["errorCode"], "TIMEOUT", "{failed}");
+
+    fleet.stop().await.unwrap();
+    let spans = receiver
+        .wait_for("the timed-out job's spans", PATIENCE, |spans| {
+            spans
+                .iter()
+                .any(|span| span.trace_id == trace && span.name == "process downloads.jobs")
+        })
+        .await
+        .unwrap();
+    let job = Trace::of(&spans, trace);
+    let attempt = job.only("process downloads.jobs", "processor", SpanKind::Consumer);
+    assert_eq!(
+        (
+            text(attempt, "outcome"),
+            attempt.status,
+            attempt.status_message.as_str()
+        ),
+        ("timed_out".to_string(), SpanStatus::Error, "TIMEOUT"),
+        "{}",
+        job.waterfall()
+    );
+    assert!(
+        job.named("publish downloads.events")
+            .iter()
+            .any(|event| event.parent_span_id.as_deref() == Some(attempt.span_id.as_str())),
+        "the failed event is published within the attempt:\n{}",
+        job.waterfall()
+    );
+    let roots = job.spans.iter().filter(|span| job.parent_of(span).is_none()).count();
+    assert_eq!(roots, 1, "one tree:\n{}", job.waterfall());
+}
