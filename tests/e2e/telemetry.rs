@@ -123,6 +123,46 @@ fn promtool_check_metrics(service: &str, exposition: &str) {
     );
 }
 
+/// Starts a job in the caller's trace `trace` (as a child of [`CALLER_SPAN`]); returns the 202's body.
+async fn initiate_traced(
+    http: &reqwest::Client,
+    base_url: &str,
+    bearer: &str,
+    trace: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let initiated = http
+        .post(format!("{base_url}/v1/download/initiate"))
+        .header("Authorization", bearer)
+        .header("traceparent", format!("00-{trace}-{CALLER_SPAN}-01"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(initiated.status(), 202);
+    initiated.json().await.unwrap()
+}
+
+/// Starts a job in `trace` while storage is down and waits until its first attempt failed and
+/// it waits for its retry; returns its id.
+async fn failed_once(http: &reqwest::Client, base_url: &str, bearer: &str, trace: &str) -> String {
+    let accepted = initiate_traced(
+        http,
+        base_url,
+        bearer,
+        trace,
+        serde_json::json!({ "file_ids": [95_001] }),
+    )
+    .await;
+    let job_id = accepted["jobId"].as_str().unwrap().to_string();
+    let status_url = format!("{base_url}/v1/download/status/{job_id}");
+    status_until(http, bearer, &status_url, |status| {
+        status["status"] == "queued" && !status["error"].is_null()
+    })
+    .await;
+    job_id
+}
+
 /// Polls a job's status until `wanted` holds.
 async fn status_until(
     http: &reqwest::Client,
@@ -180,16 +220,14 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
     let mut webhooks = Receiver::start(0, &[200]).await.unwrap();
 
     // A job with a callback, followed on its stream, both through nginx.
-    let initiated = http
-        .post(format!("{}/v1/download/initiate", proxy.base_url()))
-        .header("Authorization", &bearer)
-        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
-        .json(&serde_json::json!({ "file_ids": [95_000], "callbackUrl": webhooks.url() }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(initiated.status(), 202);
-    let accepted: serde_json::Value = initiated.json().await.unwrap();
+    let accepted = initiate_traced(
+        &http,
+        &proxy.base_url(),
+        &bearer,
+        CALLER_TRACE,
+        serde_json::json!({ "file_ids": [95_000], "callbackUrl": webhooks.url() }),
+    )
+    .await;
     let job_id = accepted["jobId"].as_str().unwrap().to_string();
     let stream = http
         .get(format!(
@@ -236,43 +274,10 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
 
     // A job retried after a storage outage: two attempts in its trace.
     stack.s3.stop();
-    let initiated = http
-        .post(format!("{}/v1/download/initiate", proxy.base_url()))
-        .header("Authorization", &bearer)
-        .header("traceparent", format!("00-{RETRIED_TRACE}-{CALLER_SPAN}-01"))
-        .json(&serde_json::json!({ "file_ids": [95_001] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(initiated.status(), 202);
-    let retried_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let retried_id = failed_once(&http, &proxy.base_url(), &bearer, RETRIED_TRACE).await;
     let status_url = format!("{}/v1/download/status/{retried_id}", proxy.base_url());
-    // The first attempt failed (storage is down) and the job waits for its retry.
-    status_until(&http, &bearer, &status_url, |status| {
-        status["status"] == "queued" && !status["error"].is_null()
-    })
-    .await;
     // A job cancelled while it waits for a retry: the cancellation is in its trace.
-    let initiated = http
-        .post(format!("{}/v1/download/initiate", proxy.base_url()))
-        .header("Authorization", &bearer)
-        .header("traceparent", format!("00-{CANCELLED_TRACE}-{CALLER_SPAN}-01"))
-        .json(&serde_json::json!({ "file_ids": [95_001] }))
-        .send()
-        .await
-        .unwrap();
-    let cancelled_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let cancelled_url = format!("{}/v1/download/status/{cancelled_id}", proxy.base_url());
-    status_until(&http, &bearer, &cancelled_url, |status| {
-        status["status"] == "queued" && !status["error"].is_null()
-    })
-    .await;
+    let cancelled_id = failed_once(&http, &proxy.base_url(), &bearer, CANCELLED_TRACE).await;
     let cancel = http
         .delete(format!("{}/v1/download/{cancelled_id}", proxy.base_url()))
         .header("Authorization", &bearer)
@@ -617,19 +622,15 @@ async fn a_job_that_times_out_ends_in_its_trace_with_the_timeout() {
     let http = reqwest::Client::new();
     let bearer = stack.bearer("timed").await.unwrap();
     let trace = "7ef92f3577b34da6a3ce929d0e0e4739";
-    let initiated = http
-        .post(fleet.url("/v1/download/initiate"))
-        .header("Authorization", &bearer)
-        .header("traceparent", format!("00-{trace}-{CALLER_SPAN}-01"))
-        .json(&serde_json::json!({ "file_ids": [95_100] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(initiated.status(), 202);
-    let job_id = initiated.json::<serde_json::Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let accepted = initiate_traced(
+        &http,
+        &fleet.base_url(),
+        &bearer,
+        trace,
+        serde_json::json!({ "file_ids": [95_100] }),
+    )
+    .await;
+    let job_id = accepted["jobId"].as_str().unwrap().to_string();
     let status_url = fleet.url(&format!("/v1/download/status/{job_id}"));
     let failed = status_until(&http, &bearer, &status_url, |status| {
         status["status"] == "failed" || status["status"] == "completed"

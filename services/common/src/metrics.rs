@@ -412,6 +412,21 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves `/metrics` and `/health` on `address`, if any, for a service without an HTTP port of
+/// its own, healthy while `client` is connected to NATS; stops when the returned guard drops.
+pub async fn serve_for(
+    address: Option<std::net::SocketAddr>,
+    client: &async_nats::Client,
+) -> std::io::Result<tokio_util::sync::DropGuard> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    if let Some(address) = address {
+        let client = client.clone();
+        let healthy = move || client.connection_state() == async_nats::connection::State::Connected;
+        serve(address, healthy, stop.clone()).await?;
+    }
+    Ok(stop.drop_guard())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,13 +65,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let storage = Storage::new(&settings.s3)?;
     let client = common::nats::connect(&settings.nats, names::PRESIGNER_SERVICE).await?;
     // Stopped when this function returns, however it returns.
-    let metrics_stop = CancellationToken::new();
-    let _metrics_stop = metrics_stop.clone().drop_guard();
-    if let Some(address) = settings.metrics_address {
-        let connection = client.clone();
-        let healthy = move || connection.connection_state() == async_nats::connection::State::Connected;
-        common::metrics::serve(address, healthy, metrics_stop).await?;
-    }
+    let _metrics = common::metrics::serve_for(settings.metrics_address, &client).await?;
     let service = client
         .service_builder()
         .description("Presigned S3 GET URLs for completed download jobs")

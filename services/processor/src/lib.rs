@@ -195,13 +195,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let client = common::nats::connect(&settings.nats, "download-processor").await?;
     // Served from before the streams are checked, so a processor stuck starting up can be
     // scraped and probed; stopped when this function returns, however it returns.
-    let metrics_stop = CancellationToken::new();
-    let _metrics_stop = metrics_stop.clone().drop_guard();
-    if let Some(address) = settings.metrics_address {
-        let connection = client.clone();
-        let healthy = move || connection.connection_state() == async_nats::connection::State::Connected;
-        common::metrics::serve(address, healthy, metrics_stop).await?;
-    }
+    let _metrics = common::metrics::serve_for(settings.metrics_address, &client).await?;
     let handles = common::nats::prepare(&client, &settings.nats, &settings.topology(), NATS_RESOURCES).await?;
     if !settings.nats.provision {
         check_consumer_matches(&handles.jetstream, &settings).await?;
