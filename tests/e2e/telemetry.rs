@@ -669,3 +669,92 @@ async fn a_job_that_times_out_ends_in_its_trace_with_the_timeout() {
     let roots = job.spans.iter().filter(|span| job.parent_of(span).is_none()).count();
     assert_eq!(roots, 1, "one tree:\n{}", job.waterfall());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_processors_die_ends_in_its_trace_with_retries_exhausted() {
+    init_logs();
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let stack = Stack::servers_only(&[
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "60000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "60000"),
+        ("JOB_MAX_ATTEMPTS", "2"),
+        ("JOB_MAX_DELIVERIES", "2"),
+        ("JOB_ACK_WAIT_SECONDS", "1"),
+    ])
+    .await
+    .unwrap();
+    stack.put_file(95_200, 64).await.unwrap();
+    let mut fleet = ServiceFleet::builder(&stack)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .env("RUST_LOG", "warn")
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let bearer = stack.bearer("doomed").await.unwrap();
+    let trace = "8ff92f3577b34da6a3ce929d0e0e473a";
+    let accepted = initiate_traced(
+        &http,
+        &fleet.base_url(),
+        &bearer,
+        trace,
+        serde_json::json!({ "file_ids": [95_200] }),
+    )
+    .await;
+    let job_id = accepted["jobId"].as_str().unwrap().to_string();
+    let status_url = fleet.url(&format!("/v1/download/status/{job_id}"));
+    // Each delivery's processor dies mid-job (its attempt span dies with it).
+    for attempt in 1..=2u64 {
+        status_until(
+            &http,
+            &bearer,
+            &status_url,
+            match attempt {
+                1 => |status: &serde_json::Value| status["status"] == "processing" && status["attempt"] == 1,
+                _ => |status: &serde_json::Value| status["status"] == "processing" && status["attempt"] == 2,
+            },
+        )
+        .await;
+        fleet.kill(Kind::Processor);
+        fleet.restart(Kind::Processor).await.unwrap();
+    }
+    let failed = status_until(&http, &bearer, &status_url, |status| {
+        status["status"] == "failed" || status["status"] == "completed"
+    })
+    .await;
+    assert_eq!(failed["errorCode"], "RETRIES_EXHAUSTED", "{failed}");
+
+    fleet.stop().await.unwrap();
+    let spans = receiver
+        .wait_for("the exhausted job's spans", PATIENCE, |spans| {
+            spans
+                .iter()
+                .any(|span| span.trace_id == trace && span.name == "retries exhausted")
+        })
+        .await
+        .unwrap();
+    let job = Trace::of(&spans, trace);
+    let publish = job.only("publish downloads.jobs", "intake", SpanKind::Producer);
+    let exhausted = job.only("retries exhausted", "processor", SpanKind::Internal);
+    assert_eq!(
+        exhausted.parent_span_id.as_deref(),
+        Some(publish.span_id.as_str()),
+        "the step that failed the job is a child of its publish:\n{}",
+        job.waterfall()
+    );
+    assert_eq!(
+        (exhausted.status, exhausted.status_message.as_str()),
+        (SpanStatus::Error, "RETRIES_EXHAUSTED")
+    );
+    assert!(
+        job.named("publish downloads.events")
+            .iter()
+            .any(|event| event.parent_span_id.as_deref() == Some(exhausted.span_id.as_str())),
+        "the failed event is published within it:\n{}",
+        job.waterfall()
+    );
+    let roots = job.spans.iter().filter(|span| job.parent_of(span).is_none()).count();
+    assert_eq!(roots, 1, "one tree:\n{}", job.waterfall());
+}
