@@ -199,17 +199,21 @@ pub fn method_label(method: &poem::http::Method) -> &'static str {
 /// Matches a request path against route templates (`{name}` matches one segment); `other` when
 /// none does, so a label never holds a raw path.
 pub fn route_of(path: &str, templates: &[&'static str]) -> &'static str {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    // Every request passes here: segments are compared in place, nothing is allocated.
+    let matches = |template: &str| {
+        let mut parts = template.trim_end_matches('/').split('/');
+        let mut segments = path.trim_end_matches('/').split('/');
+        loop {
+            match (parts.next(), segments.next()) {
+                (None, None) => return true,
+                (Some(part), Some(segment)) if part.starts_with('{') || part == segment => {}
+                _ => return false,
+            }
+        }
+    };
     templates
         .iter()
-        .find(|template| {
-            let parts: Vec<&str> = template.trim_end_matches('/').split('/').collect();
-            parts.len() == segments.len()
-                && parts
-                    .iter()
-                    .zip(&segments)
-                    .all(|(part, segment)| part.starts_with('{') || part == segment)
-        })
+        .find(|template| matches(template))
         .copied()
         .unwrap_or("other")
 }
