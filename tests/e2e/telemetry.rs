@@ -65,6 +65,19 @@ impl<'a> Trace<'a> {
         span.parent_span_id.as_deref().and_then(|parent| self.by_id(parent))
     }
 
+    /// Asserts the trace is one tree: a single span whose parent was not received.
+    fn assert_one_tree(&self) {
+        let roots = self.spans.iter().filter(|span| self.parent_of(span).is_none()).count();
+        assert_eq!(roots, 1, "one tree:\n{}", self.waterfall());
+    }
+
+    /// Whether an event was published as a child of `span`.
+    fn publishes_within(&self, span: &SpanRecord) -> bool {
+        self.named("publish downloads.events")
+            .iter()
+            .any(|event| event.parent_span_id.as_deref() == Some(span.span_id.as_str()))
+    }
+
     fn waterfall(&self) -> String {
         waterfall(&self.spans.iter().map(|span| (*span).clone()).collect::<Vec<_>>())
     }
@@ -121,6 +134,27 @@ fn promtool_check_metrics(service: &str, exposition: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Every service as its own process exporting to `receiver`, logging at warn only (what is
+/// traced must not depend on the log filter). Batches leave only when full or at shutdown: the
+/// spans arrive because every service flushes on SIGTERM.
+async fn traced_fleet(stack: &Stack, receiver: &OtlpReceiver) -> ServiceFleet {
+    ServiceFleet::builder(stack)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .env("RUST_LOG", "warn")
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Polls a job's status until it ended.
+async fn terminal_status(http: &reqwest::Client, bearer: &str, url: &str) -> serde_json::Value {
+    status_until(http, bearer, url, |status| {
+        status["status"] == "completed" || status["status"] == "failed"
+    })
+    .await
 }
 
 /// Starts a job in the caller's trace `trace` (as a child of [`CALLER_SPAN`]); returns the 202's body.
@@ -203,15 +237,7 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
     .unwrap();
     let content = stack.put_file(95_000, 4096).await.unwrap();
     stack.put_file(95_001, 1024).await.unwrap();
-    // Logs at warn only: what is traced must not depend on the log filter. Batches leave only
-    // when full or at shutdown: the spans arrive because every service flushes on SIGTERM.
-    let fleet = ServiceFleet::builder(&stack)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .env("RUST_LOG", "warn")
-        .start()
-        .await
-        .unwrap();
+    let fleet = traced_fleet(&stack, &receiver).await;
     let proxy = NginxServer::start(0, fleet.intake_address(), fleet.notifier_address(), "10s", "1h")
         .await
         .unwrap();
@@ -286,10 +312,7 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
         .unwrap();
     assert_eq!(cancel.status(), 202);
     stack.s3.restart().await.unwrap();
-    let finished = status_until(&http, &bearer, &status_url, |status| {
-        status["status"] == "completed" || status["status"] == "failed"
-    })
-    .await;
+    let finished = terminal_status(&http, &bearer, &status_url).await;
     assert_eq!(finished["status"], "completed", "{finished}");
 
     // Metrics, while the services run: each as promtool and Prometheus read it.
@@ -559,12 +582,7 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
         );
     }
     assert_eq!(text(last, "outcome"), "completed", "{}", retried.waterfall());
-    let roots = retried
-        .spans
-        .iter()
-        .filter(|span| retried.parent_of(span).is_none())
-        .count();
-    assert_eq!(roots, 1, "one tree:\n{}", retried.waterfall());
+    retried.assert_one_tree();
 
     // The cancelled job: the cancellation and its event in the job's trace, linked to the
     // DELETE that asked for it (a trace of its own, linked to the job).
@@ -584,19 +602,11 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
         "the request links to the job"
     );
     assert!(
-        cancelled
-            .named("publish downloads.events")
-            .iter()
-            .any(|event| event.parent_span_id.as_deref() == Some(step.span_id.as_str())),
+        cancelled.publishes_within(step),
         "the cancelled event is published in the cancellation's span:\n{}",
         cancelled.waterfall()
     );
-    let roots = cancelled
-        .spans
-        .iter()
-        .filter(|span| cancelled.parent_of(span).is_none())
-        .count();
-    assert_eq!(roots, 1, "one tree:\n{}", cancelled.waterfall());
+    cancelled.assert_one_tree();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -612,13 +622,7 @@ async fn a_job_that_times_out_ends_in_its_trace_with_the_timeout() {
     .await
     .unwrap();
     stack.put_file(95_100, 64).await.unwrap();
-    let fleet = ServiceFleet::builder(&stack)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .env("RUST_LOG", "warn")
-        .start()
-        .await
-        .unwrap();
+    let fleet = traced_fleet(&stack, &receiver).await;
     let http = reqwest::Client::new();
     let bearer = stack.bearer("timed").await.unwrap();
     let trace = "7ef92f3577b34da6a3ce929d0e0e4739";
@@ -632,10 +636,7 @@ async fn a_job_that_times_out_ends_in_its_trace_with_the_timeout() {
     .await;
     let job_id = accepted["jobId"].as_str().unwrap().to_string();
     let status_url = fleet.url(&format!("/v1/download/status/{job_id}"));
-    let failed = status_until(&http, &bearer, &status_url, |status| {
-        status["status"] == "failed" || status["status"] == "completed"
-    })
-    .await;
+    let failed = terminal_status(&http, &bearer, &status_url).await;
     assert_eq!(failed["errorCode"], "TIMEOUT", "{failed}");
 
     fleet.stop().await.unwrap();
@@ -660,14 +661,11 @@ async fn a_job_that_times_out_ends_in_its_trace_with_the_timeout() {
         job.waterfall()
     );
     assert!(
-        job.named("publish downloads.events")
-            .iter()
-            .any(|event| event.parent_span_id.as_deref() == Some(attempt.span_id.as_str())),
+        job.publishes_within(attempt),
         "the failed event is published within the attempt:\n{}",
         job.waterfall()
     );
-    let roots = job.spans.iter().filter(|span| job.parent_of(span).is_none()).count();
-    assert_eq!(roots, 1, "one tree:\n{}", job.waterfall());
+    job.assert_one_tree();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,13 +683,7 @@ async fn a_job_whose_processors_die_ends_in_its_trace_with_retries_exhausted() {
     .await
     .unwrap();
     stack.put_file(95_200, 64).await.unwrap();
-    let mut fleet = ServiceFleet::builder(&stack)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .env("RUST_LOG", "warn")
-        .start()
-        .await
-        .unwrap();
+    let mut fleet = traced_fleet(&stack, &receiver).await;
     let http = reqwest::Client::new();
     let bearer = stack.bearer("doomed").await.unwrap();
     let trace = "8ff92f3577b34da6a3ce929d0e0e473a";
@@ -706,24 +698,16 @@ async fn a_job_whose_processors_die_ends_in_its_trace_with_retries_exhausted() {
     let job_id = accepted["jobId"].as_str().unwrap().to_string();
     let status_url = fleet.url(&format!("/v1/download/status/{job_id}"));
     // Each delivery's processor dies mid-job (its attempt span dies with it).
-    for attempt in 1..=2u64 {
-        status_until(
-            &http,
-            &bearer,
-            &status_url,
-            match attempt {
-                1 => |status: &serde_json::Value| status["status"] == "processing" && status["attempt"] == 1,
-                _ => |status: &serde_json::Value| status["status"] == "processing" && status["attempt"] == 2,
-            },
-        )
-        .await;
+    let processing: [fn(&serde_json::Value) -> bool; 2] = [
+        |status| status["status"] == "processing" && status["attempt"] == 1,
+        |status| status["status"] == "processing" && status["attempt"] == 2,
+    ];
+    for attempt in processing {
+        status_until(&http, &bearer, &status_url, attempt).await;
         fleet.kill(Kind::Processor);
         fleet.restart(Kind::Processor).await.unwrap();
     }
-    let failed = status_until(&http, &bearer, &status_url, |status| {
-        status["status"] == "failed" || status["status"] == "completed"
-    })
-    .await;
+    let failed = terminal_status(&http, &bearer, &status_url).await;
     assert_eq!(failed["errorCode"], "RETRIES_EXHAUSTED", "{failed}");
 
     fleet.stop().await.unwrap();
@@ -749,12 +733,9 @@ async fn a_job_whose_processors_die_ends_in_its_trace_with_retries_exhausted() {
         (SpanStatus::Error, "RETRIES_EXHAUSTED")
     );
     assert!(
-        job.named("publish downloads.events")
-            .iter()
-            .any(|event| event.parent_span_id.as_deref() == Some(exhausted.span_id.as_str())),
+        job.publishes_within(exhausted),
         "the failed event is published within it:\n{}",
         job.waterfall()
     );
-    let roots = job.spans.iter().filter(|span| job.parent_of(span).is_none()).count();
-    assert_eq!(roots, 1, "one tree:\n{}", job.waterfall());
+    job.assert_one_tree();
 }
