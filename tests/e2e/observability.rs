@@ -177,13 +177,30 @@ fn tested_alerts(test_yaml: &str) -> (BTreeSet<String>, BTreeSet<String>) {
 
 /// Runs promtool in `directory`, asserts it succeeded and returns what it printed.
 fn promtool(directory: &Path, arguments: &[&str]) -> String {
-    let output = match Command::new("promtool").args(arguments).current_dir(directory).output() {
-        Ok(output) => output,
+    promtool_with_input(directory, arguments, "")
+}
+
+/// Runs promtool in `directory` with `input` on its standard input (`check metrics` reads the
+/// exposition there), asserts it succeeded and returns what it printed.
+pub fn promtool_with_input(directory: &Path, arguments: &[&str], input: &str) -> String {
+    use std::io::Write;
+    use std::process::Stdio;
+    let spawned = Command::new("promtool")
+        .args(arguments)
+        .current_dir(directory)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
             "promtool is missing: run deploy/local/install (it installs Debian's prometheus package, /usr/bin/promtool)"
         ),
         Err(error) => panic!("cannot run promtool: {error}"),
     };
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
     let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

@@ -4,8 +4,7 @@
 //! storage outage. Then each service's `/metrics`, as Prometheus and `promtool` read it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
 use system_tests::otlp::{OtlpReceiver, SpanKind, SpanRecord, SpanStatus, waterfall};
@@ -108,32 +107,6 @@ fn families(exposition: &str) -> HashMap<String, String> {
         .filter_map(|declaration| declaration.split_once(' '))
         .map(|(name, kind)| (name.to_string(), kind.to_string()))
         .collect()
-}
-
-/// `promtool check metrics` on an exposition: parses it and lints names, help and units.
-fn promtool_check_metrics(service: &str, exposition: &str) {
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            panic!("promtool is missing: run deploy/local/install (Debian's prometheus package)")
-        }
-        Err(error) => panic!("cannot run promtool: {error}"),
-    };
-    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics refuses the {service}'s /metrics ({}):\n{}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// Every service as its own process exporting to `receiver`, logging at warn only (what is
@@ -323,7 +296,7 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
         let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
         assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
         let exposition = response.text().await.unwrap();
-        promtool_check_metrics(kind.binary(), &exposition);
+        crate::observability::promtool_with_input(Path::new("."), &["check", "metrics"], &exposition);
         expositions.insert(kind, exposition);
     }
     let health = http.get(fleet.health_url(Kind::Processor)).send().await.unwrap();
