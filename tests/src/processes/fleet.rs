@@ -160,6 +160,24 @@ impl FleetProcess {
             let _ = child.wait();
         }
     }
+
+    /// Waits until the process exits (its status) or `deadline` passes (then kills it: `None`).
+    async fn exit_by(&mut self, deadline: tokio::time::Instant) -> anyhow::Result<Option<ExitStatus>> {
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return Ok(None);
+            };
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.kill();
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
 }
 
 /// The intake, a processor, the notifier and the presigner as processes; killed on `Drop`
@@ -366,22 +384,13 @@ impl ServiceFleet {
             .with_context(|| format!("{} is not running", kind.binary()))?;
         signal(pid, "TERM")?;
         let process = self.process_mut(kind);
-        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
-        loop {
-            let child = process.child.as_mut().expect("a running process");
-            if let Some(status) = child.try_wait()? {
-                process.child = None;
-                return Ok(status);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                process.kill();
-                bail!(
-                    "{} did not stop within {STOP_TIMEOUT:?} of SIGTERM (killed):\n{}",
-                    kind.binary(),
-                    log_tail(&process.log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        match process.exit_by(tokio::time::Instant::now() + STOP_TIMEOUT).await? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "{} did not stop within {STOP_TIMEOUT:?} of SIGTERM (killed):\n{}",
+                kind.binary(),
+                log_tail(&process.log)
+            ),
         }
     }
 
@@ -418,20 +427,7 @@ impl ServiceFleet {
         let mut failures = Vec::new();
         for kind in running {
             let process = self.process_mut(kind);
-            let status = loop {
-                let Some(child) = process.child.as_mut() else {
-                    break None;
-                };
-                if let Some(status) = child.try_wait()? {
-                    process.child = None;
-                    break Some(status);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    process.kill();
-                    break None;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            };
+            let status = process.exit_by(deadline).await?;
             match status {
                 Some(status) if status.success() => {}
                 Some(status) => failures.push(format!(
