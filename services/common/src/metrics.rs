@@ -225,7 +225,7 @@ pub async fn observe_http<E: poem::Endpoint>(
     inner: &E,
     request: poem::Request,
     routes: &[&'static str],
-    request_id: &str,
+    request_id: Option<&str>,
     on_error: fn(poem::Error) -> poem::Response,
 ) -> poem::Response {
     use poem::IntoResponse;

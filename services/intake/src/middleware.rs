@@ -52,7 +52,7 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
     let request_id = caller_request_id(&request).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(request_id.clone()));
     let mut response =
-        common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, &request_id, into_problem).await;
+        common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, Some(&request_id), into_problem).await;
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID_HEADER, value);

@@ -149,13 +149,7 @@ const ROUTES: &[&str] = &["/health", "/metrics", "/v1/download/{jobId}/stream"];
 /// Each request in an HTTP server span, counted by route template and status; for a stream,
 /// until its response head.
 async fn observe<E: poem::Endpoint>(endpoint: Arc<E>, request: poem::Request) -> poem::Result<poem::Response> {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    Ok(
-        common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, &request_id, |error| {
-            error.into_response()
-        })
-        .await,
-    )
+    Ok(common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, None, |error| error.into_response()).await)
 }
 
 /// A built notifier: connected, following events, bound to its port.

@@ -9,8 +9,9 @@
 use tracing::Span;
 use tracing::field::Empty;
 
-/// An HTTP server span: `{method} {route}`; finish it with [`http_status`].
-pub fn http_server(method: &str, route: &str, path: &str, request_id: &str) -> Span {
+/// An HTTP server span: `{method} {route}`, with the request's id when the service has one;
+/// finish it with [`http_status`].
+pub fn http_server(method: &str, route: &str, path: &str, request_id: Option<&str>) -> Span {
     tracing::info_span!(
         "http.server",
         otel.name = %format!("{method} {route}"),
@@ -21,7 +22,7 @@ pub fn http_server(method: &str, route: &str, path: &str, request_id: &str) -> S
         url.path = %path,
         url.scheme = "http",
         http.response.status_code = Empty,
-        request_id = %request_id,
+        request_id = request_id,
         tenant = Empty,
         job_id = Empty,
     )
