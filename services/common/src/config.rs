@@ -188,6 +188,10 @@ pub struct NatsSettings {
     /// through sources): set it to false, and run `<service> provision` as the `admin` user
     /// before starting the service; it then waits for them to exist.
     pub provision: bool,
+    /// `QUEUE_MAX_MESSAGES`: the job stream's hard limit (`max_msgs`, discard new) applied by
+    /// provisioning (default 100000): a job published to a full stream is refused, and the
+    /// intake answers 503 `QUEUE_FULL`. The intake's `QUEUE_MAX_BACKLOG` refuses earlier.
+    pub jobs_max_messages: i64,
 }
 
 impl NatsSettings {
@@ -244,6 +248,15 @@ impl NatsSettings {
             replicas,
             patience: crate::retry::Patience { window },
             provision: env.bool("NATS_PROVISION", true)?,
+            jobs_max_messages: {
+                let max = env.parse("QUEUE_MAX_MESSAGES", crate::nats::DEFAULT_JOBS_MAX_MESSAGES)?;
+                env.require(
+                    (1..=100_000_000).contains(&max),
+                    "QUEUE_MAX_MESSAGES",
+                    "must be between 1 and 100000000",
+                )?;
+                max
+            },
         })
     }
 }

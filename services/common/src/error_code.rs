@@ -44,6 +44,14 @@ pub enum ErrorCode {
     Misdirected,
     /// An unexpected server-side failure; the details are only in the logs.
     Internal,
+    /// The `Idempotency-Key` was used before with a different request.
+    IdempotencyKeyReused,
+    /// A request with this `Idempotency-Key` is still being handled; retry after it ends.
+    IdempotencyKeyInFlight,
+    /// The tenant has `MAX_ACTIVE_JOBS_PER_TENANT` jobs queued or processing.
+    TooManyActiveJobs,
+    /// The job queue's backlog is over `QUEUE_MAX_BACKLOG` (or the stream is full).
+    QueueFull,
 }
 
 impl ErrorCode {
@@ -68,6 +76,10 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::Misdirected => "MISDIRECTED",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ErrorCode::IdempotencyKeyInFlight => "IDEMPOTENCY_KEY_IN_FLIGHT",
+            ErrorCode::TooManyActiveJobs => "TOO_MANY_ACTIVE_JOBS",
+            ErrorCode::QueueFull => "QUEUE_FULL",
         }
     }
 }
@@ -80,14 +92,16 @@ impl ErrorCode {
             ErrorCode::Unauthenticated | ErrorCode::InvalidCredentials | ErrorCode::TokenExpired => 401,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::JobFinished => 409,
+            ErrorCode::JobFinished | ErrorCode::IdempotencyKeyInFlight => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Misdirected => 421,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::RateLimited | ErrorCode::TooManyActiveJobs => 429,
             ErrorCode::StorageUnavailable
             | ErrorCode::QueueUnavailable
             | ErrorCode::PresignerUnavailable
-            | ErrorCode::RequestTimeout => 503,
+            | ErrorCode::RequestTimeout
+            | ErrorCode::QueueFull => 503,
             ErrorCode::FileNotFound | ErrorCode::Timeout | ErrorCode::RetriesExhausted | ErrorCode::Internal => 500,
         }
     }

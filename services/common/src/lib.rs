@@ -6,6 +6,7 @@ pub mod consume;
 pub mod error_code;
 pub mod identity;
 pub mod job;
+pub mod kv_cas;
 pub mod messages;
 pub mod metrics;
 pub mod names;

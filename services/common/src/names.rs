@@ -54,11 +54,7 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Durable consumer of terminal job events through which notifiers deliver webhooks.
 pub const WEBHOOK_CONSUMER: &str = "download-webhooks";
 /// Event subjects that trigger a webhook.
-pub const WEBHOOK_EVENT_FILTERS: [&str; 3] = [
-    "downloads.events.*.completed",
-    "downloads.events.*.failed",
-    "downloads.events.*.cancelled",
-];
+pub const WEBHOOK_EVENT_FILTERS: [&str; 3] = TERMINAL_EVENT_FILTERS;
 /// Progress events, added to the webhook consumer's filters when milestones are configured.
 pub const WEBHOOK_PROGRESS_FILTER: &str = "downloads.events.*.progress";
 /// Work-queue stream of webhook deliveries replayed by an operator from the dead letters.
@@ -101,6 +97,24 @@ pub fn is_result_key(key: &str) -> bool {
 pub const API_KEYS_BUCKET: &str = "download-api-keys";
 /// KV bucket of tenants and their webhook secrets, keyed by tenant id.
 pub const TENANTS_BUCKET: &str = "download-tenants";
+/// KV bucket of the intakes' `Idempotency-Key` claims and remembered answers, keyed by a digest
+/// of tenant, operation and key.
+pub const IDEMPOTENCY_BUCKET: &str = "download-idempotency";
+/// KV bucket of the intakes' shared limits: `active.<hex tenant>` (slots of active jobs) and
+/// `rate.<hex client>` (rate-limit state).
+pub const LIMITS_BUCKET: &str = "download-limits";
+/// Subjects of the terminal job events, which free a tenant's slot.
+pub const TERMINAL_EVENT_FILTERS: [&str; 3] = [
+    "downloads.events.*.completed",
+    "downloads.events.*.failed",
+    "downloads.events.*.cancelled",
+];
+
+/// A KV key for arbitrary text (tenants and client addresses may hold `@`, `:`, `+`, which keys
+/// cannot): `<prefix>.<lowercase hex of the bytes>`.
+pub fn hex_key(prefix: &str, text: &str) -> String {
+    format!("{prefix}.{}", crate::identity::key::hex(text.as_bytes()))
+}
 
 #[cfg(test)]
 mod tests {

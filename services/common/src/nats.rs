@@ -132,7 +132,20 @@ pub struct Topology {
     pub max_deliver: i64,
     /// How long a processor may hold a job without acking progress before it is redelivered.
     pub ack_wait: Duration,
+    /// `max_msgs` of the job stream (`QUEUE_MAX_MESSAGES`).
+    pub jobs_max_messages: i64,
+    /// How long the intakes remember an `Idempotency-Key` (`IDEMPOTENCY_KEY_TTL_SECONDS`): the
+    /// idempotency bucket's `max_age`.
+    pub idempotency_ttl: Duration,
 }
+
+/// Default `QUEUE_MAX_MESSAGES`.
+pub const DEFAULT_JOBS_MAX_MESSAGES: i64 = 100_000;
+/// Default `IDEMPOTENCY_KEY_TTL_SECONDS`: a day, as Stripe's keys.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a key of the limits bucket lives after its last write: a slot or rate state older
+/// than this is stale anyway.
+pub const LIMITS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Topology {
     /// The definitions of the job consumer implied by the processor's settings. Only the
@@ -142,6 +155,8 @@ impl Topology {
             replicas: nats.replicas,
             max_deliver: max_deliveries as i64,
             ack_wait,
+            jobs_max_messages: nats.jobs_max_messages,
+            ..Default::default()
         }
     }
 
@@ -149,6 +164,7 @@ impl Topology {
     pub fn streams(nats: &NatsSettings) -> Self {
         Topology {
             replicas: nats.replicas,
+            jobs_max_messages: nats.jobs_max_messages,
             ..Default::default()
         }
     }
@@ -160,6 +176,8 @@ impl Default for Topology {
             replicas: 1,
             max_deliver: 10,
             ack_wait: Duration::from_secs(6),
+            jobs_max_messages: DEFAULT_JOBS_MAX_MESSAGES,
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
         }
     }
 }
@@ -186,6 +204,10 @@ pub enum Resource {
     ApiKeysBucket,
     /// `download-tenants`.
     TenantsBucket,
+    /// `download-idempotency`.
+    IdempotencyBucket,
+    /// `download-limits`.
+    LimitsBucket,
     /// `download-processor` on `DOWNLOAD_JOBS`.
     ProcessorConsumer,
     /// `download-processor-advisories` on `DOWNLOAD_ADVISORIES`.
@@ -204,6 +226,8 @@ impl Resource {
         Resource::JobsBucket,
         Resource::ApiKeysBucket,
         Resource::TenantsBucket,
+        Resource::IdempotencyBucket,
+        Resource::LimitsBucket,
         Resource::ProcessorConsumer,
         Resource::AdvisoriesConsumer,
     ];
@@ -220,6 +244,8 @@ impl Resource {
             Resource::JobsBucket => names::JOBS_BUCKET,
             Resource::ApiKeysBucket => names::API_KEYS_BUCKET,
             Resource::TenantsBucket => names::TENANTS_BUCKET,
+            Resource::IdempotencyBucket => names::IDEMPOTENCY_BUCKET,
+            Resource::LimitsBucket => names::LIMITS_BUCKET,
             Resource::ProcessorConsumer => names::PROCESSOR_CONSUMER,
             Resource::AdvisoriesConsumer => names::ADVISORIES_CONSUMER,
         }
@@ -250,6 +276,7 @@ pub fn jobs_stream_config(topology: &Topology) -> stream::Config {
         storage: stream::StorageType::File,
         num_replicas: topology.replicas,
         duplicate_window: DUPLICATE_WINDOW,
+        max_messages: topology.jobs_max_messages,
         discard: stream::DiscardPolicy::New,
         allow_direct: true,
         ..Default::default()
@@ -467,6 +494,35 @@ pub fn tenants_bucket_config(topology: &Topology) -> kv::Config {
     }
 }
 
+/// The intakes' `Idempotency-Key` claims and answers, each gone `idempotency_ttl` after its
+/// last write (the claim also says when it expires, to the millisecond).
+pub fn idempotency_bucket_config(topology: &Topology) -> kv::Config {
+    kv::Config {
+        bucket: names::IDEMPOTENCY_BUCKET.into(),
+        description: "Idempotency-Key claims and remembered answers of the intakes, keyed by a digest".into(),
+        history: 1,
+        max_age: topology.idempotency_ttl,
+        max_value_size: 64 * 1024,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    }
+}
+
+/// The intakes' shared limits: active-job slots per tenant and rate-limit state per client.
+pub fn limits_bucket_config(topology: &Topology) -> kv::Config {
+    kv::Config {
+        bucket: names::LIMITS_BUCKET.into(),
+        description: "Active-job slots per tenant (leases) and rate-limit state per client, shared by intakes".into(),
+        history: 1,
+        max_age: LIMITS_MAX_AGE,
+        max_value_size: 256 * 1024,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    }
+}
+
 /// Handles to everything provisioned.
 #[derive(Clone)]
 pub struct JetStreamHandles {
@@ -556,7 +612,9 @@ async fn open_one(
         | Resource::StreamLeasesBucket
         | Resource::JobsBucket
         | Resource::ApiKeysBucket
-        | Resource::TenantsBucket => drop(jetstream.get_key_value(resource.name()).await?),
+        | Resource::TenantsBucket
+        | Resource::IdempotencyBucket
+        | Resource::LimitsBucket => drop(jetstream.get_key_value(resource.name()).await?),
         Resource::JobsStream | Resource::EventsStream | Resource::AdvisoriesStream | Resource::WebhookReplaysStream => {
             drop(jetstream.get_stream(resource.name()).await?)
         }
@@ -655,6 +713,16 @@ async fn provision_one(
         Resource::TenantsBucket => drop(
             jetstream
                 .create_or_update_key_value(tenants_bucket_config(topology))
+                .await?,
+        ),
+        Resource::IdempotencyBucket => drop(
+            jetstream
+                .create_or_update_key_value(idempotency_bucket_config(topology))
+                .await?,
+        ),
+        Resource::LimitsBucket => drop(
+            jetstream
+                .create_or_update_key_value(limits_bucket_config(topology))
                 .await?,
         ),
         Resource::ProcessorConsumer => drop(

@@ -48,6 +48,9 @@ pub enum StoreError {
     /// A job with this id already exists.
     #[error("job {0} already exists")]
     AlreadyExists(JobId),
+    /// The job stream is full (`max_msgs` with discard-new): the job was not queued.
+    #[error("job queue is full")]
+    QueueFull,
 }
 
 /// A record with the KV revision it was read at.
@@ -189,7 +192,9 @@ impl JobStore {
         }
     }
 
-    async fn load_once(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
+    /// Reads a record, a miss confirmed with the stream's leader, without waiting for a young
+    /// job's record to arrive: for a job whose writer is known to be done (or dead).
+    pub async fn load_once(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
         self.patience
             .retry(
                 "reading a job record",
@@ -493,7 +498,13 @@ impl JobStore {
                             .await
                             .map_err(|error| StoreError::Publish(Box::new(error)))?
                             .await
-                            .map_err(|error| StoreError::Publish(Box::new(error)))
+                            .map_err(|error| {
+                                if is_stream_full(&error) {
+                                    StoreError::QueueFull
+                                } else {
+                                    StoreError::Publish(Box::new(error))
+                                }
+                            })
                     }
                 },
                 Self::is_transient,
@@ -566,6 +577,20 @@ impl JobStore {
         );
         within(deadline, removing).await
     }
+}
+
+/// Whether a publish was refused because its stream is full (`max_msgs` with discard-new):
+/// JetStream error 10077 ("maximum messages exceeded", or bytes). Final, not transient: a retry
+/// would only wait out the patience window.
+fn is_stream_full(error: &async_nats::jetstream::context::PublishError) -> bool {
+    let mut cause = std::error::Error::source(error);
+    while let Some(current) = cause {
+        if let Some(refusal) = current.downcast_ref::<async_nats::jetstream::Error>() {
+            return refusal.error_code() == async_nats::jetstream::ErrorCode::STREAM_STORE_FAILED;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// `call`, or a store failure when `deadline` passes first (its outcome is then unknown).

@@ -134,9 +134,7 @@ pub async fn authenticate<E: Endpoint>(
         && state.keys.needs_lookup(key)
     {
         let address = crate::middleware::client_address_key(&request, &state.settings.trusted_proxies);
-        let decision = state
-            .rate_limiter
-            .check(&format!("lookup:{address}"), std::time::Instant::now());
+        let decision = state.rate_limiter.check(&format!("lookup:{address}")).await;
         if !decision.allowed {
             return Ok(crate::middleware::rate_limited(decision));
         }

@@ -6,9 +6,13 @@
 // allocations and noise for no measurable gain.
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
 
+pub mod active_jobs;
+pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod backlog;
 pub mod body;
+pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
 pub mod page;
@@ -46,8 +50,14 @@ pub struct State {
     pub storage: Storage,
     /// NATS, for presign requests.
     pub nats: async_nats::Client,
-    /// Per-client request budgets.
-    pub rate_limiter: rate_limit::RateLimiter,
+    /// Per-client request budgets, shared by every intake.
+    pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    /// `Idempotency-Key` claims and answers.
+    pub idempotency: idempotency::Idempotency,
+    /// Active jobs per tenant, shared by every intake.
+    pub active_jobs: Arc<active_jobs::ActiveJobs>,
+    /// The job backlog, read in the background.
+    pub backlog: Arc<backlog::Backlog>,
     /// Mean duration of recent jobs in ms as published by processors (0 = unknown).
     pub recent_job_ms: AtomicU64,
     /// API keys, held in memory and kept current.
@@ -72,19 +82,6 @@ impl State {
         let expires_at = chrono::Utc::now().timestamp() + self.settings.auth.stream_token_ttl.as_secs() as i64;
         let token = self.tokens.issue(tenant, job_id, expires_at);
         format!("{}?token={token}", api::stream_path(job_id))
-    }
-
-    /// Accepts a job (its record, then its message) on a task of its own, so that neither a
-    /// client going away nor the request timeout can stop it half-way; rides out an unavailable
-    /// cluster within [`Settings::accept_budget`]. An error leaves no job behind.
-    pub async fn accept_job(
-        &self,
-        record: JobRecord,
-        message: common::messages::JobMessage,
-    ) -> Result<(), common::store::StoreError> {
-        let store = self.store.clone();
-        let budget = self.settings.accept_budget();
-        to_the_end(async move { store.accept(&record, &message, budget).await }).await
     }
 
     /// Cancels a job unless it ended, on a task of its own: once its record says cancelled, its
@@ -126,6 +123,10 @@ impl State {
             })
     }
 }
+
+/// How much longer than the request timeout an `Idempotency-Key` claim without an answer is
+/// trusted to belong to a live request (after that it was abandoned and is taken over).
+const IDEMPOTENCY_CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
 /// Runs a store change on a task of its own, continuing the request's span (so its messages
 /// carry the trace): neither a client going away nor the request timeout can stop it half-way.
@@ -178,14 +179,18 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
             "X-Request-ID",
             "traceparent",
             "Last-Event-ID",
+            idempotency::HEADER,
         ])
         .expose_headers([
             "Location",
             "Retry-After",
             "X-Request-ID",
+            "RateLimit",
+            "RateLimit-Policy",
             "RateLimit-Limit",
             "RateLimit-Remaining",
             "RateLimit-Reset",
+            idempotency::REPLAYED_HEADER,
         ]);
     if !state.settings.cors_origins.iter().any(|origin| origin == "*") {
         cors = cors.allow_origins(state.settings.cors_origins.clone());
@@ -213,18 +218,29 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
 }
 
 /// The JetStream resources the intake owns: it queues jobs, writes records, publishes
-/// cancellations and reads API keys; the consumers are the processors' and the notifiers'.
+/// cancellations, reads API keys, and keeps the shared limits and idempotency keys; the
+/// consumers are the processors' and the notifiers'.
 pub const NATS_RESOURCES: &[common::nats::Resource] = &[
     common::nats::Resource::JobsStream,
     common::nats::Resource::EventsStream,
     common::nats::Resource::ApiKeysBucket,
+    common::nats::Resource::IdempotencyBucket,
+    common::nats::Resource::LimitsBucket,
 ];
+
+/// The definitions of the intake's resources under its settings.
+fn topology(settings: &Settings) -> common::nats::Topology {
+    common::nats::Topology {
+        idempotency_ttl: settings.idempotency_ttl,
+        ..common::nats::Topology::streams(&settings.nats)
+    }
+}
 
 /// Creates or updates the intake's JetStream resources (`intake provision`, run by a NATS user
 /// allowed to, before intakes that run with `NATS_PROVISION=false`).
 pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
     let nats = common::nats::connect(&settings.nats, "download-intake-provision").await?;
-    common::nats::provision(&nats, &common::nats::Topology::streams(&settings.nats), NATS_RESOURCES).await?;
+    common::nats::provision(&nats, &topology(settings), NATS_RESOURCES).await?;
     nats.flush().await?;
     Ok(())
 }
@@ -243,17 +259,30 @@ impl Application {
         metrics::init();
         let storage = Storage::new(&settings.s3)?;
         let nats = common::nats::connect(&settings.nats, "download-intake").await?;
-        let handles = common::nats::prepare(
-            &nats,
-            &settings.nats,
-            &common::nats::Topology::streams(&settings.nats),
-            NATS_RESOURCES,
-        )
-        .await?;
+        let handles = common::nats::prepare(&nats, &settings.nats, &topology(&settings), NATS_RESOURCES).await?;
         let keys = common::identity::directory::Directory::new(
             common::nats::bucket(&handles.jetstream, names::API_KEYS_BUCKET).await?,
         );
+        let limits = common::nats::bucket(&handles.jetstream, names::LIMITS_BUCKET).await?;
+        let idempotency = idempotency::Idempotency::new(
+            common::nats::bucket(&handles.jetstream, names::IDEMPOTENCY_BUCKET).await?,
+            settings.idempotency_ttl,
+            settings.request_timeout + IDEMPOTENCY_CLAIM_MARGIN,
+        );
         let store = JobStore::new(handles.jetstream, handles.jobs).with_patience(settings.nats.patience);
+        let active_jobs = active_jobs::ActiveJobs::new(
+            limits.clone(),
+            store.clone(),
+            settings.max_active_jobs_per_tenant,
+            settings.active_job_lease,
+        );
+        let rate_limiter = rate_limit::RateLimiter::new(
+            limits,
+            rate_limit::Policy {
+                limit: settings.rate_limit_max_requests,
+                window: settings.rate_limit_window,
+            },
+        );
         let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
         let local_addr = acceptor
             .local_addr()
@@ -264,7 +293,10 @@ impl Application {
         let state = Arc::new(State {
             keys: common::identity::KeyDirectory::new(keys.clone()),
             tokens,
-            rate_limiter: rate_limit::RateLimiter::new(settings.rate_limit_window, settings.rate_limit_max_requests),
+            rate_limiter,
+            idempotency,
+            active_jobs,
+            backlog: Arc::new(backlog::Backlog::new(settings.queue_max_backlog)),
             settings,
             store,
             storage,
@@ -288,6 +320,17 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let watcher = tokio::spawn(follow_job_duration(self.state.clone(), shutdown.clone()));
         let key_follower = tokio::spawn(self.keys.clone().follow(shutdown.clone()));
+        let ended_jobs = tokio::spawn(
+            self.state
+                .active_jobs
+                .clone()
+                .follow_ended_jobs(self.state.nats.clone(), shutdown.clone()),
+        );
+        let backlog = {
+            let (backlog, jetstream) = (self.state.backlog.clone(), self.state.store.jetstream().clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { backlog.follow(jetstream, shutdown).await })
+        };
         tracing::info!(address = %self.local_addr, "intake listening");
         let grace = self.state.settings.request_timeout;
         poem::Server::new_with_acceptor(self.acceptor)
@@ -295,6 +338,8 @@ impl Application {
             .await?;
         watcher.abort();
         key_follower.abort();
+        ended_jobs.abort();
+        backlog.abort();
         self.state.nats.drain().await.ok();
         tracing::info!("intake stopped");
         Ok(())

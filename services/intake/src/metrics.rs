@@ -25,11 +25,58 @@ static ACCEPTED: LazyLock<Family<ApiLabel, Counter>> = LazyLock::new(|| {
     family
 });
 
+/// Labels of `download_intake_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why a job-creating request was refused.
+    pub reason: &'static str,
+}
+
+/// Reasons a job-creating request is refused by the limits (rate limits are in the HTTP metrics).
+const REFUSALS: [&str; 4] = [
+    "queue_full",
+    "too_many_active_jobs",
+    "idempotency_key_reused",
+    "idempotency_key_in_flight",
+];
+
+static REFUSED: LazyLock<Family<ReasonLabel, Counter>> = LazyLock::new(|| {
+    let family = common::metrics::register(
+        "download_intake_refused",
+        "Job-creating requests refused by backpressure, the active-job cap or an Idempotency-Key, by reason",
+        Family::default(),
+    );
+    for reason in REFUSALS {
+        let _ = family.get_or_create(&ReasonLabel { reason });
+    }
+    family
+});
+
+static REPLAYED: LazyLock<Counter> = LazyLock::new(|| {
+    common::metrics::register(
+        "download_intake_idempotent_replays",
+        "Job-creating requests answered with a remembered answer (Idempotency-Key)",
+        Counter::default(),
+    )
+});
+
 /// Registers every intake metric (shown at zero from the first scrape).
 pub fn init() {
     common::metrics::init("intake");
     common::metrics::init_http();
     LazyLock::force(&ACCEPTED);
+    LazyLock::force(&REFUSED);
+    LazyLock::force(&REPLAYED);
+}
+
+/// Counts a job-creating request refused by the limits (`reason` is one of [`REFUSALS`]).
+pub fn refused(reason: &'static str) {
+    REFUSED.get_or_create(&ReasonLabel { reason }).inc();
+}
+
+/// Counts a replayed answer.
+pub fn replayed() {
+    REPLAYED.inc();
 }
 
 /// Counts an accepted job.

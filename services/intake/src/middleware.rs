@@ -2,7 +2,6 @@
 //! per-address) rate limits, bounded bodies, the request timeout, and problem+json for every error.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use common::ErrorCode;
 use poem::http::HeaderValue;
@@ -114,19 +113,20 @@ pub fn rate_limited(decision: crate::rate_limit::Decision) -> Response {
     let mut response = Problem::new(
         ErrorCode::RateLimited,
         format!(
-            "more than {} requests in the current window; retry after {} s",
-            decision.limit, decision.reset_seconds
+            "more than {} requests in the window; retry after {} s",
+            decision.limit, decision.retry_after_seconds
         ),
     )
     .into_response();
     response
         .headers_mut()
-        .insert("Retry-After", HeaderValue::from(decision.reset_seconds));
+        .insert("Retry-After", HeaderValue::from(decision.retry_after_seconds));
     response
 }
 
-/// Counts the request against its client's budget; adds `RateLimit-*` headers to every response
-/// and answers 429 with `Retry-After` once the budget is spent.
+/// Counts the request against its client's budget (shared by every intake); adds the IETF
+/// `RateLimit-Policy` and `RateLimit` headers (and the older `RateLimit-Limit`, `-Remaining`,
+/// `-Reset`) to every response and answers 429 with `Retry-After` once the budget is spent.
 pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: Arc<State>) -> poem::Result<Response> {
     if exempt_from_rate_limits(&request) {
         return match endpoint.call(request).await {
@@ -135,7 +135,7 @@ pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: 
         };
     }
     let key = client_key(&request, &state.settings.trusted_proxies);
-    let decision = state.rate_limiter.check(&key, Instant::now());
+    let decision = state.rate_limiter.check(&key).await;
     let mut response = if decision.allowed {
         match endpoint.call(request).await {
             Ok(response) => response.into_response(),
@@ -145,6 +145,15 @@ pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: 
         rate_limited(decision)
     };
     let headers = response.headers_mut();
+    if let Ok(policy) = HeaderValue::from_str(&state.rate_limiter.policy().header()) {
+        headers.insert("RateLimit-Policy", policy);
+    }
+    if let Ok(current) = HeaderValue::from_str(&format!(
+        "\"default\";r={};t={}",
+        decision.remaining, decision.reset_seconds
+    )) {
+        headers.insert("RateLimit", current);
+    }
     headers.insert("RateLimit-Limit", HeaderValue::from(decision.limit));
     headers.insert("RateLimit-Remaining", HeaderValue::from(decision.remaining));
     headers.insert("RateLimit-Reset", HeaderValue::from(decision.reset_seconds));

@@ -95,19 +95,25 @@ pub enum ApiError {
     /// No such job for this user.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
-    /// The job already finished.
+    /// The job already finished (`JOB_FINISHED`), or a request with the same `Idempotency-Key`
+    /// is still being handled (`IDEMPOTENCY_KEY_IN_FLIGHT`: retry after `Retry-After` seconds).
     #[oai(status = 409, content_type = "application/problem+json")]
-    Conflict(Json<Problem>),
+    Conflict(Json<Problem>, #[oai(header = "Retry-After")] Option<u64>),
     /// The body is larger than allowed.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
-    /// Too many requests from this client; retry after `Retry-After` seconds.
+    /// The `Idempotency-Key` was used with a different request (`IDEMPOTENCY_KEY_REUSED`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
+    /// Too many requests from this client (`RATE_LIMITED`), or too many of the tenant's jobs
+    /// queued or processing (`TOO_MANY_ACTIVE_JOBS`); retry after `Retry-After` seconds.
     #[oai(status = 429, content_type = "application/problem+json")]
     TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),
     /// Unexpected failure; details are only in the server's logs.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
-    /// A dependency (queue, storage, presigner) is unavailable; retry after `Retry-After` seconds.
+    /// A dependency (queue, storage, presigner) is unavailable, or the job queue is full
+    /// (`QUEUE_FULL`); retry after `Retry-After` seconds.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u64),
 }
@@ -119,7 +125,8 @@ impl ApiError {
             400 => ApiError::BadRequest(Json(problem)),
             401 => ApiError::Unauthorized(Json(problem)),
             404 => ApiError::NotFound(Json(problem)),
-            409 => ApiError::Conflict(Json(problem)),
+            409 => ApiError::Conflict(Json(problem), None),
+            422 => ApiError::UnprocessableEntity(Json(problem)),
             413 => ApiError::PayloadTooLarge(Json(problem)),
             429 => ApiError::TooManyRequests(Json(problem), 1),
             503 => ApiError::Unavailable(Json(problem), UNAVAILABLE_RETRY_AFTER_SECONDS),

@@ -1,15 +1,63 @@
-//! Per-client fixed-window rate limiting with the IETF `RateLimit-*` headers.
+//! Request budgets per client (tenant, or address for anonymous requests), shared by every
+//! intake through the `download-limits` bucket, with the IETF `RateLimit` headers.
 //!
-//! Clients are keyed by user id when the gateway sent one, else by peer address. Counters live in
-//! this process: with several intake instances each enforces the limit on its own share of the
-//! traffic. (Cluster-wide limits held in NATS come with the per-user limits issue.)
+//! The algorithm is GCRA (the generic cell rate algorithm, as `governor` implements it): a
+//! client's state is one number, its theoretical arrival time (TAT). `RATE_LIMIT_MAX_REQUESTS`
+//! per `RATE_LIMIT_WINDOW_MS` means one request every `window / max` on average, with bursts
+//! of up to `max`; there is no window edge where a client gets two budgets.
+//!
+//! Sharing costs a compare-and-set on the client's key per *batch*: requests of one client that
+//! arrive while this instance's write for that client is in flight wait and are decided together
+//! by the next write (group commit), so under load the round trips per request fall well below
+//! one. A refusal the cached state already implies costs no round trip at all (the TAT only ever
+//! grows, so a cached refusal is never wrong). When NATS does not answer within
+//! [`WRITE_TIMEOUT`], the decision is taken on this instance's cached state alone: limits then
+//! hold per instance until NATS answers again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
-/// Purge expired windows once the table holds this many clients.
+use async_nats::jetstream::kv;
+use tokio::sync::oneshot;
+
+/// Forget clients idle for a window once the table holds this many.
 const PURGE_THRESHOLD: usize = 10_000;
+/// How long a shared decision may take before this instance decides alone.
+pub const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Compare-and-set rounds lost to other instances before deciding alone.
+const MAX_CONFLICTS: usize = 16;
+
+const NANOS_PER_SECOND: i64 = 1_000_000_000;
+
+/// The configured budget: `limit` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Requests per window (the burst).
+    pub limit: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Policy {
+    fn window_ns(self) -> i64 {
+        self.window.as_nanos() as i64
+    }
+
+    /// The emission interval: one request per `window / limit`.
+    fn interval_ns(self) -> i64 {
+        (self.window_ns() / i64::from(self.limit)).max(1)
+    }
+
+    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): `"default";q=<limit>;w=<s>`.
+    pub fn header(self) -> String {
+        format!(
+            "\"default\";q={};w={}",
+            self.limit,
+            self.window.as_secs_f64().ceil().max(1.0) as u64
+        )
+    }
+}
 
 /// What the limiter decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,60 +66,221 @@ pub struct Decision {
     pub allowed: bool,
     /// Requests allowed per window.
     pub limit: u32,
-    /// Requests left in the current window.
+    /// Requests the client could still make at once.
     pub remaining: u32,
-    /// Seconds until the window resets (at least 1).
+    /// Seconds until the whole budget is back (at least 1).
     pub reset_seconds: u64,
+    /// Seconds until the next request would be allowed (at least 1; for refusals).
+    pub retry_after_seconds: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    started: Instant,
-    count: u32,
+fn ceil_seconds(nanos: i64) -> u64 {
+    (nanos.max(0) as u64).div_ceil(NANOS_PER_SECOND as u64).max(1)
 }
 
-/// Counts requests per client and window.
-#[derive(Debug)]
+/// GCRA for `count` requests arriving at `now` (unix ns) against a client whose TAT is `tat`:
+/// each request is decided in turn; returns the decisions and the new TAT.
+pub fn decide(policy: Policy, tat: i64, now: i64, count: usize) -> (Vec<Decision>, i64) {
+    let (window, interval) = (policy.window_ns(), policy.interval_ns());
+    let mut tat = tat.max(now);
+    let decisions = (0..count)
+        .map(|_| {
+            let next = tat + interval;
+            let allowed = next - now <= window;
+            if allowed {
+                tat = next;
+            }
+            let remaining = ((window - (tat - now)) / interval).clamp(0, i64::from(policy.limit)) as u32;
+            Decision {
+                allowed,
+                limit: policy.limit,
+                remaining,
+                reset_seconds: ceil_seconds(tat - now),
+                retry_after_seconds: ceil_seconds(tat + interval - now - window),
+            }
+        })
+        .collect();
+    (decisions, tat)
+}
+
+/// A client's state as this instance last saw (or wrote) it.
+#[derive(Debug, Default)]
+struct Client {
+    tat: i64,
+    /// The key's revision when `tat` was read or written; `None`: not known (read first).
+    revision: Option<u64>,
+    /// Requests waiting for the write in flight.
+    waiting: Vec<oneshot::Sender<Decision>>,
+    /// Whether a write for this client is in flight.
+    flushing: bool,
+}
+
+/// Per-client budgets shared through NATS.
 pub struct RateLimiter {
-    window: Duration,
-    max_requests: u32,
-    clients: Mutex<HashMap<String, Window>>,
+    policy: Policy,
+    kv: kv::Store,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
 impl RateLimiter {
-    /// A limiter of `max_requests` per `window`.
-    pub fn new(window: Duration, max_requests: u32) -> Self {
-        RateLimiter {
-            window,
-            max_requests,
+    /// A limiter of `policy` whose state lives in `kv` (the limits bucket).
+    pub fn new(kv: kv::Store, policy: Policy) -> Arc<Self> {
+        Arc::new(RateLimiter {
+            policy,
+            kv,
             clients: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Client>> {
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one request of `client` (`tenant:<id>`, `ip:<address>`, …).
+    pub async fn check(self: &Arc<Self>, client: &str) -> Decision {
+        let receiver = {
+            let now = now_ns();
+            let mut clients = self.lock();
+            if clients.len() >= PURGE_THRESHOLD {
+                let window = self.policy.window_ns();
+                clients.retain(|_, state| state.flushing || state.tat + window > now);
+            }
+            let state = clients.entry(client.to_string()).or_default();
+            let (cached, _) = decide(self.policy, state.tat, now, 1);
+            if !cached[0].allowed {
+                // The TAT only grows: what the cache refuses, the shared state refuses too.
+                return cached[0];
+            }
+            let (sender, receiver) = oneshot::channel();
+            state.waiting.push(sender);
+            if !state.flushing {
+                state.flushing = true;
+                tokio::spawn(self.clone().flush(client.to_string()));
+            }
+            receiver
+        };
+        match receiver.await {
+            Ok(decision) => decision,
+            // The flush task died (a panic): decide on the cache rather than fail the request.
+            Err(_) => {
+                decide(
+                    self.policy,
+                    self.lock().get(client).map_or(0, |state| state.tat),
+                    now_ns(),
+                    1,
+                )
+                .0[0]
+            }
         }
     }
 
-    /// Counts one request of `client` at `now`.
-    pub fn check(&self, client: &str, now: Instant) -> Decision {
-        let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if clients.len() >= PURGE_THRESHOLD {
-            let window = self.window;
-            clients.retain(|_, entry| now.duration_since(entry.started) < window);
+    /// Decides the waiting requests of `client` with one shared write per batch, until none wait.
+    async fn flush(self: Arc<Self>, client: String) {
+        let key = common::names::hex_key("rate", &client);
+        loop {
+            let (batch, mut tat, mut revision) = {
+                let mut clients = self.lock();
+                let state = clients.entry(client.clone()).or_default();
+                if state.waiting.is_empty() {
+                    state.flushing = false;
+                    return;
+                }
+                (std::mem::take(&mut state.waiting), state.tat, state.revision)
+            };
+            let mut decided = None;
+            for _ in 0..MAX_CONFLICTS {
+                if revision.is_none() {
+                    match tokio::time::timeout(WRITE_TIMEOUT, self.kv.entry(&key)).await {
+                        Ok(Ok(entry)) => (tat, revision) = parse_entry(entry, tat),
+                        _ => break,
+                    }
+                }
+                let (decisions, next) = decide(self.policy, tat, now_ns(), batch.len());
+                if decisions.iter().all(|decision| !decision.allowed) {
+                    decided = Some((decisions, tat, revision));
+                    break;
+                }
+                match tokio::time::timeout(WRITE_TIMEOUT, self.write(&key, next, revision)).await {
+                    Ok(Ok(new_revision)) => {
+                        decided = Some((decisions, next, Some(new_revision)));
+                        break;
+                    }
+                    // Another instance wrote first: read its state and decide again.
+                    Ok(Err(Write::Lost)) => revision = None,
+                    Ok(Err(Write::Failed)) | Err(_) => break,
+                }
+            }
+            let (decisions, tat, revision) = decided.unwrap_or_else(|| {
+                tracing::warn!(client = %client, "shared rate limits unavailable; deciding on this instance's state");
+                let (decisions, next) = decide(self.policy, tat, now_ns(), batch.len());
+                (decisions, next, None)
+            });
+            {
+                let mut clients = self.lock();
+                let state = clients.entry(client.clone()).or_default();
+                state.tat = state.tat.max(tat);
+                state.revision = revision;
+            }
+            for (waiter, decision) in batch.into_iter().zip(decisions) {
+                let _ = waiter.send(decision);
+            }
         }
-        let entry = clients
-            .entry(client.to_string())
-            .or_insert(Window { started: now, count: 0 });
-        if now.duration_since(entry.started) >= self.window {
-            *entry = Window { started: now, count: 0 };
+    }
+}
+
+/// Why a shared write did not happen.
+enum Write {
+    /// Another instance changed the key since it was read.
+    Lost,
+    /// NATS refused or failed.
+    Failed,
+}
+
+impl RateLimiter {
+    /// Writes `tat` if the key is still at `revision` (`Some(0)`: if it does not exist).
+    async fn write(&self, key: &str, tat: i64, revision: Option<u64>) -> Result<u64, Write> {
+        let value = bytes::Bytes::from(tat.to_string());
+        match revision {
+            Some(0) | None => self.kv.create(key, value).await.map_err(|error| {
+                if error.kind() == kv::CreateErrorKind::AlreadyExists {
+                    Write::Lost
+                } else {
+                    Write::Failed
+                }
+            }),
+            Some(known) => self.kv.update(key, value, known).await.map_err(|error| {
+                if error.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                    Write::Lost
+                } else {
+                    Write::Failed
+                }
+            }),
         }
-        let allowed = entry.count < self.max_requests;
-        if allowed {
-            entry.count += 1;
+    }
+}
+
+/// The TAT and revision of a key's entry (`Some(0)`: no key, create it).
+fn parse_entry(entry: Option<kv::Entry>, cached: i64) -> (i64, Option<u64>) {
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            let tat = std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .unwrap_or(0);
+            (tat.max(cached), Some(entry.revision))
         }
-        let reset = self.window.saturating_sub(now.duration_since(entry.started));
-        Decision {
-            allowed,
-            limit: self.max_requests,
-            remaining: self.max_requests - entry.count,
-            reset_seconds: reset.as_secs_f64().ceil().max(1.0) as u64,
-        }
+        // Deleted or expired: a delete marker's revision is what to update.
+        Some(entry) => (cached, Some(entry.revision)),
+        None => (cached, Some(0)),
     }
 }
 
@@ -79,28 +288,71 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_limit_applies_per_client_and_resets_with_the_window() {
-        let limiter = RateLimiter::new(Duration::from_secs(60), 2);
-        let start = Instant::now();
-        assert_eq!(limiter.check("a", start).remaining, 1);
-        assert!(limiter.check("a", start).allowed);
-        let refused = limiter.check("a", start + Duration::from_secs(10));
-        assert!(!refused.allowed);
-        assert_eq!(refused.remaining, 0);
-        assert_eq!(refused.reset_seconds, 50);
-        assert!(limiter.check("b", start).allowed, "another client has its own budget");
-        assert!(limiter.check("a", start + Duration::from_secs(60)).allowed);
+    const SECOND: i64 = NANOS_PER_SECOND;
+
+    fn policy(limit: u32, window_seconds: u64) -> Policy {
+        Policy {
+            limit,
+            window: Duration::from_secs(window_seconds),
+        }
     }
 
     #[test]
-    fn expired_clients_are_purged_when_the_table_is_large() {
-        let limiter = RateLimiter::new(Duration::from_secs(1), 5);
-        let start = Instant::now();
-        for index in 0..PURGE_THRESHOLD {
-            limiter.check(&format!("client-{index}"), start);
-        }
-        limiter.check("late", start + Duration::from_secs(2));
-        assert_eq!(limiter.clients.lock().unwrap().len(), 1);
+    fn a_full_burst_then_one_request_per_interval() {
+        let policy = policy(10, 60);
+        let now = 1_000 * SECOND;
+        let (decisions, tat) = decide(policy, 0, now, 12);
+        let allowed = decisions.iter().filter(|decision| decision.allowed).count();
+        assert_eq!(allowed, 10, "the whole budget at once");
+        assert_eq!(decisions[0].remaining, 9);
+        assert_eq!(decisions[9].remaining, 0);
+        assert_eq!(decisions[9].reset_seconds, 60, "the budget is whole again in a window");
+        assert!(!decisions[10].allowed);
+        assert_eq!(decisions[10].retry_after_seconds, 6, "one request every 6 s");
+        // 5 s later still nothing; at 6 s exactly one.
+        assert!(!decide(policy, tat, now + 5 * SECOND, 1).0[0].allowed);
+        let (later, _) = decide(policy, tat, now + 6 * SECOND, 2);
+        assert!(later[0].allowed);
+        assert!(!later[1].allowed);
+    }
+
+    #[test]
+    fn no_double_burst_at_a_window_edge() {
+        // A fixed window lets 2×limit through around its edge; GCRA lets limit + refill.
+        let policy = policy(100, 60);
+        let start = 5_000 * SECOND;
+        let (first, tat) = decide(policy, 0, start + 59 * SECOND, 100);
+        assert!(first.iter().all(|decision| decision.allowed));
+        let (second, _) = decide(policy, tat, start + 61 * SECOND, 100);
+        let allowed = second.iter().filter(|decision| decision.allowed).count();
+        assert_eq!(allowed, 3, "2 s of refill at one per 0.6 s");
+    }
+
+    #[test]
+    fn an_idle_client_gets_its_whole_budget_back_and_no_more() {
+        let policy = policy(5, 10);
+        let (_, tat) = decide(policy, 0, 100 * SECOND, 5);
+        let (decisions, _) = decide(policy, tat, 1_000 * SECOND, 7);
+        assert_eq!(decisions.iter().filter(|decision| decision.allowed).count(), 5);
+    }
+
+    #[test]
+    fn policy_header_follows_the_draft() {
+        assert_eq!(policy(100, 60).header(), "\"default\";q=100;w=60");
+        let sub_second = Policy {
+            limit: 3,
+            window: Duration::from_millis(500),
+        };
+        assert_eq!(sub_second.header(), "\"default\";q=3;w=1");
+    }
+
+    #[test]
+    fn refusals_keep_the_state_and_count_nothing() {
+        let policy = policy(2, 10);
+        let now = 50 * SECOND;
+        let (_, tat) = decide(policy, 0, now, 2);
+        let (refused, after) = decide(policy, tat, now, 5);
+        assert!(refused.iter().all(|decision| !decision.allowed));
+        assert_eq!(after, tat);
     }
 }

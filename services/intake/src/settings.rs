@@ -43,6 +43,19 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `PRESIGN_TIMEOUT_MS`: how long to wait for the presigner (default 2000).
     pub presign_timeout: Duration,
+    /// `IDEMPOTENCY_KEY_TTL_SECONDS`: how long an `Idempotency-Key` is remembered after its first
+    /// use (default 86400, at most 7 days); after that the key is new again.
+    pub idempotency_ttl: Duration,
+    /// `MAX_ACTIVE_JOBS_PER_TENANT`: jobs queued or processing per tenant, across all intakes
+    /// (default 10).
+    pub max_active_jobs_per_tenant: usize,
+    /// `ACTIVE_JOB_LEASE_SECONDS`: a tenant's slot whose job cannot be confirmed active (an
+    /// intake killed half-way, an end missed) is free at most this long after it was taken
+    /// (default 60; must exceed `REQUEST_TIMEOUT_MS`, the longest an accept can take).
+    pub active_job_lease: Duration,
+    /// `QUEUE_MAX_BACKLOG`: jobs waiting in `DOWNLOAD_JOBS` (accepted, not yet finished) at which
+    /// initiate answers 503 `QUEUE_FULL` (default 10000).
+    pub queue_max_backlog: u64,
 }
 
 impl Settings {
@@ -76,6 +89,13 @@ impl Settings {
             legacy_anonymous_start: env.bool("LEGACY_ANONYMOUS_START", false)?,
             max_body_bytes: env.parse("MAX_BODY_BYTES", 64 * 1024)?,
             presign_timeout: env.millis("PRESIGN_TIMEOUT_MS", 2_000)?,
+            idempotency_ttl: env.seconds(
+                "IDEMPOTENCY_KEY_TTL_SECONDS",
+                common::nats::DEFAULT_IDEMPOTENCY_TTL.as_secs(),
+            )?,
+            max_active_jobs_per_tenant: env.parse("MAX_ACTIVE_JOBS_PER_TENANT", 10)?,
+            active_job_lease: env.seconds("ACTIVE_JOB_LEASE_SECONDS", 60)?,
+            queue_max_backlog: env.parse("QUEUE_MAX_BACKLOG", 10_000)?,
         };
         env.require(
             env.get("TRUST_PROXY").is_none(),
@@ -102,6 +122,23 @@ impl Settings {
             "RATE_LIMIT_MAX_REQUESTS",
             "must be positive",
         )?;
+        env.require(
+            (Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 60 * 60)).contains(&settings.idempotency_ttl),
+            "IDEMPOTENCY_KEY_TTL_SECONDS",
+            "must be between 1 and 604800",
+        )?;
+        env.require(
+            (1..=100_000).contains(&settings.max_active_jobs_per_tenant),
+            "MAX_ACTIVE_JOBS_PER_TENANT",
+            "must be between 1 and 100000",
+        )?;
+        env.require(
+            settings.active_job_lease > settings.request_timeout
+                && settings.active_job_lease <= Duration::from_secs(24 * 60 * 60),
+            "ACTIVE_JOB_LEASE_SECONDS",
+            "must exceed REQUEST_TIMEOUT_MS (an accept may take that long) and be at most 86400",
+        )?;
+        env.require(settings.queue_max_backlog > 0, "QUEUE_MAX_BACKLOG", "must be positive")?;
         env.require(
             (1024..=16 * 1024 * 1024).contains(&settings.max_body_bytes),
             "MAX_BODY_BYTES",
@@ -141,6 +178,23 @@ mod tests {
         assert_eq!(settings.auth.mode, common::config::AuthMode::ApiKeys);
         assert!(!settings.legacy_anonymous_start);
         assert!(settings.trusted_proxies.is_empty());
+        assert_eq!(settings.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(settings.max_active_jobs_per_tenant, 10);
+        assert_eq!(settings.active_job_lease, Duration::from_secs(60));
+        assert_eq!(settings.queue_max_backlog, 10_000);
+        assert_eq!(settings.nats.jobs_max_messages, 100_000);
+    }
+
+    #[test]
+    fn a_lease_shorter_than_an_accept_is_refused() {
+        let env = Env::from_pairs([
+            ("REQUEST_TIMEOUT_MS", "30000"),
+            ("ACTIVE_JOB_LEASE_SECONDS", "30"),
+            TOKEN_SECRET,
+        ]);
+        assert_eq!(Settings::from_env(&env).unwrap_err().key, "ACTIVE_JOB_LEASE_SECONDS");
+        let env = Env::from_pairs([("QUEUE_MAX_MESSAGES", "0"), TOKEN_SECRET]);
+        assert_eq!(Settings::from_env(&env).unwrap_err().key, "QUEUE_MAX_MESSAGES");
     }
 
     #[test]

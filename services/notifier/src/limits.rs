@@ -13,12 +13,6 @@ use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-/// Compare-and-set attempts before a change gives up. Changes of one instance never conflict with
-/// each other (they queue on a stripe lock), so only other instances' changes of the same user do.
-const MAX_CONFLICTS: usize = 32;
-/// Stripe locks serializing this instance's changes per user (by hash).
-const STRIPES: usize = 64;
-
 /// The value of a user's key: lease id → expiry (unix milliseconds).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct UserLeases {
@@ -28,39 +22,23 @@ pub struct UserLeases {
 
 /// The key of a user: user ids may hold characters keys cannot (`@`, `:`, `+`), so hex.
 pub fn key_of(user: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut key = String::with_capacity(5 + user.len() * 2);
-    key.push_str("user.");
-    for byte in user.bytes() {
-        key.push(char::from(HEX[usize::from(byte >> 4)]));
-        key.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
-    key
+    common::names::hex_key("user", user)
 }
 
 /// Why a lease could not be had.
-#[derive(Debug, thiserror::Error)]
-pub enum LimitsError {
-    /// The bucket could not be read or written.
-    #[error("stream leases unavailable: {0}")]
-    Unavailable(String),
-    /// Other writers kept winning the compare-and-set.
-    #[error("stream leases of this user are contended")]
-    Contended,
-}
+pub use common::kv_cas::CasError as LimitsError;
 
 /// Open streams per user, shared through NATS.
 pub struct StreamLimits {
-    kv: kv::Store,
+    /// Users' leases, changed with compare-and-set (one user's changes on this instance run one
+    /// at a time: a burst of opens by one user costs one round trip each).
+    leases: common::kv_cas::CasValues,
     max_per_user: usize,
     lease_ttl: Duration,
     instance: String,
     next_lease: AtomicU64,
     /// This instance's open leases by user, renewed in the background.
     local: Mutex<HashMap<String, HashSet<String>>>,
-    /// One user's changes on this instance run one at a time: a burst of opens by one user costs
-    /// one round trip each instead of a storm of failed compare-and-sets.
-    stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// One open stream's lease; given back when dropped.
@@ -76,13 +54,12 @@ impl StreamLimits {
     pub fn new(kv: kv::Store, max_per_user: usize, lease_ttl: Duration) -> Arc<Self> {
         let instance = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         Arc::new(StreamLimits {
-            kv,
+            leases: common::kv_cas::CasValues::new(kv),
             max_per_user,
             lease_ttl,
             instance,
             next_lease: AtomicU64::new(1),
             local: Mutex::new(HashMap::new()),
-            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
     }
 
@@ -127,55 +104,11 @@ impl StreamLimits {
         user: &str,
         mut change: impl FnMut(&mut BTreeMap<String, i64>, i64) -> bool,
     ) -> Result<bool, LimitsError> {
-        let key = key_of(user);
-        let stripe = {
-            use std::hash::{Hash, Hasher};
-            // Fixed keys: the same user always maps to the same stripe.
-            let mut hasher = std::hash::DefaultHasher::new();
-            key.hash(&mut hasher);
-            hasher.finish() as usize % STRIPES
-        };
-        let _turn = self.stripes[stripe].lock().await;
-        let unavailable = |error: &dyn std::fmt::Display| LimitsError::Unavailable(error.to_string());
-        for conflict in 0..MAX_CONFLICTS {
-            if conflict > 0 {
-                // Another instance changed this user meanwhile: step aside a little, at random.
-                let pause = rand::random_range(0..(2u64 << conflict.min(6)));
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            let entry = self.kv.entry(&key).await.map_err(|error| unavailable(&error))?;
-            let (mut leases, revision) = match entry {
-                Some(entry) if entry.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<UserLeases>(&entry.value)
-                        .unwrap_or_default()
-                        .leases,
-                    Some(entry.revision),
-                ),
-                Some(entry) => (BTreeMap::new(), Some(entry.revision)),
-                None => (BTreeMap::new(), None),
-            };
-            let now = chrono::Utc::now().timestamp_millis();
-            if !change(&mut leases, now) {
-                return Ok(false);
-            }
-            let value = serde_json::to_vec(&UserLeases { leases })
-                .expect("leases serialize")
-                .into();
-            // A conflict (another writer got there first) goes round again.
-            match revision {
-                Some(revision) => match self.kv.update(&key, value, revision).await {
-                    Ok(_) => return Ok(true),
-                    Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-                    Err(error) => return Err(unavailable(&error)),
-                },
-                None => match self.kv.create(&key, value).await {
-                    Ok(_) => return Ok(true),
-                    Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                    Err(error) => return Err(unavailable(&error)),
-                },
-            }
-        }
-        Err(LimitsError::Contended)
+        self.leases
+            .change(&key_of(user), |value: &mut UserLeases| {
+                change(&mut value.leases, chrono::Utc::now().timestamp_millis())
+            })
+            .await
     }
 
     /// Gives a lease back (in the background: a stream's end never waits on NATS).

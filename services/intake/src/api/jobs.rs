@@ -6,16 +6,18 @@ use common::messages::JobMessage;
 use common::store::{Change, StoreError};
 use common::validation::dedupe_file_ids;
 use common::{ErrorCode, JobId, JobRecord, JobStatus, telemetry};
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
+use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::types::{ApiJobStatus, CancelBody, InitiateBody, InitiateRequest, JobStatusBody};
 use super::{ApiTags, status_url};
-use crate::State;
 use crate::auth::Tenant;
 use crate::body::ValidatedJson;
+use crate::idempotency::{self, Answer};
 use crate::problem::ApiError;
+use crate::{State, admission};
 
 /// Seconds a poller should wait between status reads.
 const POLL_AFTER_SECONDS: u64 = 2;
@@ -29,12 +31,14 @@ pub struct JobsApi {
 /// Answer of `POST /v1/download/initiate`.
 #[derive(ApiResponse)]
 pub enum InitiateResponse {
-    /// Accepted: the job is queued. `Location` is its status URL.
+    /// Accepted: the job is queued. `Location` is its status URL. A request repeating an
+    /// earlier one's `Idempotency-Key` gets that answer again, with `Idempotent-Replayed: true`.
     #[oai(status = 202)]
     Accepted(
         Json<InitiateBody>,
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] u64,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
     ),
 }
 
@@ -124,43 +128,76 @@ impl JobsApi {
         &self,
         tenant: Tenant,
         body: ValidatedJson<InitiateRequest>,
+        /// Makes a retried request safe: the same key with the same body within
+        /// `IDEMPOTENCY_KEY_TTL_SECONDS` (default 24 h) answers the first request's job again
+        /// (`Idempotent-Replayed: true`) instead of starting a second; with another body it is
+        /// 422 `IDEMPOTENCY_KEY_REUSED`, while the first is still handled 409
+        /// `IDEMPOTENCY_KEY_IN_FLIGHT`. Scoped per tenant; 1-255 printable ASCII characters.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
     ) -> Result<InitiateResponse, ApiError> {
         let request = body.0;
+        let key = super::checked_idempotency_key(idempotency_key.0)?;
+        let fingerprint = idempotency::fingerprint(&(&request.file_ids, &request.callback_url));
         let file_ids: Vec<u64> = dedupe_file_ids(&request.file_ids.iter().map(|id| *id as u64).collect::<Vec<_>>());
-        let job_id = JobId::new();
-        tracing::Span::current().record("job_id", job_id.to_string().as_str());
         let estimated_seconds = self.state.estimated_job_seconds();
-        let record = JobRecord::queued(
-            job_id,
-            tenant.0.clone(),
-            file_ids.clone(),
-            request.callback_url,
-            estimated_seconds,
-            telemetry::current_traceparent(),
-        );
-        let message = JobMessage::SubmittedV1 {
-            job_id,
-            user_id: tenant.0.clone(),
-            file_ids: file_ids.clone(),
-        };
-        self.state
-            .accept_job(record, message)
-            .await
-            .map_err(|error| store_error("accepting the job", error))?;
-        let job_id_text = job_id.to_string();
-        crate::metrics::accepted("v1");
-        tracing::info!(job_id = %job_id_text, files = file_ids.len(), "job accepted");
+        let traceparent = telemetry::current_traceparent();
+        let owner = tenant.0.clone();
+        let admitted = admission::admit(
+            self.state.clone(),
+            admission::Request {
+                owner: tenant.0.clone(),
+                scope: tenant.0.clone(),
+                capped: true,
+                operation: "initiate",
+                key,
+                fingerprint,
+            },
+            move |job_id| {
+                let record = JobRecord::queued(
+                    job_id,
+                    owner.clone(),
+                    file_ids.clone(),
+                    request.callback_url,
+                    estimated_seconds,
+                    traceparent,
+                );
+                let message = JobMessage::SubmittedV1 {
+                    job_id,
+                    user_id: owner,
+                    file_ids,
+                };
+                (record, message)
+            },
+            move |record| Answer {
+                status: 202,
+                body: InitiateBody {
+                    job_id: record.job_id.to_string(),
+                    status: ApiJobStatus::Queued,
+                    total_file_ids: record.file_ids.len() as u64,
+                    estimated_time: estimated_seconds,
+                    status_url: status_url(&record.job_id.to_string()),
+                    // Minted for each answer: never remembered.
+                    stream_url: String::new(),
+                }
+                .to_json()
+                .unwrap_or_default(),
+            },
+        )
+        .await?;
+        let job_id_text = admitted.job_id.to_string();
+        tracing::Span::current().record("job_id", job_id_text.as_str());
+        let mut body: InitiateBody = super::remembered(admitted.answer.body)?;
+        body.stream_url = self.state.stream_url(&job_id_text, &tenant.0);
+        if !admitted.replayed {
+            crate::metrics::accepted("v1");
+            tracing::info!(job_id = %job_id_text, files = body.total_file_ids, "job accepted");
+        }
         Ok(InitiateResponse::Accepted(
-            Json(InitiateBody {
-                job_id: job_id_text.clone(),
-                status: ApiJobStatus::Queued,
-                total_file_ids: file_ids.len() as u64,
-                estimated_time: estimated_seconds,
-                status_url: status_url(&job_id_text),
-                stream_url: self.state.stream_url(&job_id_text, &tenant.0),
-            }),
+            Json(body),
             status_url(&job_id_text),
             POLL_AFTER_SECONDS,
+            admitted.replayed.then_some(true),
         ))
     }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 use common::messages::JobMessage;
 use common::{ErrorCode, JobId, JobRecord, JobStatus, names, telemetry};
 use futures::StreamExt;
+use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
+use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::jobs::store_error;
@@ -16,10 +18,11 @@ use super::types::{
     StartAcceptedBody, StartFinishedBody, StartRequest, StartStatus,
 };
 use super::{ApiTags, status_url};
-use crate::State;
 use crate::auth::{Caller, OptionalTenant};
 use crate::body::ValidatedJson;
+use crate::idempotency::{self, Answer};
 use crate::problem::{ApiError, Problem};
+use crate::{State, admission};
 
 /// Owner of jobs started through `/start` without credentials.
 pub const ANONYMOUS_USER: &str = common::identity::ANONYMOUS_TENANT;
@@ -47,15 +50,20 @@ pub enum HealthResponse {
 /// Answer of `POST /v1/download/start`.
 #[derive(ApiResponse)]
 pub enum StartResponse {
-    /// The job ended within the wait: the old service's answer.
+    /// The job ended within the wait: the old service's answer. A request repeating an earlier
+    /// one's `Idempotency-Key` gets that answer again, with `Idempotent-Replayed: true`.
     #[oai(status = 200)]
-    Finished(Json<StartFinishedBody>),
+    Finished(
+        Json<StartFinishedBody>,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
     /// The job is still running: poll `statusUrl` instead of waiting on this request.
     #[oai(status = 202)]
     Accepted(
         Json<StartAcceptedBody>,
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] u64,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
     ),
 }
 
@@ -129,12 +137,22 @@ impl LegacyApi {
     )]
     async fn start(
         &self,
+        request: &poem::Request,
         body: ValidatedJson<StartRequest>,
         caller: OptionalTenant,
+        /// Makes a retried request safe, as on `initiate`: the same key with the same body
+        /// answers the first request's answer again instead of starting a second job.
+        /// Anonymous callers' keys are scoped by their address.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
     ) -> Result<StartResponse, ApiError> {
-        let user_id = match caller.0 {
-            Caller::Tenant(tenant) => tenant,
-            Caller::Anonymous if self.state.settings.legacy_anonymous_start => ANONYMOUS_USER.to_string(),
+        let (user_id, capped, scope) = match caller.0 {
+            Caller::Tenant(tenant) => (tenant.clone(), true, tenant),
+            Caller::Anonymous if self.state.settings.legacy_anonymous_start => (
+                ANONYMOUS_USER.to_string(),
+                false,
+                crate::middleware::client_address_key(request, &self.state.settings.trusted_proxies),
+            ),
             other => {
                 let problem = other
                     .problem()
@@ -142,116 +160,198 @@ impl LegacyApi {
                 return Err(ApiError::from_problem(problem));
             }
         };
+        let key = super::checked_idempotency_key(idempotency_key.0)?;
         let file_id = body.0.file_id;
-        let job_id = JobId::new();
-        tracing::Span::current().record("job_id", job_id.to_string().as_str());
-        let record = JobRecord::queued(
-            job_id,
-            user_id.clone(),
-            vec![file_id as u64],
-            None,
-            self.state.estimated_job_seconds(),
-            telemetry::current_traceparent(),
-        );
-        let user_id_owner = user_id.clone();
+        let estimated_seconds = self.state.estimated_job_seconds();
+        let traceparent = telemetry::current_traceparent();
+        let owner = user_id.clone();
         let accepting = tokio::time::Instant::now();
-        self.state
-            .accept_job(
-                record.clone(),
-                JobMessage::SubmittedV1 {
+        let admitted = admission::admit(
+            self.state.clone(),
+            admission::Request {
+                owner: user_id.clone(),
+                scope,
+                capped,
+                operation: "start",
+                key,
+                fingerprint: idempotency::fingerprint(&file_id),
+            },
+            move |job_id| {
+                let record = JobRecord::queued(
                     job_id,
-                    user_id,
+                    owner.clone(),
+                    vec![file_id as u64],
+                    None,
+                    estimated_seconds,
+                    traceparent,
+                );
+                let message = JobMessage::SubmittedV1 {
+                    job_id,
+                    user_id: owner,
                     file_ids: vec![file_id as u64],
-                },
-            )
-            .await
-            .map_err(|error| store_error("accepting the job", error))?;
+                };
+                (record, message)
+            },
+            // Remembered until the wait below gives the final answer.
+            move |record| accepted_answer(file_id, record),
+        )
+        .await?;
+        let job_id = admitted.job_id;
+        tracing::Span::current().record("job_id", job_id.to_string().as_str());
+        if admitted.replayed {
+            return self.replay(admitted.answer, job_id, &user_id).await;
+        }
         crate::metrics::accepted("legacy");
-        // The watch starts with the record's current value, so no outcome slips past.
-        // The job is accepted now: if it cannot be watched, the answer is the job to poll (202),
-        // never an error that would hide a job that runs.
-        let mut watch = match self.state.store.kv().watch_with_history(job_id.to_string()).await {
-            Ok(watch) => Some(watch),
-            Err(error) => {
-                tracing::warn!(%job_id, %error, "accepted job not watched; answering with the job to poll");
-                None
-            }
-        };
-        // Whatever accepting took comes off the wait, so the answer stays within the request timeout.
-        let wait_left = self
-            .state
-            .settings
-            .start_wait
-            .min(
-                self.state
-                    .settings
-                    .request_timeout
-                    .saturating_sub(Duration::from_secs(1)),
-            )
-            .saturating_sub(accepting.elapsed());
-        let wait = tokio::time::sleep(wait_left);
-        tokio::pin!(wait);
-        let mut latest = record;
-        while let Some(watching) = watch.as_mut() {
-            tokio::select! {
-                _ = &mut wait => break,
-                entry = watching.next() => match entry {
-                    Some(Ok(entry)) => {
-                        if let Ok(record) = JobRecord::from_json_bytes(&entry.value) {
-                            latest = record;
-                            if latest.status.is_terminal() {
-                                break;
-                            }
-                        }
+        let latest = self.wait_for_end(job_id, accepting).await;
+        let processing_time_ms = latest.as_ref().map_or(0, |latest| {
+            (chrono::Utc::now() - latest.created_at).num_milliseconds().max(0) as u64
+        });
+        let answer = match latest.as_ref().map(|latest| latest.status) {
+            Some(JobStatus::Completed) => {
+                let latest = latest.as_ref().expect("matched");
+                Answer {
+                    status: 200,
+                    body: StartFinishedBody {
+                        file_id,
+                        status: StartStatus::Completed,
+                        download_url: None,
+                        size: latest.result_size,
+                        processing_time_ms,
+                        message: "Download ready".into(),
                     }
-                    _ => break,
-                },
+                    .to_json()
+                    .unwrap_or_default(),
+                }
             }
-        }
-        let job_id_text = job_id.to_string();
-        let processing_time_ms = (chrono::Utc::now() - latest.created_at).num_milliseconds().max(0) as u64;
-        match latest.status {
-            JobStatus::Completed => {
-                let url = self.state.download_url(&latest).await?;
-                Ok(StartResponse::Finished(Json(StartFinishedBody {
-                    file_id,
-                    status: StartStatus::Completed,
-                    download_url: Some(url),
-                    size: latest.result_size,
-                    processing_time_ms,
-                    message: "Download ready".into(),
-                })))
+            Some(JobStatus::Failed | JobStatus::Cancelled) => {
+                let latest = latest.as_ref().expect("matched");
+                Answer {
+                    status: 200,
+                    body: StartFinishedBody {
+                        file_id,
+                        status: StartStatus::Failed,
+                        download_url: None,
+                        size: None,
+                        processing_time_ms,
+                        message: latest
+                            .error
+                            .clone()
+                            .unwrap_or_else(|| format!("job {}", latest.status.as_str())),
+                    }
+                    .to_json()
+                    .unwrap_or_default(),
+                }
             }
-            JobStatus::Failed | JobStatus::Cancelled => Ok(StartResponse::Finished(Json(StartFinishedBody {
-                file_id,
-                status: StartStatus::Failed,
-                download_url: None,
-                size: None,
-                processing_time_ms,
-                message: latest
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| format!("job {}", latest.status.as_str())),
-            }))),
-            JobStatus::Queued | JobStatus::Processing => Ok(StartResponse::Accepted(
-                Json(StartAcceptedBody {
-                    file_id,
-                    job_id: job_id_text.clone(),
-                    status: ApiJobStatus::from(latest.status),
-                    status_url: status_url(&job_id_text),
-                    stream_url: self.state.stream_url(&job_id_text, &user_id_owner),
-                    message:
-                        "Still preparing; follow streamUrl or poll statusUrl (with the same API key) instead of waiting"
-                            .into(),
-                }),
-                status_url(&job_id_text),
-                2,
-            )),
+            _ => match &latest {
+                Some(latest) => accepted_answer(file_id, latest),
+                None => admitted.answer.clone(),
+            },
+        };
+        if let Some(mut guard) = admitted.guard {
+            self.state.idempotency.remember(&mut guard, answer.clone()).await;
         }
+        self.answer(answer, job_id, &user_id, None).await
+    }
+}
+
+/// The 202 of a job still running, without its stream URL (minted for each answer).
+fn accepted_answer(file_id: i64, record: &JobRecord) -> Answer {
+    let job_id = record.job_id.to_string();
+    Answer {
+        status: 202,
+        body: StartAcceptedBody {
+            file_id,
+            status_url: status_url(&job_id),
+            job_id,
+            status: ApiJobStatus::from(record.status),
+            stream_url: String::new(),
+            message: "Still preparing; follow streamUrl or poll statusUrl (with the same API key) instead of waiting"
+                .into(),
+        }
+        .to_json()
+        .unwrap_or_default(),
     }
 }
 
 impl LegacyApi {
+    /// Waits for the job to end, at most `START_WAIT_MS` (less what accepting took, so the
+    /// answer stays within the request timeout); the job's latest record (`None`: not watched).
+    /// The job is accepted by now: if it cannot be watched, the answer is the job to poll (202),
+    /// never an error that would hide a job that runs.
+    async fn wait_for_end(&self, job_id: JobId, accepting: tokio::time::Instant) -> Option<JobRecord> {
+        // The watch starts with the record's current value, so no outcome slips past.
+        let mut watch = match self.state.store.kv().watch_with_history(job_id.to_string()).await {
+            Ok(watch) => watch,
+            Err(error) => {
+                tracing::warn!(%job_id, %error, "accepted job not watched; answering with the job to poll");
+                return None;
+            }
+        };
+        let settings = &self.state.settings;
+        let wait_left = settings
+            .start_wait
+            .min(settings.request_timeout.saturating_sub(Duration::from_secs(1)))
+            .saturating_sub(accepting.elapsed());
+        let wait = tokio::time::sleep(wait_left);
+        tokio::pin!(wait);
+        let mut latest = None;
+        loop {
+            tokio::select! {
+                _ = &mut wait => return latest,
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => {
+                        if let Ok(record) = JobRecord::from_json_bytes(&entry.value) {
+                            let ended = record.status.is_terminal();
+                            latest = Some(record);
+                            if ended {
+                                return latest;
+                            }
+                        }
+                    }
+                    _ => return latest,
+                },
+            }
+        }
+    }
+
+    /// A remembered answer again, with fresh URLs.
+    async fn replay(&self, answer: Answer, job_id: JobId, user_id: &str) -> Result<StartResponse, ApiError> {
+        self.answer(answer, job_id, user_id, Some(true)).await
+    }
+
+    /// The response of an answer: its stream URL or (completed) download URL minted now.
+    async fn answer(
+        &self,
+        answer: Answer,
+        job_id: JobId,
+        user_id: &str,
+        replayed: Option<bool>,
+    ) -> Result<StartResponse, ApiError> {
+        let job_id_text = job_id.to_string();
+        if answer.status == 202 {
+            let mut body: StartAcceptedBody = super::remembered(answer.body)?;
+            body.stream_url = self.state.stream_url(&job_id_text, user_id);
+            return Ok(StartResponse::Accepted(
+                Json(body),
+                status_url(&job_id_text),
+                2,
+                replayed,
+            ));
+        }
+        let mut body: StartFinishedBody = super::remembered(answer.body)?;
+        if body.status == StartStatus::Completed {
+            let record = self
+                .state
+                .store
+                .load(job_id)
+                .await
+                .map_err(|error| store_error("reading the job", error))?
+                .ok_or_else(ApiError::job_not_found)?;
+            body.download_url = Some(self.state.download_url(&record.record).await?);
+        }
+        Ok(StartResponse::Finished(Json(body), replayed))
+    }
+
     async fn check_storage(&self) -> CheckState {
         match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, self.state.storage.check_bucket()).await {
             Ok(Ok(())) => CheckState::Ok,

@@ -1,0 +1,118 @@
+//! JSON values in a KV bucket that several instances change at once, each change a
+//! compare-and-set: the loser re-reads and applies its change again. One key's changes on this
+//! instance run one at a time (stripe locks), so a burst of changes of one key costs one round
+//! trip each instead of a storm of failed compare-and-sets; only other instances' changes of the
+//! same key conflict.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Compare-and-set rounds lost to other instances before a change gives up.
+const MAX_CONFLICTS: usize = 32;
+/// Stripe locks serializing this instance's changes per key (by hash).
+const STRIPES: usize = 64;
+
+/// Why a change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CasError {
+    /// The bucket could not be read or written.
+    #[error("shared state unavailable: {0}")]
+    Unavailable(String),
+    /// Other writers kept winning the compare-and-set.
+    #[error("shared state of this key is contended")]
+    Contended,
+}
+
+/// JSON values (`T: Default` when the key is absent, deleted or unreadable) changed with
+/// compare-and-set.
+pub struct CasValues {
+    kv: kv::Store,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl CasValues {
+    /// Values of `kv`.
+    pub fn new(kv: kv::Store) -> Self {
+        CasValues {
+            kv,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    /// The bucket.
+    pub fn kv(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    /// The current value of `key` and its revision (`None`: no key to update, create it).
+    async fn read<T: DeserializeOwned + Default>(&self, key: &str) -> Result<(T, Option<u64>), CasError> {
+        let entry = self
+            .kv
+            .entry(key)
+            .await
+            .map_err(|error| CasError::Unavailable(error.to_string()))?;
+        Ok(match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                let value = serde_json::from_slice(&entry.value).unwrap_or_else(|error| {
+                    tracing::warn!(key, %error, "unreadable shared value replaced");
+                    T::default()
+                });
+                (value, Some(entry.revision))
+            }
+            Some(entry) => (T::default(), Some(entry.revision)),
+            None => (T::default(), None),
+        })
+    }
+
+    /// The current value of `key`.
+    pub async fn get<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, CasError> {
+        Ok(self.read(key).await?.0)
+    }
+
+    /// Applies `change` to the value of `key` with compare-and-set; `Ok(false)` when `change`
+    /// declined (nothing written).
+    pub async fn change<T: Serialize + DeserializeOwned + Default>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut T) -> bool,
+    ) -> Result<bool, CasError> {
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            // Fixed keys: the same key always maps to the same stripe.
+            let mut hasher = std::hash::DefaultHasher::new();
+            key.hash(&mut hasher);
+            hasher.finish() as usize % STRIPES
+        };
+        let _turn = self.stripes[stripe].lock().await;
+        let unavailable = |error: &dyn std::fmt::Display| CasError::Unavailable(error.to_string());
+        for conflict in 0..MAX_CONFLICTS {
+            if conflict > 0 {
+                // Another instance changed this key meanwhile: step aside a little, at random.
+                let pause = rand::random_range(0..(2u64 << conflict.min(6)));
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            let (mut value, revision) = self.read::<T>(key).await?;
+            if !change(&mut value) {
+                return Ok(false);
+            }
+            let bytes = serde_json::to_vec(&value).expect("shared values serialize").into();
+            // A conflict (another writer got there first) goes round again.
+            match revision {
+                Some(revision) => match self.kv.update(key, bytes, revision).await {
+                    Ok(_) => return Ok(true),
+                    Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                    Err(error) => return Err(unavailable(&error)),
+                },
+                None => match self.kv.create(key, bytes).await {
+                    Ok(_) => return Ok(true),
+                    Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    Err(error) => return Err(unavailable(&error)),
+                },
+            }
+        }
+        Err(CasError::Contended)
+    }
+}

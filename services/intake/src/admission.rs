@@ -1,0 +1,211 @@
+//! Admission of a new job, in the order that costs least when refusing: the `Idempotency-Key`
+//! claim (a replay creates nothing), the backlog (a value in memory), the tenant's active-job
+//! slot (a compare-and-set), then accepting the job (its message and record). A refusal undoes
+//! what came before it: the slot is freed and the key released, so nothing is left behind.
+//!
+//! It runs on a task of its own, so neither a client going away nor the request timeout can stop
+//! it half-way: a job accepted is remembered under its key even if nobody hears the answer, and
+//! the client's retry gets it.
+
+use std::sync::Arc;
+
+use common::messages::JobMessage;
+use common::store::StoreError;
+use common::{ErrorCode, JobId, JobRecord};
+use poem_openapi::payload::Json;
+use tracing::Instrument;
+
+use crate::State;
+use crate::idempotency::{Answer, Begun, Guard, IdempotencyError};
+use crate::problem::{ApiError, Problem};
+
+/// Who asks for a job, and under which key.
+pub struct Request {
+    /// The job's owner.
+    pub owner: String,
+    /// Whether the owner's active jobs are capped (tenants are; anonymous legacy callers have
+    /// no tenant to count against).
+    pub capped: bool,
+    /// Whose keys these are: the tenant, or an anonymous caller's address.
+    pub scope: String,
+    /// `initiate` or `start`: keys are scoped per operation too.
+    pub operation: &'static str,
+    /// The request's `Idempotency-Key`.
+    pub key: Option<String>,
+    /// The request's fingerprint.
+    pub fingerprint: String,
+}
+
+/// A job admitted, or a request answered before.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The job.
+    pub job_id: JobId,
+    /// The answer (remembered under the key, if any).
+    pub answer: Answer,
+    /// Whether the answer was given before (`Idempotent-Replayed: true`).
+    pub replayed: bool,
+    /// The claim, for a request whose answer may still change (the legacy `/start`).
+    pub guard: Option<Guard>,
+}
+
+/// Admits a job built by `build` (given its id), answering with `answer_of` its record; on a
+/// task of its own.
+pub async fn admit(
+    state: Arc<State>,
+    request: Request,
+    build: impl FnOnce(JobId) -> (JobRecord, JobMessage) + Send + 'static,
+    answer_of: impl FnOnce(&JobRecord) -> Answer + Send + 'static,
+) -> Result<Admitted, ApiError> {
+    let admitting = async move {
+        let mut job_id = JobId::new();
+        let mut guard = None;
+        if let Some(key) = &request.key {
+            let begun = state
+                .idempotency
+                .begin(&request.scope, request.operation, key, &request.fingerprint, job_id)
+                .await
+                .map_err(idempotency_problem)?;
+            match begun {
+                Begun::Replay { job_id, answer } => {
+                    crate::metrics::replayed();
+                    return Ok(Admitted {
+                        job_id,
+                        answer,
+                        replayed: true,
+                        guard: None,
+                    });
+                }
+                Begun::Fresh(mut claimed) => {
+                    job_id = claimed.job_id();
+                    if claimed.resumed {
+                        // The request that claimed the key died: was its job accepted?
+                        let found = state
+                            .store
+                            .load_once(job_id)
+                            .await
+                            .map_err(|error| crate::api::jobs::store_error("resuming a job", error))?;
+                        if let Some(found) = found {
+                            let answer = answer_of(&found.record);
+                            state.idempotency.remember(&mut claimed, answer.clone()).await;
+                            return Ok(Admitted {
+                                job_id,
+                                answer,
+                                replayed: true,
+                                guard: Some(claimed),
+                            });
+                        }
+                    }
+                    guard = Some(claimed);
+                }
+            }
+        }
+        let (record, message) = build(job_id);
+        if let Err(error) = create(&state, &request, &record, message).await {
+            if let Some(guard) = guard {
+                state.idempotency.release(guard).await;
+            }
+            return Err(error);
+        }
+        let answer = answer_of(&record);
+        if let Some(guard) = guard.as_mut() {
+            state.idempotency.remember(guard, answer.clone()).await;
+        }
+        Ok(Admitted {
+            job_id,
+            answer,
+            replayed: false,
+            guard,
+        })
+    };
+    match tokio::spawn(admitting.instrument(tracing::Span::current())).await {
+        Ok(admitted) => admitted,
+        Err(panicked) => Err(ApiError::internal("admitting a job", &panicked)),
+    }
+}
+
+/// Backlog, slot, then the job itself; undoes the slot when the job is refused.
+async fn create(state: &State, request: &Request, record: &JobRecord, message: JobMessage) -> Result<(), ApiError> {
+    if let Err(retry_after) = state.backlog.admit() {
+        crate::metrics::refused("queue_full");
+        return Err(queue_full(retry_after));
+    }
+    if request.capped {
+        let slot = state
+            .active_jobs
+            .acquire(&request.owner, record.job_id, state.estimated_job_seconds())
+            .await
+            .map_err(|error| ApiError::unavailable(ErrorCode::QueueUnavailable, "the job limits", &error))?;
+        if let Err(refusal) = slot {
+            crate::metrics::refused("too_many_active_jobs");
+            let problem = Problem::new(
+                ErrorCode::TooManyActiveJobs,
+                format!(
+                    "{} jobs are queued or processing, the most allowed at once; retry after {} s",
+                    refusal.max, refusal.retry_after_seconds
+                ),
+            );
+            return Err(ApiError::TooManyRequests(Json(problem), refusal.retry_after_seconds));
+        }
+    }
+    let accepted = state
+        .store
+        .accept(record, &message, state.settings.accept_budget())
+        .await;
+    let Err(error) = accepted else {
+        state.backlog.accepted();
+        return Ok(());
+    };
+    if request.capped
+        && let Err(release) = state.active_jobs.release(&request.owner, record.job_id).await
+    {
+        tracing::warn!(job_id = %record.job_id, error = %release, "refused job's slot not freed; it lapses with its lease");
+    }
+    Err(match error {
+        StoreError::QueueFull => {
+            crate::metrics::refused("queue_full");
+            queue_full(
+                state
+                    .backlog
+                    .admit()
+                    .err()
+                    .unwrap_or(crate::backlog::RETRY_AFTER_WITHOUT_DRAIN),
+            )
+        }
+        other => crate::api::jobs::store_error("accepting the job", other),
+    })
+}
+
+/// 503 `QUEUE_FULL`.
+fn queue_full(retry_after: u64) -> ApiError {
+    let problem = Problem::new(
+        ErrorCode::QueueFull,
+        format!("the job queue is full; retry after {retry_after} s"),
+    );
+    ApiError::Unavailable(Json(problem), retry_after)
+}
+
+/// `Retry-After` of a 409 `IDEMPOTENCY_KEY_IN_FLIGHT`.
+const IN_FLIGHT_RETRY_AFTER_SECONDS: u64 = 1;
+
+/// The answer to a key that cannot be used now.
+fn idempotency_problem(error: IdempotencyError) -> ApiError {
+    match error {
+        IdempotencyError::Reused => {
+            crate::metrics::refused("idempotency_key_reused");
+            ApiError::from_problem(
+                Problem::new(ErrorCode::IdempotencyKeyReused, error.to_string()).with_field(crate::idempotency::HEADER),
+            )
+        }
+        IdempotencyError::InFlight => {
+            crate::metrics::refused("idempotency_key_in_flight");
+            ApiError::Conflict(
+                Json(Problem::new(ErrorCode::IdempotencyKeyInFlight, error.to_string())),
+                Some(IN_FLIGHT_RETRY_AFTER_SECONDS),
+            )
+        }
+        IdempotencyError::Unavailable(_) => {
+            ApiError::unavailable(ErrorCode::QueueUnavailable, "idempotency keys", &error)
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header, with Stripe's behaviour): a
+//! client that retries a job-creating POST after a network error gets the first answer again
+//! instead of a second job.
+//!
+//! A key is claimed atomically across intakes with a KV create in `download-idempotency`, under
+//! a digest of tenant, operation and key (so keys are scoped per tenant and never stored in
+//! clear). The claim carries the request's fingerprint and the id the job will have; once the
+//! job is accepted the answer is added to it. A later request with the key then gets:
+//! - the answer replayed (same status, same `jobId`, `Idempotent-Replayed: true`) when its
+//!   fingerprint matches;
+//! - 422 `IDEMPOTENCY_KEY_REUSED` when it does not;
+//! - 409 `IDEMPOTENCY_KEY_IN_FLIGHT` while the first is still being handled.
+//!
+//! A claim whose request died before answering (an intake killed) is taken over once it is
+//! older than the longest a request can take: the job id it carries tells whether the job was
+//! accepted (then its answer is rebuilt from the record) or not (then the job is created now,
+//! under that same id). Refused requests release their claim, so a retry is handled afresh.
+//! Keys expire `IDEMPOTENCY_KEY_TTL_SECONDS` after their first use.
+
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use common::JobId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The request header.
+pub const HEADER: &str = "Idempotency-Key";
+/// The response header marking a replayed answer.
+pub const REPLAYED_HEADER: &str = "Idempotent-Replayed";
+/// The longest key accepted.
+pub const MAX_KEY_LENGTH: usize = 255;
+/// Rounds of claim, read and compare-and-set before giving up (other requests with the same key
+/// keep changing it).
+const MAX_ROUNDS: usize = 8;
+
+/// Checks a key: 1 to 255 printable ASCII characters.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY_LENGTH {
+        return Err(format!(
+            "{HEADER} must be 1 to {MAX_KEY_LENGTH} characters, got {}",
+            key.len()
+        ));
+    }
+    if !key.bytes().all(|byte| (0x20..=0x7e).contains(&byte)) {
+        return Err(format!("{HEADER} must be printable ASCII"));
+    }
+    Ok(())
+}
+
+/// The fingerprint of a request: SHA-256 of its meaningful parts as JSON.
+pub fn fingerprint(parts: &impl Serialize) -> String {
+    common::identity::key::hex(&Sha256::digest(
+        serde_json::to_vec(parts).expect("fingerprints serialize"),
+    ))
+}
+
+/// The bucket key of a tenant's key for an operation.
+fn bucket_key(tenant: &str, operation: &str, key: &str) -> String {
+    let mut digest = Sha256::new();
+    for part in [tenant, operation, key] {
+        digest.update(part.as_bytes());
+        digest.update([0]);
+    }
+    common::identity::key::hex(&digest.finalize())
+}
+
+/// A remembered answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Its HTTP status.
+    pub status: u16,
+    /// Its JSON body, without the short-lived URLs (minted again on replay).
+    pub body: serde_json::Value,
+}
+
+/// The value under a claimed key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    /// Fingerprint of the request that claimed the key.
+    pub fingerprint: String,
+    /// The job the request creates.
+    pub job_id: JobId,
+    /// When the key was claimed (or taken over), unix ms.
+    pub claimed_at: i64,
+    /// When the key is new again, unix ms.
+    pub expires_at: i64,
+    /// The answer, once given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
+}
+
+/// What an existing claim means for a request with the same key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement {
+    /// The key expired: claim it anew.
+    Expired,
+    /// Another request used the key.
+    Reused,
+    /// Answered: replay.
+    Answered(Answer),
+    /// Still being handled.
+    InFlight,
+    /// Claimed by a request that died before answering: take it over.
+    Abandoned,
+}
+
+/// Judges `existing` for a request with `fingerprint` at `now`; a claim without an answer older
+/// than `stale_after_ms` was abandoned.
+pub fn judge(existing: &Claim, fingerprint: &str, now: i64, stale_after_ms: i64) -> Judgement {
+    if existing.expires_at <= now {
+        Judgement::Expired
+    } else if existing.fingerprint != fingerprint {
+        Judgement::Reused
+    } else if let Some(answer) = &existing.answer {
+        Judgement::Answered(answer.clone())
+    } else if existing.claimed_at + stale_after_ms > now {
+        Judgement::InFlight
+    } else {
+        Judgement::Abandoned
+    }
+}
+
+/// Why a key cannot be used now.
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    /// 422: the key was used with another request.
+    #[error("this Idempotency-Key was used with a different request")]
+    Reused,
+    /// 409: a request with the key is still being handled.
+    #[error("a request with this Idempotency-Key is still being handled; retry shortly")]
+    InFlight,
+    /// 503: the bucket did not answer.
+    #[error("idempotency keys unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The outcome of claiming a key.
+#[derive(Debug)]
+pub enum Begun {
+    /// The request goes ahead under the claim.
+    Fresh(Guard),
+    /// The request was answered before.
+    Replay {
+        /// The job of the first request.
+        job_id: JobId,
+        /// Its answer.
+        answer: Answer,
+    },
+}
+
+/// A claim held by the request handling it.
+#[derive(Debug)]
+pub struct Guard {
+    key: String,
+    revision: u64,
+    claim: Claim,
+    /// Whether an abandoned claim was taken over: the job may already exist.
+    pub resumed: bool,
+}
+
+impl Guard {
+    /// The id the job has (a taken-over claim keeps the first request's).
+    pub fn job_id(&self) -> JobId {
+        self.claim.job_id
+    }
+}
+
+/// Idempotency keys in the `download-idempotency` bucket.
+pub struct Idempotency {
+    kv: kv::Store,
+    ttl: Duration,
+    stale_after: Duration,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn unavailable(error: impl std::fmt::Display) -> IdempotencyError {
+    IdempotencyError::Unavailable(error.to_string())
+}
+
+impl Idempotency {
+    /// Keys remembered for `ttl`; a claim without an answer is abandoned after `stale_after`
+    /// (longer than any request can take).
+    pub fn new(kv: kv::Store, ttl: Duration, stale_after: Duration) -> Self {
+        Idempotency { kv, ttl, stale_after }
+    }
+
+    /// Claims `key` of `tenant` for `operation`, for a request with `fingerprint` that would
+    /// create `job_id`.
+    pub async fn begin(
+        &self,
+        tenant: &str,
+        operation: &str,
+        key: &str,
+        fingerprint: &str,
+        job_id: JobId,
+    ) -> Result<Begun, IdempotencyError> {
+        let bucket_key = bucket_key(tenant, operation, key);
+        let now = now_ms();
+        let claim = Claim {
+            fingerprint: fingerprint.to_string(),
+            job_id,
+            claimed_at: now,
+            expires_at: now + self.ttl.as_millis() as i64,
+            answer: None,
+        };
+        let fresh = |revision, claim, resumed| {
+            Ok(Begun::Fresh(Guard {
+                key: bucket_key.clone(),
+                revision,
+                claim,
+                resumed,
+            }))
+        };
+        for _ in 0..MAX_ROUNDS {
+            match self.kv.create(&bucket_key, encode(&claim)).await {
+                Ok(revision) => return fresh(revision, claim, false),
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(error) => return Err(unavailable(error)),
+            }
+            let Some(entry) = self.kv.entry(&bucket_key).await.map_err(unavailable)? else {
+                continue; // Expired meanwhile: claim again.
+            };
+            let existing = (entry.operation == kv::Operation::Put)
+                .then(|| serde_json::from_slice::<Claim>(&entry.value).ok())
+                .flatten();
+            let judgement = match &existing {
+                Some(existing) => judge(existing, fingerprint, now_ms(), self.stale_after.as_millis() as i64),
+                None => Judgement::Expired,
+            };
+            let (replacement, resumed) = match judgement {
+                Judgement::Reused => return Err(IdempotencyError::Reused),
+                Judgement::InFlight => return Err(IdempotencyError::InFlight),
+                Judgement::Answered(answer) => {
+                    let job_id = existing.map_or(job_id, |existing| existing.job_id);
+                    return Ok(Begun::Replay { job_id, answer });
+                }
+                Judgement::Expired => (claim.clone(), false),
+                Judgement::Abandoned => {
+                    let mut taken = existing.expect("judged a claim");
+                    taken.claimed_at = now_ms();
+                    tracing::warn!(job_id = %taken.job_id, "idempotency key abandoned by a request that never answered; taking it over");
+                    (taken, true)
+                }
+            };
+            match self.kv.update(&bucket_key, encode(&replacement), entry.revision).await {
+                Ok(revision) => return fresh(revision, replacement, resumed),
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(error) => return Err(unavailable(error)),
+            }
+        }
+        Err(IdempotencyError::Unavailable("the key kept changing".into()))
+    }
+
+    /// Remembers the answer of the request holding `guard` (again, when it changes). A failure is
+    /// logged: the claim is then taken over as abandoned, and the answer rebuilt from the job.
+    pub async fn remember(&self, guard: &mut Guard, answer: Answer) {
+        guard.claim.answer = Some(answer);
+        match self.kv.update(&guard.key, encode(&guard.claim), guard.revision).await {
+            Ok(revision) => guard.revision = revision,
+            Err(error) => {
+                tracing::warn!(job_id = %guard.claim.job_id, %error, "idempotent answer not remembered; a retry rebuilds it from the job")
+            }
+        }
+    }
+
+    /// Releases the claim of a refused request: a retry with the key is handled afresh.
+    pub async fn release(&self, guard: Guard) {
+        if let Err(error) = self.kv.delete_expect_revision(&guard.key, Some(guard.revision)).await {
+            tracing::warn!(job_id = %guard.claim.job_id, %error, "idempotency claim not released; it is taken over once abandoned");
+        }
+    }
+}
+
+fn encode(claim: &Claim) -> bytes::Bytes {
+    serde_json::to_vec(claim).expect("claims serialize").into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(answer: Option<Answer>) -> Claim {
+        Claim {
+            fingerprint: "f".into(),
+            job_id: JobId::new(),
+            claimed_at: 1_000,
+            expires_at: 100_000,
+            answer,
+        }
+    }
+
+    #[test]
+    fn a_claim_is_judged_by_expiry_fingerprint_answer_and_age() {
+        let answer = Answer {
+            status: 202,
+            body: serde_json::json!({"jobId": "x"}),
+        };
+        let answered = claim(Some(answer.clone()));
+        assert_eq!(judge(&answered, "f", 2_000, 35_000), Judgement::Answered(answer));
+        assert_eq!(judge(&answered, "other", 2_000, 35_000), Judgement::Reused);
+        assert_eq!(judge(&answered, "other", 100_000, 35_000), Judgement::Expired);
+        let pending = claim(None);
+        assert_eq!(judge(&pending, "f", 2_000, 35_000), Judgement::InFlight);
+        assert_eq!(judge(&pending, "f", 36_000, 35_000), Judgement::Abandoned);
+        assert_eq!(judge(&pending, "other", 36_000, 35_000), Judgement::Reused);
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(check_key("order-42").is_ok());
+        assert!(check_key(&"k".repeat(255)).is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key(&"k".repeat(256)).unwrap_err().contains("256"));
+        assert!(check_key("tab\there").is_err());
+        assert!(check_key("café").is_err());
+    }
+
+    #[test]
+    fn bucket_keys_scope_by_tenant_and_operation_and_are_valid_kv_keys() {
+        let key = bucket_key("acme", "initiate", "k");
+        assert_ne!(key, bucket_key("other", "initiate", "k"));
+        assert_ne!(key, bucket_key("acme", "start", "k"));
+        assert!(key.len() == 64 && key.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    }
+}
