@@ -275,6 +275,14 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
             format!("KV_{}", common::names::TENANTS_BUCKET),
             "nats/kv/download-tenants.json",
         ),
+        (
+            format!("KV_{}", common::names::IDEMPOTENCY_BUCKET),
+            "nats/kv/download-idempotency.json",
+        ),
+        (
+            format!("KV_{}", common::names::LIMITS_BUCKET),
+            "nats/kv/download-limits.json",
+        ),
     ];
     // Every stream and bucket provisioning created has its file: none is left out of nats/.
     let created: std::collections::BTreeSet<String> = jetstream.stream_names().try_collect().await.unwrap();

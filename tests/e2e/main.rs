@@ -10,6 +10,7 @@ mod failures;
 mod http;
 mod identity;
 mod legacy;
+mod limits;
 mod notifier;
 mod observability;
 mod permissions;

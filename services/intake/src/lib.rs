@@ -50,8 +50,8 @@ pub struct State {
     pub storage: Storage,
     /// NATS, for presign requests.
     pub nats: async_nats::Client,
-    /// Per-client request budgets, shared by every intake.
-    pub rate_limiter: Arc<rate_limit::RateLimiter>,
+    /// Per-client request budgets, shared by every intake (`None`: `RATE_LIMIT_MAX_REQUESTS=0`).
+    pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
     /// `Idempotency-Key` claims and answers.
     pub idempotency: idempotency::Idempotency,
     /// Active jobs per tenant, shared by every intake.
@@ -276,13 +276,15 @@ impl Application {
             settings.max_active_jobs_per_tenant,
             settings.active_job_lease,
         );
-        let rate_limiter = rate_limit::RateLimiter::new(
-            limits,
-            rate_limit::Policy {
-                limit: settings.rate_limit_max_requests,
-                window: settings.rate_limit_window,
-            },
-        );
+        let rate_limiter = (settings.rate_limit_max_requests > 0).then(|| {
+            rate_limit::RateLimiter::new(
+                limits,
+                rate_limit::Policy {
+                    limit: settings.rate_limit_max_requests,
+                    window: settings.rate_limit_window,
+                },
+            )
+        });
         let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
         let local_addr = acceptor
             .local_addr()

@@ -128,14 +128,17 @@ pub fn rate_limited(decision: crate::rate_limit::Decision) -> Response {
 /// `RateLimit-Policy` and `RateLimit` headers (and the older `RateLimit-Limit`, `-Remaining`,
 /// `-Reset`) to every response and answers 429 with `Retry-After` once the budget is spent.
 pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: Arc<State>) -> poem::Result<Response> {
-    if exempt_from_rate_limits(&request) {
-        return match endpoint.call(request).await {
-            Ok(response) => Ok(response.into_response()),
-            Err(error) => Ok(into_problem(error)),
-        };
-    }
+    let rate_limiter = match &state.rate_limiter {
+        Some(rate_limiter) if !exempt_from_rate_limits(&request) => rate_limiter,
+        _ => {
+            return match endpoint.call(request).await {
+                Ok(response) => Ok(response.into_response()),
+                Err(error) => Ok(into_problem(error)),
+            };
+        }
+    };
     let key = client_key(&request, &state.settings.trusted_proxies);
-    let decision = state.rate_limiter.check(&key).await;
+    let decision = rate_limiter.check(&key).await;
     let mut response = if decision.allowed {
         match endpoint.call(request).await {
             Ok(response) => response.into_response(),
@@ -145,7 +148,7 @@ pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: 
         rate_limited(decision)
     };
     let headers = response.headers_mut();
-    if let Ok(policy) = HeaderValue::from_str(&state.rate_limiter.policy().header()) {
+    if let Ok(policy) = HeaderValue::from_str(&rate_limiter.policy().header()) {
         headers.insert("RateLimit-Policy", policy);
     }
     if let Ok(current) = HeaderValue::from_str(&format!(

@@ -24,7 +24,8 @@ pub struct Settings {
     pub start_wait: Duration,
     /// `RATE_LIMIT_WINDOW_MS` (default 60000).
     pub rate_limit_window: Duration,
-    /// `RATE_LIMIT_MAX_REQUESTS` per client and window (default 100).
+    /// `RATE_LIMIT_MAX_REQUESTS` per client and window (default 100; 0 turns rate limiting off,
+    /// for a gateway in front that limits).
     pub rate_limit_max_requests: u32,
     /// `CORS_ORIGINS`: comma-separated allowed origins, `*` for any (default `*`).
     pub cors_origins: Vec<String>,
@@ -47,7 +48,7 @@ pub struct Settings {
     /// use (default 86400, at most 7 days); after that the key is new again.
     pub idempotency_ttl: Duration,
     /// `MAX_ACTIVE_JOBS_PER_TENANT`: jobs queued or processing per tenant, across all intakes
-    /// (default 10).
+    /// (default 10; 0 turns the cap off).
     pub max_active_jobs_per_tenant: usize,
     /// `ACTIVE_JOB_LEASE_SECONDS`: a tenant's slot whose job cannot be confirmed active (an
     /// intake killed half-way, an end missed) is free at most this long after it was taken
@@ -118,19 +119,14 @@ impl Settings {
             "must be positive",
         )?;
         env.require(
-            settings.rate_limit_max_requests > 0,
-            "RATE_LIMIT_MAX_REQUESTS",
-            "must be positive",
-        )?;
-        env.require(
             (Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 60 * 60)).contains(&settings.idempotency_ttl),
             "IDEMPOTENCY_KEY_TTL_SECONDS",
             "must be between 1 and 604800",
         )?;
         env.require(
-            (1..=100_000).contains(&settings.max_active_jobs_per_tenant),
+            settings.max_active_jobs_per_tenant <= 100_000,
             "MAX_ACTIVE_JOBS_PER_TENANT",
-            "must be between 1 and 100000",
+            "must be at most 100000 (0: no cap)",
         )?;
         env.require(
             settings.active_job_lease > settings.request_timeout

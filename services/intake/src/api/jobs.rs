@@ -126,6 +126,7 @@ impl JobsApi {
     #[oai(path = "/initiate", method = "post", operation_id = "initiateDownload")]
     async fn initiate(
         &self,
+        http: &poem::Request,
         tenant: Tenant,
         body: ValidatedJson<InitiateRequest>,
         /// Makes a retried request safe: the same key with the same body within
@@ -133,11 +134,12 @@ impl JobsApi {
         /// (`Idempotent-Replayed: true`) instead of starting a second; with another body it is
         /// 422 `IDEMPOTENCY_KEY_REUSED`, while the first is still handled 409
         /// `IDEMPOTENCY_KEY_IN_FLIGHT`. Scoped per tenant; 1-255 printable ASCII characters.
+        // Declared for the document; read from the raw headers by `checked_idempotency_key`.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
-        idempotency_key: Header<Option<String>>,
+        _idempotency_key: Header<Option<String>>,
     ) -> Result<InitiateResponse, ApiError> {
         let request = body.0;
-        let key = super::checked_idempotency_key(idempotency_key.0)?;
+        let key = super::checked_idempotency_key(http)?;
         let fingerprint = idempotency::fingerprint(&(&request.file_ids, &request.callback_url));
         let file_ids: Vec<u64> = dedupe_file_ids(&request.file_ids.iter().map(|id| *id as u64).collect::<Vec<_>>());
         let estimated_seconds = self.state.estimated_job_seconds();
@@ -148,7 +150,7 @@ impl JobsApi {
             admission::Request {
                 owner: tenant.0.clone(),
                 scope: tenant.0.clone(),
-                capped: true,
+                capped: self.state.settings.max_active_jobs_per_tenant > 0,
                 operation: "initiate",
                 key,
                 fingerprint,

@@ -143,11 +143,16 @@ impl LegacyApi {
         /// Makes a retried request safe, as on `initiate`: the same key with the same body
         /// answers the first request's answer again instead of starting a second job.
         /// Anonymous callers' keys are scoped by their address.
+        // Declared for the document; read from the raw headers by `checked_idempotency_key`.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
-        idempotency_key: Header<Option<String>>,
+        _idempotency_key: Header<Option<String>>,
     ) -> Result<StartResponse, ApiError> {
         let (user_id, capped, scope) = match caller.0 {
-            Caller::Tenant(tenant) => (tenant.clone(), true, tenant),
+            Caller::Tenant(tenant) => (
+                tenant.clone(),
+                self.state.settings.max_active_jobs_per_tenant > 0,
+                tenant,
+            ),
             Caller::Anonymous if self.state.settings.legacy_anonymous_start => (
                 ANONYMOUS_USER.to_string(),
                 false,
@@ -160,7 +165,7 @@ impl LegacyApi {
                 return Err(ApiError::from_problem(problem));
             }
         };
-        let key = super::checked_idempotency_key(idempotency_key.0)?;
+        let key = super::checked_idempotency_key(request)?;
         let file_id = body.0.file_id;
         let estimated_seconds = self.state.estimated_job_seconds();
         let traceparent = telemetry::current_traceparent();

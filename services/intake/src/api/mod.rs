@@ -29,14 +29,23 @@ pub fn stream_path(job_id: &str) -> String {
     format!("/v1/download/{job_id}/stream")
 }
 
-/// The request's `Idempotency-Key`, checked (400 naming the header otherwise).
-pub fn checked_idempotency_key(key: Option<String>) -> Result<Option<String>, crate::problem::ApiError> {
-    match key {
-        Some(key) => crate::idempotency::check_key(&key)
-            .map(|()| Some(key))
-            .map_err(|detail| crate::problem::ApiError::invalid(crate::idempotency::HEADER, detail)),
-        None => Ok(None),
+/// The request's `Idempotency-Key`, checked (400 naming the header otherwise). Read from the raw
+/// headers: a value that is empty, not UTF-8, or sent twice must be refused, not taken for no key.
+pub fn checked_idempotency_key(request: &poem::Request) -> Result<Option<String>, crate::problem::ApiError> {
+    let header = crate::idempotency::HEADER;
+    let invalid = |detail: String| crate::problem::ApiError::invalid(header, detail);
+    let mut values = request.headers().get_all(header).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(invalid(format!("{header} must be sent once")));
     }
+    let key = value
+        .to_str()
+        .map_err(|_| invalid(format!("{header} must be printable ASCII")))?;
+    crate::idempotency::check_key(key).map_err(invalid)?;
+    Ok(Some(key.to_string()))
 }
 
 /// A remembered answer's body as the type it was made from.
