@@ -121,6 +121,13 @@ impl Patience {
         full / 2 + (full / 2).mul_f64(random.clamp(0.0, 1.0))
     }
 
+    /// The patience left until `deadline`.
+    pub fn until(deadline: tokio::time::Instant) -> Self {
+        Patience {
+            window: deadline.saturating_duration_since(tokio::time::Instant::now()),
+        }
+    }
+
     /// Runs `call` until it succeeds, fails with an error `transient` says is not worth
     /// retrying, or the window is spent; returns the last outcome.
     pub async fn retry<T, E, Call, Calling>(

@@ -532,11 +532,8 @@ impl JobStore {
         // The record must be stored well within the processors' grace for it, or a message could
         // be dropped before its record arrives.
         let storing = started + (budget * 2 / 3).min(RECORD_GRACE / 2);
-        let patience_until = |deadline: tokio::time::Instant| Patience {
-            window: deadline.saturating_duration_since(tokio::time::Instant::now()),
-        };
-        within(storing, self.submit_with(message, patience_until(storing))).await?;
-        let Err(failure) = within(storing, self.create_with(record, patience_until(storing))).await else {
+        within(storing, self.submit_with(message, Patience::until(storing))).await?;
+        let Err(failure) = within(storing, self.create_with(record, Patience::until(storing))).await else {
             return Ok(());
         };
         match self.remove_unclaimed(record, started + budget).await {
@@ -556,9 +553,7 @@ impl JobStore {
     /// not there (any more); `Ok(false)`: a processor changed it, the job runs.
     async fn remove_unclaimed(&self, record: &JobRecord, deadline: tokio::time::Instant) -> Result<bool, StoreError> {
         let job_id = record.job_id;
-        let patience = Patience {
-            window: deadline.saturating_duration_since(tokio::time::Instant::now()),
-        };
+        let patience = Patience::until(deadline);
         let removing = patience.retry(
             "removing a record stored without an answer",
             || async move {

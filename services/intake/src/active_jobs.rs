@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use common::kv_cas::{CasError, CasValues};
+use common::retry::Patience;
 use common::store::JobStore;
 use common::{JobId, names};
 use futures::StreamExt;
@@ -148,8 +149,25 @@ impl ActiveJobs {
     }
 
     /// Takes a slot of `tenant` for `job`; `Ok(Err(refusal))` at the cap. A tenant at the cap
-    /// has its lapsed slots checked first (one record read each).
-    pub async fn acquire(&self, tenant: &str, job: JobId, job_seconds: u64) -> Result<Result<(), Refusal>, CasError> {
+    /// has its lapsed slots checked first (one record read each). Rides out an unavailable
+    /// cluster with `patience` (taking the slot again is harmless: a job holds one slot).
+    pub async fn acquire(
+        &self,
+        tenant: &str,
+        job: JobId,
+        job_seconds: u64,
+        patience: Patience,
+    ) -> Result<Result<(), Refusal>, CasError> {
+        patience
+            .retry(
+                "taking an active-job slot",
+                || self.acquire_once(tenant, job, job_seconds),
+                |error| matches!(error, CasError::Unavailable(_)),
+            )
+            .await
+    }
+
+    async fn acquire_once(&self, tenant: &str, job: JobId, job_seconds: u64) -> Result<Result<(), Refusal>, CasError> {
         let (key, job_text) = (key_of(tenant), job.to_string());
         let (max, lease) = (self.max, self.lease);
         if self

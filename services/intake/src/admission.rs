@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use common::messages::JobMessage;
+use common::retry::Patience;
 use common::store::StoreError;
 use common::{ErrorCode, JobId, JobRecord};
 use poem_openapi::payload::Json;
@@ -58,12 +59,24 @@ pub async fn admit(
     answer_of: impl FnOnce(&JobRecord) -> Answer + Send + 'static,
 ) -> Result<Admitted, ApiError> {
     let admitting = async move {
+        // Everything fits the request's accept budget, so the client hears the outcome: the
+        // claim and the slot may ride out an election for half of it, accepting has the rest.
+        let budget = state.settings.accept_budget();
+        let deadline = tokio::time::Instant::now() + budget;
+        let checks = Patience::until(deadline - budget / 2);
         let mut job_id = JobId::new();
         let mut guard = None;
         if let Some(key) = &request.key {
             let begun = state
                 .idempotency
-                .begin(&request.scope, request.operation, key, &request.fingerprint, job_id)
+                .begin(
+                    &request.scope,
+                    request.operation,
+                    key,
+                    &request.fingerprint,
+                    job_id,
+                    checks,
+                )
                 .await
                 .map_err(idempotency_problem)?;
             match begun {
@@ -87,7 +100,10 @@ pub async fn admit(
                             .map_err(|error| crate::api::jobs::store_error("resuming a job", error))?;
                         if let Some(found) = found {
                             let answer = answer_of(&found.record);
-                            state.idempotency.remember(&mut claimed, answer.clone()).await;
+                            state
+                                .idempotency
+                                .remember(&mut claimed, answer.clone(), Patience::until(deadline))
+                                .await;
                             return Ok(Admitted {
                                 job_id,
                                 answer,
@@ -101,15 +117,22 @@ pub async fn admit(
             }
         }
         let (record, message) = build(job_id);
-        if let Err(error) = create(&state, &request, &record, message).await {
+        if let Err(error) = create(&state, &request, &record, message, checks, deadline).await {
             if let Some(guard) = guard {
-                state.idempotency.release(guard).await;
+                // In the background: the refusal is answered at once.
+                let state = state.clone();
+                tokio::spawn(async move { state.idempotency.release(guard, state.store.patience()).await });
             }
             return Err(error);
         }
         let answer = answer_of(&record);
         if let Some(guard) = guard.as_mut() {
-            state.idempotency.remember(guard, answer.clone()).await;
+            // Within the budget, so the client hears the 202; should the cluster not take it by
+            // then, the claim is later taken over and the answer rebuilt from the job.
+            state
+                .idempotency
+                .remember(guard, answer.clone(), Patience::until(deadline))
+                .await;
         }
         Ok(Admitted {
             job_id,
@@ -124,8 +147,16 @@ pub async fn admit(
     }
 }
 
-/// Backlog, slot, then the job itself; undoes the slot when the job is refused.
-async fn create(state: &State, request: &Request, record: &JobRecord, message: JobMessage) -> Result<(), ApiError> {
+/// Backlog, slot (within `checks`), then the job itself (by `deadline`); frees the slot when the
+/// job is refused.
+async fn create(
+    state: &Arc<State>,
+    request: &Request,
+    record: &JobRecord,
+    message: JobMessage,
+    checks: Patience,
+    deadline: tokio::time::Instant,
+) -> Result<(), ApiError> {
     if let Err(retry_after) = state.backlog.admit() {
         crate::metrics::refused("queue_full");
         return Err(queue_full(retry_after));
@@ -133,7 +164,7 @@ async fn create(state: &State, request: &Request, record: &JobRecord, message: J
     if request.capped {
         let slot = state
             .active_jobs
-            .acquire(&request.owner, record.job_id, state.estimated_job_seconds())
+            .acquire(&request.owner, record.job_id, state.estimated_job_seconds(), checks)
             .await
             .map_err(|error| ApiError::unavailable(ErrorCode::QueueUnavailable, "the job limits", &error))?;
         if let Err(refusal) = slot {
@@ -148,18 +179,22 @@ async fn create(state: &State, request: &Request, record: &JobRecord, message: J
             return Err(ApiError::TooManyRequests(Json(problem), refusal.retry_after_seconds));
         }
     }
-    let accepted = state
-        .store
-        .accept(record, &message, state.settings.accept_budget())
-        .await;
+    let budget = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(MIN_ACCEPT_BUDGET);
+    let accepted = state.store.accept(record, &message, budget).await;
     let Err(error) = accepted else {
         state.backlog.accepted();
         return Ok(());
     };
-    if request.capped
-        && let Err(release) = state.active_jobs.release(&request.owner, record.job_id).await
-    {
-        tracing::warn!(job_id = %record.job_id, error = %release, "refused job's slot not freed; it lapses with its lease");
+    if request.capped {
+        // In the background: the refusal is answered at once.
+        let (state, owner, job_id) = (state.clone(), request.owner.clone(), record.job_id);
+        tokio::spawn(async move {
+            if let Err(release) = state.active_jobs.release(&owner, job_id).await {
+                tracing::warn!(%job_id, error = %release, "refused job's slot not freed; it lapses with its lease");
+            }
+        });
     }
     Err(match error {
         StoreError::QueueFull => {
@@ -175,6 +210,9 @@ async fn create(state: &State, request: &Request, record: &JobRecord, message: J
         other => crate::api::jobs::store_error("accepting the job", other),
     })
 }
+
+/// The least time accepting is given, however long the checks took.
+const MIN_ACCEPT_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// 503 `QUEUE_FULL`.
 fn queue_full(retry_after: u64) -> ApiError {

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use common::JobId;
+use common::retry::Patience;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -190,8 +191,26 @@ impl Idempotency {
     }
 
     /// Claims `key` of `tenant` for `operation`, for a request with `fingerprint` that would
-    /// create `job_id`.
+    /// create `job_id`; rides out an unavailable cluster with `patience`.
     pub async fn begin(
+        &self,
+        tenant: &str,
+        operation: &str,
+        key: &str,
+        fingerprint: &str,
+        job_id: JobId,
+        patience: Patience,
+    ) -> Result<Begun, IdempotencyError> {
+        patience
+            .retry(
+                "claiming an idempotency key",
+                || self.begin_once(tenant, operation, key, fingerprint, job_id),
+                |error| matches!(error, IdempotencyError::Unavailable(_)),
+            )
+            .await
+    }
+
+    async fn begin_once(
         &self,
         tenant: &str,
         operation: &str,
@@ -256,11 +275,20 @@ impl Idempotency {
         Err(IdempotencyError::Unavailable("the key kept changing".into()))
     }
 
-    /// Remembers the answer of the request holding `guard` (again, when it changes). A failure is
-    /// logged: the claim is then taken over as abandoned, and the answer rebuilt from the job.
-    pub async fn remember(&self, guard: &mut Guard, answer: Answer) {
+    /// Remembers the answer of the request holding `guard` (again, when it changes), riding out
+    /// an unavailable cluster with `patience`. A failure is logged: the claim is then taken over
+    /// as abandoned, and the answer rebuilt from the job.
+    pub async fn remember(&self, guard: &mut Guard, answer: Answer, patience: Patience) {
         guard.claim.answer = Some(answer);
-        match self.kv.update(&guard.key, encode(&guard.claim), guard.revision).await {
+        let (key, value, revision) = (guard.key.as_str(), encode(&guard.claim), guard.revision);
+        let written = patience
+            .retry(
+                "remembering an idempotent answer",
+                || self.kv.update(key, value.clone(), revision),
+                |error| error.kind() != kv::UpdateErrorKind::WrongLastRevision,
+            )
+            .await;
+        match written {
             Ok(revision) => guard.revision = revision,
             Err(error) => {
                 tracing::warn!(job_id = %guard.claim.job_id, %error, "idempotent answer not remembered; a retry rebuilds it from the job")
@@ -268,9 +296,17 @@ impl Idempotency {
         }
     }
 
-    /// Releases the claim of a refused request: a retry with the key is handled afresh.
-    pub async fn release(&self, guard: Guard) {
-        if let Err(error) = self.kv.delete_expect_revision(&guard.key, Some(guard.revision)).await {
+    /// Releases the claim of a refused request, so a retry with the key is handled afresh;
+    /// rides out an unavailable cluster with `patience`.
+    pub async fn release(&self, guard: Guard, patience: Patience) {
+        let released = patience
+            .retry(
+                "releasing an idempotency key",
+                || self.kv.delete_expect_revision(&guard.key, Some(guard.revision)),
+                |_| true,
+            )
+            .await;
+        if let Err(error) = released {
             tracing::warn!(job_id = %guard.claim.job_id, %error, "idempotency claim not released; it is taken over once abandoned");
         }
     }

@@ -2,8 +2,14 @@
 //!
 //! ```sh
 //! cargo build --release -p intake -p processor -p presigner -p system-tests --bins
-//! target/release/bench [seconds=10] [connections=64] [processors=1] [auth=key|gateway] [trace=off|on]
+//! target/release/bench [seconds=10] [connections=64] [processors=1] [auth=key|gateway] [trace=off|on] [limits=on|off]
 //! ```
+//!
+//! `limits=on` (the default, as deployed) sends a fresh `Idempotency-Key` with every initiate
+//! and keeps the shared rate limit and the per-tenant active-job cap on, set high enough never to
+//! refuse, so the figures show what the checks cost (their NATS round trips); `limits=off` turns
+//! both off (`RATE_LIMIT_MAX_REQUESTS=0`, `MAX_ACTIVE_JOBS_PER_TENANT=0`) and sends no key. The
+//! backlog check is in memory and always on.
 //!
 //! `trace=on` exports every span (sampling 100 %) over OTLP/HTTP to a receiver that drops them
 //! (rotel without a trace processor), so the figures show what tracing everything costs.
@@ -89,10 +95,22 @@ fn main() -> anyhow::Result<()> {
         Some("on") => true,
         Some(other) => anyhow::bail!("trace must be on or off, not {other}"),
     };
-    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections, processors, gateway, trace))
+    let limits = match arguments.get(6).map(String::as_str) {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => anyhow::bail!("limits must be on or off, not {other}"),
+    };
+    tokio::runtime::Runtime::new()?.block_on(run(seconds, connections, processors, gateway, trace, limits))
 }
 
-async fn run(seconds: u64, connections: usize, processors: usize, gateway: bool, trace: bool) -> anyhow::Result<()> {
+async fn run(
+    seconds: u64,
+    connections: usize,
+    processors: usize,
+    gateway: bool,
+    trace: bool,
+    limits: bool,
+) -> anyhow::Result<()> {
     let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
     let sink = if trace {
         Some(system_tests::otlp::OtlpReceiver::start_sink().await?)
@@ -105,9 +123,24 @@ async fn run(seconds: u64, connections: usize, processors: usize, gateway: bool,
     env.extend([
         ("PORT".to_string(), api_port.to_string()),
         ("STREAM_TOKEN_SECRET".to_string(), system_tests::stack::random_secret()),
-        ("RATE_LIMIT_MAX_REQUESTS".to_string(), "1000000000".to_string()),
         ("RUST_LOG".to_string(), "warn".to_string()),
+        // The backlog and the stream's cap never refuse here: the queue is drained after the run.
+        ("QUEUE_MAX_BACKLOG".to_string(), "10000000".to_string()),
+        ("QUEUE_MAX_MESSAGES".to_string(), "10000000".to_string()),
     ]);
+    let (rate_limit, active_jobs) = if limits { ("1000000000", "100000") } else { ("0", "0") };
+    env.extend([
+        ("RATE_LIMIT_MAX_REQUESTS".to_string(), rate_limit.to_string()),
+        ("MAX_ACTIVE_JOBS_PER_TENANT".to_string(), active_jobs.to_string()),
+    ]);
+    println!(
+        "## limits: {}",
+        if limits {
+            "on (a fresh Idempotency-Key per initiate, shared rate limit, active-job cap)"
+        } else {
+            "off (no key, RATE_LIMIT_MAX_REQUESTS=0, MAX_ACTIVE_JOBS_PER_TENANT=0)"
+        }
+    );
     if gateway {
         env.push(("AUTH_MODE".to_string(), "gateway".to_string()));
     }
@@ -190,15 +223,18 @@ async fn run(seconds: u64, connections: usize, processors: usize, gateway: bool,
         let refused = refused.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut sent_count = 0u64;
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                let response = client
+                sent_count += 1;
+                let mut request = client
                     .post(&url)
                     .header(header, &credentials)
-                    .header("Content-Type", "application/json")
-                    .body(r#"{"file_ids":[10000]}"#)
-                    .send()
-                    .await;
+                    .header("Content-Type", "application/json");
+                if limits {
+                    request = request.header("Idempotency-Key", format!("bench-{sent_count}"));
+                }
+                let response = request.body(r#"{"file_ids":[10000]}"#).send().await;
                 match response {
                     Ok(response) if response.status() == 202 => {
                         let _ = response.bytes().await;

@@ -253,7 +253,12 @@ impl LegacyApi {
             },
         };
         if let Some(mut guard) = admitted.guard {
-            self.state.idempotency.remember(&mut guard, answer.clone()).await;
+            // In the background: the answer is due now, and the 202 is remembered already.
+            let (state, final_answer) = (self.state.clone(), answer.clone());
+            tokio::spawn(async move {
+                let patience = state.store.patience();
+                state.idempotency.remember(&mut guard, final_answer, patience).await;
+            });
         }
         self.answer(answer, job_id, &user_id, None).await
     }
