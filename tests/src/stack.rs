@@ -68,7 +68,7 @@ pub fn fast_defaults() -> Vec<(&'static str, &'static str)> {
         ("JOB_ACK_WAIT_SECONDS", "5"),
         ("RATE_LIMIT_MAX_REQUESTS", "100000"),
         // Tests that run many jobs of one tenant at once; tests/e2e/limits.rs sets its own.
-        ("MAX_ACTIVE_JOBS_PER_TENANT", "100000"),
+        ("MAX_ACTIVE_JOBS_PER_TENANT", "1000"),
         ("SHUTDOWN_GRACE_SECONDS", "2"),
         ("START_WAIT_MS", "5000"),
         ("HOST", "127.0.0.1"),

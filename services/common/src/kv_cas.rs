@@ -26,6 +26,21 @@ pub enum CasError {
     Contended,
 }
 
+/// An error with its causes, `error: cause: cause`, for an error kept as text.
+pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        let next = current.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = current.source();
+    }
+    text
+}
+
 /// JSON values (`T: Default` when the key is absent, deleted or unreadable) changed with
 /// compare-and-set.
 pub struct CasValues {
@@ -53,7 +68,7 @@ impl CasValues {
             .kv
             .entry(key)
             .await
-            .map_err(|error| CasError::Unavailable(error.to_string()))?;
+            .map_err(|error| CasError::Unavailable(cause_chain(&error)))?;
         Ok(match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
                 let value = serde_json::from_slice(&entry.value).unwrap_or_else(|error| {
@@ -87,7 +102,7 @@ impl CasValues {
             hasher.finish() as usize % STRIPES
         };
         let _turn = self.stripes[stripe].lock().await;
-        let unavailable = |error: &dyn std::fmt::Display| CasError::Unavailable(error.to_string());
+        let unavailable = |error: &(dyn std::error::Error + 'static)| CasError::Unavailable(cause_chain(error));
         for conflict in 0..MAX_CONFLICTS {
             if conflict > 0 {
                 // Another instance changed this key meanwhile: step aside a little, at random.

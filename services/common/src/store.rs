@@ -51,6 +51,9 @@ pub enum StoreError {
     /// The job stream is full (`max_msgs` with discard-new): the job was not queued.
     #[error("job queue is full")]
     QueueFull,
+    /// Accepting failed, and whether the job was left behind could not be checked: it may run.
+    #[error("job queue unavailable; whether the job was stored is unknown")]
+    OutcomeUnknown(#[source] Box<StoreError>),
 }
 
 /// A record with the KV revision it was read at.
@@ -544,7 +547,7 @@ impl JobStore {
             }
             Err(error) => {
                 tracing::error!(job_id = %record.job_id, error = %error, "a record stored without an answer could not be checked; it may run although the client was refused");
-                Err(failure)
+                Err(StoreError::OutcomeUnknown(Box::new(failure)))
             }
         }
     }

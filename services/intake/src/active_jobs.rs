@@ -14,7 +14,7 @@
 //! one lease after it was taken.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::kv_cas::{CasError, CasValues};
@@ -27,8 +27,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How many terminal events are handled at once.
 const RELEASE_CONCURRENCY: usize = 32;
-/// Jobs this instance remembers the tenant of (beyond, a release reads the job's record).
-const MAX_REMEMBERED: usize = 100_000;
 /// The queue group in which intakes free the slots of ended jobs.
 pub const RELEASE_QUEUE_GROUP: &str = "download-intake-slots";
 
@@ -124,8 +122,6 @@ pub struct ActiveJobs {
     store: JobStore,
     max: usize,
     lease: Duration,
-    /// The tenant of each job this instance took a slot for, until the job ends.
-    tenants: Mutex<HashMap<JobId, String>>,
 }
 
 fn now_ms() -> i64 {
@@ -140,12 +136,7 @@ impl ActiveJobs {
             store,
             max,
             lease,
-            tenants: Mutex::new(HashMap::new()),
         })
-    }
-
-    fn tenants(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, String>> {
-        self.tenants.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes a slot of `tenant` for `job`; `Ok(Err(refusal))` at the cap. A tenant at the cap
@@ -175,7 +166,6 @@ impl ActiveJobs {
             .change(&key, |slots: &mut Slots| take(slots, &job_text, now_ms(), max, lease))
             .await?
         {
-            self.remember(job, tenant);
             return Ok(Ok(()));
         }
         let current: Slots = self.slots.get(&key).await?;
@@ -188,6 +178,8 @@ impl ActiveJobs {
         let taken = self
             .slots
             .change(&key, |slots: &mut Slots| {
+                // The change may run again (another instance wrote meanwhile): decide afresh.
+                refusal = None;
                 let now = now_ms();
                 let before = slots.clone();
                 apply_checks(slots, &checked, now, lease);
@@ -209,12 +201,12 @@ impl ActiveJobs {
                 }
                 Ok(Err(refusal))
             }
-            None if taken => {
-                tracing::info!(tenant, checked = lapsed.len(), "lapsed slots checked; a slot was freed");
-                self.remember(job, tenant);
+            None => {
+                if taken {
+                    tracing::info!(tenant, checked = lapsed.len(), "lapsed slots checked; a slot was freed");
+                }
                 Ok(Ok(()))
             }
-            None => Ok(Ok(())),
         }
     }
 
@@ -226,43 +218,37 @@ impl ActiveJobs {
         match self.store.load_once(job_id).await {
             Ok(found) => Ok(found.is_some_and(|found| !found.record.status.is_terminal())),
             Err(common::store::StoreError::Corrupt { .. }) => Ok(false),
-            Err(error) => Err(CasError::Unavailable(error.to_string())),
+            Err(error) => Err(CasError::Unavailable(common::kv_cas::cause_chain(&error))),
         }
     }
 
-    fn remember(&self, job: JobId, tenant: &str) {
-        let mut tenants = self.tenants();
-        if tenants.len() < MAX_REMEMBERED {
-            tenants.insert(job, tenant.to_string());
-        }
-    }
-
-    /// Frees the slot of `job` of `tenant` (a job refused after its slot was taken, or ended).
+    /// Frees the slot of `job` of `tenant` (a job refused after its slot was taken, or ended),
+    /// riding out an unavailable cluster for the store's patience.
     pub async fn release(&self, tenant: &str, job: JobId) -> Result<(), CasError> {
-        self.tenants().remove(&job);
-        let job_text = job.to_string();
-        self.slots
-            .change(&key_of(tenant), |slots: &mut Slots| {
-                slots.jobs.remove(&job_text).is_some()
-            })
+        let (key, job_text) = (key_of(tenant), job.to_string());
+        self.store
+            .patience()
+            .retry(
+                "freeing an active-job slot",
+                || {
+                    self.slots
+                        .change(&key, |slots: &mut Slots| slots.jobs.remove(&job_text).is_some())
+                },
+                |error| matches!(error, CasError::Unavailable(_)),
+            )
             .await
             .map(drop)
     }
 
-    /// Frees the slot of an ended job: its tenant is remembered if this instance took the slot,
-    /// else read from the job's record.
+    /// Frees the slot of an ended job, whose tenant its record names.
     async fn release_ended(&self, job: JobId) {
-        let remembered = self.tenants().get(&job).cloned();
-        let tenant = match remembered {
-            Some(tenant) => tenant,
-            None => match self.store.load_once(job).await {
-                Ok(Some(found)) => found.record.user_id,
-                Ok(None) => return,
-                Err(error) => {
-                    tracing::warn!(%job, %error, "ended job's record not read; its slot lapses with its lease");
-                    return;
-                }
-            },
+        let tenant = match self.store.load_once(job).await {
+            Ok(Some(found)) => found.record.user_id,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%job, %error, "ended job's record not read; its slot lapses with its lease");
+                return;
+            }
         };
         if let Err(error) = self.release(&tenant, job).await {
             tracing::warn!(%job, %error, "ended job's slot not freed; it lapses with its lease");
@@ -270,18 +256,36 @@ impl ActiveJobs {
     }
 
     /// Frees the slots of ended jobs as their terminal events arrive, until `shutdown`. Intakes
-    /// share the events in a queue group; events missed while no intake listened are healed by
-    /// the leases.
+    /// share the events in a queue group (each event's job is freed by one of them, whichever
+    /// took its slot); events missed while no intake listened are healed by the leases. A
+    /// subscription that fails or ends is made again.
     pub async fn follow_ended_jobs(self: Arc<Self>, nats: async_nats::Client, shutdown: CancellationToken) {
-        let mut subscriptions = Vec::new();
-        for subject in names::TERMINAL_EVENT_FILTERS {
-            match nats.queue_subscribe(subject, RELEASE_QUEUE_GROUP.to_string()).await {
-                Ok(subscription) => subscriptions.push(subscription),
+        let mut failures = 0;
+        while !shutdown.is_cancelled() {
+            match self.clone().release_ended_jobs(&nats, shutdown.clone()).await {
+                Ok(()) => failures = 0,
                 Err(error) => {
-                    tracing::error!(%error, subject, "cannot follow ended jobs; their slots lapse with their leases");
-                    return;
+                    failures += 1;
+                    tracing::warn!(%error, "cannot follow ended jobs; retrying (their slots lapse with their leases meanwhile)");
                 }
             }
+            let pause = Patience::pause(failures.max(1), rand::random());
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One subscription's life: frees the slots of the ended jobs it delivers until it ends.
+    async fn release_ended_jobs(
+        self: Arc<Self>,
+        nats: &async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let mut subscriptions = Vec::new();
+        for subject in names::TERMINAL_EVENT_FILTERS {
+            subscriptions.push(nats.queue_subscribe(subject, RELEASE_QUEUE_GROUP.to_string()).await?);
         }
         let events = futures::stream::select_all(subscriptions)
             .take_until(shutdown.cancelled_owned())
@@ -299,6 +303,7 @@ impl ActiveJobs {
                 async move { active_jobs.release_ended(job).await }
             })
             .await;
+        Ok(())
     }
 }
 

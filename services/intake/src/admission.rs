@@ -9,11 +9,13 @@
 
 use std::sync::Arc;
 
+use common::kv_cas::CasError;
 use common::messages::JobMessage;
 use common::retry::Patience;
 use common::store::StoreError;
 use common::{ErrorCode, JobId, JobRecord};
 use poem_openapi::payload::Json;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::State;
@@ -60,25 +62,26 @@ pub async fn admit(
 ) -> Result<Admitted, ApiError> {
     let admitting = async move {
         // Everything fits the request's accept budget, so the client hears the outcome: the
-        // claim and the slot may ride out an election for half of it, accepting has the rest.
+        // claim and the slot may ride out an election until half of it, accepting has the rest.
         let budget = state.settings.accept_budget();
-        let deadline = tokio::time::Instant::now() + budget;
-        let checks = Patience::until(deadline - budget / 2);
+        let deadline = Instant::now() + budget;
+        let checks = deadline - budget / 2;
         let mut job_id = JobId::new();
         let mut guard = None;
         if let Some(key) = &request.key {
-            let begun = state
-                .idempotency
-                .begin(
+            let begun = within(
+                checks,
+                state.idempotency.begin(
                     &request.scope,
                     request.operation,
                     key,
                     &request.fingerprint,
                     job_id,
-                    checks,
-                )
-                .await
-                .map_err(idempotency_problem)?;
+                    Patience::until(checks),
+                ),
+            )
+            .await
+            .map_err(idempotency_problem)?;
             match begun {
                 Begun::Replay { job_id, answer } => {
                     crate::metrics::replayed();
@@ -90,14 +93,17 @@ pub async fn admit(
                     });
                 }
                 Begun::Fresh(mut claimed) => {
-                    job_id = claimed.job_id();
                     if claimed.resumed {
                         // The request that claimed the key died: was its job accepted?
-                        let found = state
-                            .store
-                            .load_once(job_id)
-                            .await
-                            .map_err(|error| crate::api::jobs::store_error("resuming a job", error))?;
+                        let found = within(checks, async {
+                            state
+                                .store
+                                .load_once(claimed.job_id())
+                                .await
+                                .map_err(|error| IdempotencyError::Unavailable(common::kv_cas::cause_chain(&error)))
+                        })
+                        .await
+                        .map_err(idempotency_problem)?;
                         if let Some(found) = found {
                             let answer = answer_of(&found.record);
                             state
@@ -105,25 +111,35 @@ pub async fn admit(
                                 .remember(&mut claimed, answer.clone(), Patience::until(deadline))
                                 .await;
                             return Ok(Admitted {
-                                job_id,
+                                job_id: found.record.job_id,
                                 answer,
                                 replayed: true,
                                 guard: Some(claimed),
                             });
                         }
+                        // Not accepted: the job is made now, under a new id. The dead request's
+                        // message may have been dropped already, while its id still sits in the
+                        // duplicate window, so the same id could leave a record with no message.
+                        within(
+                            checks,
+                            state.idempotency.rebind(&mut claimed, job_id, Patience::until(checks)),
+                        )
+                        .await
+                        .map_err(idempotency_problem)?;
                     }
+                    job_id = claimed.job_id();
                     guard = Some(claimed);
                 }
             }
         }
         let (record, message) = build(job_id);
-        if let Err(error) = create(&state, &request, &record, message, checks, deadline).await {
-            if let Some(guard) = guard {
+        if let Err(refused) = create(&state, &request, &record, message, checks, deadline).await {
+            if let (Some(guard), true) = (guard, refused.nothing_left) {
                 // In the background: the refusal is answered at once.
                 let state = state.clone();
                 tokio::spawn(async move { state.idempotency.release(guard, state.store.patience()).await });
             }
-            return Err(error);
+            return Err(refused.error);
         }
         let answer = answer_of(&record);
         if let Some(guard) = guard.as_mut() {
@@ -147,26 +163,61 @@ pub async fn admit(
     }
 }
 
-/// Backlog, slot (within `checks`), then the job itself (by `deadline`); frees the slot when the
-/// job is refused.
+/// `call`, or `Unavailable` when `deadline` passes first.
+async fn within<T>(
+    deadline: Instant,
+    call: impl Future<Output = Result<T, IdempotencyError>>,
+) -> Result<T, IdempotencyError> {
+    tokio::time::timeout_at(deadline, call)
+        .await
+        .unwrap_or_else(|_| Err(IdempotencyError::Unavailable("no answer in time".into())))
+}
+
+/// A refused job.
+struct Refused {
+    /// The answer.
+    error: ApiError,
+    /// Whether the refusal certainly left no job (else the job may run: its key and slot stay
+    /// held, for the claim's takeover and the slot's lease to settle).
+    nothing_left: bool,
+}
+
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Self {
+        Refused {
+            error,
+            nothing_left: true,
+        }
+    }
+}
+
+/// Backlog, slot (until `checks`), then the job itself (by `deadline`); frees the slot when the
+/// job is certainly refused.
 async fn create(
     state: &Arc<State>,
     request: &Request,
     record: &JobRecord,
     message: JobMessage,
-    checks: Patience,
-    deadline: tokio::time::Instant,
-) -> Result<(), ApiError> {
+    checks: Instant,
+    deadline: Instant,
+) -> Result<(), Refused> {
     if let Err(retry_after) = state.backlog.admit() {
         crate::metrics::refused("queue_full");
-        return Err(queue_full(retry_after));
+        return Err(queue_full(retry_after).into());
     }
     if request.capped {
-        let slot = state
-            .active_jobs
-            .acquire(&request.owner, record.job_id, state.estimated_job_seconds(), checks)
-            .await
-            .map_err(|error| ApiError::unavailable(ErrorCode::QueueUnavailable, "the job limits", &error))?;
+        let slot = tokio::time::timeout_at(
+            checks,
+            state.active_jobs.acquire(
+                &request.owner,
+                record.job_id,
+                state.estimated_job_seconds(),
+                Patience::until(checks),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err(CasError::Unavailable("no answer in time".into())))
+        .map_err(|error| ApiError::unavailable(ErrorCode::QueueUnavailable, "the job limits", &error))?;
         if let Err(refusal) = slot {
             crate::metrics::refused("too_many_active_jobs");
             let problem = Problem::new(
@@ -176,18 +227,19 @@ async fn create(
                     refusal.max, refusal.retry_after_seconds
                 ),
             );
-            return Err(ApiError::TooManyRequests(Json(problem), refusal.retry_after_seconds));
+            return Err(ApiError::TooManyRequests(Json(problem), refusal.retry_after_seconds).into());
         }
     }
     let budget = deadline
-        .saturating_duration_since(tokio::time::Instant::now())
+        .saturating_duration_since(Instant::now())
         .max(MIN_ACCEPT_BUDGET);
     let accepted = state.store.accept(record, &message, budget).await;
     let Err(error) = accepted else {
         state.backlog.accepted();
         return Ok(());
     };
-    if request.capped {
+    let nothing_left = !matches!(error, StoreError::OutcomeUnknown(_));
+    if request.capped && nothing_left {
         // In the background: the refusal is answered at once.
         let (state, owner, job_id) = (state.clone(), request.owner.clone(), record.job_id);
         tokio::spawn(async move {
@@ -196,19 +248,14 @@ async fn create(
             }
         });
     }
-    Err(match error {
+    let error = match error {
         StoreError::QueueFull => {
             crate::metrics::refused("queue_full");
-            queue_full(
-                state
-                    .backlog
-                    .admit()
-                    .err()
-                    .unwrap_or(crate::backlog::RETRY_AFTER_WITHOUT_DRAIN),
-            )
+            queue_full(state.backlog.retry_after_when_full())
         }
         other => crate::api::jobs::store_error("accepting the job", other),
-    })
+    };
+    Err(Refused { error, nothing_left })
 }
 
 /// The least time accepting is given, however long the checks took.

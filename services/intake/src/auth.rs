@@ -132,10 +132,9 @@ pub async fn authenticate<E: Endpoint>(
     if let Some(Ok(key)) = bearer(&request)
         && state.settings.auth.mode == AuthMode::ApiKeys
         && state.keys.needs_lookup(key)
-        && let Some(rate_limiter) = &state.rate_limiter
     {
         let address = crate::middleware::client_address_key(&request, &state.settings.trusted_proxies);
-        let decision = rate_limiter.check(&format!("lookup:{address}")).await;
+        let decision = state.lookup_limiter.check(&format!("lookup:{address}")).await;
         if !decision.allowed {
             return Ok(crate::middleware::rate_limited(decision));
         }

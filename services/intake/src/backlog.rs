@@ -81,6 +81,17 @@ impl Backlog {
         Err(retry_after(reading.backlog, self.limit, drain_rate(&reading.samples)))
     }
 
+    /// `Retry-After` for a job the stream refused as full (its hard limit, which the backlog
+    /// may not show yet): the time to drain one message past the larger of the two.
+    pub fn retry_after_when_full(&self) -> u64 {
+        let reading = self.reading();
+        retry_after(
+            reading.backlog.max(self.limit),
+            self.limit,
+            drain_rate(&reading.samples),
+        )
+    }
+
     /// Counts a job this intake queued, until the next read.
     pub fn accepted(&self) {
         self.reading().backlog += 1;
@@ -120,9 +131,10 @@ impl Backlog {
                 _ = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
+            // One STREAM.INFO request per read (the handle itself is made without one).
             let read = tokio::time::timeout(REFRESH_EVERY * 4, async {
-                let mut stream = jetstream.get_stream(names::JOBS_STREAM).await?;
-                let info = stream.info().await?;
+                let stream = jetstream.get_stream_no_info(names::JOBS_STREAM).await?;
+                let info = stream.get_info().await?;
                 Ok::<_, async_nats::Error>((info.state.messages, info.state.last_sequence))
             })
             .await;

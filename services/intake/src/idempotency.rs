@@ -56,10 +56,21 @@ pub fn fingerprint(parts: &impl Serialize) -> String {
     ))
 }
 
-/// The bucket key of a tenant's key for an operation.
-fn bucket_key(tenant: &str, operation: &str, key: &str) -> String {
+/// The scope of a tenant's keys.
+pub fn tenant_scope(tenant: &str) -> String {
+    format!("tenant:{tenant}")
+}
+
+/// The scope of an anonymous caller's keys: its address (`ip:<address>`).
+pub fn anonymous_scope(address_key: &str) -> String {
+    format!("anonymous:{address_key}")
+}
+
+/// The bucket key of a key in `scope` for an operation: a digest, so keys are never stored in
+/// clear and any key makes a valid KV key.
+pub fn bucket_key(scope: &str, operation: &str, key: &str) -> String {
     let mut digest = Sha256::new();
-    for part in [tenant, operation, key] {
+    for part in [scope, operation, key] {
         digest.update(part.as_bytes());
         digest.update([0]);
     }
@@ -108,9 +119,10 @@ pub enum Judgement {
 }
 
 /// Judges `existing` for a request with `fingerprint` at `now`; a claim without an answer older
-/// than `stale_after_ms` was abandoned.
+/// than `stale_after_ms` was abandoned. Only an answered key expires: a claim without an answer
+/// belongs to a request still running (or one that died, whose job may exist).
 pub fn judge(existing: &Claim, fingerprint: &str, now: i64, stale_after_ms: i64) -> Judgement {
-    if existing.expires_at <= now {
+    if existing.answer.is_some() && existing.expires_at <= now {
         Judgement::Expired
     } else if existing.fingerprint != fingerprint {
         Judgement::Reused
@@ -179,8 +191,8 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn unavailable(error: impl std::fmt::Display) -> IdempotencyError {
-    IdempotencyError::Unavailable(error.to_string())
+fn unavailable(error: impl std::error::Error + 'static) -> IdempotencyError {
+    IdempotencyError::Unavailable(common::kv_cas::cause_chain(&error))
 }
 
 impl Idempotency {
@@ -296,6 +308,31 @@ impl Idempotency {
         }
     }
 
+    /// Moves a taken-over claim whose job was never accepted to `job_id`, the id the job is made
+    /// under now. `InFlight` if another request took the claim over meanwhile.
+    pub async fn rebind(&self, guard: &mut Guard, job_id: JobId, patience: Patience) -> Result<(), IdempotencyError> {
+        let mut claim = guard.claim.clone();
+        claim.job_id = job_id;
+        claim.claimed_at = now_ms();
+        let (key, value, revision) = (guard.key.as_str(), encode(&claim), guard.revision);
+        let written = patience
+            .retry(
+                "moving an idempotency claim to a new job",
+                || self.kv.update(key, value.clone(), revision),
+                |error| error.kind() != kv::UpdateErrorKind::WrongLastRevision,
+            )
+            .await;
+        match written {
+            Ok(revision) => {
+                guard.claim = claim;
+                guard.revision = revision;
+                Ok(())
+            }
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(IdempotencyError::InFlight),
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
     /// Releases the claim of a refused request, so a retry with the key is handled afresh;
     /// rides out an unavailable cluster with `patience`.
     pub async fn release(&self, guard: Guard, patience: Patience) {
@@ -344,6 +381,11 @@ mod tests {
         assert_eq!(judge(&pending, "f", 2_000, 35_000), Judgement::InFlight);
         assert_eq!(judge(&pending, "f", 36_000, 35_000), Judgement::Abandoned);
         assert_eq!(judge(&pending, "other", 36_000, 35_000), Judgement::Reused);
+        assert_eq!(
+            judge(&pending, "f", 200_000, 35_000),
+            Judgement::Abandoned,
+            "an unanswered claim never just expires: its job may exist"
+        );
     }
 
     #[test]
@@ -358,9 +400,14 @@ mod tests {
 
     #[test]
     fn bucket_keys_scope_by_tenant_and_operation_and_are_valid_kv_keys() {
-        let key = bucket_key("acme", "initiate", "k");
-        assert_ne!(key, bucket_key("other", "initiate", "k"));
-        assert_ne!(key, bucket_key("acme", "start", "k"));
+        let key = bucket_key(&tenant_scope("acme"), "initiate", "k");
+        assert_ne!(key, bucket_key(&tenant_scope("other"), "initiate", "k"));
+        assert_ne!(key, bucket_key(&tenant_scope("acme"), "start", "k"));
+        assert_ne!(
+            bucket_key(&tenant_scope("ip:10.0.0.1"), "start", "k"),
+            bucket_key(&anonymous_scope("ip:10.0.0.1"), "start", "k"),
+            "a tenant named like an address shares no keys with that address"
+        );
         assert!(key.len() == 64 && key.bytes().all(|byte| byte.is_ascii_hexdigit()));
     }
 }

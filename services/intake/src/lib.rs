@@ -52,6 +52,9 @@ pub struct State {
     pub nats: async_nats::Client,
     /// Per-client request budgets, shared by every intake (`None`: `RATE_LIMIT_MAX_REQUESTS=0`).
     pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
+    /// The budget of API-key lookups per client address (keys not in memory cost a read of the
+    /// key bucket): the request budget, or its default when rate limiting is off.
+    pub lookup_limiter: Arc<rate_limit::RateLimiter>,
     /// `Idempotency-Key` claims and answers.
     pub idempotency: idempotency::Idempotency,
     /// Active jobs per tenant, shared by every intake.
@@ -123,10 +126,6 @@ impl State {
             })
     }
 }
-
-/// How much longer than the request timeout an `Idempotency-Key` claim without an answer is
-/// trusted to belong to a live request (after that it was abandoned and is taken over).
-const IDEMPOTENCY_CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
 /// Runs a store change on a task of its own, continuing the request's span (so its messages
 /// carry the trace): neither a client going away nor the request timeout can stop it half-way.
@@ -267,7 +266,7 @@ impl Application {
         let idempotency = idempotency::Idempotency::new(
             common::nats::bucket(&handles.jetstream, names::IDEMPOTENCY_BUCKET).await?,
             settings.idempotency_ttl,
-            settings.request_timeout + IDEMPOTENCY_CLAIM_MARGIN,
+            settings.idempotency_stale_after(),
         );
         let store = JobStore::new(handles.jetstream, handles.jobs).with_patience(settings.nats.patience);
         let active_jobs = active_jobs::ActiveJobs::new(
@@ -276,15 +275,15 @@ impl Application {
             settings.max_active_jobs_per_tenant,
             settings.active_job_lease,
         );
-        let rate_limiter = (settings.rate_limit_max_requests > 0).then(|| {
-            rate_limit::RateLimiter::new(
-                limits,
-                rate_limit::Policy {
-                    limit: settings.rate_limit_max_requests,
-                    window: settings.rate_limit_window,
-                },
-            )
-        });
+        let policy = rate_limit::Policy {
+            limit: settings.rate_limit_max_requests,
+            window: settings.rate_limit_window,
+        };
+        let rate_limiter = (policy.limit > 0).then(|| rate_limit::RateLimiter::new(limits.clone(), policy));
+        let lookup_limiter = match &rate_limiter {
+            Some(rate_limiter) => rate_limiter.clone(),
+            None => rate_limit::RateLimiter::new(limits, rate_limit::Policy::default()),
+        };
         let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
         let local_addr = acceptor
             .local_addr()
@@ -296,6 +295,7 @@ impl Application {
             keys: common::identity::KeyDirectory::new(keys.clone()),
             tokens,
             rate_limiter,
+            lookup_limiter,
             idempotency,
             active_jobs,
             backlog: Arc::new(backlog::Backlog::new(settings.queue_max_backlog)),
@@ -322,12 +322,15 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let watcher = tokio::spawn(follow_job_duration(self.state.clone(), shutdown.clone()));
         let key_follower = tokio::spawn(self.keys.clone().follow(shutdown.clone()));
-        let ended_jobs = tokio::spawn(
-            self.state
-                .active_jobs
-                .clone()
-                .follow_ended_jobs(self.state.nats.clone(), shutdown.clone()),
-        );
+        // With no cap (`MAX_ACTIVE_JOBS_PER_TENANT=0`) no slot is taken, so none is freed.
+        let ended_jobs = (self.state.settings.max_active_jobs_per_tenant > 0).then(|| {
+            tokio::spawn(
+                self.state
+                    .active_jobs
+                    .clone()
+                    .follow_ended_jobs(self.state.nats.clone(), shutdown.clone()),
+            )
+        });
         let backlog = {
             let (backlog, jetstream) = (self.state.backlog.clone(), self.state.store.jetstream().clone());
             let shutdown = shutdown.clone();
@@ -340,7 +343,9 @@ impl Application {
             .await?;
         watcher.abort();
         key_follower.abort();
-        ended_jobs.abort();
+        if let Some(ended_jobs) = ended_jobs {
+            ended_jobs.abort();
+        }
         backlog.abort();
         self.state.nats.drain().await.ok();
         tracing::info!("intake stopped");

@@ -23,7 +23,8 @@ use tokio::sync::oneshot;
 
 /// Forget clients idle for a window once the table holds this many.
 const PURGE_THRESHOLD: usize = 10_000;
-/// How long a shared decision may take before this instance decides alone.
+/// How long a shared decision (a batch's reads and writes, conflicts included) may take before
+/// this instance decides alone.
 pub const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Compare-and-set rounds lost to other instances before deciding alone.
 const MAX_CONFLICTS: usize = 16;
@@ -37,6 +38,16 @@ pub struct Policy {
     pub limit: u32,
     /// The window.
     pub window: Duration,
+}
+
+impl Default for Policy {
+    /// The defaults of `RATE_LIMIT_MAX_REQUESTS` and `RATE_LIMIT_WINDOW_MS`: 100 per minute.
+    fn default() -> Self {
+        Policy {
+            limit: 100,
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Policy {
@@ -196,10 +207,12 @@ impl RateLimiter {
                 }
                 (std::mem::take(&mut state.waiting), state.tat, state.revision)
             };
+            // One deadline for the batch's whole decision, conflicts included.
+            let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
             let mut decided = None;
             for _ in 0..MAX_CONFLICTS {
                 if revision.is_none() {
-                    match tokio::time::timeout(WRITE_TIMEOUT, self.kv.entry(&key)).await {
+                    match tokio::time::timeout_at(deadline, self.kv.entry(&key)).await {
                         Ok(Ok(entry)) => (tat, revision) = parse_entry(entry, tat),
                         _ => break,
                     }
@@ -209,7 +222,7 @@ impl RateLimiter {
                     decided = Some((decisions, tat, revision));
                     break;
                 }
-                match tokio::time::timeout(WRITE_TIMEOUT, self.write(&key, next, revision)).await {
+                match tokio::time::timeout_at(deadline, self.write(&key, next, revision)).await {
                     Ok(Ok(new_revision)) => {
                         decided = Some((decisions, next, Some(new_revision)));
                         break;

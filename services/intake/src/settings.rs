@@ -6,6 +6,10 @@ use std::time::Duration;
 use common::config::{AuthSettings, ConfigError, DelaySettings, Env, NatsSettings, S3Settings};
 use common::net::Network;
 
+/// The highest `MAX_ACTIVE_JOBS_PER_TENANT`: a tenant's slots are one KV value, read and
+/// rewritten whole by every change (about 90 bytes a slot).
+pub const MAX_ACTIVE_JOBS_CAP: usize = 1000;
+
 /// Everything the intake reads at startup.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -119,14 +123,15 @@ impl Settings {
             "must be positive",
         )?;
         env.require(
-            (Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 60 * 60)).contains(&settings.idempotency_ttl),
+            settings.idempotency_ttl >= settings.idempotency_stale_after()
+                && settings.idempotency_ttl <= Duration::from_secs(7 * 24 * 60 * 60),
             "IDEMPOTENCY_KEY_TTL_SECONDS",
-            "must be between 1 and 604800",
+            "must be at most 604800 and at least REQUEST_TIMEOUT_MS + 5 s (a key outlives its request)",
         )?;
         env.require(
-            settings.max_active_jobs_per_tenant <= 100_000,
+            settings.max_active_jobs_per_tenant <= MAX_ACTIVE_JOBS_CAP,
             "MAX_ACTIVE_JOBS_PER_TENANT",
-            "must be at most 100000 (0: no cap)",
+            "must be at most 1000 (0: no cap)",
         )?;
         env.require(
             settings.active_job_lease > settings.request_timeout
@@ -141,6 +146,13 @@ impl Settings {
             "must be between 1024 and 16777216",
         )?;
         Ok(settings)
+    }
+
+    /// How long an `Idempotency-Key` claim without an answer is trusted to belong to a request
+    /// still running: the request timeout and a margin (after that its request died, and the
+    /// claim is taken over).
+    pub fn idempotency_stale_after(&self) -> Duration {
+        self.request_timeout + Duration::from_secs(5)
     }
 
     /// How long accepting a job may ride out an unavailable cluster: the request timeout less a
@@ -191,6 +203,12 @@ mod tests {
         assert_eq!(Settings::from_env(&env).unwrap_err().key, "ACTIVE_JOB_LEASE_SECONDS");
         let env = Env::from_pairs([("QUEUE_MAX_MESSAGES", "0"), TOKEN_SECRET]);
         assert_eq!(Settings::from_env(&env).unwrap_err().key, "QUEUE_MAX_MESSAGES");
+        let env = Env::from_pairs([("IDEMPOTENCY_KEY_TTL_SECONDS", "30"), TOKEN_SECRET]);
+        assert_eq!(
+            Settings::from_env(&env).unwrap_err().key,
+            "IDEMPOTENCY_KEY_TTL_SECONDS",
+            "a key must outlive its request"
+        );
     }
 
     #[test]

@@ -122,7 +122,7 @@ impl Settings {
             // Every request is its own tenant: the per-tenant budget is not under test here.
             ("RATE_LIMIT_MAX_REQUESTS", "1000000".into()),
             // Nor the active-job cap: the soak keeps more jobs in flight than a tenant's default.
-            ("MAX_ACTIVE_JOBS_PER_TENANT", "100000".into()),
+            ("MAX_ACTIVE_JOBS_PER_TENANT", "1000".into()),
             // nginx on loopback, in front of the intakes.
             ("TRUSTED_PROXIES", "127.0.0.1/32".into()),
             // Shared by the intakes (issuing streamUrl tokens) and the notifiers (checking them).

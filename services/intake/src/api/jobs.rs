@@ -110,7 +110,7 @@ impl JobsApi {
 pub fn store_error(context: &str, error: StoreError) -> ApiError {
     match error {
         StoreError::Missing(_) => ApiError::job_not_found(),
-        StoreError::Kv(_) | StoreError::Publish(_) => {
+        StoreError::Kv(_) | StoreError::Publish(_) | StoreError::OutcomeUnknown(_) => {
             ApiError::unavailable(ErrorCode::QueueUnavailable, "the job queue", &error)
         }
         other => ApiError::internal(context, &other),
@@ -149,7 +149,7 @@ impl JobsApi {
             self.state.clone(),
             admission::Request {
                 owner: tenant.0.clone(),
-                scope: tenant.0.clone(),
+                scope: idempotency::tenant_scope(&tenant.0),
                 capped: self.state.settings.max_active_jobs_per_tenant > 0,
                 operation: "initiate",
                 key,

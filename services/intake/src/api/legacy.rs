@@ -151,12 +151,15 @@ impl LegacyApi {
             Caller::Tenant(tenant) => (
                 tenant.clone(),
                 self.state.settings.max_active_jobs_per_tenant > 0,
-                tenant,
+                idempotency::tenant_scope(&tenant),
             ),
             Caller::Anonymous if self.state.settings.legacy_anonymous_start => (
                 ANONYMOUS_USER.to_string(),
                 false,
-                crate::middleware::client_address_key(request, &self.state.settings.trusted_proxies),
+                idempotency::anonymous_scope(&crate::middleware::client_address_key(
+                    request,
+                    &self.state.settings.trusted_proxies,
+                )),
             ),
             other => {
                 let problem = other
