@@ -3,10 +3,17 @@
 //! instance run one at a time (stripe locks), so a burst of changes of one key costs one round
 //! trip each instead of a storm of failed compare-and-sets; only other instances' changes of the
 //! same key conflict.
+//!
+//! Each key's value and revision as this instance last read or wrote them are kept, so a change
+//! is one round trip (the write) while no other instance wrote the key since; a change that the
+//! kept value would decline is decided again on a fresh read, since only a current value may
+//! refuse.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -14,6 +21,8 @@ use serde::de::DeserializeOwned;
 const MAX_CONFLICTS: usize = 32;
 /// Stripe locks serializing this instance's changes per key (by hash).
 const STRIPES: usize = 64;
+/// Keys whose last value is kept; beyond, the kept values are forgotten (a change then reads).
+const MAX_KEPT: usize = 10_000;
 
 /// Why a change did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,8 @@ pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
 pub struct CasValues {
     kv: kv::Store,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Each key's value and revision as last read or written here.
+    kept: std::sync::Mutex<HashMap<String, (Bytes, u64)>>,
 }
 
 impl CasValues {
@@ -54,12 +65,25 @@ impl CasValues {
         CasValues {
             kv,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            kept: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
     /// The bucket.
     pub fn kv(&self) -> &kv::Store {
         &self.kv
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Bytes, u64)>> {
+        self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn keep(&self, key: &str, bytes: Bytes, revision: u64) {
+        let mut kept = self.kept();
+        if kept.len() >= MAX_KEPT && !kept.contains_key(key) {
+            kept.clear();
+        }
+        kept.insert(key.to_string(), (bytes, revision));
     }
 
     /// The current value of `key` and its revision (`None`: no key to update, create it).
@@ -71,11 +95,8 @@ impl CasValues {
             .map_err(|error| CasError::Unavailable(cause_chain(&error)))?;
         Ok(match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let value = serde_json::from_slice(&entry.value).unwrap_or_else(|error| {
-                    tracing::warn!(key, %error, "unreadable shared value replaced");
-                    T::default()
-                });
-                (value, Some(entry.revision))
+                self.keep(key, entry.value.clone(), entry.revision);
+                (parse(key, &entry.value), Some(entry.revision))
             }
             Some(entry) => (T::default(), Some(entry.revision)),
             None => (T::default(), None),
@@ -88,7 +109,7 @@ impl CasValues {
     }
 
     /// Applies `change` to the value of `key` with compare-and-set; `Ok(false)` when `change`
-    /// declined (nothing written).
+    /// declined (nothing written) on the current value.
     pub async fn change<T: Serialize + DeserializeOwned + Default>(
         &self,
         key: &str,
@@ -103,31 +124,54 @@ impl CasValues {
         };
         let _turn = self.stripes[stripe].lock().await;
         let unavailable = |error: &(dyn std::error::Error + 'static)| CasError::Unavailable(cause_chain(error));
-        for conflict in 0..MAX_CONFLICTS {
-            if conflict > 0 {
-                // Another instance changed this key meanwhile: step aside a little, at random.
-                let pause = rand::random_range(0..(2u64 << conflict.min(6)));
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-            let (mut value, revision) = self.read::<T>(key).await?;
+        let mut kept = self.kept().get(key).cloned();
+        let mut conflicts = 0;
+        while conflicts < MAX_CONFLICTS {
+            let (mut value, revision, current) = match kept.take() {
+                Some((bytes, revision)) => (parse::<T>(key, &bytes), Some(revision), false),
+                None => {
+                    let (value, revision) = self.read::<T>(key).await?;
+                    (value, revision, true)
+                }
+            };
             if !change(&mut value) {
-                return Ok(false);
+                if current {
+                    return Ok(false);
+                }
+                continue; // Declined on the kept value: decide again on the current one.
             }
-            let bytes = serde_json::to_vec(&value).expect("shared values serialize").into();
-            // A conflict (another writer got there first) goes round again.
-            match revision {
-                Some(revision) => match self.kv.update(key, bytes, revision).await {
-                    Ok(_) => return Ok(true),
-                    Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            let bytes: Bytes = serde_json::to_vec(&value).expect("shared values serialize").into();
+            // A conflict (another writer got there first) goes round again, on a fresh read.
+            let written = match revision {
+                Some(revision) => match self.kv.update(key, bytes.clone(), revision).await {
+                    Ok(written) => Some(written),
+                    Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
                     Err(error) => return Err(unavailable(&error)),
                 },
-                None => match self.kv.create(key, bytes).await {
-                    Ok(_) => return Ok(true),
-                    Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                None => match self.kv.create(key, bytes.clone()).await {
+                    Ok(written) => Some(written),
+                    Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => None,
                     Err(error) => return Err(unavailable(&error)),
                 },
+            };
+            if let Some(written) = written {
+                self.keep(key, bytes, written);
+                return Ok(true);
             }
+            self.kept().remove(key);
+            conflicts += 1;
+            // Another instance changed this key meanwhile: step aside a little, at random.
+            let pause = rand::random_range(0..(2u64 << conflicts.min(6)));
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         Err(CasError::Contended)
     }
+}
+
+/// A kept or read value; an unreadable one is replaced by the default.
+fn parse<T: DeserializeOwned + Default>(key: &str, bytes: &[u8]) -> T {
+    serde_json::from_slice(bytes).unwrap_or_else(|error| {
+        tracing::warn!(key, %error, "unreadable shared value replaced");
+        T::default()
+    })
 }

@@ -161,15 +161,29 @@ impl ActiveJobs {
     async fn acquire_once(&self, tenant: &str, job: JobId, job_seconds: u64) -> Result<Result<(), Refusal>, CasError> {
         let (key, job_text) = (key_of(tenant), job.to_string());
         let (max, lease) = (self.max, self.lease);
+        // The slots the cap was reached on (a declined change saw the current value).
+        let mut full = Slots::default();
         if self
             .slots
-            .change(&key, |slots: &mut Slots| take(slots, &job_text, now_ms(), max, lease))
+            .change(&key, |slots: &mut Slots| {
+                let taken = take(slots, &job_text, now_ms(), max, lease);
+                if !taken {
+                    full = slots.clone();
+                }
+                taken
+            })
             .await?
         {
             return Ok(Ok(()));
         }
-        let current: Slots = self.slots.get(&key).await?;
-        let lapsed = lapsed(&current, now_ms());
+        let lapsed = lapsed(&full, now_ms());
+        if lapsed.is_empty() {
+            // Every slot is within its lease: refused, with no further round trip.
+            return Ok(Err(Refusal {
+                max,
+                retry_after_seconds: retry_after(&full, now_ms(), job_seconds),
+            }));
+        }
         let mut checked = HashMap::new();
         for job in &lapsed {
             checked.insert(job.clone(), self.is_active(job).await?);
@@ -196,9 +210,7 @@ impl ActiveJobs {
             .await?;
         match refusal {
             Some(refusal) => {
-                if !lapsed.is_empty() {
-                    tracing::info!(tenant, checked = lapsed.len(), "lapsed slots checked; still at the cap");
-                }
+                tracing::info!(tenant, checked = lapsed.len(), "lapsed slots checked; still at the cap");
                 Ok(Err(refusal))
             }
             None => {

@@ -2,14 +2,15 @@
 //!
 //! ```sh
 //! cargo build --release -p intake -p processor -p presigner -p system-tests --bins
-//! target/release/bench [seconds=10] [connections=64] [processors=1] [auth=key|gateway] [trace=off|on] [limits=on|off]
+//! target/release/bench [seconds=10] [connections=64] [processors=1] [auth=key|gateway] [trace=off|on] [limits=on|off|keys,rate,cap]
 //! ```
 //!
 //! `limits=on` (the default, as deployed) sends a fresh `Idempotency-Key` with every initiate
 //! and keeps the shared rate limit and the per-tenant active-job cap on, set high enough never to
-//! refuse, so the figures show what the checks cost (their NATS round trips); `limits=off` turns
-//! both off (`RATE_LIMIT_MAX_REQUESTS=0`, `MAX_ACTIVE_JOBS_PER_TENANT=0`) and sends no key. The
-//! backlog check is in memory and always on.
+//! refuse (the cap at its highest, 1000), so the figures show what the checks cost (their NATS
+//! round trips); `limits=off` turns both off (`RATE_LIMIT_MAX_REQUESTS=0`,
+//! `MAX_ACTIVE_JOBS_PER_TENANT=0`) and sends no key; a list such as `keys,rate` runs only those.
+//! The backlog check is in memory and always on.
 //!
 //! `trace=on` exports every span (sampling 100 %) over OTLP/HTTP to a receiver that drops them
 //! (rotel without a trace processor), so the figures show what tracing everything costs.
@@ -96,11 +97,37 @@ fn main() -> anyhow::Result<()> {
         Some(other) => anyhow::bail!("trace must be on or off, not {other}"),
     };
     let limits = match arguments.get(6).map(String::as_str) {
-        None | Some("on") => true,
-        Some("off") => false,
-        Some(other) => anyhow::bail!("limits must be on or off, not {other}"),
+        None | Some("on") => Limits {
+            keys: true,
+            rate: true,
+            cap: true,
+        },
+        Some("off") => Limits::default(),
+        Some(parts) => {
+            let mut limits = Limits::default();
+            for part in parts.split(',') {
+                match part {
+                    "keys" => limits.keys = true,
+                    "rate" => limits.rate = true,
+                    "cap" => limits.cap = true,
+                    other => anyhow::bail!("limits must be on, off or a list of keys,rate,cap, not {other}"),
+                }
+            }
+            limits
+        }
     };
     tokio::runtime::Runtime::new()?.block_on(run(seconds, connections, processors, gateway, trace, limits))
+}
+
+/// Which of the limits run (`limits=on`: all; `off`: none; or a list such as `keys,rate`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Limits {
+    /// A fresh `Idempotency-Key` with every initiate.
+    keys: bool,
+    /// The shared rate limit (set high enough never to refuse).
+    rate: bool,
+    /// The active-job cap (at its highest, 1000 per tenant).
+    cap: bool,
 }
 
 async fn run(
@@ -109,7 +136,7 @@ async fn run(
     processors: usize,
     gateway: bool,
     trace: bool,
-    limits: bool,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     let (nats, s3) = tokio::try_join!(NatsServer::start(), S3Server::start())?;
     let sink = if trace {
@@ -128,19 +155,17 @@ async fn run(
         ("QUEUE_MAX_BACKLOG".to_string(), "10000000".to_string()),
         ("QUEUE_MAX_MESSAGES".to_string(), "10000000".to_string()),
     ]);
-    let (rate_limit, active_jobs) = if limits { ("1000000000", "100000") } else { ("0", "0") };
     env.extend([
-        ("RATE_LIMIT_MAX_REQUESTS".to_string(), rate_limit.to_string()),
-        ("MAX_ACTIVE_JOBS_PER_TENANT".to_string(), active_jobs.to_string()),
+        (
+            "RATE_LIMIT_MAX_REQUESTS".to_string(),
+            if limits.rate { "1000000000" } else { "0" }.to_string(),
+        ),
+        (
+            "MAX_ACTIVE_JOBS_PER_TENANT".to_string(),
+            if limits.cap { "1000" } else { "0" }.to_string(),
+        ),
     ]);
-    println!(
-        "## limits: {}",
-        if limits {
-            "on (a fresh Idempotency-Key per initiate, shared rate limit, active-job cap)"
-        } else {
-            "off (no key, RATE_LIMIT_MAX_REQUESTS=0, MAX_ACTIVE_JOBS_PER_TENANT=0)"
-        }
-    );
+    println!("## limits: {limits:?} (rate limit and cap set never to refuse here)");
     if gateway {
         env.push(("AUTH_MODE".to_string(), "gateway".to_string()));
     }
@@ -231,7 +256,7 @@ async fn run(
                     .post(&url)
                     .header(header, &credentials)
                     .header("Content-Type", "application/json");
-                if limits {
+                if limits.keys {
                     request = request.header("Idempotency-Key", format!("bench-{sent_count}"));
                 }
                 let response = request.body(r#"{"file_ids":[10000]}"#).send().await;
