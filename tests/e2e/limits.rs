@@ -639,15 +639,13 @@ async fn slots_left_by_an_intake_killed_mid_request_heal_within_the_lease() {
 async fn a_backlog_at_queue_max_backlog_refuses_initiates_with_503_until_a_processor_drains_it() {
     init_logs();
     let tenant = "producer";
-    let file_id: u64 = 70_070;
-    let mut stack = queue_only_stack(&[("QUEUE_MAX_BACKLOG", "20"), ("MAX_ACTIVE_JOBS_PER_TENANT", "100")]).await;
-    stack.put_file(file_id, 64).await.unwrap();
-    let bearer = stack.bearer(tenant).await.unwrap();
-    let url = stack.url(INITIATE);
-    let body = json!({ "file_ids": [file_id] });
-    for _ in 0..20 {
-        stack.initiate(tenant, &[file_id]).await.unwrap();
-    }
+    let (mut stack, bearer, url, body) = queue_filled_by(
+        tenant,
+        70_070,
+        20,
+        &[("QUEUE_MAX_BACKLOG", "20"), ("MAX_ACTIVE_JOBS_PER_TENANT", "100")],
+    )
+    .await;
 
     let refused = post(&stack.http, &url, &bearer, None, &body).await;
     refused.assert_problem(503, "QUEUE_FULL");
@@ -677,15 +675,13 @@ async fn a_backlog_at_queue_max_backlog_refuses_initiates_with_503_until_a_proce
 async fn a_job_stream_at_queue_max_messages_refuses_the_job_with_503_and_leaves_no_record() {
     init_logs();
     let tenant = "filler";
-    let file_id: u64 = 70_080;
-    let mut stack = queue_only_stack(&[("QUEUE_MAX_MESSAGES", "5"), ("QUEUE_MAX_BACKLOG", "1000")]).await;
-    stack.put_file(file_id, 64).await.unwrap();
-    let bearer = stack.bearer(tenant).await.unwrap();
-    let url = stack.url(INITIATE);
-    let body = json!({ "file_ids": [file_id] });
-    for _ in 0..5 {
-        stack.initiate(tenant, &[file_id]).await.unwrap();
-    }
+    let (mut stack, bearer, url, body) = queue_filled_by(
+        tenant,
+        70_080,
+        5,
+        &[("QUEUE_MAX_MESSAGES", "5"), ("QUEUE_MAX_BACKLOG", "1000")],
+    )
+    .await;
 
     let sent = Instant::now();
     let refused = post(&stack.http, &url, &bearer, None, &body).await;
@@ -789,6 +785,24 @@ async fn queue_only_stack(overrides: &[(&str, &str)]) -> Stack {
     stack.start_presigner().await.unwrap();
     stack.start_intake().await.unwrap();
     stack
+}
+
+/// A stack with no processor where `tenant` has queued `jobs` jobs of `file_id` (which exists);
+/// its bearer, the initiate URL and that job's body.
+async fn queue_filled_by(
+    tenant: &str,
+    file_id: u64,
+    jobs: usize,
+    overrides: &[(&str, &str)],
+) -> (Stack, String, String, Value) {
+    let stack = queue_only_stack(overrides).await;
+    stack.put_file(file_id, 64).await.unwrap();
+    for _ in 0..jobs {
+        stack.initiate(tenant, &[file_id]).await.unwrap();
+    }
+    let bearer = stack.bearer(tenant).await.unwrap();
+    let url = stack.url(INITIATE);
+    (stack, bearer, url, json!({ "file_ids": [file_id] }))
 }
 
 /// A second intake on the stack's servers and settings, in-process on a free port, as another

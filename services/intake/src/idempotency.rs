@@ -291,20 +291,13 @@ impl Idempotency {
     /// an unavailable cluster with `patience`. A failure is logged: the claim is then taken over
     /// as abandoned, and the answer rebuilt from the job.
     pub async fn remember(&self, guard: &mut Guard, answer: Answer, patience: Patience) {
-        guard.claim.answer = Some(answer);
-        let (key, value, revision) = (guard.key.as_str(), encode(&guard.claim), guard.revision);
-        let written = patience
-            .retry(
-                "remembering an idempotent answer",
-                || self.kv.update(key, value.clone(), revision),
-                |error| error.kind() != kv::UpdateErrorKind::WrongLastRevision,
-            )
-            .await;
-        match written {
-            Ok(revision) => guard.revision = revision,
-            Err(error) => {
-                tracing::warn!(job_id = %guard.claim.job_id, %error, "idempotent answer not remembered; a retry rebuilds it from the job")
-            }
+        let mut claim = guard.claim.clone();
+        claim.answer = Some(answer);
+        if let Err(error) = self
+            .rewrite(guard, claim, patience, "remembering an idempotent answer")
+            .await
+        {
+            tracing::warn!(job_id = %guard.claim.job_id, %error, "idempotent answer not remembered; a retry rebuilds it from the job")
         }
     }
 
@@ -314,23 +307,36 @@ impl Idempotency {
         let mut claim = guard.claim.clone();
         claim.job_id = job_id;
         claim.claimed_at = now_ms();
-        let (key, value, revision) = (guard.key.as_str(), encode(&claim), guard.revision);
-        let written = patience
-            .retry(
-                "moving an idempotency claim to a new job",
-                || self.kv.update(key, value.clone(), revision),
-                |error| error.kind() != kv::UpdateErrorKind::WrongLastRevision,
-            )
-            .await;
-        match written {
-            Ok(revision) => {
-                guard.claim = claim;
-                guard.revision = revision;
-                Ok(())
-            }
+        match self
+            .rewrite(guard, claim, patience, "moving an idempotency claim to a new job")
+            .await
+        {
+            Ok(()) => Ok(()),
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(IdempotencyError::InFlight),
             Err(error) => Err(unavailable(error)),
         }
+    }
+
+    /// Replaces the claim `guard` holds by `claim` if it is still the guard's revision, riding out
+    /// an unavailable cluster with `patience`.
+    async fn rewrite(
+        &self,
+        guard: &mut Guard,
+        claim: Claim,
+        patience: Patience,
+        what: &'static str,
+    ) -> Result<(), kv::UpdateError> {
+        let (key, value, revision) = (guard.key.as_str(), encode(&claim), guard.revision);
+        let revision = patience
+            .retry(
+                what,
+                || self.kv.update(key, value.clone(), revision),
+                |error| error.kind() != kv::UpdateErrorKind::WrongLastRevision,
+            )
+            .await?;
+        guard.claim = claim;
+        guard.revision = revision;
+        Ok(())
     }
 
     /// Releases the claim of a refused request, so a retry with the key is handled afresh;
