@@ -719,7 +719,13 @@ async fn two_intakes_share_one_rate_limit_budget_per_client() {
     let stack = queue_only_stack(&[("RATE_LIMIT_MAX_REQUESTS", "100"), ("RATE_LIMIT_WINDOW_MS", "600000")]).await;
     let second = OtherIntake::start(&stack).await;
     let bearer = stack.bearer("chatty").await.unwrap();
-    let status_path = format!("/v1/download/status/{}", uuid::Uuid::now_v7());
+    // A job id from a day ago: a young missing job is looked for a few seconds before its 404.
+    let day_old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (chrono::Utc::now().timestamp() - 86_400) as u64,
+        0,
+    ));
+    let status_path = format!("/v1/download/status/{day_old}");
     let urls = [stack.url(&status_path), second.url(&status_path)];
     let total = 300;
     let started = Instant::now();
