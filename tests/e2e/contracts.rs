@@ -283,6 +283,10 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
             format!("KV_{}", common::names::LIMITS_BUCKET),
             "nats/kv/download-limits.json",
         ),
+        (
+            format!("KV_{}", common::names::RATE_LIMITS_BUCKET),
+            "nats/kv/download-rate-limits.json",
+        ),
     ];
     // Every stream and bucket provisioning created has its file: none is left out of nats/.
     let created: std::collections::BTreeSet<String> = jetstream.stream_names().try_collect().await.unwrap();

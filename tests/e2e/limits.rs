@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::init_logs;
 
-/// The intakes' bucket of shared limits: `active.<hex tenant>` (slots) and `rate.<hex client>`.
+/// The intakes' bucket of active-job slots: `active.<hex tenant>`.
 const LIMITS_BUCKET: &str = "download-limits";
 /// The request header carrying an idempotency key.
 const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
@@ -783,6 +783,51 @@ async fn two_intakes_share_one_rate_limit_budget_per_client() {
         let response = stack.http.get(&health).send().await.unwrap();
         assert_eq!(response.status(), 200, "{health} is never limited");
     }
+}
+
+/// With NATS unreachable the rate limit still holds, on each intake's own state: requests that
+/// need no NATS (the banner) are answered within the fallback's half second rather than hang,
+/// the budget's requests pass and the next is refused with 429 and `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_each_intake_keeps_limiting_on_its_own_state() {
+    init_logs();
+    let mut stack = queue_only_stack(&[("RATE_LIMIT_MAX_REQUESTS", "3"), ("RATE_LIMIT_WINDOW_MS", "600000")]).await;
+    stack.nats.stop();
+    let banner = stack.url("/");
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let sent = Instant::now();
+        let response = stack.http.get(&banner).send().await.unwrap();
+        let took = sent.elapsed();
+        assert!(took < Duration::from_secs(2), "an answer took {took:?} with NATS down");
+        let status = response.status().as_u16();
+        if status == 429 {
+            let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(retry_after >= 1);
+            assert_eq!(response.headers()["ratelimit-remaining"], "0");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // The fallback shows: the three decisions that went to NATS and came back alone are counted
+    // (the registry is the test process's, so other tests may add to it, never take away).
+    let metrics = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let local: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("download_intake_rate_limit_local_decisions_total "))
+        .expect("the fallback counter is exported")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(local >= 3.0, "{local} local decisions counted");
 }
 
 /// NATS, S3, the presigner and one intake; no processor, so accepted jobs stay queued.

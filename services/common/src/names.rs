@@ -100,9 +100,10 @@ pub const TENANTS_BUCKET: &str = "download-tenants";
 /// KV bucket of the intakes' `Idempotency-Key` claims and remembered answers, keyed by a digest
 /// of tenant, operation and key.
 pub const IDEMPOTENCY_BUCKET: &str = "download-idempotency";
-/// KV bucket of the intakes' shared limits: `active.<hex tenant>` (slots of active jobs) and
-/// `rate.<hex client>` (rate-limit state).
+/// KV bucket of the intakes' active-job slots: `active.<hex tenant>`.
 pub const LIMITS_BUCKET: &str = "download-limits";
+/// KV bucket of the intakes' shared rate-limit state: `rate.<hex client>`, short-lived.
+pub const RATE_LIMITS_BUCKET: &str = "download-rate-limits";
 /// Subjects of the terminal job events, which free a tenant's slot.
 pub const TERMINAL_EVENT_FILTERS: [&str; 3] = [
     "downloads.events.*.completed",

@@ -143,8 +143,7 @@ pub struct Topology {
 pub const DEFAULT_JOBS_MAX_MESSAGES: i64 = 100_000;
 /// Default `IDEMPOTENCY_KEY_TTL_SECONDS`: a day, as Stripe's keys.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// How long a key of the limits bucket lives after its last write: a slot or rate state older
-/// than this is stale anyway.
+/// How long a tenant's slots live after their last write (a day, as job records).
 pub const LIMITS_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Topology {
@@ -208,6 +207,8 @@ pub enum Resource {
     IdempotencyBucket,
     /// `download-limits`.
     LimitsBucket,
+    /// `download-rate-limits`.
+    RateLimitsBucket,
     /// `download-processor` on `DOWNLOAD_JOBS`.
     ProcessorConsumer,
     /// `download-processor-advisories` on `DOWNLOAD_ADVISORIES`.
@@ -228,6 +229,7 @@ impl Resource {
         Resource::TenantsBucket,
         Resource::IdempotencyBucket,
         Resource::LimitsBucket,
+        Resource::RateLimitsBucket,
         Resource::ProcessorConsumer,
         Resource::AdvisoriesConsumer,
     ];
@@ -246,6 +248,7 @@ impl Resource {
             Resource::TenantsBucket => names::TENANTS_BUCKET,
             Resource::IdempotencyBucket => names::IDEMPOTENCY_BUCKET,
             Resource::LimitsBucket => names::LIMITS_BUCKET,
+            Resource::RateLimitsBucket => names::RATE_LIMITS_BUCKET,
             Resource::ProcessorConsumer => names::PROCESSOR_CONSUMER,
             Resource::AdvisoriesConsumer => names::ADVISORIES_CONSUMER,
         }
@@ -509,14 +512,36 @@ pub fn idempotency_bucket_config(topology: &Topology) -> kv::Config {
     }
 }
 
-/// The intakes' shared limits: active-job slots per tenant and rate-limit state per client.
+/// The intakes' active-job slots per tenant (one key each, rewritten by every admission and
+/// release of the tenant's jobs).
 pub fn limits_bucket_config(topology: &Topology) -> kv::Config {
     kv::Config {
         bucket: names::LIMITS_BUCKET.into(),
-        description: "Active-job slots per tenant (leases) and rate-limit state per client, shared by intakes".into(),
+        description: "Active-job slots per tenant (leases), shared by intakes".into(),
         history: 1,
         max_age: LIMITS_MAX_AGE,
         max_value_size: 256 * 1024,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    }
+}
+
+/// The longest `RATE_LIMIT_WINDOW_MS`: a client's rate state older than its window is the same
+/// as none (its arrival time is past), so the rate bucket forgets keys after it.
+pub const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(60 * 60);
+
+/// The intakes' rate-limit state per client: one small key per client address or tenant, gone a
+/// window after its last request, in a bounded bucket (full, new clients are limited per
+/// instance until old keys expire).
+pub fn rate_limits_bucket_config(topology: &Topology) -> kv::Config {
+    kv::Config {
+        bucket: names::RATE_LIMITS_BUCKET.into(),
+        description: "Rate-limit state per client (GCRA arrival time), shared by intakes".into(),
+        history: 1,
+        max_age: MAX_RATE_LIMIT_WINDOW,
+        max_value_size: 1024,
+        max_bytes: 256 * 1024 * 1024,
         storage: stream::StorageType::File,
         num_replicas: topology.replicas,
         ..Default::default()
@@ -614,7 +639,8 @@ async fn open_one(
         | Resource::ApiKeysBucket
         | Resource::TenantsBucket
         | Resource::IdempotencyBucket
-        | Resource::LimitsBucket => drop(jetstream.get_key_value(resource.name()).await?),
+        | Resource::LimitsBucket
+        | Resource::RateLimitsBucket => drop(jetstream.get_key_value(resource.name()).await?),
         Resource::JobsStream | Resource::EventsStream | Resource::AdvisoriesStream | Resource::WebhookReplaysStream => {
             drop(jetstream.get_stream(resource.name()).await?)
         }
@@ -723,6 +749,11 @@ async fn provision_one(
         Resource::LimitsBucket => drop(
             jetstream
                 .create_or_update_key_value(limits_bucket_config(topology))
+                .await?,
+        ),
+        Resource::RateLimitsBucket => drop(
+            jetstream
+                .create_or_update_key_value(rate_limits_bucket_config(topology))
                 .await?,
         ),
         Resource::ProcessorConsumer => drop(

@@ -225,6 +225,7 @@ pub const NATS_RESOURCES: &[common::nats::Resource] = &[
     common::nats::Resource::ApiKeysBucket,
     common::nats::Resource::IdempotencyBucket,
     common::nats::Resource::LimitsBucket,
+    common::nats::Resource::RateLimitsBucket,
 ];
 
 /// The definitions of the intake's resources under its settings.
@@ -263,6 +264,7 @@ impl Application {
             common::nats::bucket(&handles.jetstream, names::API_KEYS_BUCKET).await?,
         );
         let limits = common::nats::bucket(&handles.jetstream, names::LIMITS_BUCKET).await?;
+        let rate_limits = common::nats::bucket(&handles.jetstream, names::RATE_LIMITS_BUCKET).await?;
         let idempotency = idempotency::Idempotency::new(
             common::nats::bucket(&handles.jetstream, names::IDEMPOTENCY_BUCKET).await?,
             settings.idempotency_ttl,
@@ -279,10 +281,10 @@ impl Application {
             limit: settings.rate_limit_max_requests,
             window: settings.rate_limit_window,
         };
-        let rate_limiter = (policy.limit > 0).then(|| rate_limit::RateLimiter::new(limits.clone(), policy));
+        let rate_limiter = (policy.limit > 0).then(|| rate_limit::RateLimiter::new(rate_limits.clone(), policy));
         let lookup_limiter = match &rate_limiter {
             Some(rate_limiter) => rate_limiter.clone(),
-            None => rate_limit::RateLimiter::new(limits, rate_limit::Policy::default()),
+            None => rate_limit::RateLimiter::new(rate_limits, rate_limit::Policy::default()),
         };
         let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
         let local_addr = acceptor

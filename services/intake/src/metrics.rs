@@ -60,6 +60,14 @@ static REPLAYED: LazyLock<Counter> = LazyLock::new(|| {
     )
 });
 
+static LOCAL_RATE_DECISIONS: LazyLock<Counter> = LazyLock::new(|| {
+    common::metrics::register(
+        "download_intake_rate_limit_local_decisions",
+        "Requests whose rate limit was decided on this instance's state alone (the shared state in NATS did not answer in time)",
+        Counter::default(),
+    )
+});
+
 /// Registers every intake metric (shown at zero from the first scrape).
 pub fn init() {
     common::metrics::init("intake");
@@ -67,6 +75,12 @@ pub fn init() {
     LazyLock::force(&ACCEPTED);
     LazyLock::force(&REFUSED);
     LazyLock::force(&REPLAYED);
+    LazyLock::force(&LOCAL_RATE_DECISIONS);
+}
+
+/// Counts requests whose rate limit this instance decided alone.
+pub fn rate_limited_locally(requests: u64) {
+    LOCAL_RATE_DECISIONS.inc_by(requests);
 }
 
 /// Counts a job-creating request refused by the limits (`reason` is one of [`REFUSALS`]).

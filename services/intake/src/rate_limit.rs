@@ -1,5 +1,5 @@
 //! Request budgets per client (tenant, or address for anonymous requests), shared by every
-//! intake through the `download-limits` bucket, with the IETF `RateLimit` headers.
+//! intake through the `download-rate-limits` bucket, with the IETF `RateLimit` headers.
 //!
 //! The algorithm is GCRA (the generic cell rate algorithm, as `governor` implements it): a
 //! client's state is one number, its theoretical arrival time (TAT). `RATE_LIMIT_MAX_REQUESTS`
@@ -138,7 +138,7 @@ fn now_ns() -> i64 {
 }
 
 impl RateLimiter {
-    /// A limiter of `policy` whose state lives in `kv` (the limits bucket).
+    /// A limiter of `policy` whose state lives in `kv` (the rate-limits bucket).
     pub fn new(kv: kv::Store, policy: Policy) -> Arc<Self> {
         Arc::new(RateLimiter {
             policy,
@@ -234,6 +234,7 @@ impl RateLimiter {
             }
             let (decisions, tat, revision) = decided.unwrap_or_else(|| {
                 tracing::warn!(client = %client, "shared rate limits unavailable; deciding on this instance's state");
+                crate::metrics::rate_limited_locally(batch.len() as u64);
                 let (decisions, next) = decide(self.policy, tat, now_ns(), batch.len());
                 (decisions, next, None)
             });

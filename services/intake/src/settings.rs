@@ -118,9 +118,9 @@ impl Settings {
             "must be at least 1000 ms below REQUEST_TIMEOUT_MS",
         )?;
         env.require(
-            !settings.rate_limit_window.is_zero(),
+            !settings.rate_limit_window.is_zero() && settings.rate_limit_window <= common::nats::MAX_RATE_LIMIT_WINDOW,
             "RATE_LIMIT_WINDOW_MS",
-            "must be positive",
+            "must be between 1 and 3600000",
         )?;
         env.require(
             settings.idempotency_ttl >= settings.idempotency_stale_after()
