@@ -64,6 +64,10 @@ pub enum JobEvent {
         /// without reading the record.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         result_key: Option<String>,
+        /// Terminal events: the job's owner, so an intake frees the owner's active-job slot
+        /// without reading the record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
 }
 
@@ -105,6 +109,7 @@ impl JobEvent {
                 .result_key
                 .clone()
                 .filter(|_| record.status == crate::JobStatus::Completed),
+            owner: record.status.is_terminal().then(|| record.user_id.clone()),
         }
     }
 
@@ -246,6 +251,16 @@ mod tests {
     }
 
     #[test]
+    fn only_terminal_events_name_the_owner() {
+        let mut record = crate::JobRecord::queued(JobId::new(), "acme".into(), vec![10_000], None, 1, None);
+        let JobEvent::V1 { owner, .. } = JobEvent::of_record(&record);
+        assert_eq!(owner, None, "progress events stay small");
+        record.cancel();
+        let JobEvent::V1 { owner, .. } = JobEvent::of_record(&record);
+        assert_eq!(owner.as_deref(), Some("acme"));
+    }
+
+    #[test]
     fn event_kind_is_progress_until_terminal() {
         let event = |status| JobEvent::V1 {
             job_id: JobId::new(),
@@ -258,6 +273,7 @@ mod tests {
             attempt: 1,
             at: Utc::now(),
             result_key: None,
+            owner: None,
         };
         assert_eq!(event(JobStatus::Processing).kind(), "progress");
         assert_eq!(event(JobStatus::Queued).kind(), "progress");

@@ -252,15 +252,19 @@ impl ActiveJobs {
             .map(drop)
     }
 
-    /// Frees the slot of an ended job, whose tenant its record names.
-    async fn release_ended(&self, job: JobId) {
-        let tenant = match self.store.load_once(job).await {
-            Ok(Some(found)) => found.record.user_id,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%job, %error, "ended job's record not read; its slot lapses with its lease");
-                return;
-            }
+    /// Frees the slot of an ended job, whose tenant its terminal event names (or, for an event
+    /// without it, its record).
+    async fn release_ended(&self, job: JobId, owner: Option<String>) {
+        let tenant = match owner {
+            Some(owner) => owner,
+            None => match self.store.load_once(job).await {
+                Ok(Some(found)) => found.record.user_id,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%job, %error, "ended job's record not read; its slot lapses with its lease");
+                    return;
+                }
+            },
         };
         if let Err(error) = self.release(&tenant, job).await {
             tracing::warn!(%job, %error, "ended job's slot not freed; it lapses with its lease");
@@ -307,12 +311,16 @@ impl ActiveJobs {
                 if job.is_none() {
                     tracing::warn!(subject = %message.subject, "terminal event without a job id ignored");
                 }
-                job
+                let owner = match serde_json::from_slice::<common::messages::JobEvent>(&message.payload) {
+                    Ok(common::messages::JobEvent::V1 { owner, .. }) => owner,
+                    Err(_) => None,
+                };
+                job.map(|job| (job, owner))
             });
         events
-            .for_each_concurrent(RELEASE_CONCURRENCY, |job| {
+            .for_each_concurrent(RELEASE_CONCURRENCY, |(job, owner)| {
                 let active_jobs = self.clone();
-                async move { active_jobs.release_ended(job).await }
+                async move { active_jobs.release_ended(job, owner).await }
             })
             .await;
         Ok(())

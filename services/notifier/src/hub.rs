@@ -189,6 +189,7 @@ mod tests {
             attempt: 1,
             at: chrono::Utc::now(),
             result_key: None,
+            owner: None,
         }
     }
 
