@@ -37,8 +37,8 @@ const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
 /// An initiate repeated with its `Idempotency-Key` and the same body gets the first answer again
 /// (202, the same `jobId`, `Idempotent-Replayed: true`, where the first answer had no such
 /// header) and no second job; the same key with another body is refused with 422
-/// `IDEMPOTENCY_KEY_REUSED`; another tenant's use of the same key is its own; a refused request
-/// leaves its key free; a malformed key (empty, 256 characters, a control or non-ASCII
+/// `IDEMPOTENCY_KEY_REUSED`; another tenant's use of the same key is its own; a request refused
+/// for its body (400, before any claim) leaves its key unused; a malformed key (empty, 256 characters, a control or non-ASCII
 /// character) is refused with 400 naming the header, and creates nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_initiate_repeated_with_its_idempotency_key_replays_the_first_answer_without_a_second_job() {
@@ -156,6 +156,7 @@ async fn a_key_whose_request_died_is_taken_over_and_one_still_handled_answers_40
             claimed_at,
             expires_at: now_ms + 3_600_000,
             answer: None,
+            holder: "a request of another intake".into(),
         };
         async move {
             keys.create(bucket_key, serde_json::to_vec(&claim).unwrap().into())
@@ -601,6 +602,7 @@ async fn slots_left_by_an_intake_killed_mid_request_heal_within_the_lease() {
     // the last ones only once those are found lapsed at the cap and dropped.
     fleet.terminate(Kind::Processor).await.unwrap();
     let survivor = stack.url(INITIATE);
+    let refused_at_the_cap = std::sync::atomic::AtomicUsize::new(0);
     wait_for(
         "ten of the tenant's jobs to hold its ten slots",
         lease * 2 + Duration::from_secs(5),
@@ -608,6 +610,7 @@ async fn slots_left_by_an_intake_killed_mid_request_heal_within_the_lease() {
             let answer = post(&stack.http, &survivor, &bearer, None, &body).await;
             if answer.status != 202 {
                 answer.assert_problem(429, "TOO_MANY_ACTIVE_JOBS");
+                refused_at_the_cap.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             // Healed: the ten slots are held by ten jobs that exist and wait, none by the orphan
             // or by a job the killed intake never stored.
@@ -618,6 +621,10 @@ async fn slots_left_by_an_intake_killed_mid_request_heal_within_the_lease() {
     .await
     .unwrap();
     let since_forged = forged.elapsed();
+    assert!(
+        refused_at_the_cap.into_inner() > 0,
+        "the cap was reached while the orphan was within its lease, and held"
+    );
     eprintln!(
         "ten slots back {:?} after the kill, {since_forged:?} after the orphan was forged (lease {lease:?})",
         killed.elapsed()

@@ -6,8 +6,8 @@
 //!
 //! Each key's value and revision as this instance last read or wrote them are kept, so a change
 //! is one round trip (the write) while no other instance wrote the key since; a change that the
-//! kept value would decline is decided again on a fresh read, since only a current value may
-//! refuse.
+//! kept value (or a replica's) would decline is decided again on the value read through the
+//! stream's leader, since only a current value may refuse.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -108,6 +108,30 @@ impl CasValues {
         Ok(self.read(key).await?.0)
     }
 
+    /// The value of `key` through the stream's leader: a replica answering a direct get may not
+    /// have applied the latest writes (another instance's release), and a refusal must not rest
+    /// on that.
+    async fn read_from_leader<T: DeserializeOwned + Default>(&self, key: &str) -> Result<(T, Option<u64>), CasError> {
+        let subject = format!("{}{key}", self.kv.prefix);
+        match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => {
+                let removed = message
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
+                if removed {
+                    return Ok((T::default(), Some(message.sequence)));
+                }
+                self.keep(key, message.payload.clone(), message.sequence);
+                Ok((parse(key, &message.payload), Some(message.sequence)))
+            }
+            Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok((T::default(), None))
+            }
+            Err(error) => Err(CasError::Unavailable(cause_chain(&error))),
+        }
+    }
+
     /// Applies `change` to the value of `key` with compare-and-set; `Ok(false)` when `change`
     /// declined (nothing written) on the current value.
     pub async fn change<T: Serialize + DeserializeOwned + Default>(
@@ -125,20 +149,21 @@ impl CasValues {
         let _turn = self.stripes[stripe].lock().await;
         let unavailable = |error: &(dyn std::error::Error + 'static)| CasError::Unavailable(cause_chain(error));
         let mut kept = self.kept().get(key).cloned();
+        // After a decline, values are read through the leader: only the current value refuses.
+        let mut confirming = false;
         let mut conflicts = 0;
         while conflicts < MAX_CONFLICTS {
-            let (mut value, revision, current) = match kept.take() {
-                Some((bytes, revision)) => (parse::<T>(key, &bytes), Some(revision), false),
-                None => {
-                    let (value, revision) = self.read::<T>(key).await?;
-                    (value, revision, true)
-                }
+            let (mut value, revision) = match kept.take() {
+                Some((bytes, revision)) => (parse::<T>(key, &bytes), Some(revision)),
+                None if confirming => self.read_from_leader::<T>(key).await?,
+                None => self.read::<T>(key).await?,
             };
             if !change(&mut value) {
-                if current {
+                if confirming {
                     return Ok(false);
                 }
-                continue; // Declined on the kept value: decide again on the current one.
+                confirming = true;
+                continue; // Declined on a kept or replica's value: decide again on the leader's.
             }
             let bytes: Bytes = serde_json::to_vec(&value).expect("shared values serialize").into();
             // A conflict (another writer got there first) goes round again, on a fresh read.

@@ -479,11 +479,12 @@ impl JobStore {
 
     /// Puts a job on the work queue and waits for the stream's acknowledgement. The job id is the
     /// `Nats-Msg-Id`, so a submission retried after a lost answer is stored once.
-    pub async fn submit(&self, message: &JobMessage) -> Result<(), StoreError> {
+    pub async fn submit(&self, message: &JobMessage) -> Result<u64, StoreError> {
         self.submit_with(message, self.patience).await
     }
 
-    async fn submit_with(&self, message: &JobMessage, patience: Patience) -> Result<(), StoreError> {
+    /// Queues a job; its message's sequence in the stream.
+    async fn submit_with(&self, message: &JobMessage, patience: Patience) -> Result<u64, StoreError> {
         let payload = Bytes::from(serde_json::to_vec(message).expect("messages serialize"));
         let message_id = message.job_id().to_string();
         let span = telemetry::span::publish("downloads.jobs", names::JOB_SUBMITTED_SUBJECT);
@@ -517,7 +518,7 @@ impl JobStore {
         if submitted.is_err() {
             telemetry::span::failed(&span, "job not queued");
         }
-        submitted.map(|_| ())
+        submitted.map(|ack| ack.sequence)
     }
 
     /// Accepts a job within `budget`: queues its message, then stores its record, riding out an
@@ -529,21 +530,21 @@ impl JobStore {
     /// a message that is dropped. A record whose create was stored although its answer was lost is
     /// removed again in the last third of the budget, unless a processor claimed it meanwhile
     /// (then the job runs, and counts as accepted). Run it on a task of its own, so a caller that
-    /// goes away cannot stop it half-way.
-    pub async fn accept(&self, record: &JobRecord, message: &JobMessage, budget: Duration) -> Result<(), StoreError> {
+    /// goes away cannot stop it half-way. Returns the job message's sequence in the stream.
+    pub async fn accept(&self, record: &JobRecord, message: &JobMessage, budget: Duration) -> Result<u64, StoreError> {
         let started = tokio::time::Instant::now();
         // The record must be stored well within the processors' grace for it, or a message could
         // be dropped before its record arrives.
         let storing = started + (budget * 2 / 3).min(RECORD_GRACE / 2);
-        within(storing, self.submit_with(message, Patience::until(storing))).await?;
+        let sequence = within(storing, self.submit_with(message, Patience::until(storing))).await?;
         let Err(failure) = within(storing, self.create_with(record, Patience::until(storing))).await else {
-            return Ok(());
+            return Ok(sequence);
         };
         match self.remove_unclaimed(record, started + budget).await {
             Ok(true) => Err(failure),
             Ok(false) => {
                 tracing::info!(job_id = %record.job_id, "job claimed although storing its record seemed to fail: accepted");
-                Ok(())
+                Ok(sequence)
             }
             Err(error) => {
                 tracing::error!(job_id = %record.job_id, error = %error, "a record stored without an answer could not be checked; it may run although the client was refused");
@@ -553,7 +554,8 @@ impl JobStore {
     }
 
     /// Removes `record` if it was stored and is still as created, until `deadline`. `Ok(true)`:
-    /// not there (any more); `Ok(false)`: a processor changed it, the job runs.
+    /// not there (any more), nor can a create still in flight land; `Ok(false)`: a processor
+    /// changed it, the job runs.
     async fn remove_unclaimed(&self, record: &JobRecord, deadline: tokio::time::Instant) -> Result<bool, StoreError> {
         let job_id = record.job_id;
         let patience = Patience::until(deadline);
@@ -561,7 +563,15 @@ impl JobStore {
             "removing a record stored without an answer",
             || async move {
                 match self.read(job_id, true).await? {
-                    None => Ok(true),
+                    // Not there, but the create may still be on its way to the server: a delete
+                    // marker expecting no record makes it fail when it lands (if the create
+                    // landed first, the marker fails and the next round finds the record).
+                    None => self
+                        .kv
+                        .delete_expect_revision(job_id.to_string(), Some(0))
+                        .await
+                        .map(|()| true)
+                        .map_err(|error| StoreError::Kv(Box::new(error))),
                     Some(found) if found.record != *record => Ok(false),
                     Some(found) => self
                         .kv

@@ -106,10 +106,11 @@ pub async fn admit(
                         .map_err(idempotency_problem)?;
                         if let Some(found) = found {
                             let answer = answer_of(&found.record);
-                            state
-                                .idempotency
-                                .remember(&mut claimed, answer.clone(), Patience::until(deadline))
-                                .await;
+                            let remembering =
+                                state
+                                    .idempotency
+                                    .remember(&mut claimed, answer.clone(), Patience::until(deadline));
+                            let _ = tokio::time::timeout_at(deadline, remembering).await;
                             return Ok(Admitted {
                                 job_id: found.record.job_id,
                                 answer,
@@ -135,9 +136,10 @@ pub async fn admit(
         let (record, message) = build(job_id);
         if let Err(refused) = create(&state, &request, &record, message, checks, deadline).await {
             if let (Some(guard), true) = (guard, refused.nothing_left) {
-                // In the background: the refusal is answered at once.
-                let state = state.clone();
-                tokio::spawn(async move { state.idempotency.release(guard, state.store.patience()).await });
+                // Before the answer, so the client's retry finds the key free (one round trip,
+                // within the budget; otherwise the claim is taken over once abandoned).
+                let release = state.idempotency.release(guard, Patience::until(deadline));
+                let _ = tokio::time::timeout_at(deadline, release).await;
             }
             return Err(refused.error);
         }
@@ -145,10 +147,12 @@ pub async fn admit(
         if let Some(guard) = guard.as_mut() {
             // Within the budget, so the client hears the 202; should the cluster not take it by
             // then, the claim is later taken over and the answer rebuilt from the job.
-            state
+            let remembering = state
                 .idempotency
-                .remember(guard, answer.clone(), Patience::until(deadline))
-                .await;
+                .remember(guard, answer.clone(), Patience::until(deadline));
+            if tokio::time::timeout_at(deadline, remembering).await.is_err() {
+                tracing::warn!(%job_id, "idempotent answer not remembered in time; a retry rebuilds it from the job");
+            }
         }
         Ok(Admitted {
             job_id,
@@ -217,7 +221,13 @@ async fn create(
         )
         .await
         .unwrap_or_else(|_| Err(CasError::Unavailable("no answer in time".into())))
-        .map_err(|error| ApiError::unavailable(ErrorCode::QueueUnavailable, "the job limits", &error))?;
+        .map_err(|error| {
+            // The slot may have been written although its answer was lost: free it, harmless
+            // if it is not there.
+            let (state, owner, job_id) = (state.clone(), request.owner.clone(), record.job_id);
+            tokio::spawn(async move { state.active_jobs.release(&owner, job_id).await });
+            ApiError::unavailable(ErrorCode::QueueUnavailable, "the job limits", &error)
+        })?;
         if let Err(refusal) = slot {
             crate::metrics::refused("too_many_active_jobs");
             let problem = Problem::new(
@@ -234,9 +244,12 @@ async fn create(
         .saturating_duration_since(Instant::now())
         .max(MIN_ACCEPT_BUDGET);
     let accepted = state.store.accept(record, &message, budget).await;
-    let Err(error) = accepted else {
-        state.backlog.accepted();
-        return Ok(());
+    let error = match accepted {
+        Ok(sequence) => {
+            state.backlog.accepted(sequence);
+            return Ok(());
+        }
+        Err(error) => error,
     };
     let nothing_left = !matches!(error, StoreError::OutcomeUnknown(_));
     if request.capped && nothing_left {

@@ -22,6 +22,8 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 /// `Retry-After` when nothing drained recently (no processor running).
 pub const RETRY_AFTER_WITHOUT_DRAIN: u64 = 30;
+/// Accepts remembered between two reads (beyond, they count until the next read only).
+const MAX_UNREAD: usize = 100_000;
 /// The longest `Retry-After` answered.
 const MAX_RETRY_AFTER: u64 = 300;
 
@@ -35,8 +37,10 @@ struct Sample {
 
 #[derive(Debug, Default)]
 struct Reading {
-    /// Messages in the stream at the last read, plus this intake's accepts since.
+    /// Messages in the stream at the last read, plus this intake's accepts it did not hold.
     backlog: u64,
+    /// Stream sequences of this intake's accepts the last read did not hold.
+    unread: Vec<u64>,
     /// Whether the stream was read at least once.
     known: bool,
     samples: VecDeque<Sample>,
@@ -92,9 +96,13 @@ impl Backlog {
         )
     }
 
-    /// Counts a job this intake queued, until the next read.
-    pub fn accepted(&self) {
-        self.reading().backlog += 1;
+    /// Counts a job this intake queued (its message at stream `sequence`) until a read holds it.
+    pub fn accepted(&self, sequence: u64) {
+        let mut reading = self.reading();
+        reading.backlog += 1;
+        if reading.unread.len() < MAX_UNREAD {
+            reading.unread.push(sequence);
+        }
     }
 
     /// The backlog as last read plus this intake's accepts since.
@@ -103,9 +111,12 @@ impl Backlog {
         reading.known.then_some(reading.backlog)
     }
 
+    /// Records a read of the stream (`messages` held, the last at `last_sequence`): this
+    /// intake's accepts stored after it count on top, each exactly once.
     fn record(&self, messages: u64, last_sequence: u64, at: Instant) {
         let mut reading = self.reading();
-        reading.backlog = messages;
+        reading.unread.retain(|sequence| *sequence > last_sequence);
+        reading.backlog = messages + reading.unread.len() as u64;
         reading.known = true;
         reading.samples.push_back(Sample {
             at,
@@ -189,9 +200,9 @@ mod tests {
         assert!(backlog.admit().is_ok(), "unknown backlog: admit");
         let start = Instant::now();
         backlog.record(1, 1, start);
-        backlog.accepted();
+        backlog.accepted(2);
         assert!(backlog.admit().is_ok());
-        backlog.accepted();
+        backlog.accepted(3);
         assert_eq!(backlog.current(), Some(3));
         assert_eq!(backlog.admit(), Err(RETRY_AFTER_WITHOUT_DRAIN));
         // Processors drained 8 messages in 2 s: 4/s, one over the limit → 1 s.
@@ -200,6 +211,13 @@ mod tests {
         assert_eq!(backlog.admit(), Err(1));
         backlog.record(2, 11, Instant::now());
         assert!(backlog.admit().is_ok());
+        // A read that does not hold this intake's last accept yet (taken before it was stored)
+        // counts it on top; the next read, which holds it, counts it once.
+        backlog.accepted(12);
+        backlog.record(2, 11, Instant::now());
+        assert_eq!(backlog.current(), Some(3));
+        backlog.record(3, 12, Instant::now());
+        assert_eq!(backlog.current(), Some(3));
     }
 
     #[tokio::test(start_paused = true)]

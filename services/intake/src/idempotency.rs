@@ -101,6 +101,10 @@ pub struct Claim {
     /// The answer, once given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<Answer>,
+    /// The request holding the claim (a random id): a request whose claim was written although
+    /// the write's answer was lost finds its own claim on the retry, rather than another's.
+    #[serde(default)]
+    pub holder: String,
 }
 
 /// What an existing claim means for a request with the same key.
@@ -213,10 +217,11 @@ impl Idempotency {
         job_id: JobId,
         patience: Patience,
     ) -> Result<Begun, IdempotencyError> {
+        let holder = uuid::Uuid::new_v4().simple().to_string();
         patience
             .retry(
                 "claiming an idempotency key",
-                || self.begin_once(tenant, operation, key, fingerprint, job_id),
+                || self.begin_once(tenant, operation, key, fingerprint, job_id, &holder),
                 |error| matches!(error, IdempotencyError::Unavailable(_)),
             )
             .await
@@ -229,6 +234,7 @@ impl Idempotency {
         key: &str,
         fingerprint: &str,
         job_id: JobId,
+        holder: &str,
     ) -> Result<Begun, IdempotencyError> {
         let bucket_key = bucket_key(tenant, operation, key);
         let now = now_ms();
@@ -238,6 +244,7 @@ impl Idempotency {
             claimed_at: now,
             expires_at: now + self.ttl.as_millis() as i64,
             answer: None,
+            holder: holder.to_string(),
         };
         let fresh = |revision, claim, resumed| {
             Ok(Begun::Fresh(Guard {
@@ -259,6 +266,14 @@ impl Idempotency {
             let existing = (entry.operation == kv::Operation::Put)
                 .then(|| serde_json::from_slice::<Claim>(&entry.value).ok())
                 .flatten();
+            if let Some(own) = existing
+                .as_ref()
+                .filter(|existing| existing.answer.is_none() && existing.holder == holder)
+            {
+                // This request's own claim, written although the write's answer was lost.
+                let resumed = own.job_id != job_id;
+                return fresh(entry.revision, own.clone(), resumed);
+            }
             let judgement = match &existing {
                 Some(existing) => judge(existing, fingerprint, now_ms(), self.stale_after.as_millis() as i64),
                 None => Judgement::Expired,
@@ -274,6 +289,7 @@ impl Idempotency {
                 Judgement::Abandoned => {
                     let mut taken = existing.expect("judged a claim");
                     taken.claimed_at = now_ms();
+                    taken.holder = holder.to_string();
                     tracing::warn!(job_id = %taken.job_id, "idempotency key abandoned by a request that never answered; taking it over");
                     (taken, true)
                 }
@@ -370,6 +386,7 @@ mod tests {
             claimed_at: 1_000,
             expires_at: 100_000,
             answer,
+            holder: "h".into(),
         }
     }
 
