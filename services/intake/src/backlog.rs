@@ -41,6 +41,8 @@ struct Reading {
     backlog: u64,
     /// Stream sequences of this intake's accepts the last read did not hold.
     unread: Vec<u64>,
+    /// The stream's last sequence at the last read: an accept at or below it is in that read.
+    read_up_to: u64,
     /// Whether the stream was read at least once.
     known: bool,
     samples: VecDeque<Sample>,
@@ -99,6 +101,9 @@ impl Backlog {
     /// Counts a job this intake queued (its message at stream `sequence`) until a read holds it.
     pub fn accepted(&self, sequence: u64) {
         let mut reading = self.reading();
+        if sequence <= reading.read_up_to {
+            return; // The last read (made after it was stored) holds it already.
+        }
         reading.backlog += 1;
         if reading.unread.len() < MAX_UNREAD {
             reading.unread.push(sequence);
@@ -117,6 +122,7 @@ impl Backlog {
         let mut reading = self.reading();
         reading.unread.retain(|sequence| *sequence > last_sequence);
         reading.backlog = messages + reading.unread.len() as u64;
+        reading.read_up_to = reading.read_up_to.max(last_sequence);
         reading.known = true;
         reading.samples.push_back(Sample {
             at,
@@ -218,6 +224,10 @@ mod tests {
         assert_eq!(backlog.current(), Some(3));
         backlog.record(3, 12, Instant::now());
         assert_eq!(backlog.current(), Some(3));
+        // A read that holds an accept counted after it (the read came first) counts it once.
+        backlog.record(4, 13, Instant::now());
+        backlog.accepted(13);
+        assert_eq!(backlog.current(), Some(4));
     }
 
     #[tokio::test(start_paused = true)]
