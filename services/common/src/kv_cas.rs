@@ -103,11 +103,6 @@ impl CasValues {
         })
     }
 
-    /// The current value of `key`.
-    pub async fn get<T: DeserializeOwned + Default>(&self, key: &str) -> Result<T, CasError> {
-        Ok(self.read(key).await?.0)
-    }
-
     /// The value of `key` through the stream's leader: a replica answering a direct get may not
     /// have applied the latest writes (another instance's release), and a refusal must not rest
     /// on that.
