@@ -827,13 +827,8 @@ async fn with_nats_down_each_intake_keeps_limiting_on_its_own_state() {
         .text()
         .await
         .unwrap();
-    let local: f64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("download_intake_rate_limit_local_decisions_total "))
-        .expect("the fallback counter is exported")
-        .trim()
-        .parse()
-        .unwrap();
+    let local = crate::telemetry::sample(&metrics, "download_intake_rate_limit_local_decisions_total")
+        .expect("the fallback counter is exported");
     assert!(local >= 3.0, "{local} local decisions counted");
 }
 

@@ -91,7 +91,7 @@ fn number(span: &SpanRecord, key: &str) -> i64 {
 }
 
 /// The value of one series (`name{labels}` exactly as exposed) in Prometheus text.
-fn sample(exposition: &str, series: &str) -> Option<f64> {
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     exposition
         .lines()
         .filter(|line| !line.starts_with('#'))

@@ -107,24 +107,17 @@ impl CasValues {
     /// have applied the latest writes (another instance's release), and a refusal must not rest
     /// on that.
     async fn read_from_leader<T: DeserializeOwned + Default>(&self, key: &str) -> Result<(T, Option<u64>), CasError> {
-        let subject = format!("{}{key}", self.kv.prefix);
-        match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(message) => {
-                let removed = message
-                    .headers
-                    .get("KV-Operation")
-                    .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
-                if removed {
-                    return Ok((T::default(), Some(message.sequence)));
-                }
-                self.keep(key, message.payload.clone(), message.sequence);
-                Ok((parse(key, &message.payload), Some(message.sequence)))
+        let last = leader_entry(&self.kv, key)
+            .await
+            .map_err(|error| CasError::Unavailable(cause_chain(&error)))?;
+        Ok(match last {
+            Some((Some(value), revision)) => {
+                self.keep(key, value.clone(), revision);
+                (parse(key, &value), Some(revision))
             }
-            Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                Ok((T::default(), None))
-            }
-            Err(error) => Err(CasError::Unavailable(cause_chain(&error))),
-        }
+            Some((None, revision)) => (T::default(), Some(revision)),
+            None => (T::default(), None),
+        })
     }
 
     /// Applies `change` to the value of `key` with compare-and-set; `Ok(false)` when `change`
@@ -142,7 +135,6 @@ impl CasValues {
             hasher.finish() as usize % STRIPES
         };
         let _turn = self.stripes[stripe].lock().await;
-        let unavailable = |error: &(dyn std::error::Error + 'static)| CasError::Unavailable(cause_chain(error));
         let mut kept = self.kept().get(key).cloned();
         // After a decline, values are read through the leader: only the current value refuses.
         let mut confirming = false;
@@ -162,19 +154,7 @@ impl CasValues {
             }
             let bytes: Bytes = serde_json::to_vec(&value).expect("shared values serialize").into();
             // A conflict (another writer got there first) goes round again, on a fresh read.
-            let written = match revision {
-                Some(revision) => match self.kv.update(key, bytes.clone(), revision).await {
-                    Ok(written) => Some(written),
-                    Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
-                    Err(error) => return Err(unavailable(&error)),
-                },
-                None => match self.kv.create(key, bytes.clone()).await {
-                    Ok(written) => Some(written),
-                    Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => None,
-                    Err(error) => return Err(unavailable(&error)),
-                },
-            };
-            if let Some(written) = written {
+            if let Some(written) = compare_and_set(&self.kv, key, bytes.clone(), revision).await? {
                 self.keep(key, bytes, written);
                 return Ok(true);
             }
@@ -185,6 +165,52 @@ impl CasValues {
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         Err(CasError::Contended)
+    }
+}
+
+/// Writes `value` under `key` if the key is still at `revision` (`None`: if it does not exist);
+/// the new revision, or `Ok(None)` when another writer got there first.
+pub async fn compare_and_set(
+    kv: &kv::Store,
+    key: &str,
+    value: Bytes,
+    revision: Option<u64>,
+) -> Result<Option<u64>, CasError> {
+    let unavailable = |error: &(dyn std::error::Error + 'static)| CasError::Unavailable(cause_chain(error));
+    match revision {
+        Some(revision) => match kv.update(key, value, revision).await {
+            Ok(written) => Ok(Some(written)),
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(error) => Err(unavailable(&error)),
+        },
+        None => match kv.create(key, value).await {
+            Ok(written) => Ok(Some(written)),
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(error) => Err(unavailable(&error)),
+        },
+    }
+}
+
+/// The last write of `key` as the bucket stream's leader holds it (a direct get may be answered
+/// by a replica that has not applied the latest writes): its value (`None` for a delete or
+/// purge marker) and revision, or `None` when the key was never written.
+pub async fn leader_entry(
+    kv: &kv::Store,
+    key: &str,
+) -> Result<Option<(Option<Bytes>, u64)>, async_nats::jetstream::stream::LastRawMessageError> {
+    let subject = format!("{}{key}", kv.prefix);
+    match kv.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => {
+            let removed = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
+            Ok(Some(((!removed).then_some(message.payload), message.sequence)))
+        }
+        Err(error) if error.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+            Ok(None)
+        }
+        Err(error) => Err(error),
     }
 }
 

@@ -222,21 +222,9 @@ impl JobStore {
     async fn read(&self, job_id: JobId, from_leader: bool) -> Result<Option<Versioned>, StoreError> {
         let key = job_id.to_string();
         let (value, revision) = if from_leader {
-            let subject = format!("{}{key}", self.kv.prefix);
-            match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(message) => {
-                    let removed = message
-                        .headers
-                        .get(KV_OPERATION_HEADER)
-                        .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
-                    if removed {
-                        return Ok(None);
-                    }
-                    (message.payload, message.sequence)
-                }
-                Err(error) if error.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                    return Ok(None);
-                }
+            match crate::kv_cas::leader_entry(&self.kv, &key).await {
+                Ok(Some((Some(value), revision))) => (value, revision),
+                Ok(_) => return Ok(None),
                 Err(error) => return Err(StoreError::Kv(Box::new(error))),
             }
         } else {
@@ -621,9 +609,6 @@ pub const RECORD_GRACE: Duration = Duration::from_secs(60);
 const YOUNG_JOB: Duration = RECORD_GRACE;
 /// How long such a job is looked for before it counts as missing.
 const YOUNG_MISS_WAIT: Duration = Duration::from_secs(3);
-
-/// The header in which KV marks deletes and purges.
-const KV_OPERATION_HEADER: &str = "KV-Operation";
 
 /// Counts a write that made a job terminal (`download_jobs_finished_total`): once per job, since
 /// only one compare-and-set can make that change.

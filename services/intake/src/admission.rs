@@ -224,8 +224,7 @@ async fn create(
         .map_err(|error| {
             // The slot may have been written although its answer was lost: free it, harmless
             // if it is not there.
-            let (state, owner, job_id) = (state.clone(), request.owner.clone(), record.job_id);
-            tokio::spawn(async move { state.active_jobs.release(&owner, job_id).await });
+            free_slot_in_background(state, &request.owner, record.job_id);
             ApiError::unavailable(ErrorCode::QueueUnavailable, "the job limits", &error)
         })?;
         if let Err(refusal) = slot {
@@ -253,13 +252,7 @@ async fn create(
     };
     let nothing_left = !matches!(error, StoreError::OutcomeUnknown(_));
     if request.capped && nothing_left {
-        // In the background: the refusal is answered at once.
-        let (state, owner, job_id) = (state.clone(), request.owner.clone(), record.job_id);
-        tokio::spawn(async move {
-            if let Err(release) = state.active_jobs.release(&owner, job_id).await {
-                tracing::warn!(%job_id, error = %release, "refused job's slot not freed; it lapses with its lease");
-            }
-        });
+        free_slot_in_background(state, &request.owner, record.job_id);
     }
     let error = match error {
         StoreError::QueueFull => {
@@ -269,6 +262,16 @@ async fn create(
         other => crate::api::jobs::store_error("accepting the job", other),
     };
     Err(Refused { error, nothing_left })
+}
+
+/// Frees the slot a refused job may hold, in the background: the refusal is answered at once.
+fn free_slot_in_background(state: &Arc<State>, owner: &str, job_id: JobId) {
+    let (state, owner) = (state.clone(), owner.to_string());
+    tokio::spawn(async move {
+        if let Err(error) = state.active_jobs.release(&owner, job_id).await {
+            tracing::warn!(%job_id, %error, "refused job's slot not freed; it lapses with its lease");
+        }
+    });
 }
 
 /// The least time accepting is given, however long the checks took.

@@ -217,25 +217,6 @@ impl Idempotency {
         job_id: JobId,
         patience: Patience,
     ) -> Result<Begun, IdempotencyError> {
-        let holder = uuid::Uuid::new_v4().simple().to_string();
-        patience
-            .retry(
-                "claiming an idempotency key",
-                || self.begin_once(tenant, operation, key, fingerprint, job_id, &holder),
-                |error| matches!(error, IdempotencyError::Unavailable(_)),
-            )
-            .await
-    }
-
-    async fn begin_once(
-        &self,
-        tenant: &str,
-        operation: &str,
-        key: &str,
-        fingerprint: &str,
-        job_id: JobId,
-        holder: &str,
-    ) -> Result<Begun, IdempotencyError> {
         let bucket_key = bucket_key(tenant, operation, key);
         let now = now_ms();
         let claim = Claim {
@@ -244,23 +225,36 @@ impl Idempotency {
             claimed_at: now,
             expires_at: now + self.ttl.as_millis() as i64,
             answer: None,
-            holder: holder.to_string(),
+            holder: uuid::Uuid::new_v4().simple().to_string(),
         };
+        patience
+            .retry(
+                "claiming an idempotency key",
+                || self.begin_once(&bucket_key, &claim),
+                |error| matches!(error, IdempotencyError::Unavailable(_)),
+            )
+            .await
+    }
+
+    /// One round of [`begin`](Self::begin): claims `bucket_key` with `claim`, or judges the
+    /// claim already there.
+    async fn begin_once(&self, bucket_key: &str, claim: &Claim) -> Result<Begun, IdempotencyError> {
+        let (fingerprint, job_id, holder) = (claim.fingerprint.as_str(), claim.job_id, claim.holder.as_str());
         let fresh = |revision, claim, resumed| {
             Ok(Begun::Fresh(Guard {
-                key: bucket_key.clone(),
+                key: bucket_key.to_string(),
                 revision,
                 claim,
                 resumed,
             }))
         };
         for _ in 0..MAX_ROUNDS {
-            match self.kv.create(&bucket_key, encode(&claim)).await {
-                Ok(revision) => return fresh(revision, claim, false),
+            match self.kv.create(bucket_key, encode(claim)).await {
+                Ok(revision) => return fresh(revision, claim.clone(), false),
                 Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(error) => return Err(unavailable(error)),
             }
-            let Some(entry) = self.kv.entry(&bucket_key).await.map_err(unavailable)? else {
+            let Some(entry) = self.kv.entry(bucket_key).await.map_err(unavailable)? else {
                 continue; // Expired meanwhile: claim again.
             };
             let existing = (entry.operation == kv::Operation::Put)
@@ -294,7 +288,7 @@ impl Idempotency {
                     (taken, true)
                 }
             };
-            match self.kv.update(&bucket_key, encode(&replacement), entry.revision).await {
+            match self.kv.update(bucket_key, encode(&replacement), entry.revision).await {
                 Ok(revision) => return fresh(revision, replacement, resumed),
                 Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
                 Err(error) => return Err(unavailable(error)),

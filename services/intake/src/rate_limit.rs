@@ -222,14 +222,18 @@ impl RateLimiter {
                     decided = Some((decisions, tat, revision));
                     break;
                 }
-                match tokio::time::timeout_at(deadline, self.write(&key, next, revision)).await {
-                    Ok(Ok(new_revision)) => {
+                // `Some(0)`: no key yet, create it.
+                let expected = revision.filter(|revision| *revision != 0);
+                let value = bytes::Bytes::from(next.to_string());
+                let write = common::kv_cas::compare_and_set(&self.kv, &key, value, expected);
+                match tokio::time::timeout_at(deadline, write).await {
+                    Ok(Ok(Some(new_revision))) => {
                         decided = Some((decisions, next, Some(new_revision)));
                         break;
                     }
                     // Another instance wrote first: read its state and decide again.
-                    Ok(Err(Write::Lost)) => revision = None,
-                    Ok(Err(Write::Failed)) | Err(_) => break,
+                    Ok(Ok(None)) => revision = None,
+                    Ok(Err(_)) | Err(_) => break,
                 }
             }
             let (decisions, tat, revision) = decided.unwrap_or_else(|| {
@@ -247,37 +251,6 @@ impl RateLimiter {
             for (waiter, decision) in batch.into_iter().zip(decisions) {
                 let _ = waiter.send(decision);
             }
-        }
-    }
-}
-
-/// Why a shared write did not happen.
-enum Write {
-    /// Another instance changed the key since it was read.
-    Lost,
-    /// NATS refused or failed.
-    Failed,
-}
-
-impl RateLimiter {
-    /// Writes `tat` if the key is still at `revision` (`Some(0)`: if it does not exist).
-    async fn write(&self, key: &str, tat: i64, revision: Option<u64>) -> Result<u64, Write> {
-        let value = bytes::Bytes::from(tat.to_string());
-        match revision {
-            Some(0) | None => self.kv.create(key, value).await.map_err(|error| {
-                if error.kind() == kv::CreateErrorKind::AlreadyExists {
-                    Write::Lost
-                } else {
-                    Write::Failed
-                }
-            }),
-            Some(known) => self.kv.update(key, value, known).await.map_err(|error| {
-                if error.kind() == kv::UpdateErrorKind::WrongLastRevision {
-                    Write::Lost
-                } else {
-                    Write::Failed
-                }
-            }),
         }
     }
 }
