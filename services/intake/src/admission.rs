@@ -62,10 +62,12 @@ pub async fn admit(
 ) -> Result<Admitted, ApiError> {
     let admitting = async move {
         // Everything fits the request's accept budget, so the client hears the outcome: the
-        // claim and the slot may ride out an election until half of it, accepting has the rest.
+        // claim and the slot may ride out an election until three quarters of it, accepting
+        // has the rest (an election that stalled the checks has usually ended for the job
+        // stream too: a killed node's streams elect together).
         let budget = state.settings.accept_budget();
         let deadline = Instant::now() + budget;
-        let checks = deadline - budget / 2;
+        let checks = deadline - budget / 4;
         let mut job_id = JobId::new();
         let mut guard = None;
         if let Some(key) = &request.key {

@@ -337,13 +337,25 @@ impl Idempotency {
         what: &'static str,
     ) -> Result<(), kv::UpdateError> {
         let (key, value, revision) = (guard.key.as_str(), encode(&claim), guard.revision);
-        let revision = patience
+        let written = patience
             .retry(
                 what,
                 || self.kv.update(key, value.clone(), revision),
                 |error| error.kind() != kv::UpdateErrorKind::WrongLastRevision,
             )
-            .await?;
+            .await;
+        let revision = match written {
+            Ok(revision) => revision,
+            // An earlier attempt whose answer was lost may have written it: then the claim is
+            // ours as written, not taken over.
+            Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                match common::kv_cas::leader_entry(&self.kv, key).await {
+                    Ok(Some((Some(stored), revision))) if stored == value => revision,
+                    _ => return Err(error),
+                }
+            }
+            Err(error) => return Err(error),
+        };
         guard.claim = claim;
         guard.revision = revision;
         Ok(())

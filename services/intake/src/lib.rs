@@ -245,6 +245,9 @@ pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The wait for one request to the limits' buckets (claims, slots, rate budgets).
+const LIMITS_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A built intake: connected, provisioned, bound to its port.
 pub struct Application {
     state: Arc<State>,
@@ -263,10 +266,17 @@ impl Application {
         let keys = common::identity::directory::Directory::new(
             common::nats::bucket(&handles.jetstream, names::API_KEYS_BUCKET).await?,
         );
-        let limits = common::nats::bucket(&handles.jetstream, names::LIMITS_BUCKET).await?;
-        let rate_limits = common::nats::bucket(&handles.jetstream, names::RATE_LIMITS_BUCKET).await?;
+        // The limits' buckets answer a request within milliseconds or, during their stream's
+        // leader election, never: a short timeout resends sooner than the connection's 10 s, so
+        // a request that lost one write to an election (and those queued behind it for the same
+        // key) still fits its budget. Their changes are idempotent, so a write that timed out
+        // but was stored is harmless when done again.
+        let mut quick = handles.jetstream.clone();
+        quick.set_timeout(LIMITS_REQUEST_TIMEOUT);
+        let limits = common::nats::bucket(&quick, names::LIMITS_BUCKET).await?;
+        let rate_limits = common::nats::bucket(&quick, names::RATE_LIMITS_BUCKET).await?;
         let idempotency = idempotency::Idempotency::new(
-            common::nats::bucket(&handles.jetstream, names::IDEMPOTENCY_BUCKET).await?,
+            common::nats::bucket(&quick, names::IDEMPOTENCY_BUCKET).await?,
             settings.idempotency_ttl,
             settings.idempotency_stale_after(),
         );
