@@ -20,6 +20,7 @@ pub mod store;
 pub mod telemetry;
 pub mod validation;
 pub mod webhook;
+pub mod wire;
 
 pub use error_code::ErrorCode;
 pub use job::{FileStatus, JobId, JobRecord, JobStatus};

@@ -197,6 +197,9 @@ pub fn schema_documents() -> Vec<(&'static str, serde_json::Value)> {
             schema_of::<crate::identity::TenantRecord>(),
         ),
     ]
+    .into_iter()
+    .chain(crate::wire::schema_documents())
+    .collect()
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod backlog;
 pub mod body;
+pub mod contract;
 pub mod idempotency;
 pub mod metrics;
 pub mod middleware;
@@ -164,12 +165,18 @@ pub fn openapi(
     .webhooks::<&dyn api::webhooks::DownloadWebhooks>()
 }
 
+/// An endpoint answering `body` as `content_type`.
+fn served(body: String, content_type: &'static str) -> impl poem::Endpoint<Output = poem::Response> {
+    let body = bytes::Bytes::from(body);
+    poem::endpoint::make_sync(move |_| poem::Response::builder().content_type(content_type).body(body.clone()))
+}
+
 /// The whole HTTP application: API, spec, docs and middleware.
 pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
     let service = openapi(state.clone(), "/");
-    let spec_json = service.spec_endpoint();
-    let spec_yaml = service.spec_endpoint_yaml();
-    let docs = service.swagger_ui();
+    let published = contract::publish(&service);
+    let methods = Arc::new(published.methods);
+    let any_origin = state.settings.cors_origins.iter().any(|origin| origin == "*");
     let mut cors = Cors::new()
         .allow_methods(["GET", "POST", "DELETE", "OPTIONS"])
         .allow_headers([
@@ -199,9 +206,13 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
     let auth_state = state.clone();
     Route::new()
         .nest("/", service)
-        .at("/openapi.json", spec_json)
-        .at("/openapi.yaml", spec_yaml)
-        .nest("/docs", docs)
+        .at("/openapi.json", get(served(published.json, "application/json")))
+        .at("/openapi.yaml", get(served(published.yaml, "application/yaml")))
+        .at(
+            "/docs",
+            get(served(published.swagger_ui.clone(), "text/html; charset=utf-8")),
+        )
+        .at("/docs/", get(served(published.swagger_ui, "text/html; charset=utf-8")))
         .at("/app", get(page::index))
         .at("/app/", get(page::index))
         .at("/app/app.js", get(page::script))
@@ -211,6 +222,7 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .around(move |endpoint, request| middleware::rate_limit(endpoint, request, rate_state.clone()))
         .around(move |endpoint, request| auth::authenticate(endpoint, request, auth_state.clone()))
         .with(cors)
+        .around(move |endpoint, request| middleware::route_headers(endpoint, request, methods.clone(), any_origin))
         .around(middleware::request_context)
         .into_endpoint()
         .map_to_response()

@@ -72,6 +72,34 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
     Ok(response)
 }
 
+/// What the answer says about the route beyond the operation: `Allow` on a 405 (the methods
+/// of the request's path), and with `CORS_ORIGINS=*`, `Access-Control-Allow-Origin: *` on
+/// every answer, also to a request without `Origin` (as the old service answered).
+pub async fn route_headers<E: Endpoint>(
+    endpoint: Arc<E>,
+    request: Request,
+    methods: Arc<std::collections::BTreeMap<String, String>>,
+    any_origin: bool,
+) -> poem::Result<Response> {
+    let path = request.uri().path().to_string();
+    let mut response = endpoint.call(request).await?.into_response();
+    if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = methods
+            .get(common::metrics::route_of(&path, ROUTES))
+            .map_or("GET", String::as_str);
+        if let Ok(value) = HeaderValue::from_str(allowed) {
+            response.headers_mut().insert(poem::http::header::ALLOW, value);
+        }
+    }
+    if any_origin {
+        response
+            .headers_mut()
+            .entry(poem::http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .or_insert(HeaderValue::from_static("*"));
+    }
+    Ok(response)
+}
+
 /// The key a client is counted under: its tenant when authenticated, else its address (behind
 /// `TRUSTED_PROXIES`, the rightmost untrusted `X-Forwarded-For` hop).
 fn client_key(request: &Request, trusted_proxies: &[common::net::Network]) -> String {

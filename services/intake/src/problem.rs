@@ -5,80 +5,10 @@
 
 use common::ErrorCode;
 use poem::http::StatusCode;
+use poem_openapi::ApiResponse;
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object};
 
-/// Media type of problem bodies.
-pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
-
-/// An RFC 9457 problem.
-#[derive(Debug, Clone, Object)]
-pub struct Problem {
-    /// A URI naming the problem type (`urn:problem:<code>`).
-    #[oai(rename = "type")]
-    pub problem_type: String,
-    /// Short summary of the problem type.
-    pub title: String,
-    /// HTTP status.
-    pub status: u16,
-    /// What went wrong with this request.
-    pub detail: String,
-    /// Stable machine-readable code.
-    pub code: String,
-    /// The offending field, parameter or header, when one is to blame.
-    #[oai(skip_serializing_if_is_none)]
-    pub field: Option<String>,
-}
-
-impl Problem {
-    /// A problem for `code` with `detail`.
-    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        let status = status_of(code);
-        Problem {
-            problem_type: code.problem_type(),
-            title: status.canonical_reason().unwrap_or("Error").to_string(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            code: code.as_str().to_string(),
-            field: None,
-        }
-    }
-
-    /// Names the field to blame.
-    pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
-        self
-    }
-
-    /// The problem as a bare response (outside operations).
-    pub fn into_response(self) -> poem::Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = serde_json::json!({
-            "type": self.problem_type,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "code": self.code,
-            "field": self.field,
-        });
-        let body = match body {
-            serde_json::Value::Object(mut map) => {
-                map.retain(|_, value| !value.is_null());
-                serde_json::Value::Object(map)
-            }
-            other => other,
-        };
-        poem::Response::builder()
-            .status(status)
-            .content_type(PROBLEM_CONTENT_TYPE)
-            .body(body.to_string())
-    }
-}
-
-/// HTTP status of each code.
-pub fn status_of(code: ErrorCode) -> StatusCode {
-    StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
+pub use common::wire::{PROBLEM_CONTENT_TYPE, Problem, status_of};
 
 /// Seconds a client should wait before retrying after a 503.
 pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 2;
@@ -214,4 +144,133 @@ impl poem::error::ResponseError for ApiProblem {
     fn as_response(&self) -> poem::Response {
         self.0.clone().into_response()
     }
+}
+
+/// The error answers one operation can give, each with what it means there: the document lists
+/// exactly these for the operation (a generated client gets one typed error per real answer,
+/// not every error of the API).
+pub trait Failures: Send + Sync + 'static {
+    /// Status and description of each error answer.
+    const ANSWERS: &'static [(u16, &'static str)];
+}
+
+/// The error answers of an operation whose [`Failures`] are `F`: an [`ApiError`] documented as
+/// only `F`'s statuses. Any other status still reaches the client (a schemathesis run in CI
+/// checks that none does).
+pub struct Errors<F>(pub ApiError, std::marker::PhantomData<fn() -> F>);
+
+impl<F> From<ApiError> for Errors<F> {
+    fn from(error: ApiError) -> Self {
+        Errors(error, std::marker::PhantomData)
+    }
+}
+
+impl<F> From<Errors<F>> for poem::Error {
+    fn from(errors: Errors<F>) -> Self {
+        errors.0.into()
+    }
+}
+
+impl<F> poem::IntoResponse for Errors<F> {
+    fn into_response(self) -> poem::Response {
+        self.0.into_response()
+    }
+}
+
+impl<F: Failures> ApiResponse for Errors<F> {
+    fn meta() -> poem_openapi::registry::MetaResponses {
+        let mut meta = ApiError::meta();
+        meta.responses.retain_mut(|response| {
+            let answer = F::ANSWERS.iter().find(|(status, _)| response.status == Some(*status));
+            if let Some((_, description)) = answer {
+                response.description = description;
+            }
+            answer.is_some()
+        });
+        meta
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        ApiError::register(registry);
+    }
+}
+
+/// What each error status means, worded once for the operations that share it.
+pub mod answers {
+    /// 400 on a request with a body.
+    pub const INVALID_BODY: (u16, &str) = (
+        400,
+        "`VALIDATION_FAILED`: the body, a parameter or a header is invalid (malformed JSON, wrong type or `Content-Type`, out of range); `field` names it.",
+    );
+    /// 400 on a job's path.
+    pub const INVALID_JOB_ID: (u16, &str) = (400, "`VALIDATION_FAILED`: `jobId` is not a UUID; `field` names it.");
+    /// 401.
+    pub const UNAUTHENTICATED: (u16, &str) = (
+        401,
+        "`UNAUTHENTICATED` (no credentials) or `INVALID_CREDENTIALS` (a malformed, unknown or revoked key); `WWW-Authenticate: Bearer`.",
+    );
+    /// 404 of a job.
+    pub const NO_SUCH_JOB: (u16, &str) = (
+        404,
+        "`NOT_FOUND`: no such job for this tenant (another tenant's job is not found either).",
+    );
+    /// 409 of an idempotent request.
+    pub const KEY_IN_FLIGHT: (u16, &str) = (
+        409,
+        "`IDEMPOTENCY_KEY_IN_FLIGHT`: a request with the same `Idempotency-Key` is still being handled; retry after `Retry-After` seconds.",
+    );
+    /// 409 of a cancel.
+    pub const JOB_FINISHED: (u16, &str) = (
+        409,
+        "`JOB_FINISHED`: the job already completed or failed; it cannot be cancelled.",
+    );
+    /// 413.
+    pub const TOO_LARGE: (u16, &str) = (413, "`PAYLOAD_TOO_LARGE`: the body is larger than `MAX_BODY_BYTES`.");
+    /// 422.
+    pub const KEY_REUSED: (u16, &str) = (
+        422,
+        "`IDEMPOTENCY_KEY_REUSED`: the `Idempotency-Key` was used with a different request.",
+    );
+    /// 429 of any limited route.
+    pub const RATE_LIMITED: (u16, &str) = (
+        429,
+        "`RATE_LIMITED`: this client spent its request budget (`RATE_LIMIT_MAX_REQUESTS` per `RATE_LIMIT_WINDOW_MS`); retry after `Retry-After` seconds.",
+    );
+    /// 429 of a route that starts jobs.
+    pub const RATE_OR_ACTIVE_LIMITED: (u16, &str) = (
+        429,
+        "`RATE_LIMITED` (request budget spent) or `TOO_MANY_ACTIVE_JOBS` (`MAX_ACTIVE_JOBS_PER_TENANT` jobs queued or processing); retry after `Retry-After` seconds.",
+    );
+    /// 500.
+    pub const INTERNAL: (u16, &str) = (
+        500,
+        "`INTERNAL`: an unexpected failure; details are only in the server's logs.",
+    );
+    /// 503 of a route that starts jobs.
+    pub const QUEUE_UNAVAILABLE: (u16, &str) = (
+        503,
+        "`QUEUE_UNAVAILABLE`, `STORAGE_UNAVAILABLE`, `QUEUE_FULL` (the job backlog is over `QUEUE_MAX_BACKLOG`) or `REQUEST_TIMEOUT`; retry after `Retry-After` seconds.",
+    );
+    /// 503 of a read.
+    pub const READ_UNAVAILABLE: (u16, &str) = (
+        503,
+        "`QUEUE_UNAVAILABLE` (job records), `PRESIGNER_UNAVAILABLE` (a completed job's URL) or `REQUEST_TIMEOUT`; retry after `Retry-After` seconds.",
+    );
+    /// 503 of the legacy check.
+    pub const STORAGE_UNAVAILABLE: (u16, &str) = (
+        503,
+        "`STORAGE_UNAVAILABLE` or `REQUEST_TIMEOUT`; retry after `Retry-After` seconds.",
+    );
+}
+
+/// Declares an operation's [`Failures`].
+#[macro_export]
+macro_rules! failures {
+    ($(#[$doc:meta])* $name:ident: $($answer:expr),+ $(,)?) => {
+        $(#[$doc])*
+        pub struct $name;
+        impl $crate::problem::Failures for $name {
+            const ANSWERS: &'static [(u16, &'static str)] = &[$($answer),+];
+        }
+    };
 }

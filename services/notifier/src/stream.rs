@@ -11,6 +11,7 @@ use bytes::Bytes;
 use common::config::AuthMode;
 use common::identity::token::TokenError;
 use common::messages::JobEvent;
+use common::wire::{PROBLEM_CONTENT_TYPE, Problem, StreamEventData};
 use common::{ErrorCode, JobId, JobStatus};
 use poem::http::StatusCode;
 use poem::web::sse::Event;
@@ -27,20 +28,10 @@ const QUIET_HEARTBEATS: u32 = 2;
 
 /// An RFC 9457 problem response.
 fn problem(code: ErrorCode, detail: &str, field: Option<&str>) -> Response {
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut body = serde_json::json!({
-        "type": code.problem_type(),
-        "title": status.canonical_reason().unwrap_or("Error"),
-        "status": status.as_u16(),
-        "detail": detail,
-        "code": code.as_str(),
-    });
-    if let Some(field) = field {
-        body["field"] = serde_json::Value::from(field);
-    }
-    let mut response = Response::builder()
-        .status(status)
-        .content_type("application/problem+json");
+    let mut body = Problem::new(code, detail);
+    body.field = field.map(str::to_string);
+    let status = body.http_status();
+    let mut response = Response::builder().status(status).content_type(PROBLEM_CONTENT_TYPE);
     if matches!(status.as_u16(), 429 | 503) {
         // Streams free up and dependencies come back within seconds.
         response = response.header("Retry-After", "2");
@@ -48,7 +39,7 @@ fn problem(code: ErrorCode, detail: &str, field: Option<&str>) -> Response {
     if status == StatusCode::UNAUTHORIZED {
         response = response.header("WWW-Authenticate", "Bearer realm=\"downloads\"");
     }
-    response.body(body.to_string())
+    response.body(serde_json::to_string(&body).expect("problems serialize"))
 }
 
 /// `GET /health`: the instance answers, with its open streams.
@@ -416,23 +407,26 @@ impl Feed {
             at,
             ..
         } = event;
-        let mut data = serde_json::json!({
-            "jobId": job_id,
-            "seq": seq,
-            "status": status,
-            "progress": progress,
-            "attempt": attempt,
-            "at": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        });
+        let mut data = StreamEventData {
+            job_id: job_id.to_string(),
+            seq: *seq,
+            status: (*status).into(),
+            progress: *progress,
+            attempt: *attempt,
+            at: common::wire::iso8601(*at),
+            download_url: None,
+            error: None,
+            error_code: None,
+        };
         match status {
-            JobStatus::Completed => data["downloadUrl"] = self.download_url(event).await.into(),
+            JobStatus::Completed => data.download_url = self.download_url(event).await,
             JobStatus::Failed => {
-                data["error"] = error.clone().into();
-                data["errorCode"] = error_code.map(|code| code.as_str()).into();
+                data.error = error.clone();
+                data.error_code = error_code.map(|code| code.as_str().to_string());
             }
             _ => {}
         }
-        Event::message(data.to_string())
+        Event::message(serde_json::to_string(&data).expect("events serialize"))
             .event_type(event.kind())
             .id(seq.to_string())
     }

@@ -16,7 +16,7 @@ use super::{ApiTags, status_url};
 use crate::auth::Tenant;
 use crate::body::ValidatedJson;
 use crate::idempotency::{self, Answer};
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Errors, answers};
 use crate::{State, admission};
 
 /// Seconds a poller should wait between status reads.
@@ -85,8 +85,7 @@ fn no_store() -> String {
 
 impl JobsApi {
     /// Reads a job, answering 404 for a missing one and for another tenant's.
-    async fn owned_job(&self, user: &str, job_id: &str) -> Result<JobRecord, ApiError> {
-        let job_id = JobId::parse(job_id).ok_or_else(|| ApiError::invalid("jobId", "jobId must be a UUID"))?;
+    async fn owned_job(&self, user: &str, job_id: JobId) -> Result<JobRecord, ApiError> {
         let loaded = self
             .state
             .store
@@ -117,6 +116,22 @@ pub fn store_error(context: &str, error: StoreError) -> ApiError {
     }
 }
 
+crate::failures!(
+    /// The error answers of `initiate`.
+    InitiateFailures: answers::INVALID_BODY, answers::UNAUTHENTICATED, answers::KEY_IN_FLIGHT, answers::TOO_LARGE,
+    answers::KEY_REUSED, answers::RATE_OR_ACTIVE_LIMITED, answers::INTERNAL, answers::QUEUE_UNAVAILABLE,
+);
+crate::failures!(
+    /// The error answers of a job's status and result.
+    ReadFailures: answers::INVALID_JOB_ID, answers::UNAUTHENTICATED, answers::NO_SUCH_JOB, answers::RATE_LIMITED,
+    answers::INTERNAL, answers::READ_UNAVAILABLE,
+);
+crate::failures!(
+    /// The error answers of a cancel.
+    CancelFailures: answers::INVALID_JOB_ID, answers::UNAUTHENTICATED, answers::NO_SUCH_JOB, answers::JOB_FINISHED,
+    answers::RATE_LIMITED, answers::INTERNAL, answers::READ_UNAVAILABLE,
+);
+
 #[OpenApi(prefix_path = "/v1/download", tag = "ApiTags::Jobs")]
 impl JobsApi {
     /// Start a download job
@@ -137,7 +152,7 @@ impl JobsApi {
         // Declared for the document; read from the raw headers by `checked_idempotency_key`.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
-    ) -> Result<InitiateResponse, ApiError> {
+    ) -> Result<InitiateResponse, Errors<InitiateFailures>> {
         let request = body.0;
         let key = super::checked_idempotency_key(http)?;
         let fingerprint = idempotency::fingerprint(&(&request.file_ids, &request.callback_url));
@@ -212,9 +227,9 @@ impl JobsApi {
         tenant: Tenant,
         /// The job id returned by `initiate`.
         #[oai(name = "jobId")]
-        job_id: Path<String>,
-    ) -> Result<StatusResponse, ApiError> {
-        let record = self.owned_job(&tenant.0, &job_id.0).await?;
+        job_id: Path<uuid::Uuid>,
+    ) -> Result<StatusResponse, Errors<ReadFailures>> {
+        let record = self.owned_job(&tenant.0, JobId(job_id.0)).await?;
         let download_url = match record.status {
             JobStatus::Completed => Some(self.state.download_url(&record).await?),
             _ => None,
@@ -239,9 +254,9 @@ impl JobsApi {
         tenant: Tenant,
         /// The job id returned by `initiate`.
         #[oai(name = "jobId")]
-        job_id: Path<String>,
-    ) -> Result<ResultResponse, ApiError> {
-        let record = self.owned_job(&tenant.0, &job_id.0).await?;
+        job_id: Path<uuid::Uuid>,
+    ) -> Result<ResultResponse, Errors<ReadFailures>> {
+        let record = self.owned_job(&tenant.0, JobId(job_id.0)).await?;
         if record.status == JobStatus::Completed {
             let url = self.state.download_url(&record).await?;
             return Ok(ResultResponse::Found(url, no_store()));
@@ -267,9 +282,9 @@ impl JobsApi {
         tenant: Tenant,
         /// The job id returned by `initiate`.
         #[oai(name = "jobId")]
-        job_id: Path<String>,
-    ) -> Result<CancelResponse, ApiError> {
-        let record = self.owned_job(&tenant.0, &job_id.0).await?;
+        job_id: Path<uuid::Uuid>,
+    ) -> Result<CancelResponse, Errors<CancelFailures>> {
+        let record = self.owned_job(&tenant.0, JobId(job_id.0)).await?;
         let change = self
             .state
             .cancel_job(record.job_id, record.traceparent.as_deref())
@@ -295,7 +310,8 @@ impl JobsApi {
             Change::Unchanged(current) => Err(ApiError::new(
                 ErrorCode::JobFinished,
                 format!("the job already {}; it cannot be cancelled", current.status.as_str()),
-            )),
+            )
+            .into()),
         }
     }
 }

@@ -21,7 +21,7 @@ use super::{ApiTags, status_url};
 use crate::auth::{Caller, OptionalTenant};
 use crate::body::ValidatedJson;
 use crate::idempotency::{self, Answer};
-use crate::problem::{ApiError, Problem};
+use crate::problem::{ApiError, Errors, Problem, answers};
 use crate::{State, admission};
 
 /// Owner of jobs started through `/start` without credentials.
@@ -67,14 +67,29 @@ pub enum StartResponse {
     ),
 }
 
+crate::failures!(
+    /// The error answers of the service banner.
+    RootFailures: answers::RATE_LIMITED, answers::INTERNAL,
+);
+crate::failures!(
+    /// The error answers of the legacy check.
+    CheckFailures: answers::INVALID_BODY, answers::TOO_LARGE, answers::RATE_LIMITED, answers::INTERNAL,
+    answers::STORAGE_UNAVAILABLE,
+);
+crate::failures!(
+    /// The error answers of the legacy start.
+    StartFailures: answers::INVALID_BODY, answers::UNAUTHENTICATED, answers::KEY_IN_FLIGHT, answers::TOO_LARGE,
+    answers::KEY_REUSED, answers::RATE_OR_ACTIVE_LIMITED, answers::INTERNAL, answers::QUEUE_UNAVAILABLE,
+);
+
 #[OpenApi]
 impl LegacyApi {
     /// Service banner
     #[oai(path = "/", method = "get", tag = "ApiTags::Health", operation_id = "root")]
-    async fn root(&self) -> Json<RootBody> {
-        Json(RootBody {
+    async fn root(&self) -> Result<Json<RootBody>, Errors<RootFailures>> {
+        Ok(Json(RootBody {
             message: "Download service is running. API documentation: /docs".into(),
-        })
+        }))
     }
 
     /// Health of the service and its dependencies
@@ -105,7 +120,7 @@ impl LegacyApi {
         tag = "ApiTags::Legacy",
         operation_id = "checkFile"
     )]
-    async fn check(&self, body: ValidatedJson<CheckRequest>) -> Result<Json<CheckBody>, ApiError> {
+    async fn check(&self, body: ValidatedJson<CheckRequest>) -> Result<Json<CheckBody>, Errors<CheckFailures>> {
         let file_id = body.0.file_id;
         let key = names::source_key(file_id as u64);
         let size = self
@@ -146,7 +161,7 @@ impl LegacyApi {
         // Declared for the document; read from the raw headers by `checked_idempotency_key`.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
-    ) -> Result<StartResponse, ApiError> {
+    ) -> Result<StartResponse, Errors<StartFailures>> {
         let (user_id, capped, scope) = match caller.0 {
             Caller::Tenant(tenant) => (
                 tenant.clone(),
@@ -165,7 +180,7 @@ impl LegacyApi {
                 let problem = other
                     .problem()
                     .unwrap_or_else(|| Problem::new(common::ErrorCode::Unauthenticated, "authentication is required"));
-                return Err(ApiError::from_problem(problem));
+                return Err(ApiError::from_problem(problem).into());
             }
         };
         let key = super::checked_idempotency_key(request)?;
@@ -207,7 +222,7 @@ impl LegacyApi {
         let job_id = admitted.job_id;
         tracing::Span::current().record("job_id", job_id.to_string().as_str());
         if admitted.replayed {
-            return self.replay(admitted.answer, job_id, &user_id).await;
+            return Ok(self.replay(admitted.answer, job_id, &user_id).await?);
         }
         crate::metrics::accepted("legacy");
         let latest = self.wait_for_end(job_id, accepting).await;
@@ -263,7 +278,7 @@ impl LegacyApi {
                 state.idempotency.remember(&mut guard, final_answer, patience).await;
             });
         }
-        self.answer(answer, job_id, &user_id, None).await
+        Ok(self.answer(answer, job_id, &user_id, None).await?)
     }
 }
 

@@ -7,11 +7,10 @@ use futures::stream::BoxStream;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::registry::{MetaSecurityScheme, Registry};
-use poem_openapi::{ApiExtractor, ApiResponse, Object, OpenApi};
+use poem_openapi::{ApiExtractor, ApiResponse, OpenApi};
 
 use super::ApiTags;
-use super::types::ApiJobStatus;
-use crate::problem::{ApiError, Problem};
+use crate::problem::{Errors, Problem, answers};
 
 /// Name of the stream token's security scheme in the OpenAPI document.
 pub const STREAM_TOKEN_SCHEME: &str = "StreamToken";
@@ -59,31 +58,7 @@ impl<'a> ApiExtractor<'a> for StreamCredentials {
     }
 }
 
-/// The JSON `data` of one stream event. The event's name is `progress` (while queued or
-/// processing), `completed`, `failed` or `cancelled`; its `id` is `seq`.
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct StreamEventData {
-    /// The job.
-    pub job_id: String,
-    /// The job's event number (also the event's `id`), from 1, without gaps.
-    pub seq: u64,
-    /// Status after this event.
-    pub status: ApiJobStatus,
-    /// 0-100.
-    pub progress: u8,
-    /// Processing attempt.
-    pub attempt: u32,
-    /// When the change happened (ISO 8601 UTC).
-    pub at: String,
-    /// `completed` only: a freshly presigned URL of the result (absent if the presigner was
-    /// unavailable; `GET /v1/download/{jobId}` then mints one).
-    pub download_url: Option<String>,
-    /// `failed` only: why.
-    pub error: Option<String>,
-    /// `failed` only: stable code of `error`.
-    pub error_code: Option<String>,
-}
+pub use common::wire::StreamEventData;
 
 /// Answer of `GET /v1/download/{jobId}/stream`.
 #[derive(ApiResponse)]
@@ -109,6 +84,16 @@ pub enum StreamResponse {
 /// The stream operation.
 pub struct StreamApi;
 
+crate::failures!(
+    /// The error answers of a stream (given by the notifier).
+    StreamFailures: answers::INVALID_JOB_ID,
+    (401, "`UNAUTHENTICATED` (no token or key), `INVALID_CREDENTIALS` (a forged token, or one for another job) or `TOKEN_EXPIRED` (ask the status for a fresh `streamUrl`)."),
+    answers::NO_SUCH_JOB,
+    (429, "`RATE_LIMITED`: `SSE_MAX_STREAMS_PER_USER` streams of this tenant are open; retry after `Retry-After` seconds."),
+    answers::INTERNAL,
+    (503, "`QUEUE_UNAVAILABLE`: job records or events are unavailable; retry after `Retry-After` seconds."),
+);
+
 #[OpenApi(prefix_path = "/v1/download", tag = "ApiTags::Jobs")]
 impl StreamApi {
     /// Follow a job's progress (Server-Sent Events)
@@ -121,7 +106,7 @@ impl StreamApi {
     #[oai(path = "/:jobId/stream", method = "get", operation_id = "streamDownloadEvents")]
     async fn stream(
         &self,
-        #[oai(name = "jobId")] job_id: Path<String>,
+        #[oai(name = "jobId")] job_id: Path<uuid::Uuid>,
         /// The last event id this client received.
         #[oai(name = "Last-Event-ID")]
         last_event_id: Header<Option<String>>,
@@ -130,7 +115,7 @@ impl StreamApi {
         #[oai(name = "lastEventId")]
         last_event_id_query: Query<Option<String>>,
         _credentials: StreamCredentials,
-    ) -> Result<StreamResponse, ApiError> {
+    ) -> Result<StreamResponse, Errors<StreamFailures>> {
         let _ = (job_id, last_event_id, last_event_id_query);
         Ok(StreamResponse::Misdirected(Json(Problem::new(
             common::ErrorCode::Misdirected,

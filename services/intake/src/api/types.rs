@@ -1,18 +1,15 @@
 //! Request and response bodies of the HTTP API.
 
-use chrono::{DateTime, SecondsFormat, Utc};
 use common::validation::{self, FILE_IDS_PER_JOB};
-use common::{ErrorCode, JobRecord, JobStatus};
+use common::{ErrorCode, JobRecord};
 use poem_openapi::{Enum, Object};
 use serde::Deserialize;
 
 use crate::body::Validate;
 use crate::problem::Problem;
 
-/// ISO 8601 UTC with milliseconds, e.g. `2026-11-28T10:15:30.123Z`.
-pub fn iso8601(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
+use common::wire::EXAMPLE_JOB_ID;
+pub use common::wire::iso8601;
 
 fn check_file_id(field: String, file_id: i64) -> Result<(), Problem> {
     validation::check_file_id(file_id)
@@ -22,6 +19,7 @@ fn check_file_id(field: String, file_id: i64) -> Result<(), Problem> {
 
 /// `GET /` answer.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct RootBody {
     /// A greeting naming the service.
     pub message: String,
@@ -58,6 +56,7 @@ pub enum HealthState {
 
 /// `GET /health` answer.
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct HealthBody {
     /// `healthy` or `unhealthy`.
     pub status: HealthState,
@@ -67,6 +66,7 @@ pub struct HealthBody {
 
 /// `POST /v1/download/check` request (legacy).
 #[derive(Debug, Object, Deserialize)]
+#[oai(example)]
 pub struct CheckRequest {
     /// File id, 10000..=100000000.
     #[oai(validator(minimum(value = "10000"), maximum(value = "100000000")))]
@@ -81,23 +81,31 @@ impl Validate for CheckRequest {
 
 /// `POST /v1/download/check` answer (legacy contract).
 #[derive(Debug, Object)]
+#[oai(example)]
 pub struct CheckBody {
     /// The file id asked about.
     pub file_id: i64,
     /// Whether the file exists.
     pub available: bool,
-    /// Its S3 key, when available.
-    #[oai(rename = "s3Key")]
+    /// Its S3 key, when available (`null` otherwise, as the old service answered).
+    #[oai(rename = "s3Key", nullable)]
     pub s3_key: Option<String>,
-    /// Its size in bytes, when available.
+    /// Its size in bytes, when available (`null` otherwise).
+    #[oai(nullable)]
     pub size: Option<u64>,
 }
 
 /// `POST /v1/download/initiate` request.
 #[derive(Debug, Object, Deserialize)]
+#[oai(example)]
 pub struct InitiateRequest {
     /// 1 to 1000 file ids, each 10000..=100000000; duplicates count once.
-    #[oai(validator(min_items = 1, max_items = 1000))]
+    #[oai(validator(
+        min_items = 1,
+        max_items = 1000,
+        minimum(value = "10000"),
+        maximum(value = "100000000")
+    ))]
     pub file_ids: Vec<i64>,
     /// Absolute http(s) URL (at most 2048 bytes) that receives a signed webhook when the job ends.
     #[oai(rename = "callbackUrl", validator(max_length = 2048))]
@@ -130,37 +138,11 @@ impl Validate for InitiateRequest {
     }
 }
 
-/// Status of a job as clients see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "lowercase")]
-pub enum ApiJobStatus {
-    /// Waiting for a processor (or for a retry).
-    Queued,
-    /// Being prepared.
-    Processing,
-    /// Ready to download.
-    Completed,
-    /// Ended without a result.
-    Failed,
-    /// Cancelled by its owner.
-    Cancelled,
-}
-
-impl From<JobStatus> for ApiJobStatus {
-    fn from(status: JobStatus) -> Self {
-        match status {
-            JobStatus::Queued => ApiJobStatus::Queued,
-            JobStatus::Processing => ApiJobStatus::Processing,
-            JobStatus::Completed => ApiJobStatus::Completed,
-            JobStatus::Failed => ApiJobStatus::Failed,
-            JobStatus::Cancelled => ApiJobStatus::Cancelled,
-        }
-    }
-}
+pub use common::wire::ApiJobStatus;
 
 /// `202` answer of `POST /v1/download/initiate`.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", example)]
 pub struct InitiateBody {
     /// The new job's id.
     pub job_id: String,
@@ -179,7 +161,7 @@ pub struct InitiateBody {
 
 /// Availability of one file of a job.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
 pub struct FileBody {
     /// File id.
     pub file_id: u64,
@@ -191,7 +173,7 @@ pub struct FileBody {
 
 /// A job's status.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", skip_serializing_if_is_none, example)]
 pub struct JobStatusBody {
     /// Job id.
     pub job_id: String,
@@ -261,7 +243,7 @@ impl JobStatusBody {
 
 /// Answer of `DELETE /v1/download/{jobId}`.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", example)]
 pub struct CancelBody {
     /// Job id.
     pub job_id: String,
@@ -271,6 +253,7 @@ pub struct CancelBody {
 
 /// `POST /v1/download/start` request (legacy).
 #[derive(Debug, Object, Deserialize)]
+#[oai(example)]
 pub struct StartRequest {
     /// File id, 10000..=100000000.
     #[oai(validator(minimum(value = "10000"), maximum(value = "100000000")))]
@@ -295,16 +278,18 @@ pub enum StartStatus {
 
 /// `200` answer of the legacy `/start`, as the old service gave it.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", example)]
 pub struct StartFinishedBody {
     /// The requested file id.
     #[oai(rename = "file_id")]
     pub file_id: i64,
     /// `completed` or `failed`.
     pub status: StartStatus,
-    /// Presigned URL when completed.
+    /// Presigned URL when completed (`null` otherwise, as the old service answered).
+    #[oai(nullable)]
     pub download_url: Option<String>,
-    /// Size in bytes when completed.
+    /// Size in bytes when completed (`null` otherwise).
+    #[oai(nullable)]
     pub size: Option<u64>,
     /// Time from acceptance to the end of the job.
     pub processing_time_ms: u64,
@@ -314,7 +299,7 @@ pub struct StartFinishedBody {
 
 /// `202` answer of the legacy `/start` when the job outlasts the wait.
 #[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
+#[oai(rename_all = "camelCase", example)]
 pub struct StartAcceptedBody {
     /// The requested file id.
     #[oai(rename = "file_id")]
@@ -331,8 +316,146 @@ pub struct StartAcceptedBody {
     pub message: String,
 }
 
+/// A stream URL as the examples show it.
+const EXAMPLE_STREAM_URL: &str =
+    "/v1/download/019ac9a4-5c1e-7b3a-9f2d-3c4b5a697e81/stream?token=eyJhbGciOiJIUzI1NiJ9.…";
+
+impl poem_openapi::types::Example for RootBody {
+    fn example() -> Self {
+        RootBody {
+            message: "Download service is running. API documentation: /docs".into(),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for HealthBody {
+    fn example() -> Self {
+        HealthBody {
+            status: HealthState::Healthy,
+            checks: HealthChecks {
+                storage: CheckState::Ok,
+                queue: CheckState::Ok,
+            },
+        }
+    }
+}
+
+impl poem_openapi::types::Example for CheckRequest {
+    fn example() -> Self {
+        CheckRequest { file_id: 70000 }
+    }
+}
+
+impl poem_openapi::types::Example for CheckBody {
+    fn example() -> Self {
+        CheckBody {
+            file_id: 70000,
+            available: true,
+            s3_key: Some("downloads/70000.zip".into()),
+            size: Some(1_048_576),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for InitiateRequest {
+    fn example() -> Self {
+        InitiateRequest {
+            file_ids: vec![10000, 70000],
+            callback_url: Some("https://example.com/hooks/downloads".into()),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for InitiateBody {
+    fn example() -> Self {
+        InitiateBody {
+            job_id: EXAMPLE_JOB_ID.into(),
+            status: ApiJobStatus::Queued,
+            total_file_ids: 2,
+            estimated_time: 12,
+            status_url: format!("/v1/download/status/{EXAMPLE_JOB_ID}"),
+            stream_url: EXAMPLE_STREAM_URL.into(),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for JobStatusBody {
+    fn example() -> Self {
+        JobStatusBody {
+            job_id: EXAMPLE_JOB_ID.into(),
+            status: ApiJobStatus::Completed,
+            progress: 100,
+            files: vec![
+                FileBody {
+                    file_id: 10000,
+                    available: true,
+                    size: Some(4096),
+                },
+                FileBody {
+                    file_id: 70000,
+                    available: true,
+                    size: Some(1_048_576),
+                },
+            ],
+            download_url: Some(common::wire::EXAMPLE_DOWNLOAD_URL.into()),
+            error: None,
+            error_code: None,
+            attempt: 1,
+            created_at: "2026-11-28T10:15:20.004Z".into(),
+            started_at: Some("2026-11-28T10:15:20.031Z".into()),
+            completed_at: Some("2026-11-28T10:15:32.118Z".into()),
+            estimated_completion: None,
+            stream_url: EXAMPLE_STREAM_URL.into(),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for CancelBody {
+    fn example() -> Self {
+        CancelBody {
+            job_id: EXAMPLE_JOB_ID.into(),
+            status: ApiJobStatus::Cancelled,
+        }
+    }
+}
+
+impl poem_openapi::types::Example for StartRequest {
+    fn example() -> Self {
+        StartRequest { file_id: 70000 }
+    }
+}
+
+impl poem_openapi::types::Example for StartFinishedBody {
+    fn example() -> Self {
+        StartFinishedBody {
+            file_id: 70000,
+            status: StartStatus::Completed,
+            download_url: Some(common::wire::EXAMPLE_DOWNLOAD_URL.into()),
+            size: Some(1_048_576),
+            processing_time_ms: 8_412,
+            message: "Download ready".into(),
+        }
+    }
+}
+
+impl poem_openapi::types::Example for StartAcceptedBody {
+    fn example() -> Self {
+        StartAcceptedBody {
+            file_id: 70000,
+            job_id: EXAMPLE_JOB_ID.into(),
+            status: ApiJobStatus::Processing,
+            status_url: format!("/v1/download/status/{EXAMPLE_JOB_ID}"),
+            stream_url: EXAMPLE_STREAM_URL.into(),
+            message: "Still preparing; follow streamUrl or poll statusUrl (with the same API key) instead of waiting"
+                .into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use chrono::{DateTime, Utc};
+
     use super::*;
     use crate::body::parse;
 

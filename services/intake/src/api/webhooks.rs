@@ -1,53 +1,12 @@
 //! The webhook a job's `callbackUrl` receives, described in the published OpenAPI document
-//! (`webhooks` section). The notifier sends it; a contract test checks that what it sends has
-//! exactly these fields.
+//! (`webhooks` section). Its body is `common::wire::DownloadWebhookBody`, the type the notifier
+//! sends.
 
+use poem_openapi::Webhook;
 use poem_openapi::param::Header;
 use poem_openapi::payload::Json;
-use poem_openapi::{Enum, Object, Webhook};
 
-use super::types::ApiJobStatus;
-
-/// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum WebhookType {
-    /// The job completed; `downloadUrl` is a fresh presigned URL.
-    #[oai(rename = "download.completed")]
-    Completed,
-    /// The job failed; see `error` and `errorCode`.
-    #[oai(rename = "download.failed")]
-    Failed,
-    /// The job was cancelled by its owner.
-    #[oai(rename = "download.cancelled")]
-    Cancelled,
-    /// The job crossed a progress milestone (`WEBHOOK_PROGRESS_MILESTONES`); see `progress`.
-    #[oai(rename = "download.progress")]
-    Progress,
-}
-
-/// Body of the webhook sent when a job ends (or crosses a configured progress milestone).
-#[derive(Debug, Object)]
-#[oai(rename_all = "camelCase")]
-pub struct DownloadWebhookBody {
-    /// `download.completed`, `download.failed`, `download.cancelled` or `download.progress`.
-    #[oai(rename = "type")]
-    pub event_type: WebhookType,
-    /// The job.
-    pub job_id: String,
-    /// Its final status (for progress webhooks, its status then).
-    pub status: ApiJobStatus,
-    /// Progress webhooks only: the job's progress when it crossed the milestone (at least the
-    /// milestone, 1-99).
-    pub progress: Option<u8>,
-    /// Presigned URL of the result (completed jobs), valid for `PRESIGNED_URL_EXPIRY_SECONDS`.
-    pub download_url: Option<String>,
-    /// Why the job failed.
-    pub error: Option<String>,
-    /// Stable code of the failure.
-    pub error_code: Option<String>,
-    /// When the job reached this state (ISO 8601 UTC).
-    pub timestamp: String,
-}
+pub use common::wire::{DownloadWebhookBody, WebhookType};
 
 /// Webhooks of the download service.
 #[Webhook]

@@ -20,9 +20,9 @@ use common::identity::directory::Directory;
 use common::messages::JobEvent;
 use common::nats::WebhookTopology;
 use common::store::JobStore;
+use common::wire::WebhookType;
 use common::{JobStatus, telemetry, webhook};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -150,33 +150,8 @@ impl WebhookSettings {
     }
 }
 
-/// The JSON body of a webhook.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct WebhookPayload {
-    /// `download.completed`, `download.failed`, `download.cancelled` or `download.progress`.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// The job.
-    pub job_id: String,
-    /// Its status.
-    pub status: JobStatus,
-    /// Progress webhooks: the job's progress when it crossed the milestone (at least the
-    /// milestone).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<u8>,
-    /// A fresh presigned URL, for completed jobs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub download_url: Option<String>,
-    /// Why it failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Stable failure code.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<String>,
-    /// When the job reached this state (ISO 8601 UTC).
-    pub timestamp: String,
-}
+/// The JSON body of a webhook: the documented type, sent as it is defined.
+pub use common::wire::DownloadWebhookBody as WebhookPayload;
 
 /// A webhook ready to send: whose job, where to, what.
 struct Prepared {
@@ -299,18 +274,14 @@ impl Deliverer {
             owner: record.user_id.clone(),
             url,
             payload: WebhookPayload {
-                event_type: if milestone {
-                    "download.progress".to_string()
-                } else {
-                    format!("download.{}", status.as_str())
-                },
+                event_type: WebhookType::of(*status),
                 job_id: job_id.to_string(),
-                status: *status,
+                status: (*status).into(),
                 progress: milestone.then_some(*progress),
                 download_url,
                 error: error.clone(),
                 error_code: error_code.map(|code| code.as_str().to_string()),
-                timestamp: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                timestamp: common::wire::iso8601(*at),
             },
         }))
     }

@@ -1,0 +1,470 @@
+//! The published OpenAPI document. poem-openapi writes OpenAPI 3.0, but this API has webhooks,
+//! which only 3.1 allows, and generators read 3.1 better (a `$ref` with a description beside it,
+//! `null` as a type). This module owns the one step that turns poem-openapi's output into the
+//! OpenAPI 3.1 document every user gets: `/openapi.json`, `/openapi.yaml`, Swagger UI, the
+//! committed `openapi/` files and the SDKs generated from them. It also adds what the
+//! middleware, not the operations, answers: the rate-limit headers and `WWW-Authenticate`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+/// The document in each form it is served in.
+pub struct Published {
+    /// `/openapi.json` (pretty, as committed).
+    pub json: String,
+    /// `/openapi.yaml`.
+    pub yaml: String,
+    /// Swagger UI's page at `/docs`, with the 3.1 document inside.
+    pub swagger_ui: String,
+    /// The methods of each path template, for the `Allow` header of a 405.
+    pub methods: BTreeMap<String, String>,
+}
+
+/// Publishes `service`'s document as OpenAPI 3.1.
+pub fn publish<T: poem_openapi::OpenApi, W: poem_openapi::Webhook>(
+    service: &poem_openapi::OpenApiService<T, W>,
+) -> Published {
+    let generated = service.spec();
+    let document: Value = serde_json::from_str(&generated).expect("poem-openapi writes JSON");
+    let document = openapi_31(document);
+    let json = serde_json::to_string_pretty(&document).expect("documents serialize") + "\n";
+    let yaml = serde_yaml::to_string(&document).expect("documents serialize as YAML");
+    // Swagger UI's page embeds the document it was made from: the same page with ours.
+    let page = service.swagger_ui_html();
+    assert!(
+        page.contains(&generated),
+        "Swagger UI's page embeds the generated document"
+    );
+    let swagger_ui = page.replace(&generated, &json);
+    Published {
+        json,
+        yaml,
+        swagger_ui,
+        methods: methods_of(&document),
+    }
+}
+
+/// Operations whose answers carry the rate-limit headers: all but the health check, which is
+/// never limited.
+const UNLIMITED_OPERATIONS: &[&str] = &["health"];
+
+/// poem-openapi's 3.0 document as valid OpenAPI 3.1.
+pub fn openapi_31(mut document: Value) -> Value {
+    document["openapi"] = json!("3.1.0");
+    document["info"]["license"] = json!({ "name": "MIT", "identifier": "MIT" });
+    if let Some(schemas) = document
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for schema in schemas.values_mut() {
+            fix_schema(schema);
+        }
+    }
+    let examples = component_examples(&document);
+    for section in ["paths", "webhooks"] {
+        if let Some(items) = document.get_mut(section).and_then(Value::as_object_mut) {
+            for item in items.values_mut() {
+                fix_path_item(item, &examples);
+            }
+        }
+    }
+    document
+}
+
+/// Each component schema's example, by its `$ref`.
+fn component_examples(document: &Value) -> BTreeMap<String, Value> {
+    let Some(schemas) = document.pointer("/components/schemas").and_then(Value::as_object) else {
+        return BTreeMap::new();
+    };
+    schemas
+        .iter()
+        .filter_map(|(name, schema)| {
+            let example = schema.get("examples")?.get(0)?.clone();
+            Some((format!("#/components/schemas/{name}"), example))
+        })
+        .collect()
+}
+
+fn fix_path_item(item: &mut Value, examples: &BTreeMap<String, Value>) {
+    let Some(operations) = item.as_object_mut() else {
+        return;
+    };
+    for operation in operations.values_mut() {
+        let limited = operation
+            .get("operationId")
+            .and_then(Value::as_str)
+            .is_some_and(|id| !UNLIMITED_OPERATIONS.contains(&id));
+        for parameter in operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(schema) = parameter.get_mut("schema") {
+                fix_schema(schema);
+            }
+        }
+        if let Some(body) = operation.get_mut("requestBody") {
+            fix_content(body, examples);
+        }
+        let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (status, response) in responses.iter_mut() {
+            fix_content(response, examples);
+            let headers = response
+                .as_object_mut()
+                .expect("responses are objects")
+                .entry("headers")
+                .or_insert_with(|| json!({}));
+            fix_headers(headers);
+            if limited {
+                add_rate_limit_headers(headers);
+            }
+            if status == "401" {
+                headers["WWW-Authenticate"] = json!({
+                    "description": "`Bearer`: send an API key as `Authorization: Bearer <key>`.",
+                    "required": true,
+                    "schema": { "type": "string" },
+                });
+            }
+            if headers.as_object().is_some_and(Map::is_empty) {
+                response
+                    .as_object_mut()
+                    .expect("responses are objects")
+                    .remove("headers");
+            }
+        }
+    }
+}
+
+/// Fixes the schemas of a request body's or response's media types and gives each the example
+/// of the schema it refers to.
+fn fix_content(holder: &mut Value, examples: &BTreeMap<String, Value>) {
+    let problem = holder
+        .get("description")
+        .and_then(Value::as_str)
+        .and_then(problem_example);
+    let Some(content) = holder.get_mut("content").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (media_type, media) in content.iter_mut() {
+        let Some(schema) = media.get_mut("schema") else {
+            continue;
+        };
+        fix_schema(schema);
+        let example = match &problem {
+            Some(problem) if media_type.as_str() == crate::problem::PROBLEM_CONTENT_TYPE => Some(problem.clone()),
+            _ => schema
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|reference| examples.get(reference))
+                .cloned(),
+        };
+        if let Some(example) = example {
+            media["example"] = example;
+        }
+    }
+}
+
+/// The problem an error response's description names first (`` `CODE`: what it means``), as
+/// its example.
+fn problem_example(description: &str) -> Option<Value> {
+    let rest = description.strip_prefix('`')?;
+    let (code, rest) = rest.split_once('`')?;
+    let code: common::ErrorCode = serde_json::from_value(json!(code)).ok()?;
+    let detail = rest
+        .trim_start_matches([':', ' '])
+        .split(['(', ';'])
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_end_matches('.');
+    let detail = if detail.is_empty() { code.as_str() } else { detail };
+    serde_json::to_value(crate::problem::Problem::new(code, detail)).ok()
+}
+
+/// Response header names as HTTP writes them (poem-openapi upper-cases them).
+fn fix_headers(headers: &mut Value) {
+    let Some(map) = headers.as_object_mut() else {
+        return;
+    };
+    let renamed: Map<String, Value> = std::mem::take(map)
+        .into_iter()
+        .map(|(name, mut header)| {
+            if let Some(schema) = header.get_mut("schema") {
+                fix_schema(schema);
+            }
+            if let Some(header) = header.as_object_mut() {
+                header.remove("deprecated");
+            }
+            (header_name(&name), header)
+        })
+        .collect();
+    *map = renamed;
+}
+
+/// `RETRY-AFTER` as `Retry-After`, `RATELIMIT-POLICY` as `RateLimit-Policy`.
+fn header_name(name: &str) -> String {
+    name.split('-')
+        .map(|word| match word.to_ascii_uppercase().as_str() {
+            "RATELIMIT" => "RateLimit".to_string(),
+            "WWW" | "ID" => word.to_ascii_uppercase(),
+            upper => {
+                let lower = upper.to_ascii_lowercase();
+                let mut chars = lower.chars();
+                chars
+                    .next()
+                    .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
+                    .unwrap_or_default()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The IETF rate-limit headers the middleware adds to every answer of a limited route.
+fn add_rate_limit_headers(headers: &mut Value) {
+    headers["RateLimit-Policy"] = json!({
+        "description": "When rate limits are on (`RATE_LIMIT_MAX_REQUESTS` > 0): the policy, `\"default\";q=<requests>;w=<window seconds>` (draft-ietf-httpapi-ratelimit-headers).",
+        "schema": { "type": "string", "examples": ["\"default\";q=100;w=60"] },
+    });
+    headers["RateLimit"] = json!({
+        "description": "When rate limits are on: this client's remaining budget and the seconds until it is whole again, `\"default\";r=<remaining>;t=<seconds>`.",
+        "schema": { "type": "string", "examples": ["\"default\";r=99;t=1"] },
+    });
+}
+
+/// One schema (and those inside it) as 3.1 writes it.
+fn fix_schema(schema: &mut Value) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    // `allOf: [{$ref}, {description}]`, poem-openapi's way to describe a referenced type in
+    // 3.0, is a `$ref` with siblings in 3.1 (generators take the allOf for a composition).
+    let lone_reference = object.get("allOf").and_then(Value::as_array).and_then(|parts| {
+        let [reference, annotations] = parts.as_slice() else {
+            return None;
+        };
+        let reference = reference
+            .as_object()
+            .filter(|part| part.len() == 1)?
+            .get("$ref")?
+            .clone();
+        let annotations = annotations.as_object()?;
+        annotations
+            .keys()
+            .all(|key| {
+                matches!(
+                    key.as_str(),
+                    "description" | "title" | "default" | "example" | "examples"
+                )
+            })
+            .then(|| (reference, annotations.clone()))
+    });
+    if let Some((reference, annotations)) = lone_reference {
+        object.remove("allOf");
+        for (key, value) in annotations {
+            object.entry(key).or_insert(value);
+        }
+        object.insert("$ref".into(), reference);
+    }
+    if object.remove("nullable") == Some(Value::Bool(true)) {
+        match object.get_mut("type") {
+            Some(Value::String(kind)) => {
+                let kind = kind.clone();
+                object.insert("type".into(), json!([kind, "null"]));
+            }
+            Some(Value::Array(kinds)) if !kinds.contains(&json!("null")) => kinds.push(json!("null")),
+            _ => {}
+        }
+        if let Some(Value::Array(values)) = object.get_mut("enum") {
+            values.push(Value::Null);
+        }
+    }
+    for (flag, bound) in [("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")] {
+        if let Some(Value::Bool(exclusive)) = object.get(flag).cloned() {
+            object.remove(flag);
+            if exclusive && let Some(value) = object.remove(bound) {
+                object.insert(flag.into(), value);
+            }
+        }
+    }
+    if let Some(example) = object.remove("example") {
+        object.insert("examples".into(), json!([example]));
+    }
+    // Unsigned formats: say so in a bound every validator knows.
+    let unsigned = object
+        .get("format")
+        .and_then(Value::as_str)
+        .is_some_and(|format| format.starts_with("uint"));
+    if unsigned && !object.contains_key("minimum") && !object.contains_key("exclusiveMinimum") {
+        object.insert("minimum".into(), json!(0));
+    }
+    // Whole-number bounds are written as integers (poem-openapi writes `10000.0`).
+    for bound in ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"] {
+        if let Some(value) = object.get(bound).and_then(Value::as_f64)
+            && value.fract() == 0.0
+            && value.abs() < 9e15
+        {
+            object.insert(bound.into(), json!(value as i64));
+        }
+    }
+    if let Some(properties) = object.get_mut("properties").and_then(Value::as_object_mut) {
+        for property in properties.values_mut() {
+            fix_schema(property);
+        }
+    }
+    for key in ["items", "additionalProperties", "not"] {
+        if let Some(inner) = object.get_mut(key) {
+            fix_schema(inner);
+        }
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        if let Some(Value::Array(parts)) = object.get_mut(key) {
+            parts.iter_mut().for_each(fix_schema);
+        }
+    }
+}
+
+/// The methods of each path template (`GET, DELETE`).
+fn methods_of(document: &Value) -> BTreeMap<String, String> {
+    let Some(paths) = document.get("paths").and_then(Value::as_object) else {
+        return BTreeMap::new();
+    };
+    paths
+        .iter()
+        .map(|(path, item)| {
+            let methods: Vec<String> = item
+                .as_object()
+                .into_iter()
+                .flat_map(|operations| operations.keys())
+                .map(|method| method.to_ascii_uppercase())
+                .collect();
+            (path.clone(), methods.join(", "))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_described_reference_becomes_a_reference_with_a_description() {
+        let mut schema = json!({
+            "allOf": [{ "$ref": "#/components/schemas/ApiJobStatus" }, { "description": "Current status." }],
+            "description": "Current status."
+        });
+        fix_schema(&mut schema);
+        assert_eq!(
+            schema,
+            json!({ "$ref": "#/components/schemas/ApiJobStatus", "description": "Current status." })
+        );
+        // A real composition stays one.
+        let mut composed = json!({ "allOf": [{ "$ref": "#/a" }, { "type": "object", "properties": {} }] });
+        let before = composed.clone();
+        fix_schema(&mut composed);
+        assert_eq!(composed, before);
+    }
+
+    #[test]
+    fn three_point_zero_keywords_are_written_as_three_point_one() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "size": { "type": "integer", "format": "uint64", "nullable": true },
+                "ratio": { "type": "number", "minimum": 0.0, "exclusiveMinimum": true, "maximum": 100.0 },
+                "id": { "type": "integer", "format": "int64", "minimum": 10000.0, "example": 10000 },
+                "kind": { "type": "string", "enum": ["a"], "nullable": true }
+            },
+            "example": { "size": 1 }
+        });
+        fix_schema(&mut schema);
+        assert_eq!(
+            schema,
+            json!({
+                "type": "object",
+                "properties": {
+                    "size": { "type": ["integer", "null"], "format": "uint64", "minimum": 0 },
+                    "ratio": { "type": "number", "exclusiveMinimum": 0, "maximum": 100 },
+                    "id": { "type": "integer", "format": "int64", "minimum": 10000, "examples": [10000] },
+                    "kind": { "type": ["string", "null"], "enum": ["a", null] }
+                },
+                "examples": [{ "size": 1 }]
+            })
+        );
+    }
+
+    #[test]
+    fn header_names_are_written_as_http_writes_them() {
+        assert_eq!(header_name("RETRY-AFTER"), "Retry-After");
+        assert_eq!(header_name("X-ACCEL-BUFFERING"), "X-Accel-Buffering");
+        assert_eq!(header_name("RATELIMIT-POLICY"), "RateLimit-Policy");
+        assert_eq!(header_name("IDEMPOTENT-REPLAYED"), "Idempotent-Replayed");
+        assert_eq!(header_name("X-REQUEST-ID"), "X-Request-ID");
+    }
+
+    #[test]
+    fn responses_get_the_middlewares_headers_and_their_schemas_examples() {
+        let document = json!({
+            "openapi": "3.0.0",
+            "info": { "title": "t", "version": "1" },
+            "components": { "schemas": { "Problem": { "type": "object", "example": { "code": "X" } } } },
+            "paths": {
+                "/health": { "get": { "operationId": "health", "responses": { "200": { "description": "" } } } },
+                "/x/{id}": {
+                    "get": {
+                        "operationId": "x",
+                        "responses": {
+                            "401": {
+                                "description": "",
+                                "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } },
+                                "headers": { "RETRY-AFTER": { "deprecated": false, "schema": { "type": "integer", "format": "uint64" } } }
+                            }
+                        }
+                    },
+                    "delete": { "operationId": "y", "responses": {} }
+                }
+            }
+        });
+        let document = openapi_31(document);
+        assert_eq!(document["openapi"], "3.1.0");
+        assert!(
+            document["paths"]["/health"]["get"]["responses"]["200"]
+                .get("headers")
+                .is_none()
+        );
+        let unauthorized = &document["paths"]["/x/{id}"]["get"]["responses"]["401"];
+        assert_eq!(
+            unauthorized["content"]["application/problem+json"]["example"],
+            json!({ "code": "X" })
+        );
+        assert_eq!(
+            problem_example("`TOKEN_EXPIRED` (ask again) or `INVALID_CREDENTIALS`."),
+            Some(json!({
+                "type": "urn:problem:token-expired",
+                "title": "Unauthorized",
+                "status": 401,
+                "detail": "TOKEN_EXPIRED",
+                "code": "TOKEN_EXPIRED"
+            }))
+        );
+        assert_eq!(
+            problem_example("`JOB_FINISHED`: the job already completed or failed; it cannot be cancelled.").unwrap()["detail"],
+            "the job already completed or failed"
+        );
+        let headers = unauthorized["headers"].as_object().unwrap();
+        let names: Vec<&str> = headers.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            ["RateLimit", "RateLimit-Policy", "Retry-After", "WWW-Authenticate"]
+        );
+        assert_eq!(
+            headers["Retry-After"],
+            json!({ "schema": { "type": "integer", "format": "uint64", "minimum": 0 } })
+        );
+        assert_eq!(methods_of(&document)["/x/{id}"], "DELETE, GET");
+    }
+}
