@@ -419,31 +419,72 @@ async fn execute_in_swagger_ui(browser: &Browser, operation: &str, expected: &st
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn swagger_ui_authorizes_with_an_api_key_and_try_it_out_reads_the_jobs_status() {
-    init_logs();
-    let stack = Stack::start(&[]).await.unwrap();
-    stack.put_file(96_300, 1000).await.unwrap();
-    let key = stack.key(TENANT).await.unwrap();
-    let job_id = stack.initiate(TENANT, &[96_300]).await.unwrap();
-    let browser = Browser::start().await.unwrap();
-    browser.goto(&stack.url("/docs")).await.unwrap();
-
-    // Open the status operation and run it without credentials: 401.
-    let operation = "#operations-Jobs-getDownloadStatus";
+/// Opens `operation` in Swagger UI and switches it to "Try it out".
+async fn try_out_in_swagger_ui(browser: &Browser, operation: &str) {
     browser.wait_for_element(operation, PATIENCE).await.unwrap();
     browser
         .click(&format!("{operation} .opblock-summary-control"))
         .await
         .unwrap();
     browser.click(&format!("{operation} .try-out__btn")).await.unwrap();
-    browser
-        .fill(&format!("{operation} input[placeholder='jobId']"), &job_id)
+}
+
+/// The response body Swagger UI rendered for `operation`'s last execution, as JSON.
+async fn rendered_body(browser: &Browser, operation: &str) -> Value {
+    let text = browser
+        .text(&format!(
+            "{operation} .live-responses-table tr.response .response-col_description .microlight"
+        ))
         .await
         .unwrap();
-    execute_in_swagger_ui(&browser, operation, "401").await;
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("the rendered body is JSON ({error}): {text}"))
+}
 
-    // Authorize with the key in the ApiKey (http bearer) field, then run it again: 200.
+/// Swagger UI as a user meets it: through the production nginx front, from the document the
+/// intake publishes (OpenAPI 3.1, rendered by the Swagger UI the intake embeds, no CDN). A
+/// request without a key is 401; after Authorize, "Try it out" starts a job (202, the
+/// documented body) and reads its status with the returned id (200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_ui_through_the_proxy_authorizes_starts_a_job_and_reads_its_status() {
+    init_logs();
+    let mut stack = Stack::servers_only(&[]).await.unwrap();
+    stack.start_presigner().await.unwrap();
+    stack.start_processor(&[]).await.unwrap();
+    stack.start_intake().await.unwrap();
+    let (notifier_address, _notifier) = stack.spawn_notifier(&[]).await.unwrap();
+    let proxy = NginxServer::start(0, stack.intake_address(), notifier_address, "10s", "1h")
+        .await
+        .unwrap();
+    stack.put_file(96_300, 1000).await.unwrap();
+    let key = stack.key(TENANT).await.unwrap();
+    let browser = Browser::start().await.unwrap();
+    browser.goto(&format!("{}/docs", proxy.base_url())).await.unwrap();
+    let version = browser
+        .eval(
+            "return document.querySelector('.information-container .version-stamp, .info .version-stamp').innerText;",
+            json!([]),
+        )
+        .await
+        .unwrap();
+    assert!(
+        version.as_str().is_some_and(|stamp| stamp.contains("OAS 3.1")),
+        "Swagger UI reads the document as OpenAPI 3.1: {version}"
+    );
+
+    // Initiate without credentials: 401, the documented problem.
+    let initiate = "#operations-Jobs-initiateDownload";
+    try_out_in_swagger_ui(&browser, initiate).await;
+    browser
+        .fill(
+            &format!("{initiate} textarea.body-param__text"),
+            r#"{"file_ids": [96300]}"#,
+        )
+        .await
+        .unwrap();
+    execute_in_swagger_ui(&browser, initiate, "401").await;
+    assert_eq!(rendered_body(&browser, initiate).await["code"], "UNAUTHENTICATED");
+
+    // Authorize with the key in the ApiKey (http bearer) field, then run it again: 202.
     browser.click(".auth-wrapper .btn.authorize").await.unwrap();
     browser.fill("#auth-bearer-value", &key).await.unwrap();
     browser
@@ -451,13 +492,32 @@ async fn swagger_ui_authorizes_with_an_api_key_and_try_it_out_reads_the_jobs_sta
         .await
         .unwrap();
     browser.click(".btn-done").await.unwrap();
-    execute_in_swagger_ui(&browser, operation, "200").await;
-    let body = browser
-        .text(&format!(
-            "{operation} .live-responses-table tr.response .response-col_description"
-        ))
+    execute_in_swagger_ui(&browser, initiate, "202").await;
+    let accepted = rendered_body(&browser, initiate).await;
+    let job_id = accepted["jobId"].as_str().unwrap().to_string();
+    assert_eq!(accepted["status"], "queued");
+    assert_eq!(accepted["statusUrl"], format!("/v1/download/status/{job_id}"));
+
+    // The status of the job it started, with the id it returned: 200, the job's body.
+    let status = "#operations-Jobs-getDownloadStatus";
+    try_out_in_swagger_ui(&browser, status).await;
+    browser
+        .fill(&format!("{status} input[placeholder='jobId']"), &job_id)
         .await
         .unwrap();
-    assert!(body.contains(&job_id), "the rendered status is the job's: {body}");
+    execute_in_swagger_ui(&browser, status, "200").await;
+    let body = rendered_body(&browser, status).await;
+    assert_eq!(body["jobId"], job_id);
+    assert!(
+        ["queued", "processing", "completed"].contains(&body["status"].as_str().unwrap()),
+        "{body}"
+    );
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser/swagger-ui.png");
+    browser.screenshot(&screenshot).await.unwrap();
+    assert!(
+        std::fs::read(&screenshot).unwrap().starts_with(b"\x89PNG"),
+        "a PNG screenshot"
+    );
+    tracing::info!(path = %screenshot.display(), "screenshot saved");
     browser.quit().await.unwrap();
 }

@@ -235,7 +235,17 @@ async fn unknown_routes_and_wrong_methods_are_problems_too() {
         .send()
         .await
         .unwrap();
+    // A 405 names the methods the route has (RFC 9110 `Allow`).
+    assert_eq!(wrong_method.headers()["allow"], "POST");
     assert_eq!(problem(wrong_method, 405).await["code"], "METHOD_NOT_ALLOWED");
+    let job_route = stack
+        .http
+        .put(stack.url(&format!("/v1/download/{}", uuid::Uuid::new_v4())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(job_route.headers()["allow"], "DELETE, GET");
+    assert_eq!(problem(job_route, 405).await["code"], "METHOD_NOT_ALLOWED");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,6 +429,9 @@ async fn every_response_carries_request_id_security_and_cors_headers() {
     assert!(headers.contains_key("strict-transport-security"));
     assert!(headers.contains_key("referrer-policy"));
     assert!(headers.contains_key("access-control-allow-origin"));
+    // With `CORS_ORIGINS=*` (the default), as the old service: also without an `Origin`.
+    let no_origin = stack.http.get(stack.url("/health")).send().await.unwrap();
+    assert_eq!(no_origin.headers()["access-control-allow-origin"], "*");
 
     let preflight = stack
         .http

@@ -397,6 +397,32 @@ mod tests {
         );
     }
 
+    /// A path parameter's parse error is named by position only: the API keeps `jobId` its one
+    /// path parameter, so the problem can name it (see `problem::into_problem`). Read from the
+    /// committed document, which a contract test holds equal to the served one.
+    #[test]
+    fn every_path_parameter_of_the_api_is_the_job_id() {
+        let document: Value = serde_json::from_str(include_str!("../../../openapi/openapi.json")).unwrap();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            let in_template: Vec<&str> = path
+                .split('/')
+                .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            assert!(
+                in_template.iter().all(|name| *name == crate::problem::PATH_PARAMETER),
+                "{path}"
+            );
+            for operation in item.as_object().unwrap().values() {
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    if parameter["in"] == "path" {
+                        assert_eq!(parameter["name"], crate::problem::PATH_PARAMETER, "{path}");
+                        assert_eq!(parameter["schema"]["format"], "uuid", "{path}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn header_names_are_written_as_http_writes_them() {
         assert_eq!(header_name("RETRY-AFTER"), "Retry-After");

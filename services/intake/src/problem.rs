@@ -10,6 +10,9 @@ use poem_openapi::payload::Json;
 
 pub use common::wire::{PROBLEM_CONTENT_TYPE, Problem, status_of};
 
+/// The one path parameter of the API.
+pub const PATH_PARAMETER: &str = "jobId";
+
 /// Seconds a client should wait before retrying after a 503.
 pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 2;
 
@@ -113,7 +116,13 @@ pub fn into_problem(error: poem::Error) -> poem::Response {
     } else if let Some(parse) = error.downcast_ref::<poem_openapi::error::ParseParamError>() {
         Problem::new(ErrorCode::ValidationFailed, parse.reason.clone()).with_field(parse.name)
     } else if let Some(parse) = error.downcast_ref::<poem_openapi::error::ParsePathError>() {
-        Problem::new(ErrorCode::ValidationFailed, parse.reason.clone()).with_field(parse.name)
+        // poem-openapi names path parameters by position (`param0`); the API's only one is
+        // `jobId` (a test of the published document holds every path to that).
+        Problem::new(
+            ErrorCode::ValidationFailed,
+            format!("{PATH_PARAMETER} must be a UUID ({})", parse.reason),
+        )
+        .with_field(PATH_PARAMETER)
     } else {
         match status {
             StatusCode::NOT_FOUND => Problem::new(ErrorCode::NotFound, "no such route"),
