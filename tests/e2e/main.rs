@@ -17,6 +17,7 @@ mod permissions;
 mod pipeline;
 mod presigner;
 mod proxy;
+mod sdks;
 mod shutdown;
 mod takeover;
 mod telemetry;
