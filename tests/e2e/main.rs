@@ -13,6 +13,7 @@ mod legacy;
 mod limits;
 mod notifier;
 mod observability;
+mod operators;
 mod permissions;
 mod pipeline;
 mod presigner;
