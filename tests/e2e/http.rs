@@ -314,7 +314,20 @@ async fn progress_is_reported_while_the_simulated_delay_runs() {
         .await
         .unwrap();
     assert!(midway["startedAt"].is_string());
+    // A running job's status says when to poll again; an ended job's does not.
+    let status_of = || async {
+        stack
+            .http
+            .get(stack.url(&format!("/v1/download/status/{job_id}")))
+            .header("Authorization", stack.bearer("ivy").await.unwrap())
+            .send()
+            .await
+            .unwrap()
+    };
+    let running = status_of().await;
+    assert_eq!(running.headers()["retry-after"], "2");
     assert_eq!(stack.wait_for_terminal("ivy", &job_id).await.unwrap()["progress"], 100);
+    assert!(status_of().await.headers().get("retry-after").is_none());
     let events = stack.events(&job_id).await.unwrap();
     let progress: Vec<u64> = events.iter().map(|event| event["progress"].as_u64().unwrap()).collect();
     assert!(

@@ -52,7 +52,8 @@ const UNLIMITED_OPERATIONS: &[&str] = &["health"];
 /// poem-openapi's 3.0 document as valid OpenAPI 3.1.
 pub fn openapi_31(mut document: Value) -> Value {
     document["openapi"] = json!("3.1.0");
-    document["info"]["license"] = json!({ "name": "MIT", "identifier": "MIT" });
+    let license = env!("CARGO_PKG_LICENSE");
+    document["info"]["license"] = json!({ "name": license, "identifier": license });
     if let Some(schemas) = document
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
@@ -69,8 +70,19 @@ pub fn openapi_31(mut document: Value) -> Value {
             }
         }
     }
+    // What a receiver's answer means (poem-openapi leaves a webhook's response undescribed).
+    if let Some(webhooks) = document.get_mut("webhooks").and_then(Value::as_object_mut) {
+        for operation in webhooks.values_mut().filter_map(|item| item.get_mut("post")) {
+            if let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) {
+                responses.insert("200".into(), json!({ "description": WEBHOOK_ANSWER }));
+            }
+        }
+    }
     document
 }
+
+/// What a webhook receiver's answer does.
+const WEBHOOK_ANSWER: &str = "Any 2xx acknowledges the delivery. 410 Gone stops further deliveries for this job; any other answer (or none within the timeout) is retried with backoff.";
 
 /// Each component schema's example, by its `$ref`.
 fn component_examples(document: &Value) -> BTreeMap<String, Value> {
@@ -153,6 +165,13 @@ fn fix_content(holder: &mut Value, examples: &BTreeMap<String, Value>) {
         let Some(schema) = media.get_mut("schema") else {
             continue;
         };
+        // poem-openapi describes an event stream as an array of its events; generators take
+        // that for a JSON array. The schema of each event's data is what SSE clients type.
+        if media_type.as_str() == "text/event-stream"
+            && let Some(items) = schema.get("items").cloned()
+        {
+            *schema = items;
+        }
         fix_schema(schema);
         let example = match &problem {
             Some(problem) if media_type.as_str() == crate::problem::PROBLEM_CONTENT_TYPE => Some(problem.clone()),
@@ -492,5 +511,20 @@ mod tests {
             json!({ "schema": { "type": "integer", "format": "uint64", "minimum": 0 } })
         );
         assert_eq!(methods_of(&document)["/x/{id}"], "DELETE, GET");
+    }
+
+    #[test]
+    fn an_event_stream_is_described_by_its_events_data() {
+        let mut response = json!({
+            "description": "",
+            "content": { "text/event-stream": { "schema": {
+                "type": "array", "format": "event-stream", "items": { "$ref": "#/components/schemas/E" }
+            } } }
+        });
+        fix_content(&mut response, &BTreeMap::new());
+        assert_eq!(
+            response["content"]["text/event-stream"]["schema"],
+            json!({ "$ref": "#/components/schemas/E" })
+        );
     }
 }

@@ -45,9 +45,15 @@ pub enum InitiateResponse {
 /// Answer of `GET /v1/download/status/{jobId}`.
 #[derive(ApiResponse)]
 pub enum StatusResponse {
-    /// The job's status; completed jobs carry a freshly presigned `downloadUrl`.
+    /// The job's status; completed jobs carry a freshly presigned `downloadUrl`. While the job
+    /// is queued or processing, `Retry-After` says when to poll again (better: follow
+    /// `streamUrl`).
     #[oai(status = 200)]
-    Ok(Json<JobStatusBody>, #[oai(header = "Cache-Control")] String),
+    Ok(
+        Json<JobStatusBody>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Retry-After")] Option<u64>,
+    ),
 }
 
 /// Answer of `GET /v1/download/{jobId}`.
@@ -241,6 +247,7 @@ impl JobsApi {
                 self.state.stream_url(&record.job_id.to_string(), &tenant.0),
             )),
             no_store(),
+            (!record.status.is_terminal()).then_some(POLL_AFTER_SECONDS),
         ))
     }
 

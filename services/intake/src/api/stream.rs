@@ -46,7 +46,9 @@ impl<'a> ApiExtractor<'a> for StreamCredentials {
     }
 
     fn security_schemes() -> Vec<&'static str> {
-        vec![STREAM_TOKEN_SCHEME, crate::auth::SECURITY_SCHEME]
+        // The key first: a generated client holding a key uses the first scheme it can fill,
+        // and a key sent as `?token=` would land in URLs and logs.
+        vec![crate::auth::SECURITY_SCHEME, STREAM_TOKEN_SCHEME]
     }
 
     async fn from_request(

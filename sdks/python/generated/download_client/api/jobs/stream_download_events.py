@@ -42,14 +42,9 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Any | Problem | list[StreamEventData] | None:
+) -> Any | Problem | StreamEventData | None:
     if response.status_code == 200:
-        response_200 = []
-        _response_200 = response.text
-        for response_200_item_data in _response_200:
-            response_200_item = StreamEventData.from_dict(response_200_item_data)
-
-            response_200.append(response_200_item)
+        response_200 = StreamEventData.from_dict(response.text)
 
         return response_200
 
@@ -100,7 +95,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[Any | Problem | list[StreamEventData]]:
+) -> Response[Any | Problem | StreamEventData]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -115,7 +110,7 @@ def sync_detailed(
     client: AuthenticatedClient,
     last_event_id_query: str | Unset = UNSET,
     last_event_id_header: str | Unset = UNSET,
-) -> Response[Any | Problem | list[StreamEventData]]:
+) -> Response[Any | Problem | StreamEventData]:
     """Follow a job's progress (Server-Sent Events)
 
      Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
@@ -134,7 +129,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | Problem | list[StreamEventData]]
+        Response[Any | Problem | StreamEventData]
     """
 
     kwargs = _get_kwargs(
@@ -156,7 +151,7 @@ def sync(
     client: AuthenticatedClient,
     last_event_id_query: str | Unset = UNSET,
     last_event_id_header: str | Unset = UNSET,
-) -> Any | Problem | list[StreamEventData] | None:
+) -> Any | Problem | StreamEventData | None:
     """Follow a job's progress (Server-Sent Events)
 
      Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
@@ -175,7 +170,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | Problem | list[StreamEventData]
+        Any | Problem | StreamEventData
     """
 
     return sync_detailed(
@@ -192,7 +187,7 @@ async def asyncio_detailed(
     client: AuthenticatedClient,
     last_event_id_query: str | Unset = UNSET,
     last_event_id_header: str | Unset = UNSET,
-) -> Response[Any | Problem | list[StreamEventData]]:
+) -> Response[Any | Problem | StreamEventData]:
     """Follow a job's progress (Server-Sent Events)
 
      Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
@@ -211,7 +206,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | Problem | list[StreamEventData]]
+        Response[Any | Problem | StreamEventData]
     """
 
     kwargs = _get_kwargs(
@@ -231,7 +226,7 @@ async def asyncio(
     client: AuthenticatedClient,
     last_event_id_query: str | Unset = UNSET,
     last_event_id_header: str | Unset = UNSET,
-) -> Any | Problem | list[StreamEventData] | None:
+) -> Any | Problem | StreamEventData | None:
     """Follow a job's progress (Server-Sent Events)
 
      Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
@@ -250,7 +245,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | Problem | list[StreamEventData]
+        Any | Problem | StreamEventData
     """
 
     return (
