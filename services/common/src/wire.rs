@@ -122,6 +122,89 @@ pub fn iso8601(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A moment in a body: written as [`iso8601`] gives it, documented as `format: date-time` (so
+/// generated clients hand their users a date, not a string), read from any RFC 3339 time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp(pub DateTime<Utc>);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&iso8601(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|time| Timestamp(time.with_timezone(&Utc)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "format": "date-time" })
+    }
+}
+
+impl poem_openapi::types::Type for Timestamp {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "string_date-time".into()
+    }
+
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema::new_with_format(
+            "string",
+            "date-time",
+        )))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl poem_openapi::types::ParseFromJSON for Timestamp {
+    fn parse_from_json(value: Option<serde_json::Value>) -> poem_openapi::types::ParseResult<Self> {
+        let value = value.unwrap_or_default();
+        serde_json::from_value(value.clone()).map_err(|_| poem_openapi::types::ParseError::expected_type(value))
+    }
+}
+
+impl poem_openapi::types::ToJSON for Timestamp {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::String(iso8601(self.0)))
+    }
+}
+
+impl Timestamp {
+    /// A fixed moment for the document's examples.
+    fn example(text: &str) -> Self {
+        Timestamp(
+            DateTime::parse_from_rfc3339(text)
+                .expect("examples are RFC 3339")
+                .with_timezone(&Utc),
+        )
+    }
+}
+
 /// The JSON `data` of one stream event. The event's name is `progress` (while queued or
 /// processing), `completed`, `failed` or `cancelled`; its `id` is `seq`.
 #[derive(Debug, Clone, PartialEq, Object, Serialize, Deserialize, JsonSchema)]
@@ -140,7 +223,7 @@ pub struct StreamEventData {
     /// Processing attempt.
     pub attempt: u32,
     /// When the change happened (ISO 8601 UTC).
-    pub at: String,
+    pub at: Timestamp,
     /// `completed` only: a freshly presigned URL of the result (absent if the presigner was
     /// unavailable; `GET /v1/download/{jobId}` then mints one).
     #[oai(skip_serializing_if_is_none)]
@@ -164,7 +247,7 @@ impl poem_openapi::types::Example for StreamEventData {
             status: ApiJobStatus::Completed,
             progress: 100,
             attempt: 1,
-            at: "2026-11-28T10:15:32.120Z".to_string(),
+            at: Timestamp::example("2026-11-28T10:15:32.120Z"),
             download_url: Some(EXAMPLE_DOWNLOAD_URL.to_string()),
             error: None,
             error_code: None,
@@ -251,7 +334,7 @@ pub struct DownloadWebhookBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     /// When the job reached this state (ISO 8601 UTC).
-    pub timestamp: String,
+    pub timestamp: Timestamp,
 }
 
 impl poem_openapi::types::Example for DownloadWebhookBody {
@@ -264,7 +347,7 @@ impl poem_openapi::types::Example for DownloadWebhookBody {
             download_url: Some(EXAMPLE_DOWNLOAD_URL.to_string()),
             error: None,
             error_code: None,
-            timestamp: "2026-11-28T10:15:32.120Z".to_string(),
+            timestamp: Timestamp::example("2026-11-28T10:15:32.120Z"),
         }
     }
 }
@@ -310,6 +393,9 @@ mod tests {
         same_json(&failed);
         let json = serde_json::to_value(&failed).unwrap();
         assert!(json.get("downloadUrl").is_none(), "absent, not null: {json}");
+        assert_eq!(json["timestamp"], "2026-11-28T10:15:32.120Z");
+        let read: DownloadWebhookBody = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(read, failed);
         assert_eq!(json["type"], "download.failed");
     }
 

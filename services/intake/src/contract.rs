@@ -215,13 +215,31 @@ fn fix_headers(headers: &mut Value) {
             if let Some(schema) = header.get_mut("schema") {
                 fix_schema(schema);
             }
+            let name = header_name(&name);
             if let Some(header) = header.as_object_mut() {
                 header.remove("deprecated");
+                if let Some(description) = header_description(&name) {
+                    header.entry("description").or_insert_with(|| Value::from(description));
+                }
             }
-            (header_name(&name), header)
+            (name, header)
         })
         .collect();
     *map = renamed;
+}
+
+/// What a response header says, wherever it is sent.
+fn header_description(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "Retry-After" => "Seconds to wait before asking again (RFC 9110).",
+        "Location" => "Where to go next: a job's status URL, or the presigned URL of its result.",
+        "Cache-Control" => "Not to be cached: each answer carries freshly minted URLs.",
+        "X-Accel-Buffering" => "`no`: proxies pass each event on at once.",
+        "Idempotent-Replayed" => {
+            "`true` when this is the remembered answer of an earlier request with the same `Idempotency-Key`."
+        }
+        _ => return None,
+    })
 }
 
 /// `RETRY-AFTER` as `Retry-After`, `RATELIMIT-POLICY` as `RateLimit-Policy`.
@@ -508,7 +526,10 @@ mod tests {
         );
         assert_eq!(
             headers["Retry-After"],
-            json!({ "schema": { "type": "integer", "format": "uint64", "minimum": 0 } })
+            json!({
+                "description": "Seconds to wait before asking again (RFC 9110).",
+                "schema": { "type": "integer", "format": "uint64", "minimum": 0 }
+            })
         );
         assert_eq!(methods_of(&document)["/x/{id}"], "DELETE, GET");
     }

@@ -413,7 +413,7 @@ impl Feed {
             status: (*status).into(),
             progress: *progress,
             attempt: *attempt,
-            at: common::wire::iso8601(*at),
+            at: common::wire::Timestamp(*at),
             download_url: None,
             error: None,
             error_code: None,

@@ -9,7 +9,7 @@ use crate::body::Validate;
 use crate::problem::Problem;
 
 use common::wire::EXAMPLE_JOB_ID;
-pub use common::wire::iso8601;
+pub use common::wire::{Timestamp, iso8601};
 
 fn check_file_id(field: String, file_id: i64) -> Result<(), Problem> {
     validation::check_file_id(file_id)
@@ -192,13 +192,13 @@ pub struct JobStatusBody {
     /// Processing attempts so far.
     pub attempt: u32,
     /// When the job was accepted (ISO 8601 UTC).
-    pub created_at: String,
+    pub created_at: Timestamp,
     /// When processing started.
-    pub started_at: Option<String>,
+    pub started_at: Option<Timestamp>,
     /// When the job ended.
-    pub completed_at: Option<String>,
+    pub completed_at: Option<Timestamp>,
     /// Best guess of when it will end, while not ended.
-    pub estimated_completion: Option<String>,
+    pub estimated_completion: Option<Timestamp>,
     /// Where to follow the job's progress as Server-Sent Events: a fresh URL whose token opens
     /// this job's stream for `STREAM_TOKEN_TTL_SECONDS` (ask again for a new one when it expires).
     pub stream_url: String,
@@ -229,13 +229,13 @@ impl JobStatusBody {
             error: record.error.clone(),
             error_code: record.error_code.map(|code| code.as_str().to_string()),
             attempt: record.attempt,
-            created_at: iso8601(record.created_at),
-            started_at: record.started_at.map(iso8601),
-            completed_at: record.completed_at.map(iso8601),
+            created_at: Timestamp(record.created_at),
+            started_at: record.started_at.map(Timestamp),
+            completed_at: record.completed_at.map(Timestamp),
             estimated_completion: record
                 .estimated_completion
                 .filter(|_| !record.status.is_terminal())
-                .map(iso8601),
+                .map(Timestamp),
             stream_url,
         }
     }
@@ -314,6 +314,15 @@ pub struct StartAcceptedBody {
     pub stream_url: String,
     /// Human-readable hint.
     pub message: String,
+}
+
+/// A moment of the examples.
+fn example_time(text: &str) -> Timestamp {
+    Timestamp(
+        chrono::DateTime::parse_from_rfc3339(text)
+            .expect("examples are RFC 3339")
+            .with_timezone(&chrono::Utc),
+    )
 }
 
 /// A stream URL as the examples show it.
@@ -401,9 +410,9 @@ impl poem_openapi::types::Example for JobStatusBody {
             error: None,
             error_code: None,
             attempt: 1,
-            created_at: "2026-11-28T10:15:20.004Z".into(),
-            started_at: Some("2026-11-28T10:15:20.031Z".into()),
-            completed_at: Some("2026-11-28T10:15:32.118Z".into()),
+            created_at: example_time("2026-11-28T10:15:20.004Z"),
+            started_at: Some(example_time("2026-11-28T10:15:20.031Z")),
+            completed_at: Some(example_time("2026-11-28T10:15:32.118Z")),
             estimated_completion: None,
             stream_url: EXAMPLE_STREAM_URL.into(),
         }

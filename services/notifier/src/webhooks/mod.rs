@@ -281,7 +281,7 @@ impl Deliverer {
                 download_url,
                 error: error.clone(),
                 error_code: error_code.map(|code| code.as_str().to_string()),
-                timestamp: common::wire::iso8601(*at),
+                timestamp: common::wire::Timestamp(*at),
             },
         }))
     }

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ class DownloadWebhookBody:
     Attributes:
         job_id (str): The job.
         status (ApiJobStatus): Status of a job as clients see it.
-        timestamp (str): When the job reached this state (ISO 8601 UTC).
+        timestamp (datetime.datetime): When the job reached this state (ISO 8601 UTC).
         type_ (WebhookType): What a webhook says happened.
         download_url (str | Unset): Presigned URL of the result (completed jobs), valid for
             `PRESIGNED_URL_EXPIRY_SECONDS`.
@@ -32,7 +33,7 @@ class DownloadWebhookBody:
 
     job_id: str
     status: ApiJobStatus
-    timestamp: str
+    timestamp: datetime.datetime
     type_: WebhookType
     download_url: str | Unset = UNSET
     error: str | Unset = UNSET
@@ -45,7 +46,7 @@ class DownloadWebhookBody:
 
         status = self.status.value
 
-        timestamp = self.timestamp
+        timestamp = self.timestamp.isoformat()
 
         type_ = self.type_.value
 
@@ -85,7 +86,7 @@ class DownloadWebhookBody:
 
         status = ApiJobStatus(d.pop("status"))
 
-        timestamp = d.pop("timestamp")
+        timestamp = datetime.datetime.fromisoformat(d.pop("timestamp"))
 
         type_ = WebhookType(d.pop("type"))
 

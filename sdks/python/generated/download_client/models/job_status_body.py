@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,40 +23,40 @@ class JobStatusBody:
 
     Attributes:
         attempt (int): Processing attempts so far.
-        created_at (str): When the job was accepted (ISO 8601 UTC).
+        created_at (datetime.datetime): When the job was accepted (ISO 8601 UTC).
         files (list[FileBody]): Availability of each requested file (once checked).
         job_id (str): Job id.
         progress (int): 0-100.
         status (ApiJobStatus): Status of a job as clients see it.
         stream_url (str): Where to follow the job's progress as Server-Sent Events: a fresh URL whose token opens
             this job's stream for `STREAM_TOKEN_TTL_SECONDS` (ask again for a new one when it expires).
-        completed_at (str | Unset): When the job ended.
+        completed_at (datetime.datetime | Unset): When the job ended.
         download_url (str | Unset): A freshly presigned URL of the result, only when completed.
         error (str | Unset): Why the job failed (or why it is waiting for a retry).
         error_code (str | Unset): Stable code of `error`.
-        estimated_completion (str | Unset): Best guess of when it will end, while not ended.
-        started_at (str | Unset): When processing started.
+        estimated_completion (datetime.datetime | Unset): Best guess of when it will end, while not ended.
+        started_at (datetime.datetime | Unset): When processing started.
     """
 
     attempt: int
-    created_at: str
+    created_at: datetime.datetime
     files: list[FileBody]
     job_id: str
     progress: int
     status: ApiJobStatus
     stream_url: str
-    completed_at: str | Unset = UNSET
+    completed_at: datetime.datetime | Unset = UNSET
     download_url: str | Unset = UNSET
     error: str | Unset = UNSET
     error_code: str | Unset = UNSET
-    estimated_completion: str | Unset = UNSET
-    started_at: str | Unset = UNSET
+    estimated_completion: datetime.datetime | Unset = UNSET
+    started_at: datetime.datetime | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         attempt = self.attempt
 
-        created_at = self.created_at
+        created_at = self.created_at.isoformat()
 
         files = []
         for files_item_data in self.files:
@@ -70,7 +71,9 @@ class JobStatusBody:
 
         stream_url = self.stream_url
 
-        completed_at = self.completed_at
+        completed_at: str | Unset = UNSET
+        if not isinstance(self.completed_at, Unset):
+            completed_at = self.completed_at.isoformat()
 
         download_url = self.download_url
 
@@ -78,9 +81,13 @@ class JobStatusBody:
 
         error_code = self.error_code
 
-        estimated_completion = self.estimated_completion
+        estimated_completion: str | Unset = UNSET
+        if not isinstance(self.estimated_completion, Unset):
+            estimated_completion = self.estimated_completion.isoformat()
 
-        started_at = self.started_at
+        started_at: str | Unset = UNSET
+        if not isinstance(self.started_at, Unset):
+            started_at = self.started_at.isoformat()
 
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
@@ -117,7 +124,7 @@ class JobStatusBody:
         d = dict(src_dict)
         attempt = d.pop("attempt")
 
-        created_at = d.pop("createdAt")
+        created_at = datetime.datetime.fromisoformat(d.pop("createdAt"))
 
         files = []
         _files = d.pop("files")
@@ -134,7 +141,12 @@ class JobStatusBody:
 
         stream_url = d.pop("streamUrl")
 
-        completed_at = d.pop("completedAt", UNSET)
+        _completed_at = d.pop("completedAt", UNSET)
+        completed_at: datetime.datetime | Unset
+        if isinstance(_completed_at, Unset):
+            completed_at = UNSET
+        else:
+            completed_at = datetime.datetime.fromisoformat(_completed_at)
 
         download_url = d.pop("downloadUrl", UNSET)
 
@@ -142,9 +154,19 @@ class JobStatusBody:
 
         error_code = d.pop("errorCode", UNSET)
 
-        estimated_completion = d.pop("estimatedCompletion", UNSET)
+        _estimated_completion = d.pop("estimatedCompletion", UNSET)
+        estimated_completion: datetime.datetime | Unset
+        if isinstance(_estimated_completion, Unset):
+            estimated_completion = UNSET
+        else:
+            estimated_completion = datetime.datetime.fromisoformat(_estimated_completion)
 
-        started_at = d.pop("startedAt", UNSET)
+        _started_at = d.pop("startedAt", UNSET)
+        started_at: datetime.datetime | Unset
+        if isinstance(_started_at, Unset):
+            started_at = UNSET
+        else:
+            started_at = datetime.datetime.fromisoformat(_started_at)
 
         job_status_body = cls(
             attempt=attempt,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ class StreamEventData:
     processing), `completed`, `failed` or `cancelled`; its `id` is `seq`.
 
         Attributes:
-            at (str): When the change happened (ISO 8601 UTC).
+            at (datetime.datetime): When the change happened (ISO 8601 UTC).
             attempt (int): Processing attempt.
             job_id (str): The job.
             progress (int): 0-100.
@@ -30,7 +31,7 @@ class StreamEventData:
             error_code (str | Unset): `failed` only: stable code of `error`.
     """
 
-    at: str
+    at: datetime.datetime
     attempt: int
     job_id: str
     progress: int
@@ -42,7 +43,7 @@ class StreamEventData:
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        at = self.at
+        at = self.at.isoformat()
 
         attempt = self.attempt
 
@@ -84,7 +85,7 @@ class StreamEventData:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
-        at = d.pop("at")
+        at = datetime.datetime.fromisoformat(d.pop("at"))
 
         attempt = d.pop("attempt")
 
