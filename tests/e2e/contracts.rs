@@ -328,3 +328,26 @@ fn the_server_configuration_in_nats_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The committed document (JSON and YAML) is valid OpenAPI 3.1 by `openapi-spec-validator`,
+/// the validator generators and tools build on.
+#[test]
+fn the_committed_document_is_valid_openapi_3_1() {
+    for file in ["openapi/openapi.json", "openapi/openapi.yaml"] {
+        let path = workspace_root().join(file);
+        let output = std::process::Command::new(venv_binary("openapi-spec-validator").unwrap())
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains(": OK"),
+            "{file} is not valid:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let document: Value =
+        serde_json::from_str(&std::fs::read_to_string(workspace_root().join("openapi/openapi.json")).unwrap()).unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["webhooks"]["downloadFinished"].is_object());
+}

@@ -202,3 +202,60 @@ async fn in_gateway_mode_nginx_sets_the_tenant_header_and_a_clients_own_value_ne
         "through the key-mode proxy a client's X-User-Id never arrives"
     );
 }
+
+/// A wrong method on any documented path, through nginx, is a problem+json 405 whose `Allow`
+/// is the path's methods in the published document: whether the intake or the notifier answers
+/// (PUT), or nginx itself (TRACE, which it never passes on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_method_on_any_documented_path_names_the_paths_methods() {
+    init_logs();
+    let mut stack = Stack::start(&[]).await.unwrap();
+    stack.start_notifier().await.unwrap();
+    let proxy = NginxServer::start(0, stack.intake_address(), stack.notifier_address(), "10s", "1h")
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let document: serde_json::Value = http
+        .get(format!("{}/openapi.json", proxy.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = uuid::Uuid::new_v4().to_string();
+    let paths = document["paths"].as_object().unwrap();
+    assert!(paths.len() >= 8);
+    for (template, operations) in paths {
+        let mut methods: Vec<String> = operations
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|method| method.to_ascii_uppercase())
+            .collect();
+        methods.sort();
+        let expected = methods.join(", ");
+        let path = template.replace("{jobId}", &job_id);
+        for method in ["PUT", "TRACE"] {
+            let answer = http
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    format!("{}{path}", proxy.base_url()),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 405, "{method} {path}");
+            assert_eq!(answer.headers()["allow"], expected.as_str(), "{method} {path}");
+            assert!(
+                answer.headers()["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("application/problem+json"),
+                "{method} {path}"
+            );
+            let problem: serde_json::Value = answer.json().await.unwrap();
+            assert_eq!(problem["code"], "METHOD_NOT_ALLOWED", "{method} {path}");
+        }
+    }
+}

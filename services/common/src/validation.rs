@@ -31,6 +31,11 @@ pub fn dedupe_file_ids(file_ids: &[u64]) -> Vec<u64> {
     file_ids.iter().copied().filter(|id| seen.insert(*id)).collect()
 }
 
+/// The callback URLs the document promises to accept (a subset of what [`check_callback_url`]
+/// takes: lower-case http(s), a host name of letter-led labels, an optional port, a path of
+/// URL characters), so that anything a client generates from the pattern is accepted.
+pub const CALLBACK_URL_PATTERN: &str = "^https?://[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?:\\.[a-z][a-z0-9]*(?:-[a-z0-9]+)*)*(?::[1-9][0-9]{0,3})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?$";
+
 /// Checks a callback URL: absolute http(s), with a host, no credentials, at most 2048 bytes.
 /// Where it may point (SSRF rules) is checked again on the resolved address when it is called.
 pub fn check_callback_url(text: &str) -> Result<url::Url, String> {

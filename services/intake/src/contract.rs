@@ -115,8 +115,12 @@ fn fix_path_item(item: &mut Value, examples: &BTreeMap<String, Value>) {
         {
             if let Some(schema) = parameter.get_mut("schema") {
                 fix_schema(schema);
+                if schema.get("format").and_then(Value::as_str) == Some("uuid") {
+                    schema["pattern"] = json!(UUID_PATTERN);
+                }
             }
         }
+        add_job_links(operation);
         if let Some(body) = operation.get_mut("requestBody") {
             fix_content(body, examples);
         }
@@ -165,12 +169,13 @@ fn fix_content(holder: &mut Value, examples: &BTreeMap<String, Value>) {
         let Some(schema) = media.get_mut("schema") else {
             continue;
         };
-        // poem-openapi describes an event stream as an array of its events; generators take
-        // that for a JSON array. The schema of each event's data is what SSE clients type.
+        // poem-openapi describes an event stream as an array of its events; generators and
+        // fuzzers take that for a JSON array. In 3.1 the schema describes one event (as 3.2's
+        // `itemSchema` does): its name, id and JSON data.
         if media_type.as_str() == "text/event-stream"
             && let Some(items) = schema.get("items").cloned()
         {
-            *schema = items;
+            *schema = event_schema(items);
         }
         fix_schema(schema);
         let example = match &problem {
@@ -186,6 +191,67 @@ fn fix_content(holder: &mut Value, examples: &BTreeMap<String, Value>) {
         }
     }
 }
+
+/// The names a job's stream gives its events (`common::messages::JobEvent::kind`).
+const EVENT_NAMES: [&str; 4] = ["progress", "completed", "failed", "cancelled"];
+
+/// One server-sent event whose `data` is JSON of `data_schema`.
+fn event_schema(data_schema: Value) -> Value {
+    json!({
+        "type": "object",
+        "description": "One server-sent event: `event:` its name, `id:` the job's event number (send it back as `Last-Event-ID` to resume), `data:` the event's JSON.",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": { "type": "string", "enum": EVENT_NAMES },
+            "id": { "type": "string", "pattern": "^[1-9][0-9]*$" },
+            "retry": { "type": "integer", "minimum": 0, "description": "Reconnection delay in milliseconds (the stream's first block)." },
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data_schema
+            }
+        }
+    })
+}
+
+/// The operations a new job's id leads to, for `initiate`'s and `start`'s 202 answers (OpenAPI
+/// links: Swagger UI shows them, and the fuzzer's stateful phase follows them).
+const JOB_LINKS: [(&str, &str); 4] = [
+    ("status", "getDownloadStatus"),
+    ("result", "getDownloadResult"),
+    ("cancel", "cancelDownload"),
+    ("stream", "streamDownloadEvents"),
+];
+
+/// The operations answering a new job with 202.
+const JOB_CREATING_OPERATIONS: [&str; 2] = ["initiateDownload", "startDownload"];
+
+fn add_job_links(operation: &mut Value) {
+    let creates = operation
+        .get("operationId")
+        .and_then(Value::as_str)
+        .is_some_and(|id| JOB_CREATING_OPERATIONS.contains(&id));
+    let Some(accepted) = operation.pointer_mut("/responses/202").filter(|_| creates) else {
+        return;
+    };
+    let links: Map<String, Value> = JOB_LINKS
+        .iter()
+        .map(|(name, target)| {
+            (
+                (*name).to_string(),
+                json!({
+                    "operationId": target,
+                    "parameters": { "jobId": "$response.body#/jobId" },
+                    "description": format!("`{target}` of the job just accepted."),
+                }),
+            )
+        })
+        .collect();
+    accepted["links"] = Value::Object(links);
+}
+
+/// A UUID as the API writes it (any case); `format: uuid` alone is not checked by every tool.
+const UUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 /// The problem an error response's description names first (`` `CODE`: what it means``), as
 /// its example.
@@ -460,6 +526,25 @@ mod tests {
         }
     }
 
+    /// The callback URL pattern clients generate from is the one the validation promises to
+    /// accept, and URLs of its shape are accepted.
+    #[test]
+    fn the_documented_callback_url_pattern_is_accepted() {
+        let document: Value = serde_json::from_str(include_str!("../../../openapi/openapi.json")).unwrap();
+        assert_eq!(
+            document["components"]["schemas"]["InitiateRequest"]["properties"]["callbackUrl"]["pattern"],
+            common::validation::CALLBACK_URL_PATTERN
+        );
+        for url in [
+            "http://a",
+            "https://hooks.example.com:8443/downloads/done?x=1",
+            "http://a-b.c9/~user/%zz/(x);y=z@w",
+            "https://x1.y-2.z/",
+        ] {
+            assert!(common::validation::check_callback_url(url).is_ok(), "{url}");
+        }
+    }
+
     #[test]
     fn header_names_are_written_as_http_writes_them() {
         assert_eq!(header_name("RETRY-AFTER"), "Retry-After");
@@ -535,7 +620,7 @@ mod tests {
     }
 
     #[test]
-    fn an_event_stream_is_described_by_its_events_data() {
+    fn an_event_stream_is_described_event_by_event() {
         let mut response = json!({
             "description": "",
             "content": { "text/event-stream": { "schema": {
@@ -543,9 +628,13 @@ mod tests {
             } } }
         });
         fix_content(&mut response, &BTreeMap::new());
+        let event = &response["content"]["text/event-stream"]["schema"];
+        assert_eq!(event["type"], "object");
+        assert_eq!(event["required"], json!(["event", "id", "data"]));
         assert_eq!(
-            response["content"]["text/event-stream"]["schema"],
+            event["properties"]["data"]["contentSchema"],
             json!({ "$ref": "#/components/schemas/E" })
         );
+        assert_eq!(event["properties"]["event"]["enum"], json!(EVENT_NAMES));
     }
 }

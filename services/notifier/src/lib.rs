@@ -149,7 +149,35 @@ const ROUTES: &[&str] = &["/health", "/metrics", "/v1/download/{jobId}/stream"];
 /// Each request in an HTTP server span, counted by route template and status; for a stream,
 /// until its response head.
 async fn observe<E: poem::Endpoint>(endpoint: Arc<E>, request: poem::Request) -> poem::Result<poem::Response> {
-    Ok(common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, None, |error| error.into_response()).await)
+    Ok(common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, None, framework_problem).await)
+}
+
+/// An error of the framework (an unknown route, a wrong method) as a problem, like every other
+/// answer; every notifier route is GET only.
+fn framework_problem(error: poem::Error) -> poem::Response {
+    use common::ErrorCode;
+    use poem::http::StatusCode;
+    let status = error.status();
+    let problem = match status {
+        StatusCode::NOT_FOUND => common::wire::Problem::new(ErrorCode::NotFound, "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            common::wire::Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+        }
+        status if status.is_client_error() => {
+            common::wire::Problem::new(ErrorCode::ValidationFailed, error.to_string())
+        }
+        _ => {
+            tracing::error!(error = %error, %status, "unhandled error");
+            common::wire::Problem::new(ErrorCode::Internal, "internal error")
+        }
+    };
+    let mut response = problem.into_response();
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        response
+            .headers_mut()
+            .insert(poem::http::header::ALLOW, poem::http::HeaderValue::from_static("GET"));
+    }
+    response
 }
 
 /// A built notifier: connected, following events, bound to its port.

@@ -141,11 +141,13 @@ fn last_event_id(header: Option<&poem::http::HeaderValue>) -> Result<Option<u64>
     last_event_id_text(value.to_str().map_err(|_| ())?)
 }
 
-/// An event number as text: empty means none.
+/// An event number as text (at most 19 digits, as the document says): empty means none.
 fn last_event_id_text(text: &str) -> Result<Option<u64>, ()> {
-    let text = text.trim();
     if text.is_empty() {
         return Ok(None);
+    }
+    if text.len() > 19 || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(());
     }
     text.parse::<u64>().map(Some).map_err(|_| ())
 }
@@ -463,9 +465,18 @@ mod tests {
     fn an_absent_or_empty_last_event_id_means_none_and_junk_is_refused() {
         assert_eq!(last_event_id(None), Ok(None));
         assert_eq!(last_event_id(Some(&HeaderValue::from_static(""))), Ok(None));
-        assert_eq!(last_event_id(Some(&HeaderValue::from_static("  "))), Ok(None));
         assert_eq!(last_event_id(Some(&HeaderValue::from_static("7"))), Ok(Some(7)));
-        assert_eq!(last_event_id(Some(&HeaderValue::from_static(" 12 "))), Ok(Some(12)));
+        assert_eq!(
+            last_event_id(Some(&HeaderValue::from_static("9999999999999999999"))),
+            Ok(Some(9_999_999_999_999_999_999))
+        );
+        // Only what the document's pattern allows: digits, at most 19.
+        assert_eq!(last_event_id(Some(&HeaderValue::from_static("+5"))), Err(()));
+        assert_eq!(last_event_id(Some(&HeaderValue::from_static(" 12 "))), Err(()));
+        assert_eq!(
+            last_event_id(Some(&HeaderValue::from_static("10000000000000000000"))),
+            Err(())
+        );
         assert_eq!(last_event_id(Some(&HeaderValue::from_static("-1"))), Err(()));
         assert_eq!(last_event_id(Some(&HeaderValue::from_static("seven"))), Err(()));
     }

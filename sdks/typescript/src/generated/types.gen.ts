@@ -208,7 +208,7 @@ export type InitiateRequest = {
     /**
      * Absolute http(s) URL (at most 2048 bytes) that receives a signed webhook when the job ends.
      */
-    callbackUrl?: string;
+    callbackUrl?: string | null;
     /**
      * 1 to 1000 file ids, each 10000..=100000000; duplicates count once.
      */
@@ -824,7 +824,8 @@ export type GetDownloadResultError = GetDownloadResultErrors[keyof GetDownloadRe
 
 export type GetDownloadResultResponses = {
     /**
-     * Not completed yet (or failed, or cancelled): the status, and when to ask again.
+     * Not completed: the status; while the job is queued or processing, `Retry-After` says
+     * when to ask again (a failed or cancelled job has no result to wait for).
      */
     200: JobStatusBody;
 };
@@ -887,11 +888,17 @@ export type StreamDownloadEventsError = StreamDownloadEventsErrors[keyof StreamD
 
 export type StreamDownloadEventsResponses = {
     /**
-     * `text/event-stream`: first a `retry:` hint, then the job's current state (or, with
-     * `Last-Event-ID`, every event after it), then live events; comment heartbeats every
-     * `SSE_HEARTBEAT_SECONDS`; the stream ends after the terminal event.
+     * One server-sent event: `event:` its name, `id:` the job's event number (send it back as `Last-Event-ID` to resume), `data:` the event's JSON.
      */
-    200: StreamEventData;
+    200: {
+        data: string;
+        event: 'progress' | 'completed' | 'failed' | 'cancelled';
+        id: string;
+        /**
+         * Reconnection delay in milliseconds (the stream's first block).
+         */
+        retry?: number;
+    };
     /**
      * `Last-Event-ID` is already the job's terminal event: nothing more will come (and
      * `EventSource` does not reconnect).

@@ -65,11 +65,12 @@ pub enum ResultResponse {
         #[oai(header = "Location")] String,
         #[oai(header = "Cache-Control")] String,
     ),
-    /// Not completed yet (or failed, or cancelled): the status, and when to ask again.
+    /// Not completed: the status; while the job is queued or processing, `Retry-After` says
+    /// when to ask again (a failed or cancelled job has no result to wait for).
     #[oai(status = 200)]
     Pending(
         Json<JobStatusBody>,
-        #[oai(header = "Retry-After")] u64,
+        #[oai(header = "Retry-After")] Option<u64>,
         #[oai(header = "Cache-Control")] String,
     ),
 }
@@ -156,7 +157,10 @@ impl JobsApi {
         /// 422 `IDEMPOTENCY_KEY_REUSED`, while the first is still handled 409
         /// `IDEMPOTENCY_KEY_IN_FLIGHT`. Scoped per tenant; 1-255 printable ASCII characters.
         // Declared for the document; read from the raw headers by `checked_idempotency_key`.
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = "^[!-~](?:[ -~]*[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
     ) -> Result<InitiateResponse, Errors<InitiateFailures>> {
         let request = body.0;
@@ -274,7 +278,7 @@ impl JobsApi {
                 None,
                 self.state.stream_url(&record.job_id.to_string(), &tenant.0),
             )),
-            POLL_AFTER_SECONDS,
+            (!record.status.is_terminal()).then_some(POLL_AFTER_SECONDS),
             no_store(),
         ))
     }

@@ -159,7 +159,10 @@ impl LegacyApi {
         /// answers the first request's answer again instead of starting a second job.
         /// Anonymous callers' keys are scoped by their address.
         // Declared for the document; read from the raw headers by `checked_idempotency_key`.
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = "^[!-~](?:[ -~]*[!-~])?$")
+        )]
         _idempotency_key: Header<Option<String>>,
     ) -> Result<StartResponse, Errors<StartFailures>> {
         let (user_id, capped, scope) = match caller.0 {

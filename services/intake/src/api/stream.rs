@@ -110,11 +110,11 @@ impl StreamApi {
         &self,
         #[oai(name = "jobId")] job_id: Path<uuid::Uuid>,
         /// The last event id this client received.
-        #[oai(name = "Last-Event-ID")]
+        #[oai(name = "Last-Event-ID", validator(pattern = "^[0-9]{0,19}$"))]
         last_event_id: Header<Option<String>>,
         /// `EventSource` cannot send `Last-Event-ID` when a page opens a new stream (after its token
         /// expired, say): the same, as a query parameter; the header wins when both are sent.
-        #[oai(name = "lastEventId")]
+        #[oai(name = "lastEventId", validator(pattern = "^[0-9]{0,19}$"))]
         last_event_id_query: Query<Option<String>>,
         _credentials: StreamCredentials,
     ) -> Result<StreamResponse, Errors<StreamFailures>> {

@@ -11,6 +11,47 @@ use crate::problem::Problem;
 use common::wire::EXAMPLE_JOB_ID;
 pub use common::wire::{Timestamp, iso8601};
 
+/// A JSON number that is whole, as an `i64`: JSON Schema's `integer` (what the document says)
+/// takes `10000.0` as well as `10000`, so the server does too.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = i64;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a whole number")
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<i64, E> {
+            Ok(value)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<i64, E> {
+            i64::try_from(value).map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<i64, E> {
+            // Within ±2^53 every whole float is exact.
+            if value.fract() == 0.0 && value.abs() <= 9_007_199_254_740_992.0 {
+                Ok(value as i64)
+            } else {
+                Err(E::invalid_type(serde::de::Unexpected::Float(value), &self))
+            }
+        }
+    }
+    deserializer.deserialize_any(Whole)
+}
+
+/// A list of [`whole_number`]s; an element's error names its position.
+fn whole_numbers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] i64);
+    Ok(Vec::<Whole>::deserialize(deserializer)?
+        .into_iter()
+        .map(|whole| whole.0)
+        .collect())
+}
+
 fn check_file_id(field: String, file_id: i64) -> Result<(), Problem> {
     validation::check_file_id(file_id)
         .map(|_| ())
@@ -70,6 +111,7 @@ pub struct HealthBody {
 pub struct CheckRequest {
     /// File id, 10000..=100000000.
     #[oai(validator(minimum(value = "10000"), maximum(value = "100000000")))]
+    #[serde(deserialize_with = "whole_number")]
     pub file_id: i64,
 }
 
@@ -106,9 +148,19 @@ pub struct InitiateRequest {
         minimum(value = "10000"),
         maximum(value = "100000000")
     ))]
+    #[serde(deserialize_with = "whole_numbers")]
     pub file_ids: Vec<i64>,
     /// Absolute http(s) URL (at most 2048 bytes) that receives a signed webhook when the job ends.
-    #[oai(rename = "callbackUrl", validator(max_length = 2048))]
+    // The document's pattern is `common::validation::CALLBACK_URL_PATTERN` (a test holds them
+    // equal): a subset of what is accepted, so whatever a client generates from it is accepted.
+    #[oai(
+        rename = "callbackUrl",
+        nullable,
+        validator(
+            max_length = 2048,
+            pattern = "^https?://[a-z][a-z0-9]*(?:-[a-z0-9]+)*(?:\\.[a-z][a-z0-9]*(?:-[a-z0-9]+)*)*(?::[1-9][0-9]{0,3})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?$"
+        )
+    )]
     #[serde(rename = "callbackUrl", default)]
     pub callback_url: Option<String>,
 }
@@ -257,6 +309,7 @@ pub struct CancelBody {
 pub struct StartRequest {
     /// File id, 10000..=100000000.
     #[oai(validator(minimum(value = "10000"), maximum(value = "100000000")))]
+    #[serde(deserialize_with = "whole_number")]
     pub file_id: i64,
 }
 
@@ -501,6 +554,20 @@ mod tests {
     fn a_fractional_file_id_is_a_type_error_on_that_field() {
         let problem = problem_of::<CheckRequest>(r#"{"file_id": 10000.5}"#);
         assert_eq!(problem.field.as_deref(), Some("file_id"));
+    }
+
+    #[test]
+    fn whole_floats_are_file_ids_and_fractions_are_refused_by_position() {
+        let request = parse::<InitiateRequest>(br#"{"file_ids": [18993.0, 10000]}"#).unwrap();
+        assert_eq!(request.file_ids, [18993, 10000]);
+        assert_eq!(
+            parse::<StartRequest>(br#"{"file_id": 31424.0}"#).unwrap().file_id,
+            31424
+        );
+        let problem = problem_of::<InitiateRequest>(r#"{"file_ids": [10000, 10000.5]}"#);
+        assert_eq!(problem.field.as_deref(), Some("file_ids[1]"));
+        let problem = problem_of::<InitiateRequest>(r#"{"file_ids": ["10000"]}"#);
+        assert_eq!(problem.field.as_deref(), Some("file_ids[0]"));
     }
 
     #[test]

@@ -19,6 +19,8 @@ from .start_accepted_body import StartAcceptedBody
 from .start_finished_body import StartFinishedBody
 from .start_request import StartRequest
 from .start_status import StartStatus
+from .stream_download_events_response_200 import StreamDownloadEventsResponse200
+from .stream_download_events_response_200_event import StreamDownloadEventsResponse200Event
 from .stream_event_data import StreamEventData
 from .webhook_type import WebhookType
 
@@ -42,6 +44,8 @@ __all__ = (
     "StartFinishedBody",
     "StartRequest",
     "StartStatus",
+    "StreamDownloadEventsResponse200",
+    "StreamDownloadEventsResponse200Event",
     "StreamEventData",
     "WebhookType",
 )

@@ -17,18 +17,22 @@ class InitiateRequest:
 
     Attributes:
         file_ids (list[int]): 1 to 1000 file ids, each 10000..=100000000; duplicates count once.
-        callback_url (str | Unset): Absolute http(s) URL (at most 2048 bytes) that receives a signed webhook when the
-            job ends.
+        callback_url (None | str | Unset): Absolute http(s) URL (at most 2048 bytes) that receives a signed webhook when
+            the job ends.
     """
 
     file_ids: list[int]
-    callback_url: str | Unset = UNSET
+    callback_url: None | str | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         file_ids = self.file_ids
 
-        callback_url = self.callback_url
+        callback_url: None | str | Unset
+        if isinstance(self.callback_url, Unset):
+            callback_url = UNSET
+        else:
+            callback_url = self.callback_url
 
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
@@ -47,7 +51,14 @@ class InitiateRequest:
         d = dict(src_dict)
         file_ids = cast(list[int], d.pop("file_ids"))
 
-        callback_url = d.pop("callbackUrl", UNSET)
+        def _parse_callback_url(data: object) -> None | str | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            return cast(None | str | Unset, data)
+
+        callback_url = _parse_callback_url(d.pop("callbackUrl", UNSET))
 
         initiate_request = cls(
             file_ids=file_ids,

@@ -8,7 +8,7 @@ import httpx
 from ... import errors
 from ...client import AuthenticatedClient, Client
 from ...models.problem import Problem
-from ...models.stream_event_data import StreamEventData
+from ...models.stream_download_events_response_200 import StreamDownloadEventsResponse200
 from ...types import UNSET, Response, Unset
 
 
@@ -42,9 +42,9 @@ def _get_kwargs(
 
 def _parse_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Any | Problem | StreamEventData | None:
+) -> Any | Problem | StreamDownloadEventsResponse200 | None:
     if response.status_code == 200:
-        response_200 = StreamEventData.from_dict(response.text)
+        response_200 = StreamDownloadEventsResponse200.from_dict(response.text)
 
         return response_200
 
@@ -95,7 +95,7 @@ def _parse_response(
 
 def _build_response(
     *, client: AuthenticatedClient | Client, response: httpx.Response
-) -> Response[Any | Problem | StreamEventData]:
+) -> Response[Any | Problem | StreamDownloadEventsResponse200]:
     return Response(
         status_code=HTTPStatus(response.status_code),
         content=response.content,
@@ -110,7 +110,7 @@ def sync_detailed(
     client: AuthenticatedClient,
     last_event_id_query: str | Unset = UNSET,
     last_event_id_header: str | Unset = UNSET,
-) -> Response[Any | Problem | StreamEventData]:
+) -> Response[Any | Problem | StreamDownloadEventsResponse200]:
     """Follow a job's progress (Server-Sent Events)
 
      Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
@@ -129,7 +129,7 @@ def sync_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | Problem | StreamEventData]
+        Response[Any | Problem | StreamDownloadEventsResponse200]
     """
 
     kwargs = _get_kwargs(
@@ -151,7 +151,7 @@ def sync(
     client: AuthenticatedClient,
     last_event_id_query: str | Unset = UNSET,
     last_event_id_header: str | Unset = UNSET,
-) -> Any | Problem | StreamEventData | None:
+) -> Any | Problem | StreamDownloadEventsResponse200 | None:
     """Follow a job's progress (Server-Sent Events)
 
      Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
@@ -170,7 +170,7 @@ def sync(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | Problem | StreamEventData
+        Any | Problem | StreamDownloadEventsResponse200
     """
 
     return sync_detailed(
@@ -187,7 +187,7 @@ async def asyncio_detailed(
     client: AuthenticatedClient,
     last_event_id_query: str | Unset = UNSET,
     last_event_id_header: str | Unset = UNSET,
-) -> Response[Any | Problem | StreamEventData]:
+) -> Response[Any | Problem | StreamDownloadEventsResponse200]:
     """Follow a job's progress (Server-Sent Events)
 
      Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
@@ -206,7 +206,7 @@ async def asyncio_detailed(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Response[Any | Problem | StreamEventData]
+        Response[Any | Problem | StreamDownloadEventsResponse200]
     """
 
     kwargs = _get_kwargs(
@@ -226,7 +226,7 @@ async def asyncio(
     client: AuthenticatedClient,
     last_event_id_query: str | Unset = UNSET,
     last_event_id_header: str | Unset = UNSET,
-) -> Any | Problem | StreamEventData | None:
+) -> Any | Problem | StreamDownloadEventsResponse200 | None:
     """Follow a job's progress (Server-Sent Events)
 
      Resumable: reconnecting with `Last-Event-ID` delivers every missed event, then live ones,
@@ -245,7 +245,7 @@ async def asyncio(
         httpx.TimeoutException: If the request takes longer than Client.timeout.
 
     Returns:
-        Any | Problem | StreamEventData
+        Any | Problem | StreamDownloadEventsResponse200
     """
 
     return (
