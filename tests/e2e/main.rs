@@ -7,6 +7,7 @@ mod cancellation;
 mod cluster;
 mod contracts;
 mod failures;
+mod fuzz;
 mod http;
 mod identity;
 mod legacy;
