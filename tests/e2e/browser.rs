@@ -457,6 +457,17 @@ async fn swagger_ui_through_the_proxy_authorizes_starts_a_job_and_reads_its_stat
         .unwrap();
     stack.put_file(96_300, 1000).await.unwrap();
     let key = stack.key(TENANT).await.unwrap();
+    // The page carries Swagger UI itself: no asset from a CDN at run time.
+    let page = reqwest::get(format!("{}/docs", proxy.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("SwaggerUIBundle"), "Swagger UI is in the page");
+    for remote in ["src=\"http", "href=\"http", "src='http", "href='http"] {
+        assert!(!page.contains(remote), "the page loads {remote}…");
+    }
     let browser = Browser::start().await.unwrap();
     browser.goto(&format!("{}/docs", proxy.base_url())).await.unwrap();
     let version = browser

@@ -27,6 +27,8 @@ pub struct Problem {
     /// Short summary of the problem type.
     pub title: String,
     /// HTTP status.
+    #[oai(validator(minimum(value = "400"), maximum(value = "599")))]
+    #[schemars(range(min = 400, max = 599))]
     pub status: u16,
     /// What went wrong with this request.
     pub detail: String,
@@ -213,12 +215,14 @@ impl Timestamp {
 pub struct StreamEventData {
     /// The job.
     pub job_id: String,
-    /// The job's event number (also the event's `id`), from 1, without gaps.
+    /// The job's event number (also the event's `id`), from 1, without gaps; 0 when a stream
+    /// opens on a job so new that its first event is not out yet (its current state).
     pub seq: u64,
     /// Status after this event.
     pub status: ApiJobStatus,
     /// 0-100.
     #[oai(validator(maximum(value = "100")))]
+    #[schemars(range(max = 100))]
     pub progress: u8,
     /// Processing attempt.
     pub attempt: u32,
@@ -320,6 +324,7 @@ pub struct DownloadWebhookBody {
     /// milestone, 1-99).
     #[oai(skip_serializing_if_is_none, validator(maximum(value = "100")))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100))]
     pub progress: Option<u8>,
     /// Presigned URL of the result (completed jobs), valid for `PRESIGNED_URL_EXPIRY_SECONDS`.
     #[oai(skip_serializing_if_is_none)]
@@ -397,6 +402,34 @@ mod tests {
         let read: DownloadWebhookBody = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(read, failed);
         assert_eq!(json["type"], "download.failed");
+    }
+
+    /// The two descriptions of a type, the document's (poem-openapi) and `schemas/`'s
+    /// (schemars): the same properties, the same required ones, the same upper bounds.
+    fn same_schema<T: poem_openapi::types::Type + JsonSchema>() {
+        let mut registry = poem_openapi::registry::Registry::new();
+        T::register(&mut registry);
+        let documented = serde_json::to_value(&registry.schemas[&*T::name()]).unwrap();
+        let generated = serde_json::to_value(schemars::schema_for!(T)).unwrap();
+        let keys = |schema: &serde_json::Value| -> std::collections::BTreeSet<String> {
+            schema["properties"].as_object().unwrap().keys().cloned().collect()
+        };
+        assert_eq!(keys(&documented), keys(&generated), "{}", T::name());
+        let required = |schema: &serde_json::Value| -> std::collections::BTreeSet<String> {
+            serde_json::from_value(schema["required"].clone()).unwrap_or_default()
+        };
+        assert_eq!(required(&documented), required(&generated), "{}", T::name());
+        for key in keys(&documented) {
+            let bound = |schema: &serde_json::Value| schema["properties"][&key]["maximum"].as_f64();
+            assert_eq!(bound(&documented), bound(&generated), "{}.{key}", T::name());
+        }
+    }
+
+    #[test]
+    fn the_document_and_the_json_schemas_describe_the_same_types() {
+        same_schema::<Problem>();
+        same_schema::<StreamEventData>();
+        same_schema::<DownloadWebhookBody>();
     }
 
     #[test]

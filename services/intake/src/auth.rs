@@ -129,6 +129,14 @@ pub async fn authenticate<E: Endpoint>(
     mut request: Request,
     state: Arc<State>,
 ) -> poem::Result<Response> {
+    // Health checks and metrics need no caller: they answer whatever credentials come along,
+    // and a made-up key costs them nothing (not even a key-lookup budget).
+    if crate::middleware::exempt_from_rate_limits(&request) {
+        return match endpoint.call(request).await {
+            Ok(response) => Ok(response.into_response()),
+            Err(error) => Ok(into_problem(error)),
+        };
+    }
     if let Some(Ok(key)) = bearer(&request)
         && state.settings.auth.mode == AuthMode::ApiKeys
         && state.keys.needs_lookup(key)

@@ -45,9 +45,17 @@ pub fn publish<T: poem_openapi::OpenApi, W: poem_openapi::Webhook>(
     }
 }
 
-/// Operations whose answers carry the rate-limit headers: all but the health check, which is
-/// never limited.
-const UNLIMITED_OPERATIONS: &[&str] = &["health"];
+/// Operations whose answers carry no rate-limit headers: the health check, never limited, and
+/// the stream, which the notifier serves with its own limit (open streams per tenant).
+const UNLIMITED_OPERATIONS: &[&str] = &["health", "streamDownloadEvents"];
+
+/// An answer's example: operation id, status, the example.
+type ResponseExample = (&'static str, &'static str, fn() -> Value);
+
+/// Examples of answers whose body type's own example would mislead (same type, other meaning).
+const RESPONSE_EXAMPLES: &[ResponseExample] = &[("health", "503", || {
+    poem_openapi::types::ToJSON::to_json(&crate::api::types::HealthBody::unhealthy_example()).unwrap_or_default()
+})];
 
 /// poem-openapi's 3.0 document as valid OpenAPI 3.1.
 pub fn openapi_31(mut document: Value) -> Value {
@@ -103,6 +111,7 @@ fn fix_path_item(item: &mut Value, examples: &BTreeMap<String, Value>) {
         return;
     };
     for operation in operations.values_mut() {
+        let operation_id = operation.get("operationId").and_then(Value::as_str).map(str::to_string);
         let limited = operation
             .get("operationId")
             .and_then(Value::as_str)
@@ -129,6 +138,16 @@ fn fix_path_item(item: &mut Value, examples: &BTreeMap<String, Value>) {
         };
         for (status, response) in responses.iter_mut() {
             fix_content(response, examples);
+            if let Some(example) = RESPONSE_EXAMPLES
+                .iter()
+                .find(|(id, code, _)| Some(*id) == operation_id.as_deref() && code == status)
+                .map(|(_, _, example)| example())
+                && let Some(content) = response.get_mut("content").and_then(Value::as_object_mut)
+            {
+                for media in content.values_mut() {
+                    media["example"] = example.clone();
+                }
+            }
             let headers = response
                 .as_object_mut()
                 .expect("responses are objects")
@@ -175,7 +194,15 @@ fn fix_content(holder: &mut Value, examples: &BTreeMap<String, Value>) {
         if media_type.as_str() == "text/event-stream"
             && let Some(items) = schema.get("items").cloned()
         {
-            *schema = event_schema(items);
+            let data = items
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|reference| examples.get(reference));
+            if let Some(data) = data {
+                media["example"] = json!({ "event": "completed", "id": "4", "data": data.to_string() });
+            }
+            media["schema"] = event_schema(items);
+            continue;
         }
         fix_schema(schema);
         let example = match &problem {
@@ -203,7 +230,7 @@ fn event_schema(data_schema: Value) -> Value {
         "required": ["event", "id", "data"],
         "properties": {
             "event": { "type": "string", "enum": EVENT_NAMES },
-            "id": { "type": "string", "pattern": "^[1-9][0-9]*$" },
+            "id": { "type": "string", "pattern": "^(0|[1-9][0-9]*)$" },
             "retry": { "type": "integer", "minimum": 0, "description": "Reconnection delay in milliseconds (the stream's first block)." },
             "data": {
                 "type": "string",
@@ -256,18 +283,42 @@ const UUID_PATTERN: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-
 /// The problem an error response's description names first (`` `CODE`: what it means``), as
 /// its example.
 fn problem_example(description: &str) -> Option<Value> {
-    let rest = description.strip_prefix('`')?;
-    let (code, rest) = rest.split_once('`')?;
+    let (code, _) = description.strip_prefix('`')?.split_once('`')?;
     let code: common::ErrorCode = serde_json::from_value(json!(code)).ok()?;
-    let detail = rest
-        .trim_start_matches([':', ' '])
-        .split(['(', ';'])
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .trim_end_matches('.');
-    let detail = if detail.is_empty() { code.as_str() } else { detail };
-    serde_json::to_value(crate::problem::Problem::new(code, detail)).ok()
+    let mut problem = crate::problem::Problem::new(code, example_detail(code));
+    if code == common::ErrorCode::ValidationFailed {
+        problem = problem.with_field("file_ids[0]");
+    }
+    serde_json::to_value(problem).ok()
+}
+
+/// A `detail` as the server writes it for `code`, for the examples.
+fn example_detail(code: common::ErrorCode) -> &'static str {
+    use common::ErrorCode::*;
+    match code {
+        ValidationFailed => "file_ids[0]: file id 5 is out of range 10000..=100000000",
+        PayloadTooLarge => "request body exceeds 65536 bytes",
+        Unauthenticated => "authentication is required: send Authorization: Bearer <API key>",
+        InvalidCredentials => "the API key is not valid",
+        TokenExpired => "the stream token expired; ask the job's status for a fresh streamUrl",
+        NotFound => "no such job",
+        MethodNotAllowed => "method not allowed on this route",
+        RateLimited => "100 requests per 60 s allowed; retry after 1 s",
+        JobFinished => "the job already completed; it cannot be cancelled",
+        FileNotFound => "none of the requested files exists",
+        Timeout => "the job ran longer than its deadline",
+        StorageUnavailable => "storage is unavailable, retry shortly",
+        QueueUnavailable => "the job queue is unavailable, retry shortly",
+        PresignerUnavailable => "the presigner is unavailable, retry shortly",
+        RetriesExhausted => "the job was attempted too often",
+        RequestTimeout => "the request took too long; retry",
+        Misdirected => "streams are served by the notifier; this request reached the intake",
+        Internal => "internal error",
+        IdempotencyKeyReused => "this Idempotency-Key was used with a different request",
+        IdempotencyKeyInFlight => "a request with this Idempotency-Key is still being handled; retry after 1 s",
+        TooManyActiveJobs => "10 jobs are queued or processing, the most allowed at once; retry after 4 s",
+        QueueFull => "the job queue is full; retry after 30 s",
+    }
 }
 
 /// Response header names as HTTP writes them (poem-openapi upper-cases them).
@@ -333,6 +384,22 @@ fn add_rate_limit_headers(headers: &mut Value) {
         "description": "When rate limits are on (`RATE_LIMIT_MAX_REQUESTS` > 0): the policy, `\"default\";q=<requests>;w=<window seconds>` (draft-ietf-httpapi-ratelimit-headers).",
         "schema": { "type": "string", "examples": ["\"default\";q=100;w=60"] },
     });
+    for (name, description) in [
+        (
+            "RateLimit-Limit",
+            "The older draft's form of the policy: requests per window.",
+        ),
+        (
+            "RateLimit-Remaining",
+            "The older draft's form: requests left in the budget.",
+        ),
+        (
+            "RateLimit-Reset",
+            "The older draft's form: seconds until the budget is whole again.",
+        ),
+    ] {
+        headers[name] = json!({ "description": description, "schema": { "type": "integer", "minimum": 0 } });
+    }
     headers["RateLimit"] = json!({
         "description": "When rate limits are on: this client's remaining budget and the seconds until it is whole again, `\"default\";r=<remaining>;t=<seconds>`.",
         "schema": { "type": "string", "examples": ["\"default\";r=99;t=1"] },
@@ -545,6 +612,49 @@ mod tests {
         }
     }
 
+    /// Every problem example is a problem of its response's status, and the health check's two
+    /// answers have different examples.
+    #[test]
+    fn every_example_fits_its_response() {
+        let document: Value = serde_json::from_str(include_str!("../../../openapi/openapi.json")).unwrap();
+        let mut checked = 0;
+        for item in document["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                for (status, response) in operation["responses"].as_object().unwrap() {
+                    for (media_type, media) in response["content"].as_object().into_iter().flatten() {
+                        let example = &media["example"];
+                        assert!(
+                            !example.is_null(),
+                            "{} {status} {media_type} has an example",
+                            operation["operationId"]
+                        );
+                        if media_type == crate::problem::PROBLEM_CONTENT_TYPE {
+                            assert_eq!(
+                                example["status"].to_string(),
+                                *status,
+                                "{}: {example}",
+                                operation["operationId"]
+                            );
+                            let code: common::ErrorCode = serde_json::from_value(example["code"].clone()).unwrap();
+                            assert_eq!(code.http_status().to_string(), *status);
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 30, "{checked}");
+        let health = &document["paths"]["/health"]["get"]["responses"];
+        assert_eq!(
+            health["200"]["content"]["application/json; charset=utf-8"]["example"]["status"],
+            "healthy"
+        );
+        assert_eq!(
+            health["503"]["content"]["application/json; charset=utf-8"]["example"]["status"],
+            "unhealthy"
+        );
+    }
+
     #[test]
     fn header_names_are_written_as_http_writes_them() {
         assert_eq!(header_name("RETRY-AFTER"), "Retry-After");
@@ -589,25 +699,25 @@ mod tests {
             unauthorized["content"]["application/problem+json"]["example"],
             json!({ "code": "X" })
         );
-        assert_eq!(
-            problem_example("`TOKEN_EXPIRED` (ask again) or `INVALID_CREDENTIALS`."),
-            Some(json!({
-                "type": "urn:problem:token-expired",
-                "title": "Unauthorized",
-                "status": 401,
-                "detail": "TOKEN_EXPIRED",
-                "code": "TOKEN_EXPIRED"
-            }))
-        );
-        assert_eq!(
-            problem_example("`JOB_FINISHED`: the job already completed or failed; it cannot be cancelled.").unwrap()["detail"],
-            "the job already completed or failed"
-        );
+        // A problem response's example is a problem of the first code its description names.
+        let example = problem_example("`TOKEN_EXPIRED` (ask again) or `INVALID_CREDENTIALS`.").unwrap();
+        assert_eq!(example["code"], "TOKEN_EXPIRED");
+        assert_eq!(example["status"], 401);
+        assert_eq!(example["type"], "urn:problem:token-expired");
+        assert_eq!(problem_example("no code here"), None);
         let headers = unauthorized["headers"].as_object().unwrap();
         let names: Vec<&str> = headers.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["RateLimit", "RateLimit-Policy", "Retry-After", "WWW-Authenticate"]
+            [
+                "RateLimit",
+                "RateLimit-Limit",
+                "RateLimit-Policy",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+                "Retry-After",
+                "WWW-Authenticate"
+            ]
         );
         assert_eq!(
             headers["Retry-After"],

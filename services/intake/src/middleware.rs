@@ -132,7 +132,7 @@ pub fn client_address_key(request: &Request, trusted_proxies: &[common::net::Net
 
 /// Routes never rate limited: health checks and metrics (load balancers, orchestrators and
 /// Prometheus poll them).
-fn exempt_from_rate_limits(request: &Request) -> bool {
+pub fn exempt_from_rate_limits(request: &Request) -> bool {
     matches!(request.uri().path(), "/health" | "/metrics")
 }
 

@@ -438,7 +438,8 @@ export type StreamEventData = {
      */
     progress: number;
     /**
-     * The job's event number (also the event's `id`), from 1, without gaps.
+     * The job's event number (also the event's `id`), from 1, without gaps; 0 when a stream
+     * opens on a job so new that its first event is not out yet (its current state).
      */
     seq: number;
     /**
@@ -855,7 +856,7 @@ export type StreamDownloadEventsData = {
 
 export type StreamDownloadEventsErrors = {
     /**
-     * `VALIDATION_FAILED`: `jobId` is not a UUID; `field` names it.
+     * `VALIDATION_FAILED`: `jobId` is not a UUID, or `Last-Event-ID` (`lastEventId`) is not an event number; `field` names it.
      */
     400: Problem;
     /**
@@ -867,7 +868,8 @@ export type StreamDownloadEventsErrors = {
      */
     404: Problem;
     /**
-     * This request reached the intake: streams are served by the notifier, behind the same proxy.
+     * `MISDIRECTED`: this request reached the intake; streams are served by the notifier, behind
+     * the same proxy.
      */
     421: Problem;
     /**

@@ -78,7 +78,8 @@ pub enum StreamResponse {
     /// `EventSource` does not reconnect).
     #[oai(status = 204)]
     Finished,
-    /// This request reached the intake: streams are served by the notifier, behind the same proxy.
+    /// `MISDIRECTED`: this request reached the intake; streams are served by the notifier, behind
+    /// the same proxy.
     #[oai(status = 421, content_type = "application/problem+json")]
     Misdirected(Json<Problem>),
 }
@@ -88,7 +89,7 @@ pub struct StreamApi;
 
 crate::failures!(
     /// The error answers of a stream (given by the notifier).
-    StreamFailures: answers::INVALID_JOB_ID,
+    StreamFailures: (400, "`VALIDATION_FAILED`: `jobId` is not a UUID, or `Last-Event-ID` (`lastEventId`) is not an event number; `field` names it."),
     (401, "`UNAUTHENTICATED` (no token or key), `INVALID_CREDENTIALS` (a forged token, or one for another job) or `TOKEN_EXPIRED` (ask the status for a fresh `streamUrl`)."),
     answers::NO_SUCH_JOB,
     (429, "`RATE_LIMITED`: `SSE_MAX_STREAMS_PER_USER` streams of this tenant are open; retry after `Retry-After` seconds."),

@@ -390,6 +390,19 @@ impl poem_openapi::types::Example for RootBody {
     }
 }
 
+impl HealthBody {
+    /// A failed check, as `/health` answers it with 503.
+    pub fn unhealthy_example() -> Self {
+        HealthBody {
+            status: HealthState::Unhealthy,
+            checks: HealthChecks {
+                storage: CheckState::Ok,
+                queue: CheckState::Error,
+            },
+        }
+    }
+}
+
 impl poem_openapi::types::Example for HealthBody {
     fn example() -> Self {
         HealthBody {

@@ -23,7 +23,8 @@ class StreamEventData:
             attempt (int): Processing attempt.
             job_id (str): The job.
             progress (int): 0-100.
-            seq (int): The job's event number (also the event's `id`), from 1, without gaps.
+            seq (int): The job's event number (also the event's `id`), from 1, without gaps; 0 when a stream
+                opens on a job so new that its first event is not out yet (its current state).
             status (ApiJobStatus): Status of a job as clients see it.
             download_url (str | Unset): `completed` only: a freshly presigned URL of the result (absent if the presigner was
                 unavailable; `GET /v1/download/{jobId}` then mints one).
