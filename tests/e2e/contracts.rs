@@ -203,17 +203,17 @@ async fn the_nats_definitions_are_exactly_what_provisioning_creates() {
         .unwrap();
     let jetstream = async_nats::jetstream::new(client);
     // The webhook consumers belong to the notifier, which creates them from its own settings.
-    let webhooks = common::nats::WebhookTopology::default();
+    let webhooks = notifier::webhooks::WebhookTopology::default();
     jetstream
         .create_consumer_on_stream(
-            common::nats::webhook_consumer_config(&webhooks),
+            notifier::webhooks::webhook_consumer_config(&webhooks),
             common::names::EVENTS_STREAM,
         )
         .await
         .unwrap();
     jetstream
         .create_consumer_on_stream(
-            common::nats::webhook_replay_consumer_config(&webhooks),
+            notifier::webhooks::webhook_replay_consumer_config(&webhooks),
             common::names::WEBHOOK_REPLAYS_STREAM,
         )
         .await

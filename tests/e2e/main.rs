@@ -18,6 +18,7 @@ mod operators;
 mod permissions;
 mod pipeline;
 mod presigner;
+mod probes;
 mod proxy;
 mod sdks;
 mod shutdown;

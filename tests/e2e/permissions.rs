@@ -163,7 +163,7 @@ async fn admin_provisions(server: &NatsServer, resources: &[Resource]) {
 /// The admin creates the notifiers' webhook consumers, as `notifier provision` does.
 async fn admin_provisions_webhook_consumers(server: &NatsServer) {
     let admin = jetstream::new(connect_like_a_service(server, NatsUser::Admin).await);
-    notifier::webhooks::provision_consumers(&admin, &common::nats::WebhookTopology::default())
+    notifier::webhooks::provision_consumers(&admin, &notifier::webhooks::WebhookTopology::default())
         .await
         .expect("the admin provisions the webhook consumers");
 }

@@ -13,6 +13,7 @@ pub mod names;
 pub mod nats;
 pub mod net;
 pub mod presign;
+pub mod readiness;
 pub mod retry;
 pub mod shutdown;
 pub mod storage;

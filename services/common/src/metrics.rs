@@ -231,7 +231,7 @@ pub async fn observe_http<E: poem::Endpoint>(
     use poem::IntoResponse;
     use tracing::Instrument;
     let route = route_of(request.uri().path(), routes);
-    let span = if matches!(route, "/health" | "/metrics") {
+    let span = if matches!(route, "/health" | "/metrics" | "/livez" | "/readyz") {
         tracing::Span::none()
     } else {
         let span =
@@ -369,16 +369,17 @@ pub async fn endpoint() -> poem::Response {
     poem::Response::builder().content_type(CONTENT_TYPE).body(encode())
 }
 
-/// Serves `/metrics` and `/health` on `address` (processor and presigner, which have no HTTP
-/// port of their own), until `shutdown`, on a task of its own. `healthy` answers the health
-/// check: 200 when true, 503 otherwise.
+/// Serves `/metrics`, `/health` and the probes `/livez` and `/readyz` on `address` (processor
+/// and presigner, which have no HTTP port of their own), until `shutdown`, on a task of its
+/// own. `healthy` answers the health check: 200 when true, 503 otherwise.
 pub async fn serve(
     address: std::net::SocketAddr,
     healthy: impl Fn() -> bool + Send + Sync + 'static,
+    readiness: crate::readiness::Readiness,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     use poem::listener::{Acceptor, Listener};
-    use poem::{EndpointExt, Route, get};
+    use poem::{EndpointExt, get};
     let healthy = std::sync::Arc::new(healthy);
     let health = poem::endpoint::make(move |_| {
         let healthy = healthy.clone();
@@ -397,7 +398,7 @@ pub async fn serve(
                 .body(body)
         }
     });
-    let app = Route::new()
+    let app = crate::readiness::routes(readiness)
         .at("/metrics", get(endpoint))
         .at("/health", get(health))
         .with(poem::middleware::SetHeader::new().overriding("Cache-Control", "no-store"));
@@ -416,17 +417,19 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves `/metrics` and `/health` on `address`, if any, for a service without an HTTP port of
-/// its own, healthy while `client` is connected to NATS; stops when the returned guard drops.
+/// Serves `/metrics`, `/health` and the probes on `address`, if any, for a service without an
+/// HTTP port of its own, healthy while `client` is connected to NATS, ready as `readiness`
+/// says; stops when the returned guard drops.
 pub async fn serve_for(
     address: Option<std::net::SocketAddr>,
     client: &async_nats::Client,
+    readiness: &crate::readiness::Readiness,
 ) -> std::io::Result<tokio_util::sync::DropGuard> {
     let stop = tokio_util::sync::CancellationToken::new();
     if let Some(address) = address {
         let client = client.clone();
         let healthy = move || client.connection_state() == async_nats::connection::State::Connected;
-        serve(address, healthy, stop.clone()).await?;
+        serve(address, healthy, readiness.clone(), stop.clone()).await?;
     }
     Ok(stop.drop_guard())
 }

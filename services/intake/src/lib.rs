@@ -45,6 +45,8 @@ use crate::problem::ApiError;
 pub struct State {
     /// Settings.
     pub settings: Settings,
+    /// What `/readyz` answers.
+    pub readiness: common::readiness::Readiness,
     /// Job records and the work queue.
     pub store: JobStore,
     /// Object storage (health and `/check`).
@@ -201,6 +203,11 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
     if !state.settings.cors_origins.iter().any(|origin| origin == "*") {
         cors = cors.allow_origins(state.settings.cors_origins.clone());
     }
+    let readiness = state.readiness.clone();
+    let ready = poem::endpoint::make(move |_| {
+        let readiness = readiness.clone();
+        async move { common::readiness::ready(&readiness).await }
+    });
     let rate_state = state.clone();
     let bound_state = state.clone();
     let auth_state = state.clone();
@@ -218,6 +225,8 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .at("/app/app.js", get(page::script))
         .at("/app/app.css", get(page::style))
         .at("/metrics", get(common::metrics::endpoint))
+        .at("/livez", get(poem::endpoint::make_sync(|_| common::readiness::live())))
+        .at("/readyz", get(ready))
         .around(move |endpoint, request| middleware::bound_request(endpoint, request, bound_state.clone()))
         .around(move |endpoint, request| middleware::rate_limit(endpoint, request, rate_state.clone()))
         .around(move |endpoint, request| auth::authenticate(endpoint, request, auth_state.clone()))
@@ -315,7 +324,11 @@ impl Application {
             .and_then(|address| address.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
         let tokens = settings.auth.token_signer();
+        // Its resources are open: ready from now on, until told to stop.
+        let readiness = common::readiness::Readiness::new(nats.clone(), Some(storage.clone()));
+        readiness.started();
         let state = Arc::new(State {
+            readiness,
             keys: common::identity::KeyDirectory::new(keys.clone()),
             tokens,
             rate_limiter,
@@ -360,6 +373,7 @@ impl Application {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { backlog.follow(jetstream, shutdown).await })
         };
+        self.state.readiness.drain_on(shutdown.clone());
         tracing::info!(address = %self.local_addr, "intake listening");
         let grace = self.state.settings.request_timeout;
         poem::Server::new_with_acceptor(self.acceptor)

@@ -31,6 +31,8 @@ fn caller_request_id(request: &Request) -> Option<String> {
 const ROUTES: &[&str] = &[
     "/",
     "/health",
+    "/livez",
+    "/readyz",
     "/metrics",
     "/openapi.json",
     "/openapi.yaml",
@@ -130,10 +132,10 @@ pub fn client_address_key(request: &Request, trusted_proxies: &[common::net::Net
     )
 }
 
-/// Routes never rate limited: health checks and metrics (load balancers, orchestrators and
-/// Prometheus poll them).
+/// Routes never rate limited: health checks, probes and metrics (load balancers,
+/// orchestrators and Prometheus poll them).
 pub fn exempt_from_rate_limits(request: &Request) -> bool {
-    matches!(request.uri().path(), "/health" | "/metrics")
+    matches!(request.uri().path(), "/health" | "/livez" | "/readyz" | "/metrics")
 }
 
 /// The 429 of a spent budget, with `Retry-After`.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::config::{ConfigError, Env, NatsSettings};
 use common::store::JobStore;
 use poem::listener::{Acceptor, Listener, TcpListener};
-use poem::{EndpointExt, Route, get};
+use poem::{EndpointExt, get};
 use tokio_util::sync::CancellationToken;
 
 /// Notifier configuration.
@@ -118,6 +118,8 @@ pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
 pub struct State {
     /// Settings.
     pub settings: Settings,
+    /// What `/readyz` answers (the notifier uses no object storage).
+    pub readiness: common::readiness::Readiness,
     /// Job records and event history.
     pub store: JobStore,
     /// NATS, for presign requests.
@@ -134,7 +136,7 @@ pub struct State {
 
 /// The HTTP application.
 pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
-    Route::new()
+    common::readiness::routes(state.readiness.clone())
         .at("/v1/download/:job_id/stream", get(stream::stream))
         .at("/health", get(stream::health))
         .at("/metrics", get(common::metrics::endpoint))
@@ -144,7 +146,13 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
 }
 
 /// The notifier's route templates, for span names and metric labels.
-const ROUTES: &[&str] = &["/health", "/metrics", "/v1/download/{jobId}/stream"];
+const ROUTES: &[&str] = &[
+    "/health",
+    "/livez",
+    "/readyz",
+    "/metrics",
+    "/v1/download/{jobId}/stream",
+];
 
 /// Each request in an HTTP server span, counted by route template and status; for a stream,
 /// until its response head.
@@ -285,7 +293,11 @@ impl Application {
             .and_then(|address| address.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
         let tokens = settings.auth.token_signer();
+        // Following events and delivering webhooks: ready from now on, until told to stop.
+        let readiness = common::readiness::Readiness::new(nats.clone(), None);
+        readiness.started();
         let state = Arc::new(State {
+            readiness,
             keys: common::identity::KeyDirectory::new(keys),
             tokens,
             limits,
@@ -311,6 +323,7 @@ impl Application {
     /// Serves until `shutdown`. Open streams are closed at shutdown; clients resume elsewhere
     /// with `Last-Event-ID`.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.state.readiness.drain_on(shutdown.clone());
         tracing::info!(address = %self.local_addr, "notifier listening");
         poem::Server::new_with_acceptor(self.acceptor)
             .run_with_graceful_shutdown(

@@ -59,13 +59,25 @@ const MAX_IN_FLIGHT: usize = 1024;
 const BAD_REQUEST: usize = 400;
 const SIGNING_FAILED: usize = 500;
 
+/// `presigner provision`: the presigner owns no JetStream resource (it answers core NATS
+/// requests), so its provisioning step only proves that its settings parse and NATS answers;
+/// deployments can run every service's step alike.
+pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
+    let client = common::nats::connect(&settings.nats, "download-presigner-provision").await?;
+    client.flush().await?;
+    tracing::info!("the presigner owns no JetStream resources: nothing to provision");
+    Ok(())
+}
+
 /// Runs the presigner until `shutdown` is cancelled.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     metrics::init();
     let storage = Storage::new(&settings.s3)?;
     let client = common::nats::connect(&settings.nats, names::PRESIGNER_SERVICE).await?;
+    // Signing needs no call to storage: ready while connected to NATS and serving.
+    let readiness = common::readiness::Readiness::new(client.clone(), None);
     // Stopped when this function returns, however it returns.
-    let _metrics = common::metrics::serve_for(settings.metrics_address, &client).await?;
+    let _metrics = common::metrics::serve_for(settings.metrics_address, &client, &readiness).await?;
     let service = client
         .service_builder()
         .description("Presigned S3 GET URLs for completed download jobs")
@@ -78,6 +90,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         .map_err(|error| anyhow::anyhow!("cannot add the presign endpoint: {error}"))?;
     tracing::info!(subject = names::PRESIGN_SUBJECT, "presigner ready");
+    readiness.started();
+    readiness.drain_on(shutdown.clone());
     let in_flight = tokio_util::task::TaskTracker::new();
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {

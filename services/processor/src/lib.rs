@@ -195,11 +195,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let client = common::nats::connect(&settings.nats, "download-processor").await?;
     // Served from before the streams are checked, so a processor stuck starting up can be
     // scraped and probed; stopped when this function returns, however it returns.
-    let _metrics = common::metrics::serve_for(settings.metrics_address, &client).await?;
+    let readiness = common::readiness::Readiness::new(client.clone(), Some(storage.clone()));
+    let _metrics = common::metrics::serve_for(settings.metrics_address, &client, &readiness).await?;
     let handles = common::nats::prepare(&client, &settings.nats, &settings.topology(), NATS_RESOURCES).await?;
     if !settings.nats.provision {
         check_consumer_matches(&handles.jetstream, &settings).await?;
     }
+    // Ready once its resources are open; not ready from the stop signal on (it drains).
+    readiness.started();
+    readiness.drain_on(shutdown.clone());
     let store = JobStore::new(handles.jetstream.clone(), handles.jobs.clone()).with_patience(settings.nats.patience);
     let context = Arc::new(Context {
         settings,

@@ -47,9 +47,10 @@ impl Kind {
         matches!(self, Kind::Intake | Kind::Notifier)
     }
 
-    /// Whether it owns JetStream resources, created by its `provision` step.
+    /// Whether it has a `provision` step: every service has one, as deployments run them alike
+    /// (the presigner's owns no JetStream resource and only checks its settings and NATS).
     pub fn provisions(self) -> bool {
-        self != Kind::Presigner
+        true
     }
 
     /// The NATS user it connects as.

@@ -18,7 +18,6 @@ use common::config::{ConfigError, Env};
 use common::identity::TenantRecord;
 use common::identity::directory::Directory;
 use common::messages::JobEvent;
-use common::nats::WebhookTopology;
 use common::store::JobStore;
 use common::wire::WebhookType;
 use common::{JobStatus, telemetry, webhook};
@@ -536,6 +535,65 @@ impl Deliverer {
     }
 }
 
+/// The webhook consumers' settings, owned by the notifier.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookTopology {
+    /// Lease of one delivery attempt (its timeout plus a margin).
+    pub ack_wait: Duration,
+    /// Whether progress events are delivered too (progress milestones are configured).
+    pub progress_events: bool,
+}
+
+impl Default for WebhookTopology {
+    fn default() -> Self {
+        WebhookTopology {
+            ack_wait: Duration::from_secs(30),
+            progress_events: false,
+        }
+    }
+}
+
+/// The durable consumer of job events that drives webhook deliveries: terminal events, and
+/// progress events when milestones are configured. It delivers from the first event the stream
+/// holds, so events published before the first notifier created it are delivered too (the
+/// notifier creates it at startup, with or without signing secrets). No `max_deliver`: the notifier decides when a
+/// delivery is exhausted (attempts and time window) and dead-letters it, so a notifier crashing
+/// during the last attempts cannot make the server drop a delivery silently.
+pub fn webhook_consumer_config(webhooks: &WebhookTopology) -> jetstream::consumer::pull::Config {
+    let mut filter_subjects: Vec<String> = common::names::WEBHOOK_EVENT_FILTERS
+        .iter()
+        .map(|subject| subject.to_string())
+        .collect();
+    if webhooks.progress_events {
+        filter_subjects.push(common::names::WEBHOOK_PROGRESS_FILTER.to_string());
+    }
+    jetstream::consumer::pull::Config {
+        durable_name: Some(common::names::WEBHOOK_CONSUMER.into()),
+        description: Some("Notifiers deliver signed webhooks of job outcomes (and progress milestones)".into()),
+        filter_subjects,
+        deliver_policy: jetstream::consumer::DeliverPolicy::All,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: webhooks.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 20_000,
+        ..Default::default()
+    }
+}
+
+/// The durable consumer of replayed webhook deliveries, filtered to the replay subject (as the
+/// advisories' consumer, so nothing delivered into the stream under another subject counts).
+pub fn webhook_replay_consumer_config(webhooks: &WebhookTopology) -> jetstream::consumer::pull::Config {
+    jetstream::consumer::pull::Config {
+        durable_name: Some(common::names::WEBHOOK_REPLAY_CONSUMER.into()),
+        filter_subject: common::names::WEBHOOK_REPLAY_SUBJECT.into(),
+        description: Some("Notifiers deliver webhooks replayed from the dead letters".into()),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: webhooks.ack_wait,
+        max_deliver: -1,
+        ..Default::default()
+    }
+}
+
 /// Creates or updates the webhook consumers, riding out a cluster that is still electing
 /// leaders. A consumer created by an older version with another delivery policy (which the
 /// server cannot change in place) is kept as it is, with a warning.
@@ -544,12 +602,9 @@ pub async fn provision_consumers(jetstream: &jetstream::Context, topology: &Webh
         window: common::nats::PROVISION_WINDOW,
     };
     let consumers = [
+        (webhook_consumer_config(topology), common::names::EVENTS_STREAM),
         (
-            common::nats::webhook_consumer_config(topology),
-            common::names::EVENTS_STREAM,
-        ),
-        (
-            common::nats::webhook_replay_consumer_config(topology),
+            webhook_replay_consumer_config(topology),
             common::names::WEBHOOK_REPLAYS_STREAM,
         ),
     ];
