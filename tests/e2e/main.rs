@@ -6,6 +6,7 @@ mod bundling;
 mod cancellation;
 mod cluster;
 mod contracts;
+mod deployment;
 mod failures;
 mod fuzz;
 mod http;

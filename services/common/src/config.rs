@@ -51,6 +51,9 @@ pub fn shown_value(key: &str, value: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     variables: HashMap<String, String>,
+    /// Every name asked for, by this snapshot and its clones (what a deployment's variables
+    /// are checked against: a variable nobody reads is a misspelt or stale one).
+    asked: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Env {
@@ -58,6 +61,7 @@ impl Env {
     pub fn from_process() -> Self {
         Env {
             variables: std::env::vars().collect(),
+            asked: Default::default(),
         }
     }
 
@@ -68,6 +72,7 @@ impl Env {
                 .into_iter()
                 .map(|(key, value)| (key.into(), value.into()))
                 .collect(),
+            asked: Default::default(),
         }
     }
 
@@ -77,8 +82,20 @@ impl Env {
         self
     }
 
+    /// Every variable name read so far (through this snapshot or a clone of it).
+    pub fn asked(&self) -> std::collections::BTreeSet<String> {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// The raw value, if set and not empty.
     pub fn get(&self, key: &str) -> Option<&str> {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.to_string());
         self.variables
             .get(key)
             .map(String::as_str)
@@ -289,17 +306,17 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// Reads the section.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        // Checked in every mode: a deployment switching to the gateway later finds a bad name
+        // now, not then.
+        let header = env.string("AUTH_GATEWAY_HEADER", "X-User-Id");
+        env.require(
+            poem_header_name(&header),
+            "AUTH_GATEWAY_HEADER",
+            "must be a valid HTTP header name",
+        )?;
         let mode = match env.string("AUTH_MODE", "api_key").to_ascii_lowercase().as_str() {
             "api_key" | "api_keys" => AuthMode::ApiKeys,
-            "gateway" => {
-                let header = env.string("AUTH_GATEWAY_HEADER", "X-User-Id");
-                env.require(
-                    poem_header_name(&header),
-                    "AUTH_GATEWAY_HEADER",
-                    "must be a valid HTTP header name",
-                )?;
-                AuthMode::Gateway { header }
-            }
+            "gateway" => AuthMode::Gateway { header },
             other => {
                 return Err(ConfigError {
                     key: "AUTH_MODE".into(),

@@ -11,6 +11,11 @@ use serde_json::json;
 
 use crate::storage::Storage;
 
+/// The liveness probe's path.
+pub const LIVE_PATH: &str = "/livez";
+/// The readiness probe's path.
+pub const READY_PATH: &str = "/readyz";
+
 /// The longest a readiness probe waits for object storage.
 const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -151,6 +156,6 @@ pub fn routes(readiness: Readiness) -> poem::Route {
         async move { self::ready(&readiness).await }
     });
     Route::new()
-        .at("/livez", get(poem::endpoint::make_sync(|_| live())))
-        .at("/readyz", get(ready))
+        .at(LIVE_PATH, get(poem::endpoint::make_sync(|_| live())))
+        .at(READY_PATH, get(ready))
 }

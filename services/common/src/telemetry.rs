@@ -147,25 +147,23 @@ fn check_endpoint(env: &Env, key: &str, value: &str) -> Result<url::Url, ConfigE
 }
 
 fn sampler(env: &Env) -> Result<Sampler, ConfigError> {
-    let ratio = || -> Result<f64, ConfigError> {
-        let ratio: f64 = env.parse("OTEL_TRACES_SAMPLER_ARG", 1.0)?;
-        env.require(
-            (0.0..=1.0).contains(&ratio),
-            "OTEL_TRACES_SAMPLER_ARG",
-            "a ratio between 0 and 1",
-        )?;
-        Ok(ratio)
-    };
+    // Checked whatever the sampler: a bad ratio is found before a deployment switches to one.
+    let ratio: f64 = env.parse("OTEL_TRACES_SAMPLER_ARG", 1.0)?;
+    env.require(
+        (0.0..=1.0).contains(&ratio),
+        "OTEL_TRACES_SAMPLER_ARG",
+        "a ratio between 0 and 1",
+    )?;
     let name = env
         .string("OTEL_TRACES_SAMPLER", "parentbased_always_on")
         .to_ascii_lowercase();
     Ok(match name.as_str() {
         "always_on" => Sampler::AlwaysOn,
         "always_off" => Sampler::AlwaysOff,
-        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
         "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
         "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),
+        "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio))),
         _ => {
             return Err(ConfigError {
                 key: "OTEL_TRACES_SAMPLER".into(),

@@ -225,8 +225,11 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .at("/app/app.js", get(page::script))
         .at("/app/app.css", get(page::style))
         .at("/metrics", get(common::metrics::endpoint))
-        .at("/livez", get(poem::endpoint::make_sync(|_| common::readiness::live())))
-        .at("/readyz", get(ready))
+        .at(
+            common::readiness::LIVE_PATH,
+            get(poem::endpoint::make_sync(|_| common::readiness::live())),
+        )
+        .at(common::readiness::READY_PATH, get(ready))
         .around(move |endpoint, request| middleware::bound_request(endpoint, request, bound_state.clone()))
         .around(move |endpoint, request| middleware::rate_limit(endpoint, request, rate_state.clone()))
         .around(move |endpoint, request| auth::authenticate(endpoint, request, auth_state.clone()))
