@@ -127,10 +127,14 @@ fn assert_used_as_documented(what: &str, seen: &Value) {
         serde_json::json!(["VALIDATION_FAILED", "NOT_FOUND"]),
         "{what}: error answers surface as the typed error with their code: {seen}"
     );
-    assert!(
-        seen["quickstartBytesEqual"] == true || seen["quickstart"] == "ok",
-        "{what}: the README's quickstart ran: {seen}"
+    assert_eq!(
+        seen["quickstartBytesEqual"], true,
+        "{what}: the README's quickstart ran and downloaded the file: {seen}"
     );
+    // A stream cut after two events resumed with Last-Event-ID, and a job whose streams were
+    // refused finished by polling.
+    assert!(seen["resumedFromEventId"].as_u64().is_some(), "{what}: {seen}");
+    assert_eq!(seen["pollingFallback"], "completed", "{what}: {seen}");
 }
 
 /// Every file under `root` (relative path → bytes), skipping what running the code leaves.
@@ -212,6 +216,10 @@ async fn the_python_sdk_runs_a_job_live_verifies_its_webhook_and_types_its_error
     .await;
     let seen = observed("the Python SDK's live test", &output);
     assert_used_as_documented("Python", &seen);
+    assert_eq!(
+        seen["asyncErrorCode"], "NOT_FOUND",
+        "generated async calls raise typed errors: {seen}"
+    );
     // The job it ran is the stack's, completed.
     let status = live
         .stack
@@ -273,9 +281,6 @@ async fn the_typescript_sdk_runs_a_job_live_verifies_its_webhook_and_types_its_e
     let seen = observed("the TypeScript SDK's live test", &output);
     assert_used_as_documented("TypeScript", &seen);
     assert_eq!(seen["ok"], true, "{seen}");
-    // It also resumed a cut stream with Last-Event-ID and finished a job by polling.
-    assert!(seen["resumedFromEventId"].as_u64().is_some(), "{seen}");
-    assert_eq!(seen["pollingFallback"], "completed", "{seen}");
     let status = live
         .stack
         .status(TENANT, seen["jobId"].as_str().unwrap())
@@ -286,7 +291,21 @@ async fn the_typescript_sdk_runs_a_job_live_verifies_its_webhook_and_types_its_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_typescript_sdk_is_generated_from_the_committed_document() {
+async fn the_typescript_sdk_is_generated_from_the_committed_document_and_its_offline_tests_pass() {
     init_logs();
     assert_generated_code_is_current("sdks/typescript/generate", "sdks/typescript/src/generated").await;
+    let output = run(
+        &npm(),
+        &["run", "--silent", "test"],
+        &workspace_root().join("sdks/typescript"),
+        &[],
+        std::time::Duration::from_secs(180),
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "the TypeScript SDK's offline tests failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -15,7 +15,7 @@ from download_client.api.jobs import get_download_status, initiate_download
 from download_client.models import InitiateBody, InitiateRequest, JobStatusBody
 from download_client.types import UNSET, Response
 
-from .errors import DownloadApiError, parse_retry_after, raise_for_problem
+from .errors import DownloadApiError, parse_retry_after, problem_hook
 
 #: The statuses a job never leaves.
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -51,15 +51,19 @@ def create_client(
 ) -> AuthenticatedClient:
     """The generated client for ``base_url``, authenticated with ``Authorization: Bearer <api_key>``.
 
-    Every error answer of an operation made with it (generated ones included) raises
-    :class:`DownloadApiError`. ``client_options`` go to the generated ``AuthenticatedClient``
-    (``headers``, ``verify_ssl``, ``httpx_args``, ...).
+    Every error answer of an operation made with it (generated ones included, ``sync*`` and
+    ``asyncio*`` alike) raises :class:`DownloadApiError`. ``client_options`` go to the generated
+    ``AuthenticatedClient`` (``headers``, ``verify_ssl``, ``httpx_args``, ...); as there, the
+    ``httpx_args`` (a ``transport``, ``event_hooks`` of your own) serve both its ``httpx.Client``
+    and its ``httpx.AsyncClient``, so hooks of your own must suit the client you call with.
     """
     if not api_key:
         raise ValueError("api_key is empty: pass the tenant's dk_... key")
     httpx_args = dict(client_options.pop("httpx_args", {}))
     event_hooks = dict(httpx_args.pop("event_hooks", {}))
-    event_hooks["response"] = [*event_hooks.get("response", []), raise_for_problem]
+    # The generated client builds its httpx.Client and its httpx.AsyncClient from the same
+    # httpx_args: the hook must suit both (a plain function would break every async call).
+    event_hooks["response"] = [*event_hooks.get("response", []), problem_hook]
     httpx_args["event_hooks"] = event_hooks
     client_options.setdefault("raise_on_unexpected_status", True)
     return AuthenticatedClient(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import httpx
@@ -108,15 +108,37 @@ class JobNotCompletedError(Exception):
 
 
 def raise_for_problem(response: httpx.Response) -> None:
-    """An httpx response hook: raises :class:`DownloadApiError` for every status of 400 or above.
-
-    Installed by :func:`download_sdk.create_client`, so every generated operation raises
-    the typed error instead of returning a parsed problem (or failing to parse a proxy's page).
-    """
+    """An ``httpx.Client`` response hook: raises :class:`DownloadApiError` for every status of 400 or above."""
     if response.status_code < 400:
         return
     response.read()
     raise DownloadApiError.from_response(response)
+
+
+async def araise_for_problem(response: httpx.Response) -> None:
+    """An ``httpx.AsyncClient`` response hook: raises :class:`DownloadApiError` for every status of 400 or above."""
+    if response.status_code < 400:
+        return
+    await response.aread()
+    raise DownloadApiError.from_response(response)
+
+
+def problem_hook(response: httpx.Response) -> Awaitable[None] | None:
+    """A response hook for both clients: :func:`raise_for_problem` or :func:`araise_for_problem`.
+
+    The generated client passes the same ``httpx_args`` (hooks included) to its ``httpx.Client``
+    and its ``httpx.AsyncClient``, and a copy made by ``with_headers``/``with_timeout``/
+    ``with_cookies`` builds both anew from them. httpx calls a sync client's hooks and awaits an
+    async client's, so this hook answers in kind: an async client's response (whose stream is
+    asynchronous) gets the coroutine of :func:`araise_for_problem`, a sync client's is checked
+    at once. Installed by :func:`download_sdk.create_client`, so every generated operation,
+    ``sync*`` and ``asyncio*`` alike, raises the typed error instead of returning a parsed
+    problem (or failing to parse a proxy's page).
+    """
+    if isinstance(response.stream, httpx.AsyncByteStream) and not isinstance(response.stream, httpx.SyncByteStream):
+        return araise_for_problem(response)
+    raise_for_problem(response)
+    return None
 
 
 def parse_retry_after(value: str | None) -> float | None:

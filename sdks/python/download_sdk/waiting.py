@@ -6,10 +6,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 
 import httpx
-from httpx_sse import SSEError, connect_sse
+from httpx_sse import EventSource, SSEError
 
 from download_client import AuthenticatedClient
 from download_client.models import JobStatusBody, StreamEventData
@@ -43,11 +44,14 @@ def wait_for(
     """Waits until the job ends and returns its final status (``completed``, ``failed`` or ``cancelled``).
 
     ``job`` is a job id or an answer carrying one (the initiate answer, a status). The job's
-    stream (its ``streamUrl``, behind the same base URL) is followed and each event passed to
-    ``on_event``. A stream that cannot be opened or drops is resumed with ``Last-Event-ID`` (no
-    event lost or repeated), with a fresh ``streamUrl`` from the status (its token may have
-    expired). After :data:`STREAM_ATTEMPTS` attempts in a row without an event, the status is
-    polled instead, every ``poll_interval_seconds`` or as the server's ``Retry-After`` says.
+    stream (its ``streamUrl``) is followed and each event passed to ``on_event``; the API key
+    goes along only when the stream URL is on the client's base URL (origin), as the URL's own
+    token authorizes it anyway. A stream that cannot be opened or drops is resumed with
+    ``Last-Event-ID`` (no event lost or repeated), with a fresh ``streamUrl`` from the status
+    (its token may have expired), after the stream's ``retry:`` delay or the status answer's
+    ``Retry-After``, whichever is longer. After :data:`STREAM_ATTEMPTS` attempts in a row
+    without an event, the status is polled instead, as often as the server's ``Retry-After``
+    says, else every ``poll_interval_seconds``.
 
     A failed job is returned, not raised: look at ``status.status`` and ``status.error_code``.
     Raises :class:`TimeoutError` after ``timeout_seconds`` and :class:`DownloadApiError` when the
@@ -62,7 +66,8 @@ def wait_for(
         if position.finished or attempts_without_event >= STREAM_ATTEMPTS:
             return _poll_until_ended(client, job_id, deadline, poll_interval_seconds, position)
         delay_seconds = 0.0
-        if present(stream_url):
+        reconnecting = present(stream_url)
+        if reconnecting:
             events_before = position.events
             _follow_stream(client, stream_url, position, deadline, on_event)
             if position.finished:
@@ -79,6 +84,9 @@ def wait_for(
             return status
         else:
             stream_url = status.stream_url
+            if reconnecting and retry_after is not None:
+                # The status asks to be left alone this long: the stream waits as long.
+                delay_seconds = max(delay_seconds, retry_after)
         _sleep_until(deadline, delay_seconds, job_id)
 
 
@@ -100,12 +108,20 @@ def _follow_stream(
     on_event: EventCallback | None,
 ) -> None:
     """Reads the stream until its terminal event, until it drops, or until the deadline."""
-    headers = {} if position.last_event_id is None else {"Last-Event-ID": position.last_event_id}
+    headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+    if position.last_event_id is not None:
+        # "0" included: a stream opened before the job's first event shows its state as seq 0.
+        headers["Last-Event-ID"] = position.last_event_id
     read_timeout = max(1.0, min(STREAM_SILENCE_SECONDS, deadline - time.monotonic()))
     timeout = httpx.Timeout(10.0, read=read_timeout)
+    http = client.get_httpx_client()
     try:
-        with connect_sse(client.get_httpx_client(), "GET", stream_url, headers=headers, timeout=timeout) as source:
-            response = source.response
+        request = http.build_request("GET", stream_url, headers=headers, timeout=timeout)
+        if not _same_origin(request.url, http.base_url):
+            # Elsewhere than the service: the URL's own token authorizes it, the API key stays home.
+            request.headers.pop(getattr(client, "auth_header_name", "Authorization"), None)
+        with closing(http.send(request, stream=True)) as response:
+            source = EventSource(response)
             if response.status_code == 204:
                 # The job ended and its terminal event was already seen on an earlier connection.
                 position.finished = True
@@ -137,6 +153,11 @@ def _follow_stream(
         logger.info("job stream dropped, resuming: %r", error)
     except _MalformedEventError as error:
         logger.warning("job stream sent an event this client cannot read, resuming: %s", error.__cause__)
+
+
+def _same_origin(url: httpx.URL, base_url: httpx.URL) -> bool:
+    # httpx.URL leaves the scheme's default port out (None), so equal origins compare equal.
+    return (url.scheme, url.host, url.port) == (base_url.scheme, base_url.host, base_url.port)
 
 
 class _MalformedEventError(Exception):

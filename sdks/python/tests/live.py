@@ -8,29 +8,39 @@ Environment (the same for every SDK's live test):
     SDK_FILE_PATH             a local file with that file's exact bytes
 
 It starts a job with a callbackUrl on a receiver of its own (127.0.0.1, free port), follows it
-with wait_for (SSE), downloads the result and compares it with SDK_FILE_PATH, verifies the
-webhook (and that a tampered body is rejected), provokes two error answers and checks their
-codes, and runs examples/quickstart.py as a subprocess. Exit status 0 on success; the last line
-of stdout is one JSON object with what it observed (also on failure, with "error").
+with wait_for (SSE) with its first stream cut after two events (so wait_for must resume with
+Last-Event-ID: events checked consecutive, no gap nor duplicate), downloads the result and
+compares it with SDK_FILE_PATH, verifies the webhook (and that a tampered body is rejected);
+meanwhile a second job whose stream requests are refused (a proxy's 502 page) must finish by
+polling the status. It provokes two error answers and checks their codes (and one through a
+generated async operation), and runs examples/quickstart.py as a subprocess. Exit status 0 on
+success; the last line of stdout is one JSON object with what it observed (also on failure,
+with "error").
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 # No bytecode beside the sources: generated/ must stay identical to a fresh generation.
 sys.dont_write_bytecode = True
@@ -38,6 +48,7 @@ SDK_DIR = Path(__file__).resolve().parents[1]
 IMPORT_PATHS = [str(SDK_DIR / "generated"), str(SDK_DIR)]
 sys.path[0:0] = IMPORT_PATHS
 
+from download_client.api.jobs import get_download_status  # noqa: E402
 from download_sdk import (  # noqa: E402 (after the import path is set)
     DownloadApiError,
     WebhookVerificationError,
@@ -49,12 +60,15 @@ from download_sdk import (  # noqa: E402 (after the import path is set)
     wait_for,
     with_retries,
 )
+from download_sdk.waiting import STREAM_ATTEMPTS  # noqa: E402
 
 ENVIRONMENT = ("DOWNLOAD_API_URL", "DOWNLOAD_API_KEY", "DOWNLOAD_WEBHOOK_SECRET", "SDK_FILE_ID", "SDK_FILE_PATH")
 JOB_TIMEOUT_SECONDS = 180.0
 WEBHOOK_TIMEOUT_SECONDS = 30.0
 QUICKSTART_TIMEOUT_SECONDS = 240.0
 OUT_OF_RANGE_FILE_ID = 5
+#: Events the first stream of the main job delivers before the test cuts it.
+EVENTS_BEFORE_CUT = 2
 
 
 class LiveCheckError(Exception):
@@ -122,6 +136,121 @@ def next_outcome_webhook(
             return webhook
 
 
+def is_stream(request: httpx.Request) -> bool:
+    return request.url.path.endswith("/stream")
+
+
+class CutAfterEvents(httpx.SyncByteStream):
+    """Passes an SSE body through up to the end of its ``events``-th event (a block with data), then fails it.
+
+    Exactly that many events get through, however the server's chunks bunch them.
+    """
+
+    def __init__(self, inner: httpx.SyncByteStream, events: int) -> None:
+        self._inner = inner
+        self._events = events
+
+    def __iter__(self) -> Iterator[bytes]:
+        text = b""  # what came so far, line endings normalized
+        passed = 0  # bytes of text passed on
+        scanned = 0  # where the next block starts
+        seen_events = 0
+        for chunk in self._inner:
+            text = (text + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            while (end := text.find(b"\n\n", scanned)) != -1:
+                block = text[scanned:end]
+                scanned = end + 2
+                if re.search(rb"^data:", block, re.MULTILINE):
+                    seen_events += 1
+                if seen_events == self._events:
+                    yield text[passed:scanned]
+                    raise httpx.ReadError("connection cut by the live test")
+            yield text[passed:]
+            passed = len(text)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class CuttingTransport(httpx.BaseTransport):
+    """Cuts the first event stream after two events, as a proxy dropping it would; records resumptions."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.stream_requests = 0
+        self.resumed_from: list[str] = []
+        self._cut = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        if not is_stream(request):
+            return response
+        self.stream_requests += 1
+        last_event_id = request.headers.get("Last-Event-ID")
+        if last_event_id is not None:
+            self.resumed_from.append(last_event_id)
+        if self._cut or response.status_code != 200:
+            return response
+        self._cut = True
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=CutAfterEvents(response.stream, EVENTS_BEFORE_CUT),
+            extensions=response.extensions,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class RefusingTransport(httpx.BaseTransport):
+    """Refuses every stream request as a proxy would: a 502 HTML page, no problem, no Retry-After."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.HTTPTransport()
+        self.refused_streams = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if is_stream(request):
+            self.refused_streams += 1
+            return httpx.Response(502, headers={"Content-Type": "text/html"}, content=b"<html>502 Bad Gateway</html>")
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def run_polling_job(base_url: str, api_key: str, file_id: int) -> str:
+    """A job whose stream is refused: wait_for must end by polling the status."""
+    transport = RefusingTransport()
+    client = create_client(base_url, api_key, httpx_args={"transport": transport})
+    job = initiate(client, [file_id])
+    status = wait_for(client, job, timeout_seconds=JOB_TIMEOUT_SECONDS, poll_interval_seconds=1.0)
+    status_text = str(getattr(status.status, "value", status.status))
+    check(
+        transport.refused_streams == STREAM_ATTEMPTS,
+        f"polling job: {transport.refused_streams} stream attempts, expected {STREAM_ATTEMPTS} before polling",
+    )
+    check(status_text == "completed", f"polling job {job.job_id} ended {status_text}: {status.error!r}")
+    return status_text
+
+
+def async_error_code(client: Any) -> str | None:
+    """The code a generated async operation raises for an unknown job (the async client's hook)."""
+
+    async def ask() -> str | None:
+        async with client:
+            try:
+                await get_download_status.asyncio_detailed(uuid.uuid4(), client=client)
+            except DownloadApiError as error:
+                return error.code
+        return None
+
+    code = asyncio.run(ask())
+    check(code == "NOT_FOUND", f"a generated async call for an unknown job raised {code!r}, expected NOT_FOUND")
+    return code
+
+
 def expect_error_code(operation: Any, expected_code: str) -> str:
     """Runs an operation that must fail and returns the typed error's code."""
     try:
@@ -154,7 +283,9 @@ def run(observed: dict[str, Any]) -> None:
     secret = os.environ["DOWNLOAD_WEBHOOK_SECRET"]
     file_id = int(os.environ["SDK_FILE_ID"])
     expected_bytes = Path(os.environ["SDK_FILE_PATH"]).read_bytes()
-    client = create_client(base_url, os.environ["DOWNLOAD_API_KEY"])
+    api_key = os.environ["DOWNLOAD_API_KEY"]
+    cutting = CuttingTransport()
+    client = create_client(base_url, api_key, httpx_args={"transport": cutting})
 
     with (
         tempfile.TemporaryDirectory(prefix="sdk-python-live-") as working_dir,
@@ -162,21 +293,40 @@ def run(observed: dict[str, Any]) -> None:
             callback_url,
             received,
         ),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="polling-job") as executor,
     ):
-        # The quickstart runs its own job meanwhile.
+        # The quickstart and the polling job run their own jobs meanwhile.
         quickstart = start_quickstart(dict(os.environ), working_dir)
+        polling = executor.submit(run_polling_job, base_url, api_key, file_id)
         try:
             job = initiate(client, [file_id], callback_url=callback_url)
             job_id = str(job.job_id)
             observed["jobId"] = job_id
             events: list[str] = []
-            status = wait_for(
-                client, job, timeout_seconds=JOB_TIMEOUT_SECONDS, on_event=lambda name, _data: events.append(name)
-            )
+            seqs: list[int] = []
+
+            def on_event(name: str, data: Any) -> None:
+                events.append(name)
+                seqs.append(data.seq)
+
+            status = wait_for(client, job, timeout_seconds=JOB_TIMEOUT_SECONDS, on_event=on_event)
             observed["status"] = str(getattr(status.status, "value", status.status))
             observed["events"] = len(events)
+            observed["streamRequests"] = cutting.stream_requests
             check(observed["status"] == "completed", f"job {job_id} ended {observed['status']}: {status.error!r}")
             check(events and events[-1] == "completed", f"the stream's last event was not completed: {events}")
+            check(
+                all(later == earlier + 1 for earlier, later in zip(seqs, seqs[1:], strict=False)),
+                f"stream events not consecutive (gap or duplicate): seq {seqs}",
+            )
+            check(len(seqs) > EVENTS_BEFORE_CUT, f"the job ended within the first stream's {len(seqs)} events")
+            check(bool(cutting.resumed_from), "the cut stream was not resumed with Last-Event-ID")
+            observed["resumedFromEventId"] = int(cutting.resumed_from[0])
+            check(
+                cutting.resumed_from[0] == str(seqs[EVENTS_BEFORE_CUT - 1]),
+                f"resumed from Last-Event-ID {cutting.resumed_from[0]}, expected {seqs[EVENTS_BEFORE_CUT - 1]}"
+                " (the last event before the cut)",
+            )
 
             result = download(client, status)
             observed["bytesEqual"] = result == expected_bytes
@@ -204,6 +354,9 @@ def run(observed: dict[str, Any]) -> None:
                 expect_error_code(lambda: initiate(client, [OUT_OF_RANGE_FILE_ID]), "VALIDATION_FAILED"),
                 expect_error_code(lambda: get_status(client, uuid.uuid4()), "NOT_FOUND"),
             ]
+            observed["asyncErrorCode"] = async_error_code(create_client(base_url, api_key))
+
+            observed["pollingFallback"] = polling.result(timeout=JOB_TIMEOUT_SECONDS)
 
             stdout, stderr = quickstart.communicate(timeout=QUICKSTART_TIMEOUT_SECONDS)
             check(quickstart.returncode == 0, f"quickstart.py exited {quickstart.returncode}: {stderr.strip()}")
@@ -224,8 +377,10 @@ def main() -> int:
     observed: dict[str, Any] = {}
     try:
         run(observed)
-    except (LiveCheckError, DownloadApiError, TimeoutError, subprocess.TimeoutExpired, OSError) as error:
-        print(f"python sdk live test failed: {error}", file=sys.stderr)
+    except Exception as error:  # any failure still ends with the JSON line
+        if not isinstance(error, LiveCheckError | DownloadApiError | TimeoutError | subprocess.TimeoutExpired):
+            traceback.print_exc()
+        print(f"python sdk live test failed: {error!r}", file=sys.stderr)
         observed["error"] = str(error)
         print(json.dumps(observed))
         return 1

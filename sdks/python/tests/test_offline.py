@@ -229,3 +229,229 @@ def get_status_from(payload: dict[str, object]):
     from download_client.models import JobStatusBody
 
     return JobStatusBody.from_dict(payload)
+
+
+def test_generated_async_operations_work_and_raise_the_typed_error():
+    import asyncio
+
+    from download_client.api.jobs import get_download_status
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+        if request.url.path.endswith(JOB_ID):
+            return httpx.Response(200, json=status_json("processing"))
+        return problem(404, "NOT_FOUND")
+
+    client = client_with(handler)
+    missing_job = "01a225dc-adae-7150-b51f-000000000000"
+
+    async def calls() -> None:
+        response = await get_download_status.asyncio_detailed(JOB_ID, client=client)
+        assert response.status_code == 200
+        assert str(response.parsed.job_id) == JOB_ID
+        assert (await get_download_status.asyncio(JOB_ID, client=client)).status == "processing"
+        with pytest.raises(DownloadApiError) as raised:
+            await get_download_status.asyncio_detailed(missing_job, client=client)
+        assert raised.value.code == "NOT_FOUND"
+        assert raised.value.status == 404
+        # A copy made by with_headers builds its clients anew from the same arguments.
+        copy = client.with_headers({"X-Trace": "1"})
+        assert (await get_download_status.asyncio_detailed(JOB_ID, client=copy)).status_code == 200
+        with pytest.raises(DownloadApiError):
+            await get_download_status.asyncio_detailed(missing_job, client=copy)
+        await client.get_async_httpx_client().aclose()
+
+    asyncio.run(calls())
+    # The sync client of the same AuthenticatedClient still raises the typed error.
+    with pytest.raises(DownloadApiError):
+        get_download_status.sync_detailed(missing_job, client=client)
+
+
+def test_the_async_hook_reads_a_streamed_error_body_before_raising():
+    # MockTransport hands over bodies already read; a real transport streams them. The hook must
+    # read it asynchronously (a sync read of an async stream raises RuntimeError).
+    import asyncio
+
+    from download_sdk.errors import problem_hook
+
+    class Chunks(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            yield json.dumps({"status": 429, "code": "RATE_LIMITED", "detail": "slow down"}).encode()
+
+    class StreamingTransport(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(
+                429, headers={"Content-Type": "application/problem+json", "Retry-After": "2"}, stream=Chunks()
+            )
+
+    async def call() -> None:
+        async with httpx.AsyncClient(
+            transport=StreamingTransport(), event_hooks={"response": [problem_hook]}
+        ) as client:
+            with pytest.raises(DownloadApiError) as raised:
+                await client.get("http://api.test/v1/download/status/x")
+        assert raised.value.code == "RATE_LIMITED"
+        assert raised.value.retry_after == 2.0
+
+    asyncio.run(call())
+
+
+class RecordedSleeps(list):
+    """Stands in for time.sleep in waiting.py: records each delay and returns at once."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        if len(self) > 50:  # time stands still here: a loop that never ends would hang the test
+            raise AssertionError(f"wait_for keeps sleeping: {self[:10]}...")
+
+
+def refused_streams_then(status_answers: list[httpx.Response]):
+    """A handler refusing every stream (without Retry-After) and answering the status in turn."""
+    answers = iter(status_answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/stream"):
+            return problem(421, "MISDIRECTED")
+        return next(answers)
+
+    return handler
+
+
+def processing(retry_after: str | None = None) -> httpx.Response:
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    return httpx.Response(200, headers=headers, json=status_json("processing"))
+
+
+def completed() -> httpx.Response:
+    return httpx.Response(200, json=status_json("completed", downloadUrl="http://s3.test/r.zip"))
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> RecordedSleeps:
+    import download_sdk.waiting
+
+    recorded = RecordedSleeps()
+    monkeypatch.setattr(download_sdk.waiting.time, "sleep", recorded)
+    return recorded
+
+
+def initiated(stream_url: str = f"/v1/download/{JOB_ID}/stream?token=first"):
+    """The initiate answer of the job, whose streamUrl wait_for opens first."""
+    from download_client.models import InitiateBody
+
+    return InitiateBody.from_dict(
+        {
+            "jobId": JOB_ID,
+            "status": "queued",
+            "statusUrl": f"/v1/download/status/{JOB_ID}",
+            "streamUrl": stream_url,
+            "estimatedTime": 1,
+            "totalFileIds": 1,
+        }
+    )
+
+
+def test_polling_sleeps_exactly_the_servers_retry_after(sleeps):
+    # Three refused streams (a status after each), then two polls before the job completes.
+    handler = refused_streams_then([processing("3")] * 5 + [completed()])
+
+    status = wait_for(client_with(handler), initiated())
+
+    assert status.status == "completed"
+    assert sleeps == [3.0] * 5
+
+
+def test_polling_without_retry_after_sleeps_the_poll_interval(sleeps):
+    handler = refused_streams_then([processing()] * 5 + [completed()])
+
+    status = wait_for(client_with(handler), initiated())
+
+    assert status.status == "completed"
+    assert sleeps == [2.0] * 5  # the default poll_interval_seconds
+
+    sleeps.clear()
+    handler = refused_streams_then([processing()] * 5 + [completed()])
+    wait_for(client_with(handler), initiated(), poll_interval_seconds=0.5)
+    assert sleeps == [0.5] * 5
+
+
+def test_polling_waits_out_a_refused_status_for_its_retry_after(sleeps):
+    handler = refused_streams_then(
+        [processing()] * 3 + [problem(429, "RATE_LIMITED", retry_after="7"), processing("3"), completed()]
+    )
+
+    wait_for(client_with(handler), initiated(), poll_interval_seconds=0.5)
+
+    assert sleeps == [0.5, 0.5, 0.5, 7.0, 3.0]
+
+
+def test_a_stream_reconnect_waits_for_the_status_answers_retry_after(sleeps):
+    def run(status_retry_after: str | None) -> list[str]:
+        stream_requests: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/stream"):
+                stream_requests.append(request)
+                if len(stream_requests) == 1:
+                    return sse("retry: 1000\n\n" + event(1, "progress", "processing"))
+                return sse(event(2, "completed", "completed"))
+            return completed() if len(stream_requests) > 1 else processing(status_retry_after)
+
+        wait_for(client_with(handler), initiated())
+        return [request.headers.get("Last-Event-ID") for request in stream_requests]
+
+    assert run("4") == [None, "1"]
+    assert sleeps == [4.0]  # the status's Retry-After: 4 over the stream's retry: 1000
+    sleeps.clear()
+    assert run(None) == [None, "1"]
+    assert sleeps == [1.0]  # the stream's retry: 1000
+
+
+def test_a_stream_resumes_from_event_id_zero():
+    stream_requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/stream"):
+            stream_requests.append(request)
+            if len(stream_requests) == 1:
+                # A job so new its first event is not out yet: its current state, seq 0.
+                return sse("retry: 0\n\n" + event(0, "progress", "queued"))
+            return sse(event(1, "progress", "processing") + event(2, "completed", "completed"))
+        return completed() if len(stream_requests) > 1 else processing()
+
+    seen: list[int] = []
+    status = wait_for(
+        client_with(handler), JOB_ID, timeout_seconds=5, on_event=lambda _name, data: seen.append(data.seq)
+    )
+
+    assert status.status == "completed"
+    assert seen == [0, 1, 2]
+    assert "Last-Event-ID" not in stream_requests[0].headers
+    assert stream_requests[1].headers["Last-Event-ID"] == "0"
+
+
+def test_the_api_key_goes_only_to_a_stream_on_the_clients_origin():
+    def run(stream_url: str) -> httpx.Request:
+        stream_requests: list[httpx.Request] = []
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/stream"):
+                stream_requests.append(request)
+                return sse(event(1, "completed", "completed"))
+            return completed()
+
+        wait_for(client_with(handler), initiated(stream_url), timeout_seconds=5)
+        assert len(stream_requests) == 1
+        return stream_requests[0]
+
+    relative = run(f"/v1/download/{JOB_ID}/stream?token=t")
+    assert relative.headers["Authorization"] == f"Bearer {API_KEY}"
+    same_origin = run(f"http://api.test:80/v1/download/{JOB_ID}/stream?token=t")
+    assert same_origin.url.host == "api.test"
+    assert same_origin.headers["Authorization"] == f"Bearer {API_KEY}"
+    elsewhere = run(f"https://events.test/v1/download/{JOB_ID}/stream?token=t")
+    assert elsewhere.url.host == "events.test"
+    assert elsewhere.url.params["token"] == "t"
+    assert "Authorization" not in elsewhere.headers
+    other_port = run(f"http://api.test:8443/v1/download/{JOB_ID}/stream?token=t")
+    assert "Authorization" not in other_port.headers

@@ -13,16 +13,19 @@
  *   - a job whose stream requests are refused, so waitFor must fall back to polling;
  *   - error answers: initiate with file id 5 (VALIDATION_FAILED), the status of an unknown job
  *     (NOT_FOUND), checked as ApiError codes;
- *   - the quickstart example, run as a process.
+ *   - the quickstart example, run as a process with `capture-download.js` preloaded, which keeps
+ *     a copy of the result it downloads: compared with SDK_FILE_PATH (and with the byte count
+ *     the quickstart printed).
  * Progress goes to stderr; the last stdout line is one JSON object. Exit 0 only if all passed.
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 import {
   ApiError,
@@ -181,19 +184,33 @@ function instrumentedFetch() {
   return { record, storageFetch };
 }
 
-/** Passes an SSE body through until `events` events (with data) went by, then fails it. */
+/**
+ * Passes an SSE body through up to the end of its `events`-th event (a block with data), then
+ * fails it: exactly that many events get through, however the server's chunks bunch them.
+ */
 function cutAfterEvents(body: ReadableStream<Uint8Array>, events: number): ReadableStream<Uint8Array> {
   const decoder = new TextDecoder();
-  let seen = '';
+  const encoder = new TextEncoder();
+  let text = ''; // what came so far, line endings normalized
+  let passed = 0; // characters of `text` passed on
+  let scanned = 0; // where the next block starts
+  let seenEvents = 0;
   return body.pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({
       transform(chunk, controller) {
-        controller.enqueue(chunk);
-        seen += decoder.decode(chunk, { stream: true });
-        const complete = seen.replace(/\r\n?/g, '\n').split('\n\n').slice(0, -1);
-        if (complete.filter((block) => /^data:/m.test(block)).length >= events) {
-          controller.error(new Error('connection cut by the live test'));
+        text = (text + decoder.decode(chunk, { stream: true })).replace(/\r\n?/g, '\n');
+        for (let end = text.indexOf('\n\n', scanned); end !== -1; end = text.indexOf('\n\n', scanned)) {
+          const block = text.slice(scanned, end);
+          scanned = end + 2;
+          if (/^data:/m.test(block)) seenEvents += 1;
+          if (seenEvents === events) {
+            controller.enqueue(encoder.encode(text.slice(passed, scanned)));
+            controller.error(new Error('connection cut by the live test'));
+            return;
+          }
         }
+        controller.enqueue(encoder.encode(text.slice(passed)));
+        passed = text.length;
       },
     }),
   );
@@ -327,21 +344,49 @@ async function runPollingJob(settings: Settings): Promise<string> {
   return finished.status;
 }
 
-async function runQuickstart(settings: Settings): Promise<string> {
-  const script = join(dirname(fileURLToPath(import.meta.url)), '..', 'examples', 'quickstart.js');
-  const child = spawn(process.execPath, [script], {
-    env: { ...process.env, DOWNLOAD_API_URL: settings.apiUrl, DOWNLOAD_API_KEY: settings.apiKey, SDK_FILE_ID: String(settings.fileId) },
-    stdio: ['ignore', 'pipe', 'pipe'],
-    timeout: QUICKSTART_TIMEOUT_MS,
-  });
-  let output = '';
-  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  check(code === 0, `quickstart exited ${code}: ${output.trim()}`);
-  check(/\bcompleted: \d+ bytes/.test(output), `quickstart printed no completed job: ${output.trim()}`);
-  log(`quickstart: ${output.trim()}`);
-  return output.trim();
+/** Runs the quickstart example as a process; its output and whether the bytes it downloaded equal SDK_FILE_PATH. */
+async function runQuickstart(settings: Settings): Promise<{ output: string; bytesEqual: boolean }> {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const script = join(here, '..', 'examples', 'quickstart.js');
+  const captureDir = await mkdtemp(join(tmpdir(), 'sdk-ts-quickstart-'));
+  const capturePath = join(captureDir, 'result');
+  try {
+    const child = spawn(
+      process.execPath,
+      ['--import', pathToFileURL(join(here, 'capture-download.js')).href, script],
+      {
+        env: {
+          ...process.env,
+          DOWNLOAD_API_URL: settings.apiUrl,
+          DOWNLOAD_API_KEY: settings.apiKey,
+          SDK_FILE_ID: String(settings.fileId),
+          SDK_CAPTURE_DOWNLOAD_PATH: capturePath,
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        timeout: QUICKSTART_TIMEOUT_MS,
+      },
+    );
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    check(code === 0, `quickstart exited ${code}: ${output.trim()}`);
+    const printed = /\bcompleted: (\d+) bytes/.exec(output);
+    check(printed !== null, `quickstart printed no completed job: ${output.trim()}`);
+    const captured = await readFile(capturePath).catch(() => undefined);
+    check(captured !== undefined, 'the quickstart downloaded nothing from a presigned URL (no capture)');
+    check(
+      captured.length === Number(printed[1]),
+      `the quickstart printed ${printed[1]} bytes, but ${captured.length} bytes were captured`,
+    );
+    const expected = await readFile(settings.filePath);
+    const bytesEqual = Buffer.compare(captured, expected) === 0;
+    check(bytesEqual, `the quickstart's ${captured.length} bytes differ from ${settings.filePath} (${expected.length} bytes)`);
+    log(`quickstart: ${output.trim()} (bytes equal to ${settings.filePath})`);
+    return { output: output.trim(), bytesEqual };
+  } finally {
+    await rm(captureDir, { recursive: true, force: true });
+  }
 }
 
 async function main(): Promise<void> {
@@ -368,7 +413,8 @@ async function main(): Promise<void> {
       webhookVerified: main.webhookVerified,
       tamperedRejected: main.tamperedRejected,
       errorCodes,
-      quickstart: quickstart.length > 0 ? 'ok' : 'silent',
+      quickstart: quickstart.output.length > 0 ? 'ok' : 'silent',
+      quickstartBytesEqual: quickstart.bytesEqual,
     };
     process.stdout.write(`${JSON.stringify(summary)}\n`);
   } finally {

@@ -112,6 +112,7 @@ async function followStream(
   let sawNewEvent = false;
 
   const sseOptions = {
+    // Seq 0 included: a stream opened before the job's first event shows its state as seq 0.
     ...(position.lastSeq !== undefined && {
       headers: { 'Last-Event-ID': String(position.lastSeq) },
     }),
