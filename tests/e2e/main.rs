@@ -11,6 +11,7 @@ mod failures;
 mod fuzz;
 mod http;
 mod identity;
+mod image;
 mod legacy;
 mod limits;
 mod notifier;

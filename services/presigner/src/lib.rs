@@ -59,12 +59,19 @@ const MAX_IN_FLIGHT: usize = 1024;
 const BAD_REQUEST: usize = 400;
 const SIGNING_FAILED: usize = 500;
 
+/// How long `presigner provision` waits for NATS to answer.
+const PROVISION_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `presigner provision`: the presigner owns no JetStream resource (it answers core NATS
 /// requests), so its provisioning step only proves that its settings parse and NATS answers;
 /// deployments can run every service's step alike.
 pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
     let client = common::nats::connect(&settings.nats, "download-presigner-provision").await?;
-    client.flush().await?;
+    // The connection retries in the background: bounded, so a step that cannot reach NATS fails
+    // (and its Job or compose service retries it) instead of hanging.
+    tokio::time::timeout(PROVISION_CHECK_TIMEOUT, client.flush())
+        .await
+        .map_err(|_| anyhow::anyhow!("NATS did not answer within {PROVISION_CHECK_TIMEOUT:?}"))??;
     tracing::info!("the presigner owns no JetStream resources: nothing to provision");
     Ok(())
 }
