@@ -59,3 +59,60 @@ async fn a_bundle_interrupted_mid_upload_is_aborted_and_leaves_nothing() {
     assert!(completed.is_err(), "the aborted upload can no longer be completed");
     assert_eq!(stack.get_object(&key).await.unwrap(), None, "no bundle object exists");
 }
+
+/// The bucket's housekeeping is set by the processor that writes the bundles (bundles expire
+/// after `RESULT_RETENTION_DAYS`, incomplete uploads abort after a day; the store enforces it,
+/// which a test cannot wait a day to see), and a completed job whose result is gone says so:
+/// 410 `RESULT_EXPIRED` on the result URL instead of a presigned URL of nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bucket_expires_bundles_and_a_gone_result_answers_410() {
+    init_logs();
+    let stack = Stack::start(&[("RESULT_RETENTION_DAYS", "3")]).await.unwrap();
+    let rules = stack.storage.lifecycle_rules().await.unwrap();
+    let rule = |id: &str| {
+        rules
+            .iter()
+            .find(|rule| rule.id == id)
+            .unwrap_or_else(|| panic!("rule {id} in {rules:?}"))
+    };
+    let expiry = rule(common::storage::BUNDLE_EXPIRY_RULE);
+    assert!(expiry.status);
+    assert_eq!(expiry.filter.prefix.as_deref(), Some("bundles/"));
+    assert_eq!(expiry.expiration_days, Some(3));
+    let abort = rule(common::storage::ABORT_UPLOADS_RULE);
+    assert_eq!(abort.abort_incomplete_multipart_upload_days_after_initiation, Some(1));
+
+    stack.put_file(98_200, 100).await.unwrap();
+    stack.put_file(98_201, 100).await.unwrap();
+    let job_id = stack.initiate("kept", &[98_200, 98_201]).await.unwrap();
+    assert_eq!(
+        stack.wait_for_terminal("kept", &job_id).await.unwrap()["status"],
+        "completed"
+    );
+    let result = || async {
+        stack
+            .http
+            .get(stack.url(&format!("/v1/download/{job_id}")))
+            .header("Authorization", stack.bearer("kept").await.unwrap())
+            .send()
+            .await
+            .unwrap()
+    };
+    assert_eq!(result().await.status(), 302, "a kept result redirects to it");
+    // The store expires the bundle.
+    stack
+        .storage
+        .client()
+        .delete_object(stack.storage.bucket(), common::names::bundle_key(&job_id))
+        .unwrap()
+        .build()
+        .send()
+        .await
+        .unwrap();
+    let gone = result().await;
+    assert_eq!(gone.status(), 410);
+    assert_eq!(gone.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = gone.json().await.unwrap();
+    assert_eq!(problem["code"], "RESULT_EXPIRED");
+    assert!(problem["detail"].as_str().unwrap().contains("3 day"), "{problem}");
+}

@@ -377,6 +377,9 @@ pub struct S3Settings {
     pub force_path_style: bool,
     /// `S3_REQUEST_TIMEOUT_MS`: per-request timeout of S3 calls that are not streaming bodies.
     pub request_timeout: Duration,
+    /// `RESULT_RETENTION_DAYS`: how long a bundle is kept (1-365, default 1, as long as its job's
+    /// record): the bucket's lifecycle expires it then; a result whose object is gone answers 410.
+    pub result_retention_days: u32,
 }
 
 impl S3Settings {
@@ -404,6 +407,11 @@ impl S3Settings {
             bucket,
             force_path_style: env.bool("S3_FORCE_PATH_STYLE", true)?,
             request_timeout: env.millis("S3_REQUEST_TIMEOUT_MS", 10_000)?,
+            result_retention_days: {
+                let days: u32 = env.parse("RESULT_RETENTION_DAYS", 1)?;
+                env.require((1..=365).contains(&days), "RESULT_RETENTION_DAYS", "must be 1-365 days")?;
+                days
+            },
         })
     }
 }

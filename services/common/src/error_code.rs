@@ -52,6 +52,8 @@ pub enum ErrorCode {
     TooManyActiveJobs,
     /// The job queue's backlog is over `QUEUE_MAX_BACKLOG` (or the stream is full).
     QueueFull,
+    /// The job completed, but its result is gone (expired after `RESULT_RETENTION_DAYS`).
+    ResultExpired,
 }
 
 impl ErrorCode {
@@ -80,6 +82,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyInFlight => "IDEMPOTENCY_KEY_IN_FLIGHT",
             ErrorCode::TooManyActiveJobs => "TOO_MANY_ACTIVE_JOBS",
             ErrorCode::QueueFull => "QUEUE_FULL",
+            ErrorCode::ResultExpired => "RESULT_EXPIRED",
         }
     }
 }
@@ -94,6 +97,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::JobFinished | ErrorCode::IdempotencyKeyInFlight => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::ResultExpired => 410,
             ErrorCode::Misdirected => 421,
             ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::RateLimited | ErrorCode::TooManyActiveJobs => 429,

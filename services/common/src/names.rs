@@ -73,9 +73,12 @@ pub fn source_key(file_id: u64) -> String {
     format!("downloads/{file_id}.zip")
 }
 
+/// Where bundles are written: the results the bucket's lifecycle expires.
+pub const BUNDLES_PREFIX: &str = "bundles/";
+
 /// S3 key of the bundle built for a multi-file job.
 pub fn bundle_key(job_id: &str) -> String {
-    format!("bundles/{job_id}.zip")
+    format!("{BUNDLES_PREFIX}{job_id}.zip")
 }
 
 /// Whether `key` is a key this system produces results under: `downloads/{digits}.zip` or

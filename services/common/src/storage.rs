@@ -5,9 +5,10 @@ use std::time::Duration;
 use minio::s3::MinioClient;
 use minio::s3::creds::StaticProvider;
 use minio::s3::http::BaseUrl;
+use minio::s3::lifecycle_config::{LifecycleConfig, LifecycleRule};
 use minio::s3::minio_error_response::MinioErrorCode;
 use minio::s3::multimap_ext::{Multimap, MultimapExt};
-use minio::s3::types::{Region, S3Api};
+use minio::s3::types::{Filter, Region, S3Api};
 use secrecy::ExposeSecret;
 
 use crate::config::S3Settings;
@@ -150,6 +151,35 @@ impl Storage {
         }
     }
 
+    /// The bucket's housekeeping, as the processor (which writes the bundles) applies it: bundles
+    /// (`bundles/`) expire `retention_days` after they were written, and multipart uploads left
+    /// incomplete (a processor killed mid-bundle) are aborted after a day. The store enforces
+    /// it (on S3 and MinIO at once; SeaweedFS by its daily lifecycle worker); sources are never
+    /// touched.
+    pub async fn apply_lifecycle(&self, retention_days: u32) -> Result<(), StorageError> {
+        let request = self
+            .client
+            .put_bucket_lifecycle(&self.bucket)
+            .map_err(|error| StorageError::Config(error.into()))?
+            .life_cycle_config(lifecycle(retention_days))
+            .build();
+        self.timed("PutBucketLifecycle", "", request.send()).await.map(drop)
+    }
+
+    /// The bucket's housekeeping rules as the store holds them.
+    pub async fn lifecycle_rules(&self) -> Result<Vec<LifecycleRule>, StorageError> {
+        let request = self
+            .client
+            .get_bucket_lifecycle(&self.bucket)
+            .map_err(|error| StorageError::Config(error.into()))?
+            .build();
+        let response = self.timed("GetBucketLifecycle", "", request.send()).await?;
+        Ok(response
+            .config()
+            .map_err(|error| StorageError::Config(error.into()))?
+            .rules)
+    }
+
     /// Checks that the bucket answers a signed HEAD. A bucket without objects is reachable.
     pub async fn check_bucket(&self) -> Result<(), StorageError> {
         let request = self
@@ -188,5 +218,42 @@ impl Storage {
             .await
             .map_err(StorageError::from_minio)?;
         Ok(response.url)
+    }
+}
+
+/// Rule id of the bundles' expiry.
+pub const BUNDLE_EXPIRY_RULE: &str = "expire-bundles";
+/// Rule id of the incomplete uploads' abort.
+pub const ABORT_UPLOADS_RULE: &str = "abort-incomplete-uploads";
+
+/// The housekeeping rules of the bucket (see [`Storage::apply_lifecycle`]).
+pub fn lifecycle(retention_days: u32) -> LifecycleConfig {
+    let prefixed = |prefix: &str| Filter {
+        and_operator: None,
+        prefix: Some(prefix.to_string()),
+        tag: None,
+    };
+    LifecycleConfig {
+        rules: vec![
+            LifecycleRule {
+                id: BUNDLE_EXPIRY_RULE.into(),
+                status: true,
+                filter: prefixed(crate::names::BUNDLES_PREFIX),
+                expiration_days: Some(retention_days),
+                ..Default::default()
+            },
+            LifecycleRule {
+                id: ABORT_UPLOADS_RULE.into(),
+                status: true,
+                // Every upload (an empty filter: an empty prefix does not read back).
+                filter: Filter {
+                    and_operator: None,
+                    prefix: None,
+                    tag: None,
+                },
+                abort_incomplete_multipart_upload_days_after_initiation: Some(1),
+                ..Default::default()
+            },
+        ],
     }
 }

@@ -318,6 +318,7 @@ fn example_detail(code: common::ErrorCode) -> &'static str {
         IdempotencyKeyInFlight => "a request with this Idempotency-Key is still being handled; retry after 1 s",
         TooManyActiveJobs => "10 jobs are queued or processing, the most allowed at once; retry after 4 s",
         QueueFull => "the job queue is full; retry after 30 s",
+        ResultExpired => "the job's result expired (results are kept 1 day); start the job again",
     }
 }
 

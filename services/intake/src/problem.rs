@@ -32,6 +32,9 @@ pub enum ApiError {
     /// is still being handled (`IDEMPOTENCY_KEY_IN_FLIGHT`: retry after `Retry-After` seconds).
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>, #[oai(header = "Retry-After")] Option<u64>),
+    /// The job's result is gone (`RESULT_EXPIRED`).
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<Problem>),
     /// The body is larger than allowed.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
@@ -59,6 +62,7 @@ impl ApiError {
             401 => ApiError::Unauthorized(Json(problem)),
             404 => ApiError::NotFound(Json(problem)),
             409 => ApiError::Conflict(Json(problem), None),
+            410 => ApiError::Gone(Json(problem)),
             422 => ApiError::UnprocessableEntity(Json(problem)),
             413 => ApiError::PayloadTooLarge(Json(problem)),
             429 => ApiError::TooManyRequests(Json(problem), 1),

@@ -163,6 +163,14 @@ pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
     let client = common::nats::connect(&settings.nats, "download-processor-provision").await?;
     common::nats::provision(&client, &settings.topology(), NATS_RESOURCES).await?;
     client.flush().await?;
+    // The bundles are the processor's: so is their expiry.
+    let storage = Storage::new(&settings.s3)?;
+    storage
+        .apply_lifecycle(settings.s3.result_retention_days)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!("cannot set the bucket's lifecycle (bundles expire, stale uploads abort): {error}")
+        })?;
     Ok(())
 }
 
@@ -198,7 +206,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let readiness = common::readiness::Readiness::new(client.clone(), Some(storage.clone()));
     let _metrics = common::metrics::serve_for(settings.metrics_address, &client, &readiness).await?;
     let handles = common::nats::prepare(&client, &settings.nats, &settings.topology(), NATS_RESOURCES).await?;
-    if !settings.nats.provision {
+    if settings.nats.provision {
+        // Provisioning as it starts (the dev stack, single-user setups): the bucket's
+        // housekeeping too; a store without lifecycle support does not stop the processor.
+        if let Err(error) = storage.apply_lifecycle(settings.s3.result_retention_days).await {
+            tracing::warn!(%error, "the bucket's lifecycle is not set: bundles will not expire by themselves");
+        }
+    } else {
         check_consumer_matches(&handles.jetstream, &settings).await?;
     }
     // Ready once its resources are open; not ready from the stop signal on (it drains).

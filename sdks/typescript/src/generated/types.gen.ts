@@ -808,6 +808,10 @@ export type GetDownloadResultErrors = {
      */
     404: Problem;
     /**
+     * `RESULT_EXPIRED`: the job completed, but its result is gone (bundles are kept `RESULT_RETENTION_DAYS`); start the job again.
+     */
+    410: Problem;
+    /**
      * `RATE_LIMITED`: this client spent its request budget (`RATE_LIMIT_MAX_REQUESTS` per `RATE_LIMIT_WINDOW_MS`); retry after `Retry-After` seconds.
      */
     429: Problem;
@@ -816,7 +820,7 @@ export type GetDownloadResultErrors = {
      */
     500: Problem;
     /**
-     * `QUEUE_UNAVAILABLE` (job records), `PRESIGNER_UNAVAILABLE` (a completed job's URL) or `REQUEST_TIMEOUT`; retry after `Retry-After` seconds.
+     * `QUEUE_UNAVAILABLE` (job records), `STORAGE_UNAVAILABLE` (checking the result), `PRESIGNER_UNAVAILABLE` or `REQUEST_TIMEOUT`; retry after `Retry-After` seconds.
      */
     503: Problem;
 };

@@ -134,6 +134,13 @@ crate::failures!(
     answers::INTERNAL, answers::READ_UNAVAILABLE,
 );
 crate::failures!(
+    /// The error answers of a job's result.
+    ResultFailures: answers::INVALID_JOB_ID, answers::UNAUTHENTICATED, answers::NO_SUCH_JOB,
+    (410, "`RESULT_EXPIRED`: the job completed, but its result is gone (bundles are kept `RESULT_RETENTION_DAYS`); start the job again."),
+    answers::RATE_LIMITED, answers::INTERNAL,
+    (503, "`QUEUE_UNAVAILABLE` (job records), `STORAGE_UNAVAILABLE` (checking the result), `PRESIGNER_UNAVAILABLE` or `REQUEST_TIMEOUT`; retry after `Retry-After` seconds."),
+);
+crate::failures!(
     /// The error answers of a cancel.
     CancelFailures: answers::INVALID_JOB_ID, answers::UNAUTHENTICATED, answers::NO_SUCH_JOB, answers::JOB_FINISHED,
     answers::RATE_LIMITED, answers::INTERNAL, answers::READ_UNAVAILABLE,
@@ -266,9 +273,29 @@ impl JobsApi {
         /// The job id returned by `initiate`.
         #[oai(name = "jobId")]
         job_id: Path<uuid::Uuid>,
-    ) -> Result<ResultResponse, Errors<ReadFailures>> {
+    ) -> Result<ResultResponse, Errors<ResultFailures>> {
         let record = self.owned_job(&tenant.0, JobId(job_id.0)).await?;
         if record.status == JobStatus::Completed {
+            // A result past its retention (or removed) is said to be gone, not presigned into a
+            // URL that answers 404: one HEAD, as the download that follows reads it anyway.
+            if let Some(key) = record.result_key.as_deref() {
+                let size = self
+                    .state
+                    .storage
+                    .object_size(key)
+                    .await
+                    .map_err(|error| ApiError::unavailable(ErrorCode::StorageUnavailable, "storage", &error))?;
+                if size.is_none() {
+                    return Err(ApiError::new(
+                        ErrorCode::ResultExpired,
+                        format!(
+                            "the job's result is gone (results are kept {} day(s)); start the job again",
+                            self.state.settings.s3.result_retention_days
+                        ),
+                    )
+                    .into());
+                }
+            }
             let url = self.state.download_url(&record).await?;
             return Ok(ResultResponse::Found(url, no_store()));
         }
