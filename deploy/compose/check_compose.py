@@ -25,9 +25,9 @@ README = ROOT / "README.md"
 TEMPLATE = ROOT / "deploy" / "nginx" / "downloads.conf.template"
 AUTH_CONF = ROOT / "nats" / "auth.conf"
 
-# Read by the services although the configuration table does not list it (README, "Identity":
-# the services run with NATS_PROVISION=false after the provision steps).
-NOT_IN_TABLE_BUT_READ = {"NATS_PROVISION"}
+# Read by the services although the configuration table does not list it (none: the table
+# lists every variable compose sets).
+NOT_IN_TABLE_BUT_READ: set[str] = set()
 # The binaries of the image and the NATS user each one runs as.
 SERVICE_USERS = {"intake": "intake", "processor": "processor", "notifier": "notifier", "presigner": "presigner"}
 # Ports the probes must use: PORT for the HTTP services, METRICS_PORT for the others.

@@ -81,6 +81,40 @@ async fn the_bucket_expires_bundles_and_a_gone_result_answers_410() {
     assert_eq!(expiry.expiration_days, Some(3));
     let abort = rule(common::storage::ABORT_UPLOADS_RULE);
     assert_eq!(abort.abort_incomplete_multipart_upload_days_after_initiation, Some(1));
+    // An operator's own rule survives provisioning again: only ours are replaced, by id.
+    let mut config = common::storage::lifecycle(3);
+    config.rules[0].id = "operator-logs".into();
+    config.rules[0].filter.prefix = Some("logs/".into());
+    config.rules.truncate(1);
+    let mut with_operators = rules.clone();
+    with_operators.extend(config.rules);
+    stack
+        .storage
+        .client()
+        .put_bucket_lifecycle(stack.storage.bucket())
+        .unwrap()
+        .life_cycle_config(minio::s3::lifecycle_config::LifecycleConfig { rules: with_operators })
+        .build()
+        .send()
+        .await
+        .unwrap();
+    stack.storage.apply_lifecycle(5).await.unwrap();
+    let again = stack.storage.lifecycle_rules().await.unwrap();
+    let ids: std::collections::BTreeSet<&str> = again.iter().map(|rule| rule.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            common::storage::ABORT_UPLOADS_RULE,
+            common::storage::BUNDLE_EXPIRY_RULE,
+            "operator-logs"
+        ]
+        .into()
+    );
+    let expiry = again
+        .iter()
+        .find(|rule| rule.id == common::storage::BUNDLE_EXPIRY_RULE)
+        .unwrap();
+    assert_eq!(expiry.expiration_days, Some(5));
 
     stack.put_file(98_200, 100).await.unwrap();
     stack.put_file(98_201, 100).await.unwrap();

@@ -113,6 +113,27 @@ fn container_env(container: &Value, config_maps: &BTreeMap<String, BTreeMap<Stri
     env
 }
 
+/// Whether `container` takes `variable` from the Secret `secret` (not a default, not a map).
+fn from_secret(container: &Value, variable: &str, secret: &str) -> bool {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|entry| entry["name"] == variable && entry["valueFrom"]["secretKeyRef"]["name"] == secret)
+}
+
+/// What runs S3 code: its credentials come from the S3 Secret (the settings would otherwise
+/// fall back to the dev stack's), and its pod may reach S3 (the NetworkPolicy's label).
+fn assert_reaches_s3(what: &str, container: &Value, pod_labels: &Value) {
+    for variable in ["S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY"] {
+        assert!(
+            from_secret(container, variable, "download-s3"),
+            "{what} takes {variable} from download-s3"
+        );
+    }
+    assert_eq!(pod_labels["download-service/s3-client"], "true", "{what} may reach S3");
+}
+
 /// Variables read by the OpenTelemetry SDK or the log setup from the process itself, not
 /// through the service's settings.
 const READ_BY_THE_SDK: &[&str] = &[
@@ -187,11 +208,30 @@ fn the_kubernetes_manifests_configure_each_service_as_its_code_reads_it() {
             container["readinessProbe"]["httpGet"]["path"],
             common::readiness::READY_PATH
         );
-        let grace: u64 = value("SHUTDOWN_GRACE_SECONDS").map_or(30, |grace| grace.parse().unwrap());
+        // The pod outlives its drain: a processor's running jobs, an intake's requests (after
+        // the preStop pause), a notifier's and presigner's quick stop.
+        let drain_seconds = match service {
+            "processor" => value("SHUTDOWN_GRACE_SECONDS").map_or(30, |grace| grace.parse().unwrap()),
+            "intake" => {
+                let request_ms: u64 = value("REQUEST_TIMEOUT_MS").map_or(30_000, |ms| ms.parse().unwrap());
+                let pause = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+                    .as_u64()
+                    .unwrap_or(0);
+                request_ms.div_ceil(1000) + pause
+            }
+            _ => 10,
+        };
         assert!(
-            pod["terminationGracePeriodSeconds"].as_u64().unwrap() > grace,
-            "{service}: the pod outlives its drain"
+            pod["terminationGracePeriodSeconds"].as_u64().unwrap() > drain_seconds,
+            "{service}: the pod outlives its drain of {drain_seconds} s"
         );
+        if matches!(service, "intake" | "processor") {
+            assert_reaches_s3(
+                service,
+                container,
+                &deployment["spec"]["template"]["metadata"]["labels"],
+            );
+        }
         assert_eq!(
             value("NATS_PROVISION").as_deref(),
             Some("false"),
@@ -234,6 +274,14 @@ fn the_kubernetes_manifests_configure_each_service_as_its_code_reads_it() {
             env.contains(&("NATS_USER".to_string(), "admin".to_string())),
             "{binary} provisions as admin"
         );
+        if binary == "processor" {
+            // It sets the bucket's lifecycle.
+            assert_reaches_s3(
+                "processor provision",
+                step,
+                &job["spec"]["template"]["metadata"]["labels"],
+            );
+        }
         provisioned.insert(binary);
     }
     assert_eq!(provisioned, services, "every service's resources are provisioned");

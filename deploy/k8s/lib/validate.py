@@ -20,12 +20,9 @@ KEDA_SCHEMA = os.path.join(manifests.HERE, "schemas", "keda-scaledobject-v1alpha
 NATS_VALUES = os.path.join(manifests.HERE, "nats", "values.yaml")
 NATS_DIR = os.path.join(manifests.REPO, "nats")
 
-# Variables the manifests set that README's configuration table does not list, and why.
-NOT_IN_README_TABLE = {
-    # README "Identity" and nats/auth.conf: services run with NATS_PROVISION=false when the
-    # provision Job (as admin) creates their resources. The table does not list it yet.
-    "NATS_PROVISION",
-}
+# Variables the manifests set that README's configuration table does not list, and why (none:
+# every variable the manifests set is in the table).
+NOT_IN_README_TABLE: set[str] = set()
 # Names whose values are credentials: never in a ConfigMap, always from a Secret.
 SECRET_LIKE = re.compile(r"(SECRET|PASSWORD|_TOKEN$|HEADERS$|ACCESS_KEY)")
 PORT_SETTING = {"intake": "PORT", "notifier": "PORT", "processor": "METRICS_PORT", "presigner": "METRICS_PORT"}

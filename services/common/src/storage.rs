@@ -38,7 +38,9 @@ impl StorageError {
             Error::S3Server(S3ServerError::S3Error(response))
                 if matches!(
                     response.code(),
-                    MinioErrorCode::NoSuchKey | MinioErrorCode::NoSuchBucket
+                    MinioErrorCode::NoSuchKey
+                        | MinioErrorCode::NoSuchBucket
+                        | MinioErrorCode::NoSuchLifecycleConfiguration
                 ) =>
             {
                 StorageError::NotFound
@@ -156,12 +158,23 @@ impl Storage {
     /// incomplete (a processor killed mid-bundle) are aborted after a day. The store enforces
     /// it (on S3 and MinIO at once; SeaweedFS by its daily lifecycle worker); sources are never
     /// touched.
+    /// The bucket's other rules (an operator's own) are kept: only these two, by id, are
+    /// replaced.
     pub async fn apply_lifecycle(&self, retention_days: u32) -> Result<(), StorageError> {
+        let ours = lifecycle(retention_days).rules;
+        let mut rules: Vec<LifecycleRule> = match self.lifecycle_rules().await {
+            Ok(rules) => rules,
+            // No configuration yet.
+            Err(StorageError::NotFound) => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        rules.retain(|rule| ours.iter().all(|own| own.id != rule.id));
+        rules.extend(ours);
         let request = self
             .client
             .put_bucket_lifecycle(&self.bucket)
             .map_err(|error| StorageError::Config(error.into()))?
-            .life_cycle_config(lifecycle(retention_days))
+            .life_cycle_config(LifecycleConfig { rules })
             .build();
         self.timed("PutBucketLifecycle", "", request.send()).await.map(drop)
     }

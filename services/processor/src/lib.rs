@@ -163,10 +163,18 @@ pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
     let client = common::nats::connect(&settings.nats, "download-processor-provision").await?;
     common::nats::provision(&client, &settings.topology(), NATS_RESOURCES).await?;
     client.flush().await?;
-    // The bundles are the processor's: so is their expiry.
+    // The bundles are the processor's: so is their expiry. Retried as patiently as NATS
+    // provisioning (a store starting together with the deployment).
     let storage = Storage::new(&settings.s3)?;
-    storage
-        .apply_lifecycle(settings.s3.result_retention_days)
+    let patience = common::retry::Patience {
+        window: common::nats::PROVISION_WINDOW,
+    };
+    patience
+        .retry(
+            "setting the bucket's lifecycle",
+            || storage.apply_lifecycle(settings.s3.result_retention_days),
+            |error| !matches!(error, common::storage::StorageError::Config(_)),
+        )
         .await
         .map_err(|error| {
             anyhow::anyhow!("cannot set the bucket's lifecycle (bundles expire, stale uploads abort): {error}")
