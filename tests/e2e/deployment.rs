@@ -320,3 +320,211 @@ fn the_kubernetes_manifests_configure_each_service_as_its_code_reads_it() {
         "{read_timeout} s vs a heartbeat every {heartbeat} s"
     );
 }
+
+/// One end of a connection: a pod (its namespace and labels) or an address outside the cluster.
+enum Peer<'a> {
+    Pod(&'a str, BTreeMap<String, String>),
+    Address(std::net::Ipv4Addr),
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(key, value)| ((*key).to_string(), (*value).to_string()))
+        .collect()
+}
+
+/// Whether a label selector (`matchLabels`, `matchExpressions` with `In`) selects `labels`.
+fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key).map(String::as_str) == value.as_str());
+    let by_expressions = selector["matchExpressions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|expression| {
+            assert_eq!(expression["operator"], "In", "only In is modelled: {expression}");
+            let values: Vec<&str> = expression["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            labels
+                .get(expression["key"].as_str().unwrap())
+                .is_some_and(|value| values.contains(&value.as_str()))
+        });
+    by_labels && by_expressions
+}
+
+/// Whether one `to`/`from` entry of a policy in `namespace` matches `peer`.
+fn peer_matches(entry: &Value, namespace: &str, peer: &Peer) -> bool {
+    match peer {
+        Peer::Address(address) => {
+            entry["ipBlock"].is_object() && {
+                let within = |cidr: &str| {
+                    let (network, bits) = cidr.split_once('/').unwrap();
+                    let Ok(network) = network.parse::<std::net::Ipv4Addr>() else {
+                        return false; // an IPv6 block
+                    };
+                    let bits: u32 = bits.parse().unwrap();
+                    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+                    u32::from(*address) & mask == u32::from(network) & mask
+                };
+                within(entry["ipBlock"]["cidr"].as_str().unwrap())
+                    && !entry["ipBlock"]["except"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|except| within(except.as_str().unwrap()))
+            }
+        }
+        Peer::Pod(peer_namespace, pod_labels) => {
+            if entry["ipBlock"].is_object() {
+                return false;
+            }
+            let namespace_ok = match entry.get("namespaceSelector") {
+                Some(selector) => selects(selector, &labels(&[("kubernetes.io/metadata.name", peer_namespace)])),
+                None => *peer_namespace == namespace,
+            };
+            let pod_ok = entry
+                .get("podSelector")
+                .is_none_or(|selector| selects(selector, pod_labels));
+            namespace_ok && pod_ok
+        }
+    }
+}
+
+/// Whether the policies let `peer` reach `pod` (`ingress`) or `pod` reach `peer` (egress) on
+/// `port`: the pod is isolated in that direction when a policy selects it, and then one of
+/// those policies must have a rule matching the peer and the port.
+fn allowed(policies: &[&Value], pod: &BTreeMap<String, String>, ingress: bool, peer: &Peer, port: u64) -> bool {
+    let (kind, rules_key, peers_key) = if ingress {
+        ("Ingress", "ingress", "from")
+    } else {
+        ("Egress", "egress", "to")
+    };
+    let selecting: Vec<&&Value> = policies
+        .iter()
+        .filter(|policy| {
+            policy["spec"]["policyTypes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|value| value == kind)
+                && selects(&policy["spec"]["podSelector"], pod)
+        })
+        .collect();
+    if selecting.is_empty() {
+        return true;
+    }
+    selecting.iter().any(|policy| {
+        let namespace = policy["metadata"]["namespace"].as_str().unwrap_or("downloads");
+        policy["spec"][rules_key].as_array().into_iter().flatten().any(|rule| {
+            let peers_ok = rule[peers_key]
+                .as_array()
+                .is_none_or(|peers| peers.iter().any(|entry| peer_matches(entry, namespace, peer)));
+            let ports_ok = rule["ports"].as_array().is_none_or(|ports| {
+                ports
+                    .iter()
+                    .any(|entry| entry.get("port").is_none_or(|value| value.as_u64() == Some(port)))
+            });
+            peers_ok && ports_ok
+        })
+    })
+}
+
+/// Every connection the system needs passes the NetworkPolicies, from both ends where both are
+/// in the namespace, and what it must not do does not: services and the provisioning Job to
+/// NATS, what runs S3 code to S3, the notifier to webhook receivers (not to private addresses),
+/// the ingress controller to the intake and notifier, Prometheus to every metrics port, KEDA to
+/// NATS's monitoring port, everything to DNS; nobody else to the intake.
+#[test]
+fn the_network_policies_let_through_what_the_system_needs_and_nothing_else() {
+    let objects = rendered_production();
+    let policies: Vec<&Value> = objects
+        .iter()
+        .filter(|object| object["kind"] == "NetworkPolicy")
+        .collect();
+    let pod_of = |kind: &str, name: &str| -> BTreeMap<String, String> {
+        let object = objects
+            .iter()
+            .find(|object| object["kind"] == kind && object["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name}"));
+        serde_json::from_value(object["spec"]["template"]["metadata"]["labels"].clone()).unwrap()
+    };
+    let services = ["intake", "processor", "notifier", "presigner"];
+    let pods: BTreeMap<&str, BTreeMap<String, String>> = services
+        .iter()
+        .map(|service| (*service, pod_of("Deployment", &format!("download-{service}"))))
+        .chain([("provision", pod_of("Job", "download-provision"))])
+        .collect();
+    let nats = labels(&[
+        ("app.kubernetes.io/name", "nats"),
+        ("app.kubernetes.io/instance", "nats"),
+    ]);
+    let s3 = Peer::Address("52.216.8.10".parse().unwrap());
+    let receiver = Peer::Address("203.0.113.10".parse().unwrap());
+    let private_receiver = Peer::Address("10.1.2.3".parse().unwrap());
+    let dns = Peer::Pod("kube-system", labels(&[("k8s-app", "kube-dns")]));
+    let ingress_controller = Peer::Pod("ingress-nginx", labels(&[("app.kubernetes.io/name", "ingress-nginx")]));
+    let prometheus = Peer::Pod("monitoring", labels(&[("app.kubernetes.io/name", "prometheus")]));
+    let keda = Peer::Pod("keda", labels(&[("app", "keda-operator")]));
+    let stranger = Peer::Pod("default", labels(&[("app", "curious")]));
+
+    for (name, pod) in &pods {
+        assert!(
+            allowed(&policies, pod, false, &Peer::Pod("downloads", nats.clone()), 4222),
+            "{name} → NATS"
+        );
+        assert!(
+            allowed(&policies, &nats, true, &Peer::Pod("downloads", pod.clone()), 4222),
+            "NATS ← {name}"
+        );
+        assert!(allowed(&policies, pod, false, &dns, 53), "{name} → DNS");
+        let runs_s3_code = matches!(*name, "intake" | "processor" | "provision");
+        assert_eq!(
+            allowed(&policies, pod, false, &s3, 443),
+            runs_s3_code || *name == "notifier",
+            "{name} → S3's address"
+        );
+    }
+    assert!(
+        allowed(&policies, &pods["notifier"], false, &receiver, 443),
+        "notifier → a webhook receiver"
+    );
+    assert!(
+        !allowed(&policies, &pods["notifier"], false, &private_receiver, 443),
+        "notifier ↛ a private address"
+    );
+    assert!(
+        !allowed(&policies, &pods["presigner"], false, &receiver, 443),
+        "the presigner calls nobody outside"
+    );
+    for (service, port) in [("intake", 3000), ("notifier", 3001)] {
+        assert!(
+            allowed(&policies, &pods[service], true, &ingress_controller, port),
+            "ingress → {service}"
+        );
+        assert!(
+            !allowed(&policies, &pods[service], true, &stranger, port),
+            "a stranger ↛ {service}"
+        );
+    }
+    for (service, port) in [
+        ("intake", 3000),
+        ("notifier", 3001),
+        ("processor", 9090),
+        ("presigner", 9090),
+    ] {
+        assert!(
+            allowed(&policies, &pods[service], true, &prometheus, port),
+            "Prometheus → {service}:{port}"
+        );
+    }
+    assert!(allowed(&policies, &nats, true, &keda, 8222), "KEDA → NATS monitoring");
+    assert!(!allowed(&policies, &nats, true, &stranger, 4222), "a stranger ↛ NATS");
+}
