@@ -447,14 +447,8 @@ async fn rendered_body(browser: &Browser, operation: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_ui_through_the_proxy_authorizes_starts_a_job_and_reads_its_status() {
     init_logs();
-    let mut stack = Stack::servers_only(&[]).await.unwrap();
-    stack.start_presigner().await.unwrap();
-    stack.start_processor(&[]).await.unwrap();
-    stack.start_intake().await.unwrap();
-    let (notifier_address, _notifier) = stack.spawn_notifier(&[]).await.unwrap();
-    let proxy = NginxServer::start(0, stack.intake_address(), notifier_address, "10s", "1h")
-        .await
-        .unwrap();
+    let system = system_tests::stack::Proxied::start(&[], "10s").await.unwrap();
+    let (stack, proxy) = (&system.stack, &system.proxy);
     stack.put_file(96_300, 1000).await.unwrap();
     let key = stack.key(TENANT).await.unwrap();
     // The page carries Swagger UI itself: no asset from a CDN at run time.

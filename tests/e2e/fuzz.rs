@@ -7,8 +7,8 @@
 //! and the server refuses or the reverse, any server error fails the test.
 
 use serde_json::Value;
-use system_tests::servers::{NginxServer, workspace_root};
-use system_tests::stack::Stack;
+use system_tests::servers::workspace_root;
+use system_tests::stack::Proxied;
 
 use crate::init_logs;
 
@@ -16,24 +16,21 @@ use crate::init_logs;
 async fn schemathesis_finds_nothing_over_every_operation_of_the_published_document() {
     init_logs();
     // Short jobs with progress, so streams have events and the stateful phase meets every state.
-    let mut stack = Stack::servers_only(&[
-        ("DOWNLOAD_DELAY_ENABLED", "true"),
-        ("DOWNLOAD_DELAY_MIN_MS", "200"),
-        ("DOWNLOAD_DELAY_MAX_MS", "800"),
-        ("PROGRESS_INTERVAL_MS", "100"),
-        ("START_WAIT_MS", "2000"),
-        ("MAX_ACTIVE_JOBS_PER_TENANT", "0"),
-        ("SSE_HEARTBEAT_SECONDS", "1"),
-    ])
+    let system = Proxied::start(
+        &[
+            ("DOWNLOAD_DELAY_ENABLED", "true"),
+            ("DOWNLOAD_DELAY_MIN_MS", "200"),
+            ("DOWNLOAD_DELAY_MAX_MS", "800"),
+            ("PROGRESS_INTERVAL_MS", "100"),
+            ("START_WAIT_MS", "2000"),
+            ("MAX_ACTIVE_JOBS_PER_TENANT", "0"),
+            ("SSE_HEARTBEAT_SECONDS", "1"),
+        ],
+        "30s",
+    )
     .await
     .unwrap();
-    stack.start_presigner().await.unwrap();
-    stack.start_processor(&[]).await.unwrap();
-    stack.start_intake().await.unwrap();
-    let (notifier, _notifier) = stack.spawn_notifier(&[]).await.unwrap();
-    let proxy = NginxServer::start(0, stack.intake_address(), notifier, "30s", "1h")
-        .await
-        .unwrap();
+    let (stack, proxy) = (&system.stack, &system.proxy);
     // A few files the generated ids may hit (most will not exist: both are valid answers).
     for file_id in [10_000, 10_001, 70_000] {
         stack.put_file(file_id, 4096).await.unwrap();

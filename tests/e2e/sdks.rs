@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
-use system_tests::servers::{NginxServer, venv_binary, workspace_root};
-use system_tests::stack::Stack;
+use system_tests::servers::{venv_binary, workspace_root};
+use system_tests::stack::Proxied;
 
 use crate::init_logs;
 
@@ -21,9 +21,7 @@ const FILE_ID: u64 = 97_100;
 /// A stack with every service, nginx in front, a file to download and a tenant with a key and
 /// a webhook secret; webhooks may go to loopback (the SDK tests receive them there).
 struct Live {
-    stack: Stack,
-    proxy: NginxServer,
-    _notifier: system_tests::stack::Service,
+    system: Proxied,
     env: Vec<(String, String)>,
     _files: tempfile::TempDir,
 }
@@ -31,22 +29,19 @@ struct Live {
 impl Live {
     async fn start() -> Self {
         // Jobs take 3 s with progress every 250 ms, so a stream has events to cut and resume.
-        let mut stack = Stack::servers_only(&[
-            ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"),
-            ("DOWNLOAD_DELAY_ENABLED", "true"),
-            ("DOWNLOAD_DELAY_MIN_MS", "3000"),
-            ("DOWNLOAD_DELAY_MAX_MS", "3000"),
-            ("PROGRESS_INTERVAL_MS", "250"),
-        ])
+        let system = Proxied::start(
+            &[
+                ("WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8"),
+                ("DOWNLOAD_DELAY_ENABLED", "true"),
+                ("DOWNLOAD_DELAY_MIN_MS", "3000"),
+                ("DOWNLOAD_DELAY_MAX_MS", "3000"),
+                ("PROGRESS_INTERVAL_MS", "250"),
+            ],
+            "10s",
+        )
         .await
         .unwrap();
-        stack.start_presigner().await.unwrap();
-        stack.start_processor(&[]).await.unwrap();
-        stack.start_intake().await.unwrap();
-        let (notifier_address, notifier) = stack.spawn_notifier(&[]).await.unwrap();
-        let proxy = NginxServer::start(0, stack.intake_address(), notifier_address, "10s", "1h")
-            .await
-            .unwrap();
+        let stack = &system.stack;
         let bytes = stack.put_file(FILE_ID, 150_000).await.unwrap();
         let files = tempfile::tempdir().unwrap();
         let source = files.path().join("source.bin");
@@ -54,16 +49,14 @@ impl Live {
         let key = stack.key(TENANT).await.unwrap();
         let secret = stack.webhook_secrets(TENANT).await.unwrap().remove(0);
         let env = vec![
-            ("DOWNLOAD_API_URL".to_string(), proxy.base_url()),
+            ("DOWNLOAD_API_URL".to_string(), system.base_url()),
             ("DOWNLOAD_API_KEY".to_string(), key),
             ("DOWNLOAD_WEBHOOK_SECRET".to_string(), secret),
             ("SDK_FILE_ID".to_string(), FILE_ID.to_string()),
             ("SDK_FILE_PATH".to_string(), source.display().to_string()),
         ];
         Live {
-            stack,
-            proxy,
-            _notifier: notifier,
+            system,
             env,
             _files: files,
         }
@@ -222,12 +215,12 @@ async fn the_python_sdk_runs_a_job_live_verifies_its_webhook_and_types_its_error
     );
     // The job it ran is the stack's, completed.
     let status = live
+        .system
         .stack
         .status(TENANT, seen["jobId"].as_str().unwrap())
         .await
         .unwrap();
     assert_eq!(status["status"], "completed");
-    assert!(live.proxy.base_url().starts_with("http://127.0.0.1:"));
     assert_readme_shows("sdks/python/examples/quickstart.py");
 }
 
@@ -282,6 +275,7 @@ async fn the_typescript_sdk_runs_a_job_live_verifies_its_webhook_and_types_its_e
     assert_used_as_documented("TypeScript", &seen);
     assert_eq!(seen["ok"], true, "{seen}");
     let status = live
+        .system
         .stack
         .status(TENANT, seen["jobId"].as_str().unwrap())
         .await

@@ -615,3 +615,36 @@ pub async fn accepted_job_id(response: reqwest::Response) -> anyhow::Result<Stri
     let body: Value = response.json().await?;
     Ok(body["jobId"].as_str().context("jobId")?.to_string())
 }
+
+/// The system as its users reach it: every service of a [`Stack`] (the notifier spawned), the
+/// production nginx front before them.
+pub struct Proxied {
+    /// The services and servers.
+    pub stack: Stack,
+    /// nginx: the base URL clients use.
+    pub proxy: crate::servers::NginxServer,
+    _notifier: Service,
+}
+
+impl Proxied {
+    /// Starts everything with `overrides`; nginx cuts a silent request after `read_timeout`.
+    pub async fn start(overrides: &[(&str, &str)], read_timeout: &str) -> anyhow::Result<Self> {
+        let mut stack = Stack::servers_only(overrides).await?;
+        stack.start_presigner().await?;
+        stack.start_processor(&[]).await?;
+        stack.start_intake().await?;
+        let (notifier_address, notifier) = stack.spawn_notifier(&[]).await?;
+        let proxy =
+            crate::servers::NginxServer::start(0, stack.intake_address(), notifier_address, read_timeout, "1h").await?;
+        Ok(Proxied {
+            stack,
+            proxy,
+            _notifier: notifier,
+        })
+    }
+
+    /// The base URL clients use (nginx).
+    pub fn base_url(&self) -> String {
+        self.proxy.base_url()
+    }
+}
