@@ -149,14 +149,22 @@ fn probe_answer(status: poem::http::StatusCode, body: serde_json::Value) -> poem
         .body(body.to_string())
 }
 
+/// `GET /livez`, as an endpoint.
+pub fn live_endpoint() -> impl poem::Endpoint<Output = poem::Response> {
+    poem::get(poem::endpoint::make_sync(|_| live()))
+}
+
+/// `GET /readyz` of `readiness`, as an endpoint.
+pub fn ready_endpoint(readiness: Readiness) -> impl poem::Endpoint<Output = poem::Response> {
+    poem::get(poem::endpoint::make(move |_| {
+        let readiness = readiness.clone();
+        async move { ready(&readiness).await }
+    }))
+}
+
 /// `/livez` and `/readyz` as routes of a service's own HTTP app.
 pub fn routes(readiness: Readiness) -> poem::Route {
-    use poem::{Route, get};
-    let ready = poem::endpoint::make(move |_| {
-        let readiness = readiness.clone();
-        async move { self::ready(&readiness).await }
-    });
-    Route::new()
-        .at(LIVE_PATH, get(poem::endpoint::make_sync(|_| live())))
-        .at(READY_PATH, get(ready))
+    poem::Route::new()
+        .at(LIVE_PATH, live_endpoint())
+        .at(READY_PATH, ready_endpoint(readiness))
 }

@@ -85,6 +85,26 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// The problem of an error the HTTP framework raised by status (an unknown route, a wrong
+    /// method, a body too large, another client error with its `message`, anything else as an
+    /// internal error, whose cause is logged, never answered).
+    pub fn of_framework_error(status: StatusCode, message: String) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => Problem::new(ErrorCode::NotFound, "no such route"),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => Problem::new(ErrorCode::PayloadTooLarge, "request body is too large"),
+            status if status.is_client_error() => Problem::new(ErrorCode::ValidationFailed, message),
+            _ => {
+                tracing::error!(error = %message, %status, "unhandled error");
+                Problem::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
 /// HTTP status of each code.
 pub fn status_of(code: ErrorCode) -> StatusCode {
     StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -197,8 +217,8 @@ impl poem_openapi::types::ToJSON for Timestamp {
 }
 
 impl Timestamp {
-    /// A fixed moment for the document's examples.
-    fn example(text: &str) -> Self {
+    /// A fixed moment for the document's examples (RFC 3339).
+    pub fn example(text: &str) -> Self {
         Timestamp(
             DateTime::parse_from_rfc3339(text)
                 .expect("examples are RFC 3339")

@@ -112,9 +112,8 @@ fn fix_path_item(item: &mut Value, examples: &BTreeMap<String, Value>) {
     };
     for operation in operations.values_mut() {
         let operation_id = operation.get("operationId").and_then(Value::as_str).map(str::to_string);
-        let limited = operation
-            .get("operationId")
-            .and_then(Value::as_str)
+        let limited = operation_id
+            .as_deref()
             .is_some_and(|id| !UNLIMITED_OPERATIONS.contains(&id));
         for parameter in operation
             .get_mut("parameters")
@@ -129,7 +128,12 @@ fn fix_path_item(item: &mut Value, examples: &BTreeMap<String, Value>) {
                 }
             }
         }
-        add_job_links(operation);
+        if operation_id
+            .as_deref()
+            .is_some_and(|id| JOB_CREATING_OPERATIONS.contains(&id))
+        {
+            add_job_links(operation);
+        }
         if let Some(body) = operation.get_mut("requestBody") {
             fix_content(body, examples);
         }
@@ -253,12 +257,9 @@ const JOB_LINKS: [(&str, &str); 4] = [
 /// The operations answering a new job with 202.
 const JOB_CREATING_OPERATIONS: [&str; 2] = ["initiateDownload", "startDownload"];
 
+/// Links a job-creating operation's 202 answer to the job's operations.
 fn add_job_links(operation: &mut Value) {
-    let creates = operation
-        .get("operationId")
-        .and_then(Value::as_str)
-        .is_some_and(|id| JOB_CREATING_OPERATIONS.contains(&id));
-    let Some(accepted) = operation.pointer_mut("/responses/202").filter(|_| creates) else {
+    let Some(accepted) = operation.pointer_mut("/responses/202") else {
         return;
     };
     let links: Map<String, Value> = JOB_LINKS

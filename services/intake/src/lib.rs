@@ -203,11 +203,6 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
     if !state.settings.cors_origins.iter().any(|origin| origin == "*") {
         cors = cors.allow_origins(state.settings.cors_origins.clone());
     }
-    let readiness = state.readiness.clone();
-    let ready = poem::endpoint::make(move |_| {
-        let readiness = readiness.clone();
-        async move { common::readiness::ready(&readiness).await }
-    });
     let rate_state = state.clone();
     let bound_state = state.clone();
     let auth_state = state.clone();
@@ -225,11 +220,11 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
         .at("/app/app.js", get(page::script))
         .at("/app/app.css", get(page::style))
         .at("/metrics", get(common::metrics::endpoint))
+        .at(common::readiness::LIVE_PATH, common::readiness::live_endpoint())
         .at(
-            common::readiness::LIVE_PATH,
-            get(poem::endpoint::make_sync(|_| common::readiness::live())),
+            common::readiness::READY_PATH,
+            common::readiness::ready_endpoint(state.readiness.clone()),
         )
-        .at(common::readiness::READY_PATH, get(ready))
         .around(move |endpoint, request| middleware::bound_request(endpoint, request, bound_state.clone()))
         .around(move |endpoint, request| middleware::rate_limit(endpoint, request, rate_state.clone()))
         .around(move |endpoint, request| auth::authenticate(endpoint, request, auth_state.clone()))

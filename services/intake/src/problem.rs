@@ -128,18 +128,7 @@ pub fn into_problem(error: poem::Error) -> poem::Response {
         )
         .with_field(PATH_PARAMETER)
     } else {
-        match status {
-            StatusCode::NOT_FOUND => Problem::new(ErrorCode::NotFound, "no such route"),
-            StatusCode::METHOD_NOT_ALLOWED => {
-                Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
-            }
-            StatusCode::PAYLOAD_TOO_LARGE => Problem::new(ErrorCode::PayloadTooLarge, "request body is too large"),
-            status if status.is_client_error() => Problem::new(ErrorCode::ValidationFailed, message),
-            _ => {
-                tracing::error!(error = %message, %status, "unhandled error");
-                Problem::new(ErrorCode::Internal, "internal error")
-            }
-        }
+        Problem::of_framework_error(status, message)
     };
     problem.into_response()
 }

@@ -163,23 +163,9 @@ async fn observe<E: poem::Endpoint>(endpoint: Arc<E>, request: poem::Request) ->
 /// An error of the framework (an unknown route, a wrong method) as a problem, like every other
 /// answer; every notifier route is GET only.
 fn framework_problem(error: poem::Error) -> poem::Response {
-    use common::ErrorCode;
     use poem::http::StatusCode;
     let status = error.status();
-    let problem = match status {
-        StatusCode::NOT_FOUND => common::wire::Problem::new(ErrorCode::NotFound, "no such route"),
-        StatusCode::METHOD_NOT_ALLOWED => {
-            common::wire::Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
-        }
-        status if status.is_client_error() => {
-            common::wire::Problem::new(ErrorCode::ValidationFailed, error.to_string())
-        }
-        _ => {
-            tracing::error!(error = %error, %status, "unhandled error");
-            common::wire::Problem::new(ErrorCode::Internal, "internal error")
-        }
-    };
-    let mut response = problem.into_response();
+    let mut response = common::wire::Problem::of_framework_error(status, error.to_string()).into_response();
     if status == StatusCode::METHOD_NOT_ALLOWED {
         response
             .headers_mut()

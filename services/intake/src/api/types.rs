@@ -369,15 +369,6 @@ pub struct StartAcceptedBody {
     pub message: String,
 }
 
-/// A moment of the examples.
-fn example_time(text: &str) -> Timestamp {
-    Timestamp(
-        chrono::DateTime::parse_from_rfc3339(text)
-            .expect("examples are RFC 3339")
-            .with_timezone(&chrono::Utc),
-    )
-}
-
 /// A stream URL as the examples show it.
 const EXAMPLE_STREAM_URL: &str =
     "/v1/download/019ac9a4-5c1e-7b3a-9f2d-3c4b5a697e81/stream?token=eyJhbGciOiJIUzI1NiJ9.…";
@@ -476,9 +467,9 @@ impl poem_openapi::types::Example for JobStatusBody {
             error: None,
             error_code: None,
             attempt: 1,
-            created_at: example_time("2026-11-28T10:15:20.004Z"),
-            started_at: Some(example_time("2026-11-28T10:15:20.031Z")),
-            completed_at: Some(example_time("2026-11-28T10:15:32.118Z")),
+            created_at: Timestamp::example("2026-11-28T10:15:20.004Z"),
+            started_at: Some(Timestamp::example("2026-11-28T10:15:20.031Z")),
+            completed_at: Some(Timestamp::example("2026-11-28T10:15:32.118Z")),
             estimated_completion: None,
             stream_url: EXAMPLE_STREAM_URL.into(),
         }
