@@ -4,6 +4,7 @@
 pub mod config;
 pub mod consume;
 pub mod error_code;
+pub mod expiring;
 pub mod identity;
 pub mod job;
 pub mod kv_cas;

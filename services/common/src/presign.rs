@@ -41,28 +41,59 @@ pub fn filename_of(job_id: crate::JobId, key: &str) -> String {
     }
 }
 
-/// A fresh presigned URL of a completed job's result.
-pub async fn result_url(
-    client: &async_nats::Client,
-    record: &crate::JobRecord,
+/// How much of a presigned URL's lifetime may pass while it is handed out again: a twentieth,
+/// so every URL a client gets keeps at least 95 % of its lifetime.
+const REUSE_SHARE: u32 = 20;
+
+/// How many URLs a [`Presigner`] keeps for reuse.
+const REUSED_URLS: usize = 4096;
+
+/// Asks the presigner for URLs of results, handing a URL out again while it keeps at least 95 %
+/// of its lifetime: the readers of one result (a polling client, the streams of one job) cost one
+/// presign request per twentieth of the lifetime instead of one each, and no credential leaves
+/// the presigner.
+pub struct Presigner {
+    nats: async_nats::Client,
     timeout: Duration,
-) -> Result<String, PresignError> {
-    let Some(key) = record.result_key.as_deref() else {
-        return Err(PresignError::NoResult(record.job_id));
-    };
-    key_url(client, record.job_id, key, timeout).await
+    fresh: crate::expiring::ExpiringMap<(String, String), String>,
 }
 
-/// A fresh presigned URL of result `key` of `job_id` (as a completed event carries it).
-pub async fn key_url(
-    client: &async_nats::Client,
-    job_id: crate::JobId,
-    key: &str,
-    timeout: Duration,
-) -> Result<String, PresignError> {
-    request_url(client, key, &filename_of(job_id, key), timeout)
-        .await
-        .map(|(url, _)| url)
+impl Presigner {
+    /// A client of the presigner waiting `timeout` for each answer.
+    pub fn new(nats: async_nats::Client, timeout: Duration) -> Self {
+        Presigner {
+            nats,
+            timeout,
+            fresh: crate::expiring::ExpiringMap::new(REUSED_URLS),
+        }
+    }
+
+    /// A presigned URL of a completed job's result.
+    pub async fn result_url(&self, record: &crate::JobRecord) -> Result<String, PresignError> {
+        let Some(key) = record.result_key.as_deref() else {
+            return Err(PresignError::NoResult(record.job_id));
+        };
+        self.key_url(record.job_id, key).await
+    }
+
+    /// A presigned URL of result `key` of `job_id` (as a completed event carries it).
+    pub async fn key_url(&self, job_id: crate::JobId, key: &str) -> Result<String, PresignError> {
+        let name = (key.to_string(), filename_of(job_id, key));
+        if let Some(url) = self.fresh.get(&name) {
+            return Ok(url);
+        }
+        let (url, expires_at) = request_url(&self.nats, &name.0, &name.1, self.timeout).await?;
+        self.fresh
+            .insert(name, url.clone(), reusable_until(Utc::now(), expires_at));
+        Ok(url)
+    }
+}
+
+/// Until when a URL received at `now` (wall clock) and expiring at `expires_at` may be handed
+/// out again: a twentieth of its remaining lifetime from now.
+fn reusable_until(now: DateTime<Utc>, expires_at: DateTime<Utc>) -> tokio::time::Instant {
+    let lifetime = (expires_at - now).to_std().unwrap_or_default();
+    tokio::time::Instant::now() + lifetime / REUSE_SHARE
 }
 
 /// Asks the presigner for a GET URL of `key` that saves as `filename`.
@@ -110,6 +141,16 @@ pub async fn request_url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_url_is_reused_for_a_twentieth_of_its_lifetime_so_it_keeps_95_percent() {
+        let now = Utc::now();
+        let until = reusable_until(now, now + chrono::Duration::seconds(3600));
+        assert_eq!(until - tokio::time::Instant::now(), Duration::from_secs(180));
+        // An answer already expired (clocks apart) is not reused at all.
+        let until = reusable_until(now, now - chrono::Duration::seconds(1));
+        assert_eq!(until, tokio::time::Instant::now());
+    }
 
     #[test]
     fn single_files_keep_their_name_and_bundles_are_named_after_the_job() {

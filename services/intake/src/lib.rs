@@ -51,8 +51,13 @@ pub struct State {
     pub store: JobStore,
     /// Object storage (health and `/check`).
     pub storage: Storage,
-    /// NATS, for presign requests.
+    /// NATS.
     pub nats: async_nats::Client,
+    /// Presigned URLs of results, each handed out while it keeps 95 % of its lifetime.
+    pub presigner: common::presign::Presigner,
+    /// Records of finished jobs, which never change again, kept for [`FINISHED_RECORD_REUSE`]:
+    /// a client polling a finished job reads it from memory.
+    pub finished: common::expiring::ExpiringMap<common::JobId, JobRecord>,
     /// Per-client request budgets, shared by every intake (`None`: `RATE_LIMIT_MAX_REQUESTS=0`).
     pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
     /// The budget of API-key lookups per client address (keys not in memory cost a read of the
@@ -121,7 +126,8 @@ impl State {
 
     /// A freshly presigned URL of a completed job's result.
     pub async fn download_url(&self, record: &JobRecord) -> Result<String, ApiError> {
-        common::presign::result_url(&self.nats, record, self.settings.presign_timeout)
+        self.presigner
+            .result_url(record)
             .await
             .map_err(|error| match error {
                 common::presign::PresignError::NoResult(_) => ApiError::internal("presigning a completed job", &error),
@@ -264,6 +270,13 @@ pub async fn provision(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a finished job's record is read from memory. A finished record never changes; it only
+/// expires with the bucket's age (24 h), so a read can be this much late to see it gone.
+pub const FINISHED_RECORD_REUSE: Duration = Duration::from_secs(10);
+
+/// How many finished records an intake keeps (about 1 KB each).
+const FINISHED_RECORDS: usize = 4096;
+
 /// The wait for one request to the limits' buckets (claims, slots, rate budgets).
 const LIMITS_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -322,6 +335,7 @@ impl Application {
             .and_then(|address| address.as_socket_addr().copied())
             .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
         let tokens = settings.auth.token_signer();
+        let settings_presign_timeout = settings.presign_timeout;
         // Its resources are open: ready from now on, until told to stop.
         let readiness = common::readiness::Readiness::new(nats.clone(), Some(storage.clone()));
         readiness.started();
@@ -337,6 +351,8 @@ impl Application {
             settings,
             store,
             storage,
+            presigner: common::presign::Presigner::new(nats.clone(), settings_presign_timeout),
+            finished: common::expiring::ExpiringMap::new(FINISHED_RECORDS),
             nats,
             recent_job_ms: AtomicU64::new(0),
         });

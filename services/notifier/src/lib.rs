@@ -122,8 +122,10 @@ pub struct State {
     pub readiness: common::readiness::Readiness,
     /// Job records and event history.
     pub store: JobStore,
-    /// NATS, for presign requests.
+    /// NATS.
     pub nats: async_nats::Client,
+    /// Presigned URLs of results (shared with webhook deliveries).
+    pub presigner: Arc<common::presign::Presigner>,
     /// Open streams by job.
     pub hub: Arc<hub::Hub>,
     /// Open streams by user.
@@ -238,11 +240,11 @@ impl Application {
             webhooks::wait_for_consumers(&jetstream).await?;
         }
         let dead_letters = common::nats::bucket(&jetstream, common::names::WEBHOOK_DEAD_LETTERS_BUCKET).await?;
+        let presigner = Arc::new(common::presign::Presigner::new(nats.clone(), settings.presign_timeout));
         let deliverer = webhooks::Deliverer::new(
             settings.webhooks.clone(),
             store.clone(),
-            nats.clone(),
-            settings.presign_timeout,
+            presigner.clone(),
             dead_letters,
             tenants,
             matches!(settings.auth.mode, common::config::AuthMode::Gateway { .. }),
@@ -290,6 +292,7 @@ impl Application {
             settings,
             store,
             nats,
+            presigner,
             hub,
         });
         Ok(Application {

@@ -436,14 +436,14 @@ impl Feed {
     /// A fresh presigned URL of a completed job's result, `None` if it cannot be had right now
     /// (the client can still fetch `GET /v1/download/{jobId}`).
     async fn download_url(&self, event: &JobEvent) -> Option<String> {
-        let (job_id, timeout) = (event.job_id(), self.state.settings.presign_timeout);
+        let job_id = event.job_id();
         let JobEvent::V1 { result_key, .. } = event;
         let url = match result_key {
             // Events carry the result's key: no need to read the record.
-            Some(key) => common::presign::key_url(&self.state.nats, job_id, key, timeout).await,
+            Some(key) => self.state.presigner.key_url(job_id, key).await,
             None => {
                 let record = self.state.store.load(job_id).await.ok()??.record;
-                common::presign::result_url(&self.state.nats, &record, timeout).await
+                self.state.presigner.result_url(&record).await
             }
         };
         match url {

@@ -93,19 +93,30 @@ fn no_store() -> String {
 impl JobsApi {
     /// Reads a job, answering 404 for a missing one and for another tenant's.
     async fn owned_job(&self, user: &str, job_id: JobId) -> Result<JobRecord, ApiError> {
-        let loaded = self
-            .state
-            .store
-            .load(job_id)
-            .await
-            .map_err(|error| store_error("reading the job", error))?;
-        match loaded {
-            Some(versioned) if versioned.record.user_id == user => {
+        let record = match self.state.finished.get(&job_id) {
+            Some(finished) => Some(finished),
+            None => {
+                let loaded = self
+                    .state
+                    .store
+                    .load(job_id)
+                    .await
+                    .map_err(|error| store_error("reading the job", error))?;
+                let record = loaded.map(|versioned| versioned.record);
+                if let Some(finished) = record.as_ref().filter(|record| record.status.is_terminal()) {
+                    let until = tokio::time::Instant::now() + crate::FINISHED_RECORD_REUSE;
+                    self.state.finished.insert(job_id, finished.clone(), until);
+                }
+                record
+            }
+        };
+        match record {
+            Some(record) if record.user_id == user => {
                 // A read of a job is a trace of its own, linked to the job's.
                 let span = tracing::Span::current();
                 span.record("job_id", job_id.to_string().as_str());
-                telemetry::link_to_traceparent(&span, versioned.record.traceparent.as_deref());
-                Ok(versioned.record)
+                telemetry::link_to_traceparent(&span, record.traceparent.as_deref());
+                Ok(record)
             }
             _ => Err(ApiError::job_not_found()),
         }
@@ -237,7 +248,9 @@ impl JobsApi {
 
     /// Get a job's status
     ///
-    /// Completed jobs carry a `downloadUrl` presigned for this read; it is never stored.
+    /// Completed jobs carry a presigned `downloadUrl` with at least 95 % of its lifetime left
+    /// (`PRESIGNED_URL_EXPIRY_SECONDS`): an intake hands the same URL out again for a twentieth
+    /// of its lifetime, then presigns a new one. URLs are never stored.
     #[oai(path = "/status/:jobId", method = "get", operation_id = "getDownloadStatus")]
     async fn status(
         &self,

@@ -193,14 +193,12 @@ pub struct Deliverer {
     pub settings: WebhookSettings,
     /// Job records.
     pub store: JobStore,
-    /// NATS, for presigning.
-    pub nats: async_nats::Client,
+    /// Presigned URLs of results.
+    pub presigner: Arc<common::presign::Presigner>,
     /// The SSRF policy.
     pub policy: ssrf::TargetPolicy,
     /// The guarded HTTP client (no redirects, resolver that refuses forbidden addresses).
     pub http: reqwest::Client,
-    /// Presign timeout.
-    pub presign_timeout: Duration,
     /// Dead letters.
     pub dead_letters: async_nats::jetstream::kv::Store,
     /// Tenants and their webhook secrets, held in memory and kept current.
@@ -215,8 +213,7 @@ impl Deliverer {
     pub fn new(
         settings: WebhookSettings,
         store: JobStore,
-        nats: async_nats::Client,
-        presign_timeout: Duration,
+        presigner: Arc<common::presign::Presigner>,
         dead_letters: async_nats::jetstream::kv::Store,
         tenants: Arc<Directory<TenantRecord>>,
         gateway_users: bool,
@@ -226,10 +223,9 @@ impl Deliverer {
         Ok(Arc::new(Deliverer {
             settings,
             store,
-            nats,
+            presigner,
             policy,
             http,
-            presign_timeout,
             dead_letters,
             tenants,
             gateway_users,
@@ -262,7 +258,7 @@ impl Deliverer {
         }
         let download_url = match status {
             JobStatus::Completed => {
-                match common::presign::result_url(&self.nats, &record, self.presign_timeout).await {
+                match self.presigner.result_url(&record).await {
                     Ok(url) => Some(url),
                     Err(error) => return Err(format!("presigner unavailable: {error}")),
                 }
