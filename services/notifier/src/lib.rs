@@ -6,6 +6,7 @@
 //! missed, then live ones, without gap or duplicate. Comment heartbeats keep idle proxies from
 //! cutting quiet streams; the stream ends after a terminal event.
 
+pub mod front;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use common::config::{ConfigError, Env, NatsSettings};
 use common::store::JobStore;
-use poem::listener::{Acceptor, Listener, TcpListener};
 use poem::{EndpointExt, get};
 use tokio_util::sync::CancellationToken;
 
@@ -176,10 +176,14 @@ fn framework_problem(error: poem::Error) -> poem::Response {
     response
 }
 
+/// How long open streams may run on after shutdown before they are closed (their clients resume
+/// elsewhere with `Last-Event-ID`).
+const STREAMS_GRACE: Duration = Duration::from_secs(1);
+
 /// A built notifier: connected, following events, bound to its port.
 pub struct Application {
     state: Arc<State>,
-    acceptor: poem::listener::TcpAcceptor,
+    listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     background: tokio_util::task::TaskTracker,
     background_stop: CancellationToken,
@@ -274,12 +278,8 @@ impl Application {
             common::names::WEBHOOK_REPLAY_CONSUMER,
             background_stop.clone(),
         ));
-        let acceptor = TcpListener::bind(settings.listen).into_acceptor().await?;
-        let local_addr = acceptor
-            .local_addr()
-            .first()
-            .and_then(|address| address.as_socket_addr().copied())
-            .ok_or_else(|| anyhow::anyhow!("listener has no socket address"))?;
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        let local_addr = listener.local_addr()?;
         let tokens = settings.auth.token_signer();
         // Following events and delivering webhooks: ready from now on, until told to stop.
         let readiness = common::readiness::Readiness::new(nats.clone(), None);
@@ -297,7 +297,7 @@ impl Application {
         });
         Ok(Application {
             state,
-            acceptor,
+            listener,
             local_addr,
             background,
             background_stop,
@@ -314,13 +314,14 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.state.readiness.drain_on(shutdown.clone());
         tracing::info!(address = %self.local_addr, "notifier listening");
-        poem::Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(
-                app(self.state.clone()),
-                shutdown.cancelled_owned(),
-                Some(Duration::from_secs(1)),
-            )
+        // Streams are served by the front; every other request by poem's server, both with the
+        // same application.
+        let (front, acceptor) = front::Front::new(self.listener, app(self.state.clone()))?;
+        let front = tokio::spawn(front.run(shutdown.clone(), STREAMS_GRACE));
+        poem::Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(app(self.state.clone()), shutdown.cancelled_owned(), Some(STREAMS_GRACE))
             .await?;
+        front.await?;
         self.background_stop.cancel();
         self.background.close();
         self.background.wait().await;
