@@ -131,3 +131,65 @@ async fn cancelling_a_finished_job_is_a_conflict_and_another_tenants_job_is_not_
         "another tenant's job is not found"
     );
 }
+
+/// A processor writes its progress and outcome on the record as its claim wrote it, without
+/// reading it again: when the owner cancelled in between, that write loses the compare-and-set,
+/// reads the record and leaves the cancellation alone; with nobody in between it is written on
+/// the next revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_from_the_record_as_last_written_never_overwrites_a_cancellation_made_since() {
+    use common::JobStatus;
+    use common::store::{Change, Versioned};
+    init_logs();
+    let mut stack = Stack::servers_only(&[]).await.unwrap();
+    stack.start_presigner().await.unwrap();
+    stack.start_intake().await.unwrap();
+    let handles = stack.provision_processor_consumers().await.unwrap();
+    let store = common::store::JobStore::new(handles.jetstream.clone(), handles.jobs.clone());
+    let processing = |record: &mut common::JobRecord| {
+        if record.status.is_terminal() {
+            return false;
+        }
+        record.status = JobStatus::Processing;
+        record.progress = 10;
+        true
+    };
+    let progress = |record: &mut common::JobRecord| {
+        if record.status != JobStatus::Processing {
+            return false;
+        }
+        record.progress = 50;
+        true
+    };
+
+    let job_id = common::JobId::parse(&stack.initiate("una", &[53_000]).await.unwrap()).unwrap();
+    let Change::Written(claimed) = store.update(job_id, processing).await.unwrap() else {
+        panic!("the claim is written");
+    };
+    // The write starts from the record as given (a field only the given copy has shows it was
+    // not read again) and lands on the next revision.
+    let mut known = claimed.clone();
+    known.record.processed_by = Some("the claim's copy".into());
+    let Change::Written(written) = store.update_from(job_id, Some(known), progress).await.unwrap() else {
+        panic!("a write on the current record is written");
+    };
+    assert_eq!(written.revision, claimed.revision + 1);
+    assert_eq!(written.record.processed_by.as_deref(), Some("the claim's copy"));
+    assert_eq!(
+        (written.record.progress, written.record.event_seq),
+        (50, claimed.record.event_seq + 1)
+    );
+
+    let other = common::JobId::parse(&stack.initiate("una", &[53_001]).await.unwrap()).unwrap();
+    let Change::Written(claimed) = store.update(other, processing).await.unwrap() else {
+        panic!("the claim is written");
+    };
+    assert_eq!(cancel(&stack, "una", &other.to_string()).await.status(), 202);
+    let stale: Versioned = claimed;
+    let Change::Unchanged(current) = store.update_from(other, Some(stale), progress).await.unwrap() else {
+        panic!("a write on a record changed since must not be written");
+    };
+    assert_eq!(current.status, JobStatus::Cancelled);
+    let status = stack.status("una", &other.to_string()).await.unwrap();
+    assert_eq!(status["status"], "cancelled");
+}

@@ -534,7 +534,7 @@ async fn the_notifier_reads_job_records_and_keeps_its_own_buckets_but_cannot_wri
     let server = NatsServer::start().await.unwrap();
     let intake = intake_store(&server).await;
     let accepted = accept_job(&intake, "alice").await;
-    let common::store::Change::Written(record) = intake
+    let common::store::Change::Written(common::store::Versioned { record, .. }) = intake
         .update(accepted.job_id, |record| {
             record.cancel();
             true

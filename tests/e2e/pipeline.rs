@@ -93,11 +93,62 @@ async fn a_single_file_job_completes_and_its_presigned_url_serves_the_file() {
         "a forged signature is refused"
     );
 
+    // Reads within a twentieth of the URL's lifetime (3600 s here) get the same URL, which keeps
+    // at least 95 % of its lifetime whenever it is handed out.
     let second = stack.status("alice", job_id).await.unwrap();
-    assert_ne!(
+    assert_eq!(
         second["downloadUrl"], status["downloadUrl"],
-        "every read mints a fresh URL"
+        "a fresh URL is handed out again"
     );
+    let (lifetime, left) = url_lifetime(second["downloadUrl"].as_str().unwrap());
+    assert_eq!(lifetime, 3600);
+    // The signing time has whole seconds: one more second of slack.
+    assert!(left + 1 >= lifetime * 95 / 100, "{left} s of {lifetime} s left");
+}
+
+/// A presigned URL's lifetime (`X-Amz-Expires`) and the seconds it has left now.
+fn url_lifetime(url: &str) -> (i64, i64) {
+    let url = reqwest::Url::parse(url).unwrap();
+    let query = |name: &str| {
+        url.query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+            .unwrap()
+    };
+    let lifetime: i64 = query("X-Amz-Expires").parse().unwrap();
+    let signed = chrono::NaiveDateTime::parse_from_str(&query("X-Amz-Date"), "%Y%m%dT%H%M%SZ")
+        .unwrap()
+        .and_utc();
+    (lifetime, lifetime - (chrono::Utc::now() - signed).num_seconds())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_is_handed_out_again_only_while_it_keeps_95_percent_of_its_lifetime() {
+    init_logs();
+    // A 20 s lifetime: each URL is handed out for 1 s, then a new one is signed.
+    let stack = Stack::start(&[("PRESIGNED_URL_EXPIRY_SECONDS", "20")]).await.unwrap();
+    stack.put_file(70_020, 1000).await.unwrap();
+    let job_id = stack.initiate("alice", &[70_020]).await.unwrap();
+    let first = stack.wait_for_terminal("alice", &job_id).await.unwrap()["downloadUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let renewed = system_tests::wait::wait_for("a new URL", Duration::from_secs(10), || {
+        let (stack, job_id, first) = (&stack, &job_id, &first);
+        async move {
+            let status = stack.status("alice", job_id).await.ok()?;
+            let url = status["downloadUrl"].as_str()?.to_string();
+            let (lifetime, left) = url_lifetime(&url);
+            assert!(
+                left + 1 >= lifetime * 95 / 100,
+                "handed out with {left} s of {lifetime} s left"
+            );
+            (url != *first).then_some(url)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(reqwest::get(&renewed).await.unwrap().status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,8 +68,8 @@ pub struct Versioned {
 /// Outcome of [`JobStore::update`].
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// The change was written (and its event published).
-    Written(JobRecord),
+    /// The change was written (and its event published), at this revision.
+    Written(Versioned),
     /// The closure chose not to change the record, shown as it is.
     Unchanged(JobRecord),
 }
@@ -249,17 +249,34 @@ impl JobStore {
     /// event are stored; an error after the write (the event could not be published within the
     /// patience window) leaves the record changed and the event to be re-published by whoever
     /// next finds the record ([`publish_current`](Self::publish_current)).
-    pub async fn update<F>(&self, job_id: JobId, mut change: F) -> Result<Change, StoreError>
+    pub async fn update<F>(&self, job_id: JobId, change: F) -> Result<Change, StoreError>
     where
         F: FnMut(&mut JobRecord) -> bool,
     {
+        self.update_from(job_id, None, change).await
+    }
+
+    /// [`update`](Self::update) of a record this caller read or wrote last (`known`, such as the
+    /// record a processor's claim wrote): the first compare-and-set is tried on it without
+    /// reading the record again; if another writer changed it since, the record is read and the
+    /// change decided again, as `update` does.
+    pub async fn update_from<F>(
+        &self,
+        job_id: JobId,
+        known: Option<Versioned>,
+        mut change: F,
+    ) -> Result<Change, StoreError>
+    where
+        F: FnMut(&mut JobRecord) -> bool,
+    {
+        let mut known = known.filter(|known| known.record.job_id == job_id);
         let started = tokio::time::Instant::now();
         let mut unanswered: Vec<Unanswered> = Vec::new();
         let mut conflicts = 0;
         let mut failures = 0;
         loop {
             let round = self
-                .update_round(job_id, &mut change, conflicts > 0, &mut unanswered)
+                .update_round(job_id, known.take(), &mut change, conflicts > 0, &mut unanswered)
                 .await;
             match round {
                 Ok(Some(change)) => return Ok(change),
@@ -290,6 +307,7 @@ impl JobStore {
     async fn update_round<F>(
         &self,
         job_id: JobId,
+        known: Option<Versioned>,
         change: &mut F,
         from_leader: bool,
         unanswered: &mut Vec<Unanswered>,
@@ -297,10 +315,13 @@ impl JobStore {
     where
         F: FnMut(&mut JobRecord) -> bool,
     {
-        let current = match self.read(job_id, from_leader).await? {
-            Some(current) => current,
-            // A miss is confirmed (by the leader, and for a young job a little later).
-            None => self.load(job_id).await?.ok_or(StoreError::Missing(job_id))?,
+        let current = match known {
+            Some(known) => known,
+            None => match self.read(job_id, from_leader).await? {
+                Some(current) => current,
+                // A miss is confirmed (by the leader, and for a young job a little later).
+                None => self.load(job_id).await?.ok_or(StoreError::Missing(job_id))?,
+            },
         };
         if let Some(landed) = unanswered.iter().find(|write| write.after == current.record) {
             tracing::info!(%job_id, seq = landed.after.event_seq, "a write whose answer was lost was stored");
@@ -312,7 +333,10 @@ impl JobStore {
                 self.unpublished_lock().insert(job_id, landed.after.event_seq);
                 return Err(error);
             }
-            return Ok(Some(Change::Written(landed.after.clone())));
+            return Ok(Some(Change::Written(Versioned {
+                record: landed.after.clone(),
+                revision: current.revision,
+            })));
         }
         let unpublished = self.unpublished_lock().get(&job_id).copied();
         if unpublished == Some(current.record.event_seq) {
@@ -331,7 +355,7 @@ impl JobStore {
             .update(job_id.to_string(), next.to_json_bytes(), current.revision)
             .await
         {
-            Ok(_) => {
+            Ok(revision) => {
                 count_if_finished(&current.record, &next);
                 if let Err(error) = self.publish_event(&JobEvent::of_change(&current.record, &next)).await {
                     let mut unpublished = self.unpublished_lock();
@@ -340,7 +364,7 @@ impl JobStore {
                     }
                     return Err(error);
                 }
-                Ok(Some(Change::Written(next)))
+                Ok(Some(Change::Written(Versioned { record: next, revision })))
             }
             Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(error) => {

@@ -126,13 +126,10 @@ impl State {
 
     /// A freshly presigned URL of a completed job's result.
     pub async fn download_url(&self, record: &JobRecord) -> Result<String, ApiError> {
-        self.presigner
-            .result_url(record)
-            .await
-            .map_err(|error| match error {
-                common::presign::PresignError::NoResult(_) => ApiError::internal("presigning a completed job", &error),
-                other => ApiError::unavailable(ErrorCode::PresignerUnavailable, "the presigner", &other),
-            })
+        self.presigner.result_url(record).await.map_err(|error| match error {
+            common::presign::PresignError::NoResult(_) => ApiError::internal("presigning a completed job", &error),
+            other => ApiError::unavailable(ErrorCode::PresignerUnavailable, "the presigner", &other),
+        })
     }
 }
 

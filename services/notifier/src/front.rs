@@ -98,7 +98,11 @@ pub struct Rewound {
 }
 
 impl AsyncRead for Rewound {
-    fn poll_read(mut self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.read.is_empty() {
             let length = self.read.len().min(buffer.remaining());
             buffer.put_slice(&self.read[..length]);
@@ -412,7 +416,9 @@ mod tests {
 
     #[test]
     fn only_stream_paths_are_served_by_the_front() {
-        assert!(is_stream_path("/v1/download/0193b0e2-7c7e-7a59-9a1c-3b1f5d7f4b10/stream"));
+        assert!(is_stream_path(
+            "/v1/download/0193b0e2-7c7e-7a59-9a1c-3b1f5d7f4b10/stream"
+        ));
         assert!(is_stream_path("/v1/download/x/stream?token=a.b.c&lastEventId=3"));
         assert!(!is_stream_path("/v1/download//stream"));
         assert!(!is_stream_path("/v1/download/a/b/stream"));
@@ -448,6 +454,9 @@ mod tests {
         ] {
             assert!(matches!(head(other), Some((Head::Other, _))), "{other:?}");
         }
-        assert!(head("GET /v1/download/j/stream HTTP/1.1\r\nHost: x\r\n").is_none(), "incomplete");
+        assert!(
+            head("GET /v1/download/j/stream HTTP/1.1\r\nHost: x\r\n").is_none(),
+            "incomplete"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use common::messages::JobMessage;
-use common::store::{Change, RECORD_GRACE, StoreError};
+use common::store::{Change, RECORD_GRACE, StoreError, Versioned};
 use common::{ErrorCode, JobId, JobStatus, names, telemetry};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -159,13 +159,14 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             true
         })
         .await;
-    let record = match claimed {
-        Ok(Change::Written(record)) => {
-            if first_start && let Some(started) = record.started_at {
-                let waited = (started - record.created_at).to_std().unwrap_or_default();
+    // The record as this attempt last wrote it: its next write is tried on it without a read.
+    let mut latest = match claimed {
+        Ok(Change::Written(claimed)) => {
+            if first_start && let Some(started) = claimed.record.started_at {
+                let waited = (started - claimed.record.created_at).to_std().unwrap_or_default();
                 crate::metrics::METRICS.queue_wait.observe(waited.as_secs_f64());
             }
-            record
+            claimed
         }
         Ok(Change::Unchanged(record)) => {
             // Its terminal event may be missing if the writer died after the record: publish it
@@ -195,6 +196,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             return Some(AckKind::Nak(Some(unavailable())));
         }
     };
+    let record = latest.record.clone();
     tracing::info!(
         files = record.file_ids.len(),
         delay_ms = delay.as_millis() as u64,
@@ -228,7 +230,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             result = &mut work => break Outcome::Finished(result),
             Some(files) = files_receiver.recv() => {
                 let current = progress.get();
-                match write_progress(context, job_id, &attempt, current, Some(files)).await {
+                match write_progress(context, &mut latest, &attempt, current, Some(files)).await {
                     Ownership::Held => progress_written = current,
                     Ownership::Cancelled => break Outcome::Cancelled,
                     Ownership::TakenOver => break Outcome::TakenOver,
@@ -237,7 +239,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             _ = ticker.tick() => {
                 let current = progress.get();
                 if current != progress_written {
-                    match write_progress(context, job_id, &attempt, current, None).await {
+                    match write_progress(context, &mut latest, &attempt, current, None).await {
                         Ownership::Held => progress_written = current,
                         Ownership::Cancelled => break Outcome::Cancelled,
                         Ownership::TakenOver => break Outcome::TakenOver,
@@ -259,7 +261,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
     let elapsed = attempt_started.elapsed();
     match outcome {
         Outcome::Finished(Ok(result)) => {
-            let finished = finish(context, job_id, &attempt, |record| {
+            let finished = finish(context, &latest, &attempt, |record| {
                 with_files(record);
                 record.status = JobStatus::Completed;
                 record.progress = 100;
@@ -283,7 +285,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         Outcome::Finished(Err(JobError::Permanent { code, message })) => {
             tracing::info!(%code, message, "job failed");
             failed_span("failed", code);
-            finish(context, job_id, &attempt, |record| {
+            finish(context, &latest, &attempt, |record| {
                 with_files(record);
                 record.fail(code, message.clone());
             })
@@ -296,7 +298,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             match context.settings.retry.jittered_delay_after(failed, rand::random()) {
                 Some(retry_in) => {
                     tracing::warn!(%code, message, failed, retry_in_ms = retry_in.as_millis() as u64, "transient failure, retrying");
-                    let requeued = finish(context, job_id, &attempt, |record| {
+                    let requeued = finish(context, &latest, &attempt, |record| {
                         with_files(record);
                         record.status = JobStatus::Queued;
                         record.progress = 0;
@@ -321,7 +323,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
                     tracing::warn!(%code, message, "transient failure on the last attempt, job failed");
                     failed_span("failed", code);
                     let attempts = context.settings.retry.max_attempts;
-                    finish(context, job_id, &attempt, |record| {
+                    finish(context, &latest, &attempt, |record| {
                         record.failed_attempts = failed;
                         record.fail(code, format!("{message} (gave up after {attempts} attempts)"))
                     })
@@ -333,7 +335,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             let limit = context.settings.job_timeout.as_secs();
             tracing::warn!(limit_seconds = limit, "job timed out");
             failed_span("timed_out", ErrorCode::Timeout);
-            finish(context, job_id, &attempt, |record| {
+            finish(context, &latest, &attempt, |record| {
                 record.fail(ErrorCode::Timeout, format!("job ran longer than {limit} s"))
             })
             .await
@@ -352,7 +354,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
         Outcome::Abandoned => {
             tracing::warn!("processor shutting down, job handed back to the queue");
             tracing::Span::current().record("outcome", "handed_back");
-            let requeued = finish(context, job_id, &attempt, |record| {
+            let requeued = finish(context, &latest, &attempt, |record| {
                 record.status = JobStatus::Queued;
                 record.progress = 0;
             })
@@ -394,13 +396,13 @@ impl Attempt {
 /// soon, which finds the record as it is (and re-publishes its event if it was written).
 async fn finish(
     context: &Context,
-    job_id: JobId,
+    latest: &Versioned,
     attempt: &Attempt,
     mut apply: impl FnMut(&mut common::JobRecord),
 ) -> Option<AckKind> {
     let change = context
         .store
-        .update(job_id, |record| {
+        .update_from(latest.record.job_id, Some(latest.clone()), |record| {
             if !attempt.owns(record) {
                 return false;
             }
@@ -454,14 +456,14 @@ async fn publish_then_ack(context: &Context, record: &common::JobRecord) -> Opti
 /// was cancelled or taken over by another processor.
 async fn write_progress(
     context: &Context,
-    job_id: JobId,
+    latest: &mut Versioned,
     attempt: &Attempt,
     progress: u8,
     files: Option<Vec<common::FileStatus>>,
 ) -> Ownership {
     let change = context
         .store
-        .update(job_id, |record| {
+        .update_from(latest.record.job_id, Some(latest.clone()), |record| {
             if !attempt.owns(record) {
                 return false;
             }
@@ -478,7 +480,10 @@ async fn write_progress(
             tracing::warn!(status = record.status.as_str(), attempt = record.attempt, by = ?record.processed_by, "job taken over");
             Ownership::TakenOver
         }
-        Ok(Change::Written(_)) => Ownership::Held,
+        Ok(Change::Written(written)) => {
+            *latest = written;
+            Ownership::Held
+        }
         Err(error) => {
             tracing::warn!(error = %error, "progress not written");
             Ownership::Held

@@ -257,12 +257,10 @@ impl Deliverer {
             return Ok(None);
         }
         let download_url = match status {
-            JobStatus::Completed => {
-                match self.presigner.result_url(&record).await {
-                    Ok(url) => Some(url),
-                    Err(error) => return Err(format!("presigner unavailable: {error}")),
-                }
-            }
+            JobStatus::Completed => match self.presigner.result_url(&record).await {
+                Ok(url) => Some(url),
+                Err(error) => return Err(format!("presigner unavailable: {error}")),
+            },
             _ => None,
         };
         Ok(Some(Prepared {
