@@ -589,3 +589,60 @@ async fn a_stream_gets_a_terminal_state_whose_event_was_never_published() {
             .all(|id| *id > first.as_deref().unwrap().parse::<u64>().unwrap())
     );
 }
+
+/// What the notifier answers on one raw connection to `request` (sent as is), read until the
+/// notifier closes it.
+async fn raw_exchange(stack: &Stack, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(stack.notifier_address()).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut answer))
+        .await
+        .expect("the notifier closes the connection when done")
+        .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+/// Streams are written by the notifier's own lean front, the rest by its HTTP server: a stream
+/// ends with its last chunk and the same connection then serves the next request (pipelined
+/// here); a client that asked to close is closed; an HTTP/1.0 client gets the stream too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_serves_the_request_after_its_stream_and_closes_when_asked() {
+    init_logs();
+    let stack = stack_with_notifier(&[]).await;
+    stack.put_file(71_000, 100).await.unwrap();
+    let job_id = stack.initiate("olga", &[71_000]).await.unwrap();
+    assert_eq!(stack.wait_for_terminal("olga", &job_id).await.unwrap()["status"], "completed");
+    let url = browser_stream_url(&stack, "olga", &job_id).await;
+    let target = &url[url.find("/v1/").unwrap()..];
+
+    let answer = raw_exchange(
+        &stack,
+        &format!(
+            "GET {target} HTTP/1.1\r\nHost: notifier\r\n\r\nGET /health HTTP/1.1\r\nHost: notifier\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    let (stream, after) = answer.split_once("\r\n0\r\n\r\n").expect("the stream ends with its last chunk");
+    assert!(stream.starts_with("HTTP/1.1 200 OK\r\n"), "{stream}");
+    let head = stream.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/event-stream"), "{stream}");
+    assert!(head.contains("transfer-encoding: chunked"), "{stream}");
+    assert!(!head.contains("connection: close"), "{stream}");
+    assert!(stream.contains("event: completed"), "{stream}");
+    assert!(after.starts_with("HTTP/1.1 200 OK\r\n"), "the next request is answered: {after}");
+    assert!(after.contains(r#""status":"healthy""#), "{after}");
+
+    let closed = raw_exchange(
+        &stack,
+        &format!("GET {target} HTTP/1.1\r\nHost: notifier\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(closed.to_ascii_lowercase().contains("connection: close"), "{closed}");
+    assert!(closed.contains("event: completed") && closed.ends_with("\r\n0\r\n\r\n"), "{closed}");
+
+    let old = raw_exchange(&stack, &format!("GET {target} HTTP/1.0\r\nHost: notifier\r\n\r\n")).await;
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
+    assert!(old.contains("event: completed"), "{old}");
+}

@@ -46,6 +46,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes a client may send while its stream is open (a pipelined request, kept for the HTTP
 /// server); beyond this it is disconnected.
 const MAX_PIPELINED: usize = 8 * 1024;
+/// Stream requests answered at once; more wait their turn. An answer reads the job, takes a
+/// lease and may replay history, allocating a few KiB for a few milliseconds: a burst of
+/// thousands of opens at once would otherwise leave the heap that much larger for good.
+const OPENING_AT_ONCE: usize = 64;
 /// Connections waiting for the HTTP server to take them.
 const HANDOFF_QUEUE: usize = 1024;
 
@@ -145,6 +149,7 @@ pub struct Front<E> {
     listener: TcpListener,
     app: Arc<E>,
     handoff: mpsc::Sender<Handoff>,
+    opening: Arc<tokio::sync::Semaphore>,
 }
 
 impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
@@ -157,6 +162,7 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
                 listener,
                 app: Arc::new(app),
                 handoff,
+                opening: Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE)),
             },
             HandoffAcceptor { local, receiver },
         ))
@@ -177,6 +183,7 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
                     let connection = Connection {
                         app: self.app.clone(),
                         handoff: self.handoff.clone(),
+                        opening: self.opening.clone(),
                         local: self.listener.local_addr().unwrap_or(remote),
                         remote,
                         closing: closing.clone(),
@@ -204,6 +211,7 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
 struct Connection<E> {
     app: Arc<E>,
     handoff: mpsc::Sender<Handoff>,
+    opening: Arc<tokio::sync::Semaphore>,
     local: SocketAddr,
     remote: SocketAddr,
     closing: CancellationToken,
@@ -270,10 +278,39 @@ fn parse_head(bytes: &[u8]) -> Option<(Head, usize)> {
     Some((Head::Stream(Box::new(builder.finish()), keep_alive), length))
 }
 
+/// A response's status line and headers, with `date` and, when the connection closes after it,
+/// `connection: close`; the framing header and the blank line are the caller's.
+fn response_head(parts: &poem::ResponseParts, keep_alive: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(
+        chrono::Utc::now()
+            .format("date: %a, %d %b %Y %H:%M:%S GMT\r\n")
+            .to_string()
+            .as_bytes(),
+    );
+    if !keep_alive {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    head
+}
+
 impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
     async fn serve(self, mut socket: TcpStream) {
+        // Each step but the stream itself is boxed while it runs: a connection then keeps, for
+        // the life of its stream, only what writing the stream needs.
         let mut read = BytesMut::with_capacity(HEAD_CHUNK);
-        let head = tokio::time::timeout(HEAD_TIMEOUT, async {
+        let head = Box::pin(tokio::time::timeout(HEAD_TIMEOUT, async {
             loop {
                 if let Some(head) = parse_head(&read) {
                     return Some(head);
@@ -287,7 +324,7 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
                     Ok(_) => {}
                 }
             }
-        })
+        }))
         .await;
         let (request, keep_alive, length) = match head {
             Ok(Some((Head::Stream(request, keep_alive), length))) => (request, keep_alive, length),
@@ -298,7 +335,12 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
         // Only what follows the head is kept (a pipelined request), in a buffer of its own size.
         let pipelined = BytesMut::from(&read[length..]);
         drop(read);
-        let response = self.app.get_response(*request).await;
+        let response = {
+            let Ok(_turn) = self.opening.acquire().await else {
+                return;
+            };
+            Box::pin(self.app.get_response(*request)).await
+        };
         if let Some(pipelined) = self.respond(&mut socket, response, keep_alive, pipelined).await {
             self.hand_over(socket, pipelined).await;
         }
@@ -322,7 +364,7 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
         socket: &mut TcpStream,
         response: poem::Response,
         keep_alive: bool,
-        mut pipelined: BytesMut,
+        pipelined: BytesMut,
     ) -> Option<BytesMut> {
         let streaming = response.status() == StatusCode::OK
             && response
@@ -330,42 +372,36 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
         let (parts, body) = response.into_parts();
-        let mut head = Vec::with_capacity(512);
-        head.extend_from_slice(b"HTTP/1.1 ");
-        head.extend_from_slice(parts.status.as_str().as_bytes());
-        head.push(b' ');
-        head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-        head.extend_from_slice(b"\r\n");
-        for (name, value) in &parts.headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(
-            chrono::Utc::now()
-                .format("date: %a, %d %b %Y %H:%M:%S GMT\r\n")
-                .to_string()
-                .as_bytes(),
-        );
-        if !keep_alive {
-            head.extend_from_slice(b"connection: close\r\n");
-        }
+        let mut head = response_head(&parts, keep_alive);
+        let status = parts.status;
+        drop(parts);
         if !streaming {
-            let body = body.into_bytes().await.unwrap_or_default();
-            if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::NOT_MODIFIED {
-                head.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
-            } else {
+            let body = Box::pin(body.into_bytes()).await.unwrap_or_default();
+            if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
                 head.extend_from_slice(b"\r\n");
+            } else {
+                head.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+                head.extend_from_slice(&body);
             }
-            head.extend_from_slice(&body);
             self.write(socket, &head).await.ok()?;
             return keep_alive.then_some(pipelined);
         }
         head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
-        self.write(socket, &head).await.ok()?;
+        Box::pin(self.write(socket, &head)).await.ok()?;
         drop(head);
-        let mut chunks = body.into_bytes_stream();
+        let pipelined = self.stream(socket, body.into_bytes_stream(), pipelined).await?;
+        Box::pin(self.write(socket, b"0\r\n\r\n")).await.ok()?;
+        keep_alive.then_some(pipelined)
+    }
+
+    /// Writes each chunk of `chunks` as it comes, keeping what the client sends meanwhile;
+    /// `None` when the client went away or the front is closing.
+    async fn stream(
+        &self,
+        socket: &mut TcpStream,
+        mut chunks: impl futures::Stream<Item = io::Result<bytes::Bytes>> + Unpin,
+        mut pipelined: BytesMut,
+    ) -> Option<BytesMut> {
         loop {
             tokio::select! {
                 chunk = chunks.next() => match chunk {
@@ -375,14 +411,15 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
                         framed.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
                         framed.extend_from_slice(&chunk);
                         framed.extend_from_slice(b"\r\n");
-                        self.write(socket, &framed).await.ok()?;
+                        drop(chunk);
+                        Box::pin(self.write(socket, &framed)).await.ok()?;
                     }
                     Some(Err(_)) => return None,
-                    None => break,
+                    None => return Some(pipelined),
                 },
                 readable = socket.readable() => {
                     readable.ok()?;
-                    let mut scratch = [0u8; 512];
+                    let mut scratch = [0u8; 256];
                     match socket.try_read(&mut scratch) {
                         // The client went away: the stream ends (and its slot is freed) now.
                         Ok(0) => return None,
@@ -397,8 +434,6 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
                 _ = self.closing.cancelled() => return None,
             }
         }
-        self.write(socket, b"0\r\n\r\n").await.ok()?;
-        keep_alive.then_some(pipelined)
     }
 
     /// Writes `bytes` unless the client stopped reading for [`WRITE_TIMEOUT`].

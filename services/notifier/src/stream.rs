@@ -324,7 +324,9 @@ impl Feed {
                         // The hub dropped this stream for falling behind; the client resumes.
                         Ok(None) => return None,
                         Err(_quiet) => {
-                            self.catch_up().await;
+                            // Rare and large steps are boxed while they run, so a waiting stream
+                            // keeps only what waiting needs.
+                            Box::pin(self.catch_up()).await;
                             continue;
                         }
                     }
@@ -335,7 +337,7 @@ impl Feed {
             }
             if let Some(last) = self.last_sent
                 && event.seq() > last + 1
-                && self.fill_gap(last, &event).await
+                && Box::pin(self.fill_gap(last, &event)).await
             {
                 // The events in between go first; this one follows them.
                 continue;
@@ -345,7 +347,7 @@ impl Feed {
             let span = common::telemetry::span::sse_delivery(&self.job_id.to_string(), event.seq());
             let parent = event.traceparent.as_deref().or(self.job_trace.as_deref());
             common::telemetry::set_parent_from_traceparent(&span, parent);
-            let sse = self.to_sse(&event).instrument(span).await;
+            let sse = Box::pin(self.to_sse(&event).instrument(span)).await;
             crate::metrics::event_sent();
             return Some((sse, self));
         }
