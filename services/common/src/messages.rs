@@ -68,6 +68,10 @@ pub enum JobEvent {
         /// without reading the record.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<String>,
+        /// Terminal events: whether the job has a `callbackUrl`, so a notifier skips the record
+        /// of a job that has no webhook to send (absent: not known, read the record).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        webhook: Option<bool>,
     },
 }
 
@@ -110,6 +114,7 @@ impl JobEvent {
                 .clone()
                 .filter(|_| record.status == crate::JobStatus::Completed),
             owner: record.status.is_terminal().then(|| record.user_id.clone()),
+            webhook: record.status.is_terminal().then_some(record.callback_url.is_some()),
         }
     }
 
@@ -254,13 +259,17 @@ mod tests {
     }
 
     #[test]
-    fn only_terminal_events_name_the_owner() {
+    fn only_terminal_events_name_the_owner_and_whether_a_webhook_is_due() {
         let mut record = crate::JobRecord::queued(JobId::new(), "acme".into(), vec![10_000], None, 1, None);
         let JobEvent::V1 { owner, .. } = JobEvent::of_record(&record);
         assert_eq!(owner, None, "progress events stay small");
         record.cancel();
-        let JobEvent::V1 { owner, .. } = JobEvent::of_record(&record);
+        let JobEvent::V1 { owner, webhook, .. } = JobEvent::of_record(&record);
         assert_eq!(owner.as_deref(), Some("acme"));
+        assert_eq!(webhook, Some(false), "a job without a callbackUrl has no webhook to send");
+        record.callback_url = Some("https://hooks.example.com/x".into());
+        let JobEvent::V1 { webhook, .. } = JobEvent::of_record(&record);
+        assert_eq!(webhook, Some(true));
     }
 
     #[test]
@@ -277,6 +286,7 @@ mod tests {
             at: Utc::now(),
             result_key: None,
             owner: None,
+            webhook: None,
         };
         assert_eq!(event(JobStatus::Processing).kind(), "progress");
         assert_eq!(event(JobStatus::Queued).kind(), "progress");

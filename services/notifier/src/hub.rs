@@ -190,6 +190,7 @@ mod tests {
             at: chrono::Utc::now(),
             result_key: None,
             owner: None,
+            webhook: None,
         }
     }
 

@@ -81,7 +81,9 @@ export const startDownload = <ThrowOnError extends boolean = false>(options: Opt
 /**
  * Get a job's status
  *
- * Completed jobs carry a `downloadUrl` presigned for this read; it is never stored.
+ * Completed jobs carry a presigned `downloadUrl` with at least 95 % of its lifetime left
+ * (`PRESIGNED_URL_EXPIRY_SECONDS`): an intake hands the same URL out again for a twentieth
+ * of its lifetime, then presigns a new one. URLs are never stored.
  */
 export const getDownloadStatus = <ThrowOnError extends boolean = false>(options: Options<GetDownloadStatusData, ThrowOnError>): RequestResult<GetDownloadStatusResponses, GetDownloadStatusErrors, ThrowOnError> => (options.client ?? client).get<GetDownloadStatusResponses, GetDownloadStatusErrors, ThrowOnError>({
     security: [{ scheme: 'bearer', type: 'http' }],

@@ -440,6 +440,11 @@ impl Deliverer {
         let Some(webhook_id) = self.webhook_id(&event) else {
             return AckKind::Ack;
         };
+        let JobEvent::V1 { webhook, .. } = &event;
+        if *webhook == Some(false) {
+            // The event says the job has no callback: no record to read, nothing to send.
+            return AckKind::Ack;
+        }
         let prepared = match self.payload_of(&event).await {
             Ok(Some(found)) => self.secrets_of(&found.owner).await.map(|secrets| (found, secrets)),
             Ok(None) => return AckKind::Ack,

@@ -88,7 +88,9 @@ def sync_detailed(
 ) -> Response[JobStatusBody | Problem]:
     """Get a job's status
 
-     Completed jobs carry a `downloadUrl` presigned for this read; it is never stored.
+     Completed jobs carry a presigned `downloadUrl` with at least 95 % of its lifetime left
+    (`PRESIGNED_URL_EXPIRY_SECONDS`): an intake hands the same URL out again for a twentieth
+    of its lifetime, then presigns a new one. URLs are never stored.
 
     Args:
         job_id (UUID):
@@ -119,7 +121,9 @@ def sync(
 ) -> JobStatusBody | Problem | None:
     """Get a job's status
 
-     Completed jobs carry a `downloadUrl` presigned for this read; it is never stored.
+     Completed jobs carry a presigned `downloadUrl` with at least 95 % of its lifetime left
+    (`PRESIGNED_URL_EXPIRY_SECONDS`): an intake hands the same URL out again for a twentieth
+    of its lifetime, then presigns a new one. URLs are never stored.
 
     Args:
         job_id (UUID):
@@ -145,7 +149,9 @@ async def asyncio_detailed(
 ) -> Response[JobStatusBody | Problem]:
     """Get a job's status
 
-     Completed jobs carry a `downloadUrl` presigned for this read; it is never stored.
+     Completed jobs carry a presigned `downloadUrl` with at least 95 % of its lifetime left
+    (`PRESIGNED_URL_EXPIRY_SECONDS`): an intake hands the same URL out again for a twentieth
+    of its lifetime, then presigns a new one. URLs are never stored.
 
     Args:
         job_id (UUID):
@@ -174,7 +180,9 @@ async def asyncio(
 ) -> JobStatusBody | Problem | None:
     """Get a job's status
 
-     Completed jobs carry a `downloadUrl` presigned for this read; it is never stored.
+     Completed jobs carry a presigned `downloadUrl` with at least 95 % of its lifetime left
+    (`PRESIGNED_URL_EXPIRY_SECONDS`): an intake hands the same URL out again for a twentieth
+    of its lifetime, then presigns a new one. URLs are never stored.
 
     Args:
         job_id (UUID):
