@@ -613,7 +613,10 @@ async fn a_connection_serves_the_request_after_its_stream_and_closes_when_asked(
     let stack = stack_with_notifier(&[]).await;
     stack.put_file(71_000, 100).await.unwrap();
     let job_id = stack.initiate("olga", &[71_000]).await.unwrap();
-    assert_eq!(stack.wait_for_terminal("olga", &job_id).await.unwrap()["status"], "completed");
+    assert_eq!(
+        stack.wait_for_terminal("olga", &job_id).await.unwrap()["status"],
+        "completed"
+    );
     let url = browser_stream_url(&stack, "olga", &job_id).await;
     let target = &url[url.find("/v1/").unwrap()..];
 
@@ -624,14 +627,19 @@ async fn a_connection_serves_the_request_after_its_stream_and_closes_when_asked(
         ),
     )
     .await;
-    let (stream, after) = answer.split_once("\r\n0\r\n\r\n").expect("the stream ends with its last chunk");
+    let (stream, after) = answer
+        .split_once("\r\n0\r\n\r\n")
+        .expect("the stream ends with its last chunk");
     assert!(stream.starts_with("HTTP/1.1 200 OK\r\n"), "{stream}");
     let head = stream.to_ascii_lowercase();
     assert!(head.contains("content-type: text/event-stream"), "{stream}");
     assert!(head.contains("transfer-encoding: chunked"), "{stream}");
     assert!(!head.contains("connection: close"), "{stream}");
     assert!(stream.contains("event: completed"), "{stream}");
-    assert!(after.starts_with("HTTP/1.1 200 OK\r\n"), "the next request is answered: {after}");
+    assert!(
+        after.starts_with("HTTP/1.1 200 OK\r\n"),
+        "the next request is answered: {after}"
+    );
     assert!(after.contains(r#""status":"healthy""#), "{after}");
 
     let closed = raw_exchange(
@@ -640,7 +648,10 @@ async fn a_connection_serves_the_request_after_its_stream_and_closes_when_asked(
     )
     .await;
     assert!(closed.to_ascii_lowercase().contains("connection: close"), "{closed}");
-    assert!(closed.contains("event: completed") && closed.ends_with("\r\n0\r\n\r\n"), "{closed}");
+    assert!(
+        closed.contains("event: completed") && closed.ends_with("\r\n0\r\n\r\n"),
+        "{closed}"
+    );
 
     let old = raw_exchange(&stack, &format!("GET {target} HTTP/1.0\r\nHost: notifier\r\n\r\n")).await;
     assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old}");
