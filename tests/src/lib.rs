@@ -2,6 +2,7 @@
 //! SeaweedFS processes on free ports, the services in-process or as processes, an OTLP receiver,
 //! and HTTP helpers.
 
+pub mod bench;
 pub mod browser;
 pub mod chaos;
 pub mod cluster;

@@ -395,6 +395,11 @@ impl NatsServer {
         &self.log
     }
 
+    /// The process id of the running server (for its CPU and memory in /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Every publish or subscription the server refused so far, as its log reports them.
     pub fn permission_violations(&self) -> Vec<String> {
         permission_violations_in(&self.log)
@@ -583,6 +588,11 @@ impl S3Server {
     /// `http://127.0.0.1:<port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.ports.s3)
+    }
+
+    /// The process id of the running `weed mini` (for its CPU and memory in /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The configuration variables that point a service here.

@@ -1,0 +1,266 @@
+//! The figures with processors at work: end to end (jobs initiated as fast as the generator can,
+//! until the work queue is drained), and the processor's memory while bundling large files.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::TryStreamExt;
+
+use super::cpu::{CpuMeter, CpuUsage};
+use super::nats::{MessagesPerUnit, Varz};
+use super::system::System;
+use super::wrk::TenantRequest;
+use crate::processes::memory_mib;
+use crate::wait::{wait_for, wait_until};
+
+/// The body of every benchmark initiate: one file of 1 KiB.
+pub const INITIATE_BODY: &str = r#"{"file_ids":[10000]}"#;
+/// The initiate path.
+pub const INITIATE_PATH: &str = "/v1/download/initiate";
+
+/// How long the work queue may take to drain.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// What the end-to-end figure measured.
+#[derive(Debug, Clone)]
+pub struct EndToEnd {
+    /// Jobs accepted (202).
+    pub accepted: u64,
+    /// Initiates answered otherwise.
+    pub refused: u64,
+    /// Seconds from the first initiate to the last answer.
+    pub initiating_seconds: f64,
+    /// Seconds from the first initiate until the job consumer was idle.
+    pub seconds: f64,
+    /// Jobs whose `completed` event appeared meanwhile.
+    pub completed: usize,
+    /// Jobs whose `failed` event appeared meanwhile.
+    pub failed: usize,
+    /// CPU over the whole figure.
+    pub cpu: CpuUsage,
+    /// NATS messages per accepted job.
+    pub messages: MessagesPerUnit,
+}
+
+/// Jobs with an event of `kind` in the event stream (one subject per job and kind).
+pub async fn jobs_with_event(system: &System, kind: &str) -> anyhow::Result<usize> {
+    let stream = system.jetstream.get_stream(common::names::EVENTS_STREAM).await?;
+    let mut subjects = stream.info_with_subjects(format!("downloads.events.*.{kind}")).await?;
+    let mut count = 0;
+    while subjects.try_next().await?.is_some() {
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Waits until the processors' consumer has nothing pending or in flight.
+pub async fn drained(system: &System) -> anyhow::Result<()> {
+    let jetstream = system.jetstream.clone();
+    wait_until("the work queue to drain", DRAIN_TIMEOUT, || {
+        crate::queue::job_consumer_idle(&jetstream)
+    })
+    .await
+}
+
+/// An initiate of `tenant`, with a fresh `Idempotency-Key` when `key` is given.
+fn initiate(
+    http: &reqwest::Client,
+    system: &System,
+    tenant: &TenantRequest,
+    body: &str,
+    key: Option<String>,
+) -> reqwest::RequestBuilder {
+    let mut request = http
+        .post(format!("{}{INITIATE_PATH}", system.base_url()))
+        .header(&tenant.header, &tenant.value)
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request
+}
+
+/// `jobs` jobs initiated by one worker per tenant as fast as they are answered, timed from the
+/// first initiate until the processors' consumer is idle.
+pub async fn end_to_end(
+    system: &System,
+    tenants: &[TenantRequest],
+    jobs: usize,
+    keys: bool,
+) -> anyhow::Result<EndToEnd> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(tenants.len())
+        .build()?;
+    let (completed_before, failed_before) = (
+        jobs_with_event(system, "completed").await?,
+        jobs_with_event(system, "failed").await?,
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let varz_before = Varz::read(system.nats.ports.monitor).await?;
+    let meter = CpuMeter::start(&system.processes());
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for tenant in tenants {
+        let (http, next, accepted, refused) = (http.clone(), next.clone(), accepted.clone(), refused.clone());
+        let prepared = initiate(&http, system, tenant, INITIATE_BODY, None);
+        workers.push(tokio::spawn(async move {
+            loop {
+                let number = next.fetch_add(1, Ordering::Relaxed);
+                if number >= jobs {
+                    break;
+                }
+                let mut request = prepared.try_clone().expect("a body of bytes can be cloned");
+                if keys {
+                    request = request.header("Idempotency-Key", format!("e2e-{number}"));
+                }
+                match request.send().await {
+                    Ok(response) if response.status() == 202 => {
+                        let _ = response.bytes().await;
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?;
+    }
+    let initiating_seconds = started.elapsed().as_secs_f64();
+    drained(system).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = meter.stop();
+    let varz_after = Varz::read(system.nats.ports.monitor).await?;
+    let accepted = accepted.load(Ordering::Relaxed);
+    Ok(EndToEnd {
+        accepted,
+        refused: refused.load(Ordering::Relaxed),
+        initiating_seconds,
+        seconds,
+        completed: jobs_with_event(system, "completed").await? - completed_before,
+        failed: jobs_with_event(system, "failed").await? - failed_before,
+        cpu,
+        messages: varz_after.per_unit_since(&varz_before, accepted),
+    })
+}
+
+/// One job per tenant, initiated now: each tenant's request becomes the status of its job.
+pub async fn one_job_each(
+    system: &System,
+    tenants: &[TenantRequest],
+    keys: bool,
+) -> anyhow::Result<Vec<TenantRequest>> {
+    let http = reqwest::Client::new();
+    let mut with_jobs = Vec::with_capacity(tenants.len());
+    for (index, tenant) in tenants.iter().enumerate() {
+        let key = keys.then(|| format!("status-{}-{index}", uuid::Uuid::new_v4()));
+        let response = initiate(&http, system, tenant, INITIATE_BODY, key).send().await?;
+        let job_id = crate::stack::accepted_job_id(response).await?;
+        with_jobs.push(TenantRequest {
+            path: format!("/v1/download/status/{job_id}"),
+            ..tenant.clone()
+        });
+    }
+    Ok(with_jobs)
+}
+
+/// The status of a job (`path` of `tenant`) once it is `completed` or `failed`.
+async fn final_status(system: &System, tenant: &TenantRequest, timeout: Duration) -> anyhow::Result<serde_json::Value> {
+    let http = reqwest::Client::new();
+    let url = format!("{}{}", system.base_url(), tenant.path);
+    wait_for("a job to end", timeout, || {
+        let request = http.get(&url).header(&tenant.header, &tenant.value);
+        async move {
+            let status: serde_json::Value = request.send().await.ok()?.json().await.ok()?;
+            matches!(status["status"].as_str(), Some("completed" | "failed")).then_some(status)
+        }
+    })
+    .await
+}
+
+/// Waits until each tenant's job is completed; fails if one failed.
+pub async fn await_completed(system: &System, jobs: &[TenantRequest]) -> anyhow::Result<()> {
+    for job in jobs {
+        let status = final_status(system, job, Duration::from_secs(120)).await?;
+        anyhow::ensure!(status["status"] == "completed", "a benchmark job failed: {status}");
+    }
+    Ok(())
+}
+
+/// The processor's memory while bundling two files of one size.
+#[derive(Debug, Clone)]
+pub struct Bundling {
+    /// Size of each file, MiB.
+    pub size_mib: usize,
+    /// `completed` or `failed`.
+    pub status: String,
+    /// Seconds from the initiate until the job ended.
+    pub seconds: f64,
+    /// RSS before, MiB.
+    pub rss_before_mib: f64,
+    /// Highest RSS sampled every 20 ms meanwhile, MiB.
+    pub peak_mib: f64,
+}
+
+/// Bundles two files of each size in `sizes_mib` with one job each, sampling the processor's RSS.
+pub async fn bundling(system: &System, tenant: &TenantRequest, sizes_mib: &[usize]) -> anyhow::Result<Vec<Bundling>> {
+    let processor = system.pid("processor").context("a processor runs")?;
+    let http = reqwest::Client::new();
+    let mut results = Vec::new();
+    let mut first_id = 10_001u64;
+    for &size_mib in sizes_mib {
+        for file_id in [first_id, first_id + 1] {
+            let bytes = crate::sample_bytes(file_id, size_mib * 1024 * 1024);
+            system
+                .storage
+                .client()
+                .put_object_content(system.storage.bucket(), common::names::source_key(file_id), bytes)?
+                .build()
+                .send()
+                .await?;
+        }
+        let rss_before_mib = memory_mib(processor).0;
+        let started = Instant::now();
+        let body = format!(r#"{{"file_ids":[{first_id},{}]}}"#, first_id + 1);
+        let response = initiate(&http, system, tenant, &body, Some(uuid::Uuid::new_v4().to_string()))
+            .send()
+            .await?;
+        let job_id = crate::stack::accepted_job_id(response).await?;
+        let job = TenantRequest {
+            path: format!("/v1/download/status/{job_id}"),
+            ..tenant.clone()
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let sampling = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut peak = memory_mib(processor).0;
+                while !stop.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    peak = peak.max(memory_mib(processor).0);
+                }
+                peak
+            }
+        });
+        let status = final_status(system, &job, Duration::from_secs(600)).await;
+        let seconds = started.elapsed().as_secs_f64();
+        stop.cancel();
+        let peak_mib = sampling.await?;
+        results.push(Bundling {
+            size_mib,
+            status: status?["status"].as_str().unwrap_or("unknown").to_string(),
+            seconds,
+            rss_before_mib,
+            peak_mib,
+        });
+        first_id += 2;
+    }
+    Ok(results)
+}

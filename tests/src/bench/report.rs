@@ -1,0 +1,324 @@
+//! The one table the benchmark prints: a row per figure with its target, the NATS messages it
+//! cost per request (counted by the server), its fraction of what NATS alone does here, and the
+//! CPU per request of every process; the NATS ceilings below it, then notes.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use super::cpu::CpuPerUnit;
+use super::nats::{Ceilings, MessagesPerUnit};
+use super::options::Options;
+
+/// How a CPU cell states its figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuUnit {
+    /// µs per unit (requests).
+    Micros,
+    /// ms per unit (jobs).
+    Millis,
+}
+
+/// CPU per unit of work of a figure.
+#[derive(Debug, Clone)]
+pub struct CpuCell {
+    /// Microseconds per unit, per process.
+    pub per_unit: CpuPerUnit,
+    /// How to print them.
+    pub unit: CpuUnit,
+    /// What the unit is (`request`, `job`, `stream`).
+    pub per: &'static str,
+    /// What the load generator was.
+    pub generator: &'static str,
+}
+
+impl CpuCell {
+    fn render(&self) -> String {
+        let (suffix, scale, decimals) = match self.unit {
+            CpuUnit::Micros => ("µs", 1.0, 0),
+            CpuUnit::Millis => ("ms", 1e-3, 3),
+        };
+        let value = |micros: f64| format!("{:.*}", decimals, micros * scale);
+        let mut processes: Vec<(&String, &f64)> = self.per_unit.processes.iter().collect();
+        processes.sort_by(|left, right| right.1.total_cmp(left.1));
+        let parts: Vec<String> = processes
+            .into_iter()
+            .map(|(name, micros)| format!("{name} {}", value(*micros)))
+            .collect();
+        format!(
+            "total {} {suffix}/{} ({}); generator {} {suffix} ({})",
+            value(self.per_unit.total()),
+            self.per,
+            parts.join(", "),
+            value(self.per_unit.generator),
+            self.generator
+        )
+    }
+}
+
+/// What NATS alone does for a figure's mix of operations.
+#[derive(Debug, Clone)]
+pub struct Ceiling {
+    /// Units per second NATS alone could serve.
+    pub rate: f64,
+    /// The mix, as counted.
+    pub mix: String,
+}
+
+/// One figure.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    /// What is measured.
+    pub figure: String,
+    /// The measurement, with its unit.
+    pub measured: String,
+    /// The target, or `—`.
+    pub target: String,
+    /// Whether the target is met (none without a target).
+    pub met: Option<bool>,
+    /// The measured rate, for the fraction of the ceiling.
+    pub rate: Option<f64>,
+    /// NATS messages per unit, from `/varz`.
+    pub messages: Option<MessagesPerUnit>,
+    /// The NATS-alone ceiling of the figure's mix.
+    pub ceiling: Option<Ceiling>,
+    /// CPU per unit.
+    pub cpu: Option<CpuCell>,
+}
+
+/// A rate as `12.3k/s`.
+pub fn rate(per_second: f64) -> String {
+    if !per_second.is_finite() {
+        return "—".into();
+    }
+    if per_second >= 1000.0 {
+        format!("{:.1}k/s", per_second / 1000.0)
+    } else {
+        format!("{per_second:.0}/s")
+    }
+}
+
+/// Milliseconds from microseconds, two decimals.
+pub fn millis(micros: f64) -> String {
+    format!("{:.2} ms", micros / 1000.0)
+}
+
+/// Decimal megabytes from MiB.
+pub fn megabytes(mib: f64) -> f64 {
+    mib * 1.048_576
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "/").replace('\n', " ")
+}
+
+impl Row {
+    fn render(&self) -> String {
+        let met = match self.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let messages = self.messages.map_or("—".to_string(), |messages| {
+            format!("{:.2} in / {:.2} out", messages.inbound, messages.outbound)
+        });
+        let fraction = match (&self.ceiling, self.rate) {
+            (Some(ceiling), _) if !ceiling.rate.is_finite() => format!("— ({})", ceiling.mix),
+            (Some(ceiling), Some(measured)) => format!(
+                "{:.2} of {} ({})",
+                measured / ceiling.rate,
+                rate(ceiling.rate),
+                ceiling.mix
+            ),
+            _ => "—".into(),
+        };
+        let cpu = self.cpu.as_ref().map_or("—".to_string(), CpuCell::render);
+        format!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            cell(&self.figure),
+            cell(&self.measured),
+            cell(&self.target),
+            met,
+            messages,
+            cell(&fraction),
+            cell(&cpu)
+        )
+    }
+}
+
+/// Everything printed at the end.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The figures.
+    pub rows: Vec<Row>,
+    /// The NATS ceilings, when measured.
+    pub ceilings: Option<Ceilings>,
+    /// Details that do not fit a cell.
+    pub notes: Vec<String>,
+}
+
+fn command_output(program: &str, arguments: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(arguments).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Date (UTC), commit and whether the tree is dirty, the machine, and the options.
+pub fn header(options: &Options) -> String {
+    let root = crate::servers::workspace_root();
+    let root = root.to_string_lossy();
+    let commit =
+        command_output("git", &["-C", &root, "rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = command_output("git", &["-C", &root, "status", "--porcelain"]).is_some_and(|status| !status.is_empty());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "## Benchmark, {} UTC, commit {commit}{}, {cores} cores ({model})\n\n\
+         Options: --seconds {} --connections {} --processors {} --jobs {} --streams {}{} --auth {} --trace {} \
+         --limits {} --only {}",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M"),
+        if dirty { " (dirty tree)" } else { " (clean tree)" },
+        options.seconds,
+        options.connections,
+        options.processors,
+        options.jobs,
+        options.streams,
+        if options.streams_50k { " --streams-50k" } else { "" },
+        if options.gateway { "gateway" } else { "key" },
+        if options.trace { "on" } else { "off" },
+        options.limits.label(),
+        options
+            .parts
+            .iter()
+            .map(|part| part.name())
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+impl Report {
+    /// The markdown: header, figures, ceilings, notes.
+    pub fn render(&self, header: &str) -> String {
+        let mut text = String::new();
+        let _ = writeln!(text, "{header}\n");
+        let _ = writeln!(
+            text,
+            "| figure | measured | target | met? | NATS msgs per request (varz) | fraction of NATS-alone ceiling | CPU per request by process |"
+        );
+        let _ = writeln!(text, "|---|---|---|---|---|---|---|");
+        for row in &self.rows {
+            let _ = writeln!(text, "{}", row.render());
+        }
+        if let Some(ceilings) = &self.ceilings {
+            let _ = writeln!(
+                text,
+                "\nNATS alone on the same server ({:.0} s each, ~400-byte payloads, file storage, 1 replica, as the job stream and bucket):\n",
+                ceilings.seconds
+            );
+            let _ = writeln!(
+                text,
+                "| operation | rate | concurrency | nats-server CPU per op | bench CPU per op |"
+            );
+            let _ = writeln!(text, "|---|---|---|---|---|");
+            for (name, rate_value, concurrency) in [
+                (
+                    "async publish",
+                    ceilings.async_publish,
+                    format!("{} acks outstanding", super::nats::ASYNC_WINDOW),
+                ),
+                (
+                    "awaited publish",
+                    ceilings.awaited_publish,
+                    format!("{} tasks", ceilings.concurrency),
+                ),
+                (
+                    "KV put (create)",
+                    ceilings.kv_put,
+                    format!("{} tasks", ceilings.concurrency),
+                ),
+                ("KV get", ceilings.kv_get, format!("{} tasks", ceilings.concurrency)),
+                (
+                    "request/reply",
+                    ceilings.request_reply,
+                    format!("{} tasks", ceilings.concurrency),
+                ),
+            ] {
+                let cpu = ceilings.cpu.iter().find(|(operation, _, _)| *operation == name);
+                let (server, client) = cpu.map_or(("—".to_string(), "—".to_string()), |(_, count, usage)| {
+                    let per = usage.per_unit_micros(*count);
+                    (
+                        format!("{:.1} µs", per.processes.get("nats-server").copied().unwrap_or(0.0)),
+                        format!("{:.1} µs", per.generator),
+                    )
+                });
+                let _ = writeln!(
+                    text,
+                    "| {name} | {} | {concurrency} | {server} | {client} |",
+                    rate(rate_value)
+                );
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(text, "\nNotes:\n");
+            for note in &self.notes {
+                let _ = writeln!(text, "- {note}");
+            }
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_states_its_fraction_of_the_ceiling_and_its_cpu() {
+        let mut per_unit = CpuPerUnit::default();
+        per_unit.processes.insert("intake".into(), 45.0);
+        per_unit.processes.insert("nats-server".into(), 30.0);
+        per_unit.generator = 20.0;
+        let row = Row {
+            figure: "initiate".into(),
+            measured: "6.0k/s".into(),
+            target: "≥ 15k/s".into(),
+            met: Some(false),
+            rate: Some(6000.0),
+            messages: Some(MessagesPerUnit {
+                inbound: 2.0,
+                outbound: 2.0,
+            }),
+            ceiling: Some(Ceiling {
+                rate: 12_000.0,
+                mix: "1 awaited publish + 1 KV put".into(),
+            }),
+            cpu: Some(CpuCell {
+                per_unit,
+                unit: CpuUnit::Micros,
+                per: "req",
+                generator: "wrk",
+            }),
+        };
+        assert_eq!(
+            row.render(),
+            "| initiate | 6.0k/s | ≥ 15k/s | **no** | 2.00 in / 2.00 out | 0.50 of 12.0k/s (1 awaited publish + 1 KV put) \
+             | total 75 µs/req (intake 45, nats-server 30); generator 20 µs (wrk) |"
+        );
+    }
+
+    #[test]
+    fn rates_are_short() {
+        assert_eq!(rate(15_432.0), "15.4k/s");
+        assert_eq!(rate(950.4), "950/s");
+        assert_eq!(rate(f64::NAN), "—");
+    }
+}
