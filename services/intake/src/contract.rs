@@ -15,8 +15,6 @@ pub struct Published {
     pub json: String,
     /// `/openapi.yaml`.
     pub yaml: String,
-    /// Swagger UI's page at `/docs`, with the 3.1 document inside.
-    pub swagger_ui: String,
     /// The methods of each path template, for the `Allow` header of a 405.
     pub methods: BTreeMap<String, String>,
 }
@@ -25,24 +23,30 @@ pub struct Published {
 pub fn publish<T: poem_openapi::OpenApi, W: poem_openapi::Webhook>(
     service: &poem_openapi::OpenApiService<T, W>,
 ) -> Published {
-    let generated = service.spec();
-    let document: Value = serde_json::from_str(&generated).expect("poem-openapi writes JSON");
+    let document: Value = serde_json::from_str(&service.spec()).expect("poem-openapi writes JSON");
     let document = openapi_31(document);
     let json = serde_json::to_string_pretty(&document).expect("documents serialize") + "\n";
     let yaml = serde_yaml::to_string(&document).expect("documents serialize as YAML");
-    // Swagger UI's page embeds the document it was made from: the same page with ours.
+    Published {
+        json,
+        yaml,
+        methods: methods_of(&document),
+    }
+}
+
+/// Swagger UI's page for `service`, showing `published` (its 3.1 document) instead of the
+/// generated 3.0 one the page embeds.
+pub fn swagger_ui<T: poem_openapi::OpenApi, W: poem_openapi::Webhook>(
+    service: &poem_openapi::OpenApiService<T, W>,
+    published: &str,
+) -> String {
+    let generated = service.spec();
     let page = service.swagger_ui_html();
     assert!(
         page.contains(&generated),
         "Swagger UI's page embeds the generated document"
     );
-    let swagger_ui = page.replace(&generated, &json);
-    Published {
-        json,
-        yaml,
-        swagger_ui,
-        methods: methods_of(&document),
-    }
+    page.replace(&generated, published)
 }
 
 /// Operations whose answers carry no rate-limit headers: the health check, never limited, and

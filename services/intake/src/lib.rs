@@ -170,16 +170,32 @@ pub fn openapi(
     .webhooks::<&dyn api::webhooks::DownloadWebhooks>()
 }
 
-/// An endpoint answering `body` as `content_type`.
-fn served(body: String, content_type: &'static str) -> impl poem::Endpoint<Output = poem::Response> {
-    let body = bytes::Bytes::from(body);
+/// An endpoint answering `body` as `content_type` (each answer shares the one copy).
+fn served(body: bytes::Bytes, content_type: &'static str) -> impl poem::Endpoint<Output = poem::Response> {
     poem::endpoint::make_sync(move |_| poem::Response::builder().content_type(content_type).body(body.clone()))
+}
+
+/// Swagger UI's page, made on its first request and kept: it embeds Swagger UI's whole script
+/// (about 1.3 MB), which an intake nobody browses never holds in memory.
+fn swagger_ui_page(state: Arc<State>, json: bytes::Bytes) -> impl poem::Endpoint<Output = poem::Response> {
+    let page = Arc::new(std::sync::OnceLock::<bytes::Bytes>::new());
+    poem::endpoint::make_sync(move |_| {
+        let body = page.get_or_init(|| {
+            let published = std::str::from_utf8(&json).expect("the document is UTF-8");
+            contract::swagger_ui(&openapi(state.clone(), "/"), published).into()
+        });
+        poem::Response::builder()
+            .content_type("text/html; charset=utf-8")
+            .body(body.clone())
+    })
 }
 
 /// The whole HTTP application: API, spec, docs and middleware.
 pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
     let service = openapi(state.clone(), "/");
     let published = contract::publish(&service);
+    let json = bytes::Bytes::from(published.json);
+    let docs = Arc::new(swagger_ui_page(state.clone(), json.clone()));
     let methods = Arc::new(published.methods);
     let any_origin = state.settings.cors_origins.iter().any(|origin| origin == "*");
     let mut cors = Cors::new()
@@ -211,13 +227,10 @@ pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
     let auth_state = state.clone();
     Route::new()
         .nest("/", service)
-        .at("/openapi.json", get(served(published.json, "application/json")))
-        .at("/openapi.yaml", get(served(published.yaml, "application/yaml")))
-        .at(
-            "/docs",
-            get(served(published.swagger_ui.clone(), "text/html; charset=utf-8")),
-        )
-        .at("/docs/", get(served(published.swagger_ui, "text/html; charset=utf-8")))
+        .at("/openapi.json", get(served(json, "application/json")))
+        .at("/openapi.yaml", get(served(published.yaml.into(), "application/yaml")))
+        .at("/docs", get(docs.clone()))
+        .at("/docs/", get(docs))
         .at("/app", get(page::index))
         .at("/app/", get(page::index))
         .at("/app/app.js", get(page::script))
