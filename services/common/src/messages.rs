@@ -266,7 +266,11 @@ mod tests {
         record.cancel();
         let JobEvent::V1 { owner, webhook, .. } = JobEvent::of_record(&record);
         assert_eq!(owner.as_deref(), Some("acme"));
-        assert_eq!(webhook, Some(false), "a job without a callbackUrl has no webhook to send");
+        assert_eq!(
+            webhook,
+            Some(false),
+            "a job without a callbackUrl has no webhook to send"
+        );
         record.callback_url = Some("https://hooks.example.com/x".into());
         let JobEvent::V1 { webhook, .. } = JobEvent::of_record(&record);
         assert_eq!(webhook, Some(true));

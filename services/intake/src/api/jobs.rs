@@ -183,7 +183,11 @@ impl JobsApi {
     ) -> Result<InitiateResponse, Errors<InitiateFailures>> {
         let request = body.0;
         let key = super::checked_idempotency_key(http)?;
-        let fingerprint = idempotency::fingerprint(&(&request.file_ids, &request.callback_url));
+        // Only a request with a key is compared with an earlier one.
+        let fingerprint = key
+            .as_ref()
+            .map(|_| idempotency::fingerprint(&(&request.file_ids, &request.callback_url)))
+            .unwrap_or_default();
         let file_ids: Vec<u64> = dedupe_file_ids(&request.file_ids.iter().map(|id| *id as u64).collect::<Vec<_>>());
         let estimated_seconds = self.state.estimated_job_seconds();
         let traceparent = telemetry::current_traceparent();

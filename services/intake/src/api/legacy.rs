@@ -192,6 +192,11 @@ impl LegacyApi {
         let traceparent = telemetry::current_traceparent();
         let owner = user_id.clone();
         let accepting = tokio::time::Instant::now();
+        // Only a request with a key is compared with an earlier one.
+        let fingerprint = key
+            .as_ref()
+            .map(|_| idempotency::fingerprint(&file_id))
+            .unwrap_or_default();
         let admitted = admission::admit(
             self.state.clone(),
             admission::Request {
@@ -200,7 +205,7 @@ impl LegacyApi {
                 capped,
                 operation: "start",
                 key,
-                fingerprint: idempotency::fingerprint(&file_id),
+                fingerprint,
             },
             move |job_id| {
                 let record = JobRecord::queued(
