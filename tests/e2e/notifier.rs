@@ -605,8 +605,8 @@ async fn raw_exchange(stack: &Stack, request: &str) -> String {
 }
 
 /// Streams are written by the notifier's own lean front, the rest by its HTTP server: a stream
-/// ends with its last chunk and the same connection then serves the next request (pipelined
-/// here); a client that asked to close is closed; an HTTP/1.0 client gets the stream too.
+/// ends with its last chunk and the same connection then serves the next requests (pipelined
+/// here: another stream, then a plain request); a client that asked to close is closed; an HTTP/1.0 client gets the stream too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_serves_the_request_after_its_stream_and_closes_when_asked() {
     init_logs();
@@ -623,13 +623,21 @@ async fn a_connection_serves_the_request_after_its_stream_and_closes_when_asked(
     let answer = raw_exchange(
         &stack,
         &format!(
-            "GET {target} HTTP/1.1\r\nHost: notifier\r\n\r\nGET /health HTTP/1.1\r\nHost: notifier\r\nConnection: close\r\n\r\n"
+            "GET {target} HTTP/1.1\r\nHost: notifier\r\n\r\nGET {target} HTTP/1.1\r\nHost: notifier\r\n\r\nGET /health HTTP/1.1\r\nHost: notifier\r\nConnection: close\r\n\r\n"
         ),
     )
     .await;
     let (stream, after) = answer
         .split_once("\r\n0\r\n\r\n")
         .expect("the stream ends with its last chunk");
+    // The same connection then serves a second stream, and after it a plain request.
+    let (second, after) = after
+        .split_once("\r\n0\r\n\r\n")
+        .expect("a second stream on the connection");
+    assert!(
+        second.starts_with("HTTP/1.1 200 OK\r\n") && second.contains("event: completed"),
+        "{second}"
+    );
     assert!(stream.starts_with("HTTP/1.1 200 OK\r\n"), "{stream}");
     let head = stream.to_ascii_lowercase();
     assert!(head.contains("content-type: text/event-stream"), "{stream}");

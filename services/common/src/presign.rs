@@ -89,11 +89,17 @@ impl Presigner {
     }
 }
 
+/// What the reuse window leaves out for the URL's signing time, which S3 counts from
+/// `X-Amz-Date` (whole seconds, so up to a second before `expires_at - lifetime`), and for the
+/// presign round trip.
+const SIGNING_SLACK: Duration = Duration::from_secs(2);
+
 /// Until when a URL received at `now` (wall clock) and expiring at `expires_at` may be handed
-/// out again: a twentieth of its remaining lifetime from now.
+/// out again: a twentieth of its remaining lifetime from now, less [`SIGNING_SLACK`], so it keeps
+/// at least 95 % of its lifetime as S3 counts it (a URL of under 40 s is not reused at all).
 fn reusable_until(now: DateTime<Utc>, expires_at: DateTime<Utc>) -> tokio::time::Instant {
     let lifetime = (expires_at - now).to_std().unwrap_or_default();
-    tokio::time::Instant::now() + lifetime / REUSE_SHARE
+    tokio::time::Instant::now() + (lifetime / REUSE_SHARE).saturating_sub(SIGNING_SLACK)
 }
 
 /// Asks the presigner for a GET URL of `key` that saves as `filename`.
@@ -146,7 +152,10 @@ mod tests {
     async fn a_url_is_reused_for_a_twentieth_of_its_lifetime_so_it_keeps_95_percent() {
         let now = Utc::now();
         let until = reusable_until(now, now + chrono::Duration::seconds(3600));
-        assert_eq!(until - tokio::time::Instant::now(), Duration::from_secs(180));
+        assert_eq!(until - tokio::time::Instant::now(), Duration::from_secs(178));
+        // Too short to reuse and keep 95 % counting from a whole-second signing time.
+        let until = reusable_until(now, now + chrono::Duration::seconds(30));
+        assert_eq!(until, tokio::time::Instant::now());
         // An answer already expired (clocks apart) is not reused at all.
         let until = reusable_until(now, now - chrono::Duration::seconds(1));
         assert_eq!(until, tokio::time::Instant::now());

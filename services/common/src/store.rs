@@ -315,6 +315,7 @@ impl JobStore {
     where
         F: FnMut(&mut JobRecord) -> bool,
     {
+        let given = known.is_some();
         let current = match known {
             Some(known) => known,
             None => match self.read(job_id, from_leader).await? {
@@ -346,6 +347,11 @@ impl JobStore {
         }
         let mut next = current.record.clone();
         if !change(&mut next) {
+            // A change declined on the caller's copy is decided again on the record as stored:
+            // the copy may be behind (the next round reads it from the leader).
+            if given {
+                return Ok(None);
+            }
             return Ok(Some(Change::Unchanged(current.record)));
         }
         next.event_seq = current.record.event_seq + 1;

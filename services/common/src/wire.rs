@@ -248,7 +248,7 @@ pub struct StreamEventData {
     pub attempt: u32,
     /// When the change happened (ISO 8601 UTC).
     pub at: Timestamp,
-    /// `completed` only: a freshly presigned URL of the result (absent if the presigner was
+    /// `completed` only: a presigned URL of the result with at least 95 % of its lifetime left (absent if the presigner was
     /// unavailable; `GET /v1/download/{jobId}` then mints one).
     #[oai(skip_serializing_if_is_none)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,7 +287,7 @@ pub const EXAMPLE_DOWNLOAD_URL: &str = "https://s3.example.com/downloads/results
 /// What a webhook says happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Serialize, Deserialize, JsonSchema)]
 pub enum WebhookType {
-    /// The job completed; `downloadUrl` is a fresh presigned URL.
+    /// The job completed; `downloadUrl` is a presigned URL with at least 95 % of its lifetime left.
     #[oai(rename = "download.completed")]
     #[serde(rename = "download.completed")]
     Completed,

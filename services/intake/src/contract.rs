@@ -356,7 +356,7 @@ fn header_description(name: &str) -> Option<&'static str> {
     Some(match name {
         "Retry-After" => "Seconds to wait before asking again (RFC 9110).",
         "Location" => "Where to go next: a job's status URL, or the presigned URL of its result.",
-        "Cache-Control" => "Not to be cached: each answer carries freshly minted URLs.",
+        "Cache-Control" => "Not to be cached: each answer carries short-lived URLs (a stream token, a presigned URL).",
         "X-Accel-Buffering" => "`no`: proxies pass each event on at once.",
         "Idempotent-Replayed" => {
             "`true` when this is the remembered answer of an earlier request with the same `Idempotency-Key`."

@@ -124,7 +124,7 @@ impl State {
         .await
     }
 
-    /// A freshly presigned URL of a completed job's result.
+    /// A presigned URL of a completed job's result (at least 95 % of its lifetime left).
     pub async fn download_url(&self, record: &JobRecord) -> Result<String, ApiError> {
         self.presigner.result_url(record).await.map_err(|error| match error {
             common::presign::PresignError::NoResult(_) => ApiError::internal("presigning a completed job", &error),

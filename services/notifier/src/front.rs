@@ -50,6 +50,8 @@ const MAX_PIPELINED: usize = 8 * 1024;
 /// lease and may replay history, allocating a few KiB for a few milliseconds: a burst of
 /// thousands of opens at once would otherwise leave the heap that much larger for good.
 const OPENING_AT_ONCE: usize = 64;
+/// How long a stream request waits for its turn before it is answered 503 (retry shortly).
+const TURN_WAIT: Duration = Duration::from_secs(5);
 /// Connections waiting for the HTTP server to take them.
 const HANDOFF_QUEUE: usize = 1024;
 
@@ -241,11 +243,16 @@ fn parse_head(bytes: &[u8]) -> Option<(Head, usize)> {
     if !is_stream_path(target) {
         return Some((Head::Other, length));
     }
+    // httparse lets through bytes a URI may not hold (`<`, `"`, non-ASCII): those go to the HTTP
+    // server, which refuses them as it always did.
+    let Ok(uri) = poem::http::Uri::try_from(target) else {
+        return Some((Head::Other, length));
+    };
     let mut keep_alive = true;
     let mut builder = poem::Request::builder()
         .method(Method::GET)
         .version(Version::HTTP_11)
-        .uri_str(target);
+        .uri(uri);
     for header in parsed.headers.iter() {
         let name = header.name;
         // A body, an upgrade or an expectation: the HTTP server knows what to do with them.
@@ -272,10 +279,28 @@ fn parse_head(bytes: &[u8]) -> Option<(Head, usize)> {
         };
         builder = builder.header(name, value);
     }
-    if poem::http::Uri::try_from(target).is_err() {
-        return Some((Head::Other, length));
-    }
     Some((Head::Stream(Box::new(builder.finish()), keep_alive), length))
+}
+
+/// Reads into `read` until it holds a complete request head: what it is and its length, or
+/// `None` when the connection closed, broke or sent no head within [`HEAD_TIMEOUT`].
+async fn read_head(socket: &mut TcpStream, read: &mut BytesMut) -> Option<(Head, usize)> {
+    let reading = async {
+        loop {
+            if let Some(head) = parse_head(read) {
+                return Some(head);
+            }
+            if read.len() >= MAX_HEAD {
+                return Some((Head::Other, 0));
+            }
+            read.reserve(HEAD_CHUNK);
+            match socket.read_buf(read).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(HEAD_TIMEOUT, reading).await.ok().flatten()
 }
 
 /// A response's status line and headers, with `date` and, when the connection closes after it,
@@ -306,43 +331,46 @@ fn response_head(parts: &poem::ResponseParts, keep_alive: bool) -> Vec<u8> {
 }
 
 impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
+    /// Serves the connection's stream requests, one after the other while it is kept alive, and
+    /// hands it to the HTTP server at its first other request. Every step gives way to shutdown.
     async fn serve(self, mut socket: TcpStream) {
+        let closing = self.closing.clone();
+        let handoff = tokio::select! {
+            _ = closing.cancelled() => return,
+            handoff = self.requests(&mut socket) => handoff,
+        };
+        if let Some(read) = handoff {
+            tokio::select! {
+                _ = closing.cancelled() => {}
+                _ = self.hand_over(socket, read) => {}
+            }
+        }
+    }
+
+    /// Answers stream requests until one is not (its bytes, for the HTTP server) or the
+    /// connection ends (`None`).
+    async fn requests(&self, socket: &mut TcpStream) -> Option<BytesMut> {
         // Each step but the stream itself is boxed while it runs: a connection then keeps, for
         // the life of its stream, only what writing the stream needs.
-        let mut read = BytesMut::with_capacity(HEAD_CHUNK);
-        let head = Box::pin(tokio::time::timeout(HEAD_TIMEOUT, async {
-            loop {
-                if let Some(head) = parse_head(&read) {
-                    return Some(head);
-                }
-                if read.len() >= MAX_HEAD {
-                    return Some((Head::Other, 0));
-                }
-                read.reserve(HEAD_CHUNK);
-                match socket.read_buf(&mut read).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        }))
-        .await;
-        let (request, keep_alive, length) = match head {
-            Ok(Some((Head::Stream(request, keep_alive), length))) => (request, keep_alive, length),
-            Ok(Some((Head::Other, _))) => return self.hand_over(socket, read).await,
-            // Closed, broken, or too slow to send a head: nothing to answer.
-            Ok(None) | Err(_) => return,
-        };
-        // Only what follows the head is kept (a pipelined request), in a buffer of its own size.
-        let pipelined = BytesMut::from(&read[length..]);
-        drop(read);
-        let response = {
-            let Ok(_turn) = self.opening.acquire().await else {
-                return;
+        let mut read = BytesMut::new();
+        loop {
+            let (head, length) = Box::pin(read_head(socket, &mut read)).await?;
+            let Head::Stream(request, keep_alive) = head else {
+                return Some(read);
             };
-            Box::pin(self.app.get_response(*request)).await
-        };
-        if let Some(pipelined) = self.respond(&mut socket, response, keep_alive, pipelined).await {
-            self.hand_over(socket, pipelined).await;
+            // Only what follows the head is kept (a pipelined request), in a buffer of its size.
+            let pipelined = BytesMut::from(&read[length..]);
+            drop(std::mem::take(&mut read));
+            let response = match tokio::time::timeout(TURN_WAIT, self.opening.acquire()).await {
+                Ok(Ok(_turn)) => Box::pin(self.app.get_response(*request)).await,
+                Ok(Err(_closed)) => return None,
+                Err(_waited) => crate::stream::problem(
+                    common::ErrorCode::QueueUnavailable,
+                    "the notifier is opening too many streams at once, retry shortly",
+                    None,
+                ),
+            };
+            read = self.respond(socket, response, keep_alive, pipelined).await?;
         }
     }
 
@@ -431,7 +459,6 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
                         Err(_) => return None,
                     }
                 }
-                _ = self.closing.cancelled() => return None,
             }
         }
     }
@@ -486,6 +513,9 @@ mod tests {
             "GET /v1/download/j/stream HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
             "GET /v1/download/j/stream HTTP/1.1\r\nBad Header\r\n\r\n",
             "\x16\x03\x01 TLS",
+            // Bytes httparse lets through but a URI may not hold.
+            "GET /v1/download/<x>/stream HTTP/1.1\r\n\r\n",
+            "GET /v1/download/j/stream?t=\" HTTP/1.1\r\n\r\n",
         ] {
             assert!(matches!(head(other), Some((Head::Other, _))), "{other:?}");
         }

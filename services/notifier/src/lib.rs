@@ -1,7 +1,7 @@
 //! The notifier: pushes job progress to browsers and other clients over Server-Sent Events.
 //!
 //! `GET /v1/download/{jobId}/stream` answers `text/event-stream` with events `progress`,
-//! `completed` (with a freshly presigned `downloadUrl`), `failed` and `cancelled`. Every event's
+//! `completed` (with a presigned `downloadUrl`, at least 95 % of its lifetime left), `failed` and `cancelled`. Every event's
 //! `id:` is the job's event number: a client reconnecting with `Last-Event-ID` gets every event it
 //! missed, then live ones, without gap or duplicate. Comment heartbeats keep idle proxies from
 //! cutting quiet streams; the stream ends after a terminal event.

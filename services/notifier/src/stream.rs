@@ -27,7 +27,7 @@ use crate::limits::StreamSlot;
 const QUIET_HEARTBEATS: u32 = 2;
 
 /// An RFC 9457 problem response.
-fn problem(code: ErrorCode, detail: &str, field: Option<&str>) -> Response {
+pub(crate) fn problem(code: ErrorCode, detail: &str, field: Option<&str>) -> Response {
     let mut body = Problem::new(code, detail);
     body.field = field.map(str::to_string);
     let status = body.http_status();

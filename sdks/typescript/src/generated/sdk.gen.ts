@@ -106,7 +106,7 @@ export const cancelDownload = <ThrowOnError extends boolean = false>(options: Op
 /**
  * Download a job's result
  *
- * Redirects (302) to a freshly presigned URL once completed; before that, answers the status
+ * Redirects (302) to a presigned URL (at least 95 % of its lifetime left) once completed; before that, answers the status
  * with `Retry-After`.
  */
 export const getDownloadResult = <ThrowOnError extends boolean = false>(options: Options<GetDownloadResultData, ThrowOnError>): RequestResult<GetDownloadResultResponses, GetDownloadResultErrors, ThrowOnError> => (options.client ?? client).get<GetDownloadResultResponses, GetDownloadResultErrors, ThrowOnError>({

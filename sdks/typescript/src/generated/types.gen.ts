@@ -234,7 +234,7 @@ export type JobStatusBody = {
      */
     createdAt: string;
     /**
-     * A freshly presigned URL of the result, only when completed.
+     * A presigned URL of the result with at least 95 % of its lifetime left, only when completed.
      */
     downloadUrl?: string;
     /**
@@ -417,7 +417,7 @@ export type StreamEventData = {
      */
     attempt: number;
     /**
-     * `completed` only: a freshly presigned URL of the result (absent if the presigner was
+     * `completed` only: a presigned URL of the result with at least 95 % of its lifetime left (absent if the presigner was
      * unavailable; `GET /v1/download/{jobId}` then mints one).
      */
     downloadUrl?: string;
@@ -715,7 +715,7 @@ export type GetDownloadStatusError = GetDownloadStatusErrors[keyof GetDownloadSt
 
 export type GetDownloadStatusResponses = {
     /**
-     * The job's status; completed jobs carry a freshly presigned `downloadUrl`. While the job
+     * The job's status; completed jobs carry a presigned `downloadUrl` (at least 95 % of its lifetime left). While the job
      * is queued or processing, `Retry-After` says when to poll again (better: follow
      * `streamUrl`).
      */

@@ -45,7 +45,7 @@ pub enum InitiateResponse {
 /// Answer of `GET /v1/download/status/{jobId}`.
 #[derive(ApiResponse)]
 pub enum StatusResponse {
-    /// The job's status; completed jobs carry a freshly presigned `downloadUrl`. While the job
+    /// The job's status; completed jobs carry a presigned `downloadUrl` (at least 95 % of its lifetime left). While the job
     /// is queued or processing, `Retry-After` says when to poll again (better: follow
     /// `streamUrl`).
     #[oai(status = 200)]
@@ -59,7 +59,7 @@ pub enum StatusResponse {
 /// Answer of `GET /v1/download/{jobId}`.
 #[derive(ApiResponse)]
 pub enum ResultResponse {
-    /// Completed: redirect to a freshly presigned URL of the result.
+    /// Completed: redirect to a presigned URL of the result (at least 95 % of its lifetime left).
     #[oai(status = 302)]
     Found(
         #[oai(header = "Location")] String,
@@ -281,7 +281,7 @@ impl JobsApi {
 
     /// Download a job's result
     ///
-    /// Redirects (302) to a freshly presigned URL once completed; before that, answers the status
+    /// Redirects (302) to a presigned URL (at least 95 % of its lifetime left) once completed; before that, answers the status
     /// with `Retry-After`.
     #[oai(path = "/:jobId", method = "get", operation_id = "getDownloadResult")]
     async fn result(

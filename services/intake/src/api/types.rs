@@ -235,7 +235,7 @@ pub struct JobStatusBody {
     pub progress: u8,
     /// Availability of each requested file (once checked).
     pub files: Vec<FileBody>,
-    /// A freshly presigned URL of the result, only when completed.
+    /// A presigned URL of the result with at least 95 % of its lifetime left, only when completed.
     pub download_url: Option<String>,
     /// Why the job failed (or why it is waiting for a retry).
     pub error: Option<String>,

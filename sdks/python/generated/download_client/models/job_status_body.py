@@ -31,7 +31,8 @@ class JobStatusBody:
         stream_url (str): Where to follow the job's progress as Server-Sent Events: a fresh URL whose token opens
             this job's stream for `STREAM_TOKEN_TTL_SECONDS` (ask again for a new one when it expires).
         completed_at (datetime.datetime | Unset): When the job ended.
-        download_url (str | Unset): A freshly presigned URL of the result, only when completed.
+        download_url (str | Unset): A presigned URL of the result with at least 95 % of its lifetime left, only when
+            completed.
         error (str | Unset): Why the job failed (or why it is waiting for a retry).
         error_code (str | Unset): Stable code of `error`.
         estimated_completion (datetime.datetime | Unset): Best guess of when it will end, while not ended.

@@ -26,7 +26,8 @@ class StreamEventData:
             seq (int): The job's event number (also the event's `id`), from 1, without gaps; 0 when a stream
                 opens on a job so new that its first event is not out yet (its current state).
             status (ApiJobStatus): Status of a job as clients see it.
-            download_url (str | Unset): `completed` only: a freshly presigned URL of the result (absent if the presigner was
+            download_url (str | Unset): `completed` only: a presigned URL of the result with at least 95 % of its lifetime
+                left (absent if the presigner was
                 unavailable; `GET /v1/download/{jobId}` then mints one).
             error (str | Unset): `failed` only: why.
             error_code (str | Unset): `failed` only: stable code of `error`.

@@ -97,7 +97,8 @@ def sync_detailed(
 ) -> Response[Any | JobStatusBody | Problem]:
     """Download a job's result
 
-     Redirects (302) to a freshly presigned URL once completed; before that, answers the status
+     Redirects (302) to a presigned URL (at least 95 % of its lifetime left) once completed; before that,
+    answers the status
     with `Retry-After`.
 
     Args:
@@ -129,7 +130,8 @@ def sync(
 ) -> Any | JobStatusBody | Problem | None:
     """Download a job's result
 
-     Redirects (302) to a freshly presigned URL once completed; before that, answers the status
+     Redirects (302) to a presigned URL (at least 95 % of its lifetime left) once completed; before that,
+    answers the status
     with `Retry-After`.
 
     Args:
@@ -156,7 +158,8 @@ async def asyncio_detailed(
 ) -> Response[Any | JobStatusBody | Problem]:
     """Download a job's result
 
-     Redirects (302) to a freshly presigned URL once completed; before that, answers the status
+     Redirects (302) to a presigned URL (at least 95 % of its lifetime left) once completed; before that,
+    answers the status
     with `Retry-After`.
 
     Args:
@@ -186,7 +189,8 @@ async def asyncio(
 ) -> Any | JobStatusBody | Problem | None:
     """Download a job's result
 
-     Redirects (302) to a freshly presigned URL once completed; before that, answers the status
+     Redirects (302) to a presigned URL (at least 95 % of its lifetime left) once completed; before that,
+    answers the status
     with `Retry-After`.
 
     Args:
