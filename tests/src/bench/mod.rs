@@ -321,7 +321,7 @@ async fn processor_figures(
         rows.push((
             30,
             figure.row(
-                "3. status of a completed job (a fresh presigned downloadUrl)",
+                "3. status of a completed job (its downloadUrl keeps ≥ 95 % of its lifetime)",
                 "≥ 20k req/s",
                 Some(met),
                 ceiling,
