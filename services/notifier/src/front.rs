@@ -149,6 +149,7 @@ impl AsyncWrite for Rewound {
 /// rest to the acceptor it returns. Streams it serves end `grace` after `shutdown`.
 pub struct Front<E> {
     listener: TcpListener,
+    local: SocketAddr,
     app: Arc<E>,
     handoff: mpsc::Sender<Handoff>,
     opening: Arc<tokio::sync::Semaphore>,
@@ -162,6 +163,7 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
         Ok((
             Front {
                 listener,
+                local,
                 app: Arc::new(app),
                 handoff,
                 opening: Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE)),
@@ -186,7 +188,7 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
                         app: self.app.clone(),
                         handoff: self.handoff.clone(),
                         opening: self.opening.clone(),
-                        local: self.listener.local_addr().unwrap_or(remote),
+                        local: self.local,
                         remote,
                         closing: closing.clone(),
                     };
