@@ -207,7 +207,8 @@ async fn check_consumer_matches(jetstream: &async_nats::jetstream::Context, sett
 /// within the grace period, hands the rest back to the queue.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     metrics::init(settings.concurrency);
-    let storage = Storage::new(&settings.s3)?;
+    // A job makes one S3 request at a time but for a bundle's checks: one connection per job.
+    let storage = Storage::for_parallel_requests(&settings.s3, settings.concurrency)?;
     let client = common::nats::connect(&settings.nats, "download-processor").await?;
     // Served from before the streams are checked, so a processor stuck starting up can be
     // scraped and probed; stopped when this function returns, however it returns.
