@@ -712,3 +712,86 @@ async fn a_job_whose_processors_die_ends_in_its_trace_with_retries_exhausted() {
     );
     job.assert_one_tree();
 }
+
+/// A deployment where the intake exports no traces (it carries trace ids only) while the
+/// others do: the job's trace is still the caller's, and the exported spans hang under the
+/// intake's unexported ones, in one connected trace with no span of the intake's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_exports_nothing_still_carries_the_callers_trace_to_those_that_do() {
+    init_logs();
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let stack = Stack::servers_only(&[]).await.unwrap();
+    stack.put_file(95_200, 64).await.unwrap();
+    let fleet = ServiceFleet::builder(&stack)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .service_env(Kind::Intake, "OTEL_TRACES_EXPORTER", "none")
+        .start()
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let bearer = stack.bearer("mixed").await.unwrap();
+    let accepted = initiate_traced(
+        &http,
+        &fleet.base_url(),
+        &bearer,
+        CALLER_TRACE,
+        serde_json::json!({ "file_ids": [95_200] }),
+    )
+    .await;
+    let status_url = format!(
+        "{}/v1/download/status/{}",
+        fleet.base_url(),
+        accepted["jobId"].as_str().unwrap()
+    );
+    let finished = terminal_status(&http, &bearer, &status_url).await;
+    assert_eq!(finished["status"], "completed", "{finished}");
+
+    fleet.stop().await.unwrap();
+    let spans = receiver
+        .wait_for("the job's processing spans", PATIENCE, |spans| {
+            spans
+                .iter()
+                .any(|span| span.trace_id == CALLER_TRACE && span.name == "process downloads.jobs")
+        })
+        .await
+        .unwrap();
+    let job = Trace::of(&spans, CALLER_TRACE);
+    assert!(
+        job.spans.iter().all(|span| span.service != "intake"),
+        "the intake exports nothing:\n{}",
+        job.waterfall()
+    );
+    let processed = job.named("process downloads.jobs")[0];
+    let parent = processed
+        .parent_span_id
+        .as_deref()
+        .expect("the job's processing continues the message's trace context");
+    assert_ne!(
+        parent, CALLER_SPAN,
+        "its parent is the intake's publish span, not the caller's"
+    );
+    assert!(
+        job.by_id(parent).is_none(),
+        "the intake's span was not exported:\n{}",
+        job.waterfall()
+    );
+    // Every exported span of the job hangs under the intake's unexported spans: none starts a
+    // trace of its own, none skips the intake to the caller's span.
+    for span in job.spans.iter().filter(|span| job.parent_of(span).is_none()) {
+        let parent = span.parent_span_id.as_deref();
+        assert!(
+            parent.is_some_and(|parent| parent != CALLER_SPAN),
+            "{} has parent {parent:?}:\n{}",
+            span.name,
+            job.waterfall()
+        );
+    }
+    let services: BTreeSet<&str> = job.spans.iter().map(|span| span.service.as_str()).collect();
+    assert_eq!(
+        services,
+        BTreeSet::from(["notifier", "processor"]),
+        "{}",
+        job.waterfall()
+    );
+}

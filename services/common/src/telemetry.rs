@@ -4,8 +4,10 @@
 //! - Traces: an OpenTelemetry layer with its own filter (this workspace's spans and events from
 //!   `info`), so `RUST_LOG=warn` still traces a job and still propagates `traceparent`.
 //!   Spans are exported over OTLP (HTTP/protobuf, a batch processor on its own thread) when
-//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `_TRACES_ENDPOINT`) is set; without it no exporter, thread
-//!   or connection exists, and spans only carry ids for propagation.
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `_TRACES_ENDPOINT`) is set. Without it no exporter, thread
+//!   or connection exists, and no OpenTelemetry span either: a lighter layer ([`propagation`])
+//!   gives the same spans trace and span ids only, so `traceparent` still follows a job and a
+//!   service that exports continues its trace.
 //! - Context: `traceparent`/`tracestate` in NATS headers on every publish and request, so one
 //!   trace follows a job intake → JetStream → processor → events → presigner → notifier.
 //!
@@ -27,7 +29,13 @@ use tracing_subscriber::{EnvFilter, Layer, filter};
 
 use crate::config::{ConfigError, Env};
 
+mod propagation;
 pub mod span;
+
+/// The sampler of a service that exports no traces: its spans carry trace context only
+/// ([`propagation`]). Unset when OpenTelemetry spans are built (exporting), or before
+/// [`init`].
+static PROPAGATING: std::sync::OnceLock<Sampler> = std::sync::OnceLock::new();
 
 /// The crates whose spans are traced (targets start with these names).
 const TRACED_CRATES: [&str; 5] = ["common", "intake", "processor", "presigner", "notifier"];
@@ -263,15 +271,23 @@ fn install(
     let traced = TRACED_CRATES.iter().fold(filter::Targets::new(), |targets, name| {
         targets.with_target(*name, Level::INFO)
     });
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_target(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_filter(traced);
+    // Spans leave the process: OpenTelemetry spans. They do not: ids only, at a fraction of the
+    // cost ([`propagation`]).
+    let (otel_layer, ids_layer) = if settings.endpoint.is_some() {
+        let otel_layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_target(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(traced);
+        (Some(otel_layer), None)
+    } else {
+        let ids_layer = propagation::Layer::new(settings.sampler.clone()).with_filter(traced);
+        (None, Some(ids_layer))
+    };
     let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(otel_layer);
+    let registry = tracing_subscriber::registry().with(otel_layer).with(ids_layer);
     let result = if json_logs {
         registry
             .with(tracing_subscriber::fmt::layer().json().with_filter(log_filter()))
@@ -294,6 +310,9 @@ fn install(
         return Ok(Telemetry { provider: None });
     }
     opentelemetry::global::set_tracer_provider(provider.clone());
+    if settings.endpoint.is_none() {
+        let _ = PROPAGATING.set(settings.sampler.clone());
+    }
     if let Some(endpoint) = &settings.endpoint {
         tracing::info!(service = %settings.service_name, endpoint = %crate::config::shown_value("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), "exporting traces over OTLP/HTTP");
     }
@@ -372,8 +391,26 @@ impl Extractor for NatsHeaderExtractor<'_> {
 
 /// Writes the current span's W3C trace context (`traceparent`, `tracestate`) into NATS headers.
 pub fn inject_current(headers: &mut async_nats::HeaderMap) {
-    let context = tracing::Span::current().context();
+    let current = tracing::Span::current();
+    let context = if PROPAGATING.get().is_some() {
+        match propagation::context_of(&current) {
+            Some(ids) => opentelemetry::Context::new().with_remote_span_context(ids),
+            None => return,
+        }
+    } else {
+        current.context()
+    };
     TraceContextPropagator::new().inject_context(&context, &mut NatsHeaderInjector(headers));
+}
+
+/// Makes `span` a child of `parent` (an extracted remote context).
+fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
+    match PROPAGATING.get() {
+        Some(sampler) => propagation::set_parent(span, &parent, sampler),
+        None => {
+            let _ = span.set_parent(parent);
+        }
+    }
 }
 
 /// The current span's `traceparent`, when it has a valid trace context.
@@ -397,20 +434,24 @@ fn context_of_traceparent(traceparent: &str) -> opentelemetry::Context {
 /// Makes `span` a child of the trace context found in NATS headers, if any.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
     let Some(headers) = headers else { return };
-    let parent = TraceContextPropagator::new().extract(&NatsHeaderExtractor(headers));
-    let _ = span.set_parent(parent);
+    set_parent(
+        span,
+        TraceContextPropagator::new().extract(&NatsHeaderExtractor(headers)),
+    );
 }
 
 /// Makes `span` a child of a `traceparent` (an HTTP header or one stored in a record), if any.
 pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
     let Some(traceparent) = traceparent else { return };
-    let _ = span.set_parent(context_of_traceparent(traceparent));
+    set_parent(span, context_of_traceparent(traceparent));
 }
 
 /// Adds a span link from `span` to the span of a `traceparent` (a job's trace, seen from a
-/// request that is not part of it, such as a status read).
+/// request that is not part of it, such as a status read). Links exist on exported spans only.
 pub fn link_to_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
-    let Some(traceparent) = traceparent else { return };
+    let Some(traceparent) = traceparent.filter(|_| PROPAGATING.get().is_none()) else {
+        return;
+    };
     let context = context_of_traceparent(traceparent);
     let linked = context.span().span_context().clone();
     if linked.is_valid() {
@@ -419,8 +460,11 @@ pub fn link_to_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// Adds a span link from `span` to the current span (a job's step caused by a request outside
-/// the job's trace, such as a cancellation).
+/// the job's trace, such as a cancellation). Links exist on exported spans only.
 pub fn link_to_current(span: &tracing::Span) {
+    if PROPAGATING.get().is_some() {
+        return;
+    }
     let current = tracing::Span::current().context().span().span_context().clone();
     if current.is_valid() {
         span.add_link(current);
