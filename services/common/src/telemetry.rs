@@ -373,7 +373,10 @@ struct NatsHeaderInjector<'a>(&'a mut async_nats::HeaderMap);
 
 impl Injector for NatsHeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
+        // The propagator writes `tracestate` even when it is empty; W3C lets it be left out.
+        if !value.is_empty() {
+            self.0.insert(key, value.as_str());
+        }
     }
 }
 
@@ -415,9 +418,24 @@ fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
 
 /// The current span's `traceparent`, when it has a valid trace context.
 pub fn current_traceparent() -> Option<String> {
+    if PROPAGATING.get().is_some() {
+        return propagation::context_of(&tracing::Span::current())
+            .filter(|ids| ids.is_valid())
+            .map(|ids| traceparent(&ids));
+    }
     let mut headers = async_nats::HeaderMap::new();
     inject_current(&mut headers);
     headers.get("traceparent").map(|value| value.as_str().to_string())
+}
+
+/// The W3C `traceparent` of `ids`, as [`TraceContextPropagator`] writes it.
+fn traceparent(ids: &opentelemetry::trace::SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        ids.trace_id(),
+        ids.span_id(),
+        ids.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED
+    )
 }
 
 /// The `traceparent` found in NATS headers, if any.
@@ -474,6 +492,27 @@ pub fn link_to_current(span: &tracing::Span) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_traceparent_is_written_as_the_propagator_writes_it() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        for flags in [TraceFlags::SAMPLED, TraceFlags::default(), TraceFlags::new(0xff)] {
+            let ids = SpanContext::new(
+                TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736),
+                SpanId::from(0x00f067aa0ba902b7),
+                flags,
+                false,
+                TraceState::default(),
+            );
+            let mut headers = async_nats::HeaderMap::new();
+            let context = opentelemetry::Context::new().with_remote_span_context(ids.clone());
+            TraceContextPropagator::new().inject_context(&context, &mut NatsHeaderInjector(&mut headers));
+            assert_eq!(
+                Some(traceparent(&ids).as_str()),
+                headers.get("traceparent").map(|value| value.as_str())
+            );
+        }
+    }
 
     #[test]
     fn no_endpoint_means_no_export_and_the_base_endpoint_gets_the_traces_path() {
