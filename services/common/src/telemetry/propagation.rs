@@ -108,32 +108,36 @@ pub(super) fn context_of(span: &tracing::Span) -> Option<SpanContext> {
     })
 }
 
-/// Puts `span` in the trace of a remote `parent` (keeping its own span id), when `parent` is a
-/// valid context and `span` one this layer saw. The sampler decides its flag, as the SDK's
-/// decides a span's with a remote parent.
+/// Puts `span` (one this layer saw) in the trace of a remote `parent`, keeping its own span id;
+/// the sampler decides its flag, as the SDK's decides a span's with a remote parent. A `parent`
+/// without a valid context makes `span` the root of a trace of its own, as OpenTelemetry's
+/// `set_parent` does. Call it before `span` has children: theirs keep the trace they began in.
 pub(super) fn set_parent(span: &tracing::Span, parent: &opentelemetry::Context, sampler: &Sampler) {
     let remote = parent.span().span_context().clone();
-    if !remote.is_valid() {
-        return;
-    }
     with_span(span, |span| {
         let mut extensions = span.extensions_mut();
         let ids = extensions.get_mut::<Ids>()?;
-        let sampled = sampler.should_sample(
-            Some(parent),
-            remote.trace_id(),
-            span.name(),
-            &SpanKind::Internal,
-            &[],
-            &[],
-        );
-        ids.0 = SpanContext::new(
-            remote.trace_id(),
-            ids.0.span_id(),
-            flags(&sampled.decision),
-            false,
-            sampled.trace_state,
-        );
+        let own = ids.0.span_id();
+        ids.0 = if remote.is_valid() {
+            let sampled = sampler.should_sample(
+                Some(parent),
+                remote.trace_id(),
+                span.name(),
+                &SpanKind::Internal,
+                &[],
+                &[],
+            );
+            SpanContext::new(
+                remote.trace_id(),
+                own,
+                flags(&sampled.decision),
+                false,
+                sampled.trace_state,
+            )
+        } else {
+            let new = root(sampler, span.name());
+            SpanContext::new(new.trace_id(), own, new.trace_flags(), false, new.trace_state().clone())
+        };
         Some(())
     });
 }
@@ -195,14 +199,16 @@ mod tests {
             assert_eq!(child.trace_id(), own.trace_id());
             assert_eq!(child.trace_state().header(), "vendor=a");
 
-            // An invalid parent leaves the span's own trace.
-            let before = context_of(&span).unwrap();
-            set_parent(
-                &span,
-                &remote("00-00000000000000000000000000000000-00f067aa0ba902b7-01", ""),
-                &Sampler::AlwaysOn,
-            );
-            assert_eq!(context_of(&span).unwrap(), before);
+            // No valid parent (headers without a traceparent): a trace of its own, as
+            // OpenTelemetry's set_parent makes it.
+            let child = span.in_scope(|| tracing::info_span!("consume"));
+            let before = context_of(&child).unwrap();
+            let invalid = remote("00-00000000000000000000000000000000-00f067aa0ba902b7-01", "");
+            set_parent(&child, &invalid, &Sampler::AlwaysOn);
+            let after = context_of(&child).unwrap();
+            assert!(after.is_valid() && after.is_sampled());
+            assert_ne!(after.trace_id(), before.trace_id());
+            assert_eq!(after.span_id(), before.span_id());
         });
     }
 
