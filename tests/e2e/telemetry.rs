@@ -122,6 +122,18 @@ async fn traced_fleet(stack: &Stack, receiver: &OtlpReceiver) -> ServiceFleet {
         .unwrap()
 }
 
+/// Stops `fleet` (every service flushes its spans on SIGTERM) and returns the spans `receiver`
+/// holds once one named `name` in `trace` is among them.
+async fn spans_once_stopped(fleet: ServiceFleet, receiver: &OtlpReceiver, trace: &str, name: &str) -> Vec<SpanRecord> {
+    fleet.stop().await.unwrap();
+    receiver
+        .wait_for(&format!("{name} in trace {trace}"), PATIENCE, |spans| {
+            spans.iter().any(|span| span.trace_id == trace && span.name == name)
+        })
+        .await
+        .unwrap()
+}
+
 /// Polls a job's status until it ended.
 async fn terminal_status(http: &reqwest::Client, bearer: &str, url: &str) -> serde_json::Value {
     status_until(http, bearer, url, |status| {
@@ -612,15 +624,7 @@ async fn a_job_that_times_out_ends_in_its_trace_with_the_timeout() {
     let failed = terminal_status(&http, &bearer, &status_url).await;
     assert_eq!(failed["errorCode"], "TIMEOUT", "{failed}");
 
-    fleet.stop().await.unwrap();
-    let spans = receiver
-        .wait_for("the timed-out job's spans", PATIENCE, |spans| {
-            spans
-                .iter()
-                .any(|span| span.trace_id == trace && span.name == "process downloads.jobs")
-        })
-        .await
-        .unwrap();
+    let spans = spans_once_stopped(fleet, &receiver, trace, "process downloads.jobs").await;
     let job = Trace::of(&spans, trace);
     let attempt = job.only("process downloads.jobs", "processor", SpanKind::Consumer);
     assert_eq!(
@@ -683,15 +687,7 @@ async fn a_job_whose_processors_die_ends_in_its_trace_with_retries_exhausted() {
     let failed = terminal_status(&http, &bearer, &status_url).await;
     assert_eq!(failed["errorCode"], "RETRIES_EXHAUSTED", "{failed}");
 
-    fleet.stop().await.unwrap();
-    let spans = receiver
-        .wait_for("the exhausted job's spans", PATIENCE, |spans| {
-            spans
-                .iter()
-                .any(|span| span.trace_id == trace && span.name == "retries exhausted")
-        })
-        .await
-        .unwrap();
+    let spans = spans_once_stopped(fleet, &receiver, trace, "retries exhausted").await;
     let job = Trace::of(&spans, trace);
     let publish = job.only("publish downloads.jobs", "intake", SpanKind::Producer);
     let exhausted = job.only("retries exhausted", "processor", SpanKind::Internal);
@@ -741,17 +737,9 @@ async fn silent_service_keeps_the_callers_trace(silent: Kind, name: &str, file_i
     let finished = terminal_status(&http, &bearer, &status_url).await;
     assert_eq!(finished["status"], "completed", "{finished}");
 
-    fleet.stop().await.unwrap();
     // The notifier handles the job's events last: its span in the caller's trace shows the
     // context crossed every service before it, the silent one included.
-    let spans = receiver
-        .wait_for("the notifier's span of the job's events", PATIENCE, |spans| {
-            spans
-                .iter()
-                .any(|span| span.trace_id == CALLER_TRACE && span.name == "process downloads.events")
-        })
-        .await
-        .unwrap();
+    let spans = spans_once_stopped(fleet, &receiver, CALLER_TRACE, "process downloads.events").await;
     let job = Trace::of(&spans, CALLER_TRACE);
     let services: BTreeSet<&str> = job.spans.iter().map(|span| span.service.as_str()).collect();
     let expected: BTreeSet<&str> = ["intake", "processor", "notifier"]
