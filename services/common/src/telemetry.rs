@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::Resource;
@@ -236,34 +236,11 @@ fn install(
     json_logs: bool,
     test_writer: bool,
 ) -> Result<Telemetry, anyhow::Error> {
-    let resource = resource(settings);
-    let mut builder = SdkTracerProvider::builder()
-        .with_sampler(settings.sampler.clone())
-        .with_resource(resource);
-    if let Some(endpoint) = &settings.endpoint {
-        use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-        let client = reqwest::blocking::Client::builder()
-            .timeout(settings.export_timeout)
-            // Only the collector's own (at most one) connection is kept.
-            .pool_max_idle_per_host(1)
-            .build()
-            .map_err(|error| anyhow::anyhow!("OTLP HTTP client: {error}"))?;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_http_client(OtlpClient(client))
-            .with_endpoint(endpoint.clone())
-            .build()
-            .map_err(|error| anyhow::anyhow!("OTLP span exporter for {endpoint}: {error}"))?;
-        let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
-            .with_max_queue_size(settings.queue_size)
-            .build();
-        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
-            .with_batch_config(batch)
-            .build();
-        builder = builder.with_span_processor(processor);
-    }
-    let provider = builder.build();
-    let tracer = provider.tracer(service);
+    // A tracer provider only for spans that leave the process.
+    let provider = match &settings.endpoint {
+        Some(endpoint) => Some(exporting_provider(settings, endpoint)?),
+        None => None,
+    };
 
     // What is traced does not depend on RUST_LOG: the workspace's spans, and its events from
     // info (recorded on their span), whatever the log filter. A static filter: decided once
@@ -273,9 +250,9 @@ fn install(
     });
     // Spans leave the process: OpenTelemetry spans. They do not: ids only, at a fraction of the
     // cost ([`propagation`]).
-    let (otel_layer, ids_layer) = if settings.endpoint.is_some() {
+    let (otel_layer, ids_layer) = if let Some(provider) = &provider {
         let otel_layer = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
+            .with_tracer(provider.tracer(service))
             .with_location(false)
             .with_target(false)
             .with_threads(false)
@@ -309,16 +286,44 @@ fn install(
         // Another subscriber is installed (a test process running several services): keep it.
         return Ok(Telemetry { provider: None });
     }
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    if settings.endpoint.is_none() {
-        let _ = PROPAGATING.set(settings.sampler.clone());
+    match (&provider, &settings.endpoint) {
+        (Some(provider), Some(endpoint)) => {
+            opentelemetry::global::set_tracer_provider(provider.clone());
+            tracing::info!(service = %settings.service_name, endpoint = %crate::config::shown_value("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), "exporting traces over OTLP/HTTP");
+        }
+        _ => {
+            let _ = PROPAGATING.set(settings.sampler.clone());
+        }
     }
-    if let Some(endpoint) = &settings.endpoint {
-        tracing::info!(service = %settings.service_name, endpoint = %crate::config::shown_value("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), "exporting traces over OTLP/HTTP");
-    }
-    Ok(Telemetry {
-        provider: settings.endpoint.is_some().then_some(provider),
-    })
+    Ok(Telemetry { provider })
+}
+
+/// The tracer provider exporting over OTLP/HTTP to `endpoint`, batching on its own thread.
+fn exporting_provider(settings: &TraceSettings, endpoint: &str) -> Result<SdkTracerProvider, anyhow::Error> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let client = reqwest::blocking::Client::builder()
+        .timeout(settings.export_timeout)
+        // Only the collector's own (at most one) connection is kept.
+        .pool_max_idle_per_host(1)
+        .build()
+        .map_err(|error| anyhow::anyhow!("OTLP HTTP client: {error}"))?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(OtlpClient(client))
+        .with_endpoint(endpoint)
+        .build()
+        .map_err(|error| anyhow::anyhow!("OTLP span exporter for {endpoint}: {error}"))?;
+    let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default()
+        .with_max_queue_size(settings.queue_size)
+        .build();
+    let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch)
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_sampler(settings.sampler.clone())
+        .with_resource(resource(settings))
+        .with_span_processor(processor)
+        .build())
 }
 
 fn resource(settings: &TraceSettings) -> Resource {
@@ -369,17 +374,6 @@ impl opentelemetry_http::HttpClient for OtlpClient {
     }
 }
 
-struct NatsHeaderInjector<'a>(&'a mut async_nats::HeaderMap);
-
-impl Injector for NatsHeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        // The propagator writes `tracestate` even when it is empty; W3C lets it be left out.
-        if !value.is_empty() {
-            self.0.insert(key, value.as_str());
-        }
-    }
-}
-
 struct NatsHeaderExtractor<'a>(&'a async_nats::HeaderMap);
 
 impl Extractor for NatsHeaderExtractor<'_> {
@@ -392,18 +386,27 @@ impl Extractor for NatsHeaderExtractor<'_> {
     }
 }
 
-/// Writes the current span's W3C trace context (`traceparent`, `tracestate`) into NATS headers.
-pub fn inject_current(headers: &mut async_nats::HeaderMap) {
+/// The current span's trace context, when it is valid: from the ids layer, or from the
+/// OpenTelemetry span when spans are exported.
+fn current_span_context() -> Option<opentelemetry::trace::SpanContext> {
     let current = tracing::Span::current();
-    let context = if PROPAGATING.get().is_some() {
-        match propagation::context_of(&current) {
-            Some(ids) => opentelemetry::Context::new().with_remote_span_context(ids),
-            None => return,
-        }
+    let ids = if PROPAGATING.get().is_some() {
+        propagation::context_of(&current)?
     } else {
-        current.context()
+        current.context().span().span_context().clone()
     };
-    TraceContextPropagator::new().inject_context(&context, &mut NatsHeaderInjector(headers));
+    ids.is_valid().then_some(ids)
+}
+
+/// Writes the current span's W3C trace context (`traceparent`, and `tracestate` when it is not
+/// empty, which W3C lets be left out) into NATS headers.
+pub fn inject_current(headers: &mut async_nats::HeaderMap) {
+    let Some(ids) = current_span_context() else { return };
+    headers.insert("traceparent", traceparent(&ids).as_str());
+    let state = ids.trace_state().header();
+    if !state.is_empty() {
+        headers.insert("tracestate", state.as_str());
+    }
 }
 
 /// Makes `span` a child of `parent` (an extracted remote context).
@@ -418,14 +421,7 @@ fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
 
 /// The current span's `traceparent`, when it has a valid trace context.
 pub fn current_traceparent() -> Option<String> {
-    if PROPAGATING.get().is_some() {
-        return propagation::context_of(&tracing::Span::current())
-            .filter(|ids| ids.is_valid())
-            .map(|ids| traceparent(&ids));
-    }
-    let mut headers = async_nats::HeaderMap::new();
-    inject_current(&mut headers);
-    headers.get("traceparent").map(|value| value.as_str().to_string())
+    current_span_context().map(|ids| traceparent(&ids))
 }
 
 /// The W3C `traceparent` of `ids`, as [`TraceContextPropagator`] writes it.
@@ -504,13 +500,10 @@ mod tests {
                 false,
                 TraceState::default(),
             );
-            let mut headers = async_nats::HeaderMap::new();
+            let mut headers = std::collections::HashMap::new();
             let context = opentelemetry::Context::new().with_remote_span_context(ids.clone());
-            TraceContextPropagator::new().inject_context(&context, &mut NatsHeaderInjector(&mut headers));
-            assert_eq!(
-                Some(traceparent(&ids).as_str()),
-                headers.get("traceparent").map(|value| value.as_str())
-            );
+            TraceContextPropagator::new().inject_context(&context, &mut headers);
+            assert_eq!(Some(&traceparent(&ids)), headers.get("traceparent"));
         }
     }
 

@@ -39,7 +39,7 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for La
             .and_then(|parent| parent.extensions().get::<Ids>().map(|ids| ids.0.clone()));
         let ids = match parent {
             Some(parent) => child_of(&parent),
-            None => root(&self.sampler, attributes.metadata().name()),
+            None => root(&self.sampler, attributes.metadata().name(), new_span_id()),
         };
         span.extensions_mut().insert(Ids(ids));
     }
@@ -55,7 +55,8 @@ fn child_of(parent: &SpanContext) -> SpanContext {
     )
 }
 
-fn root(sampler: &Sampler, name: &str) -> SpanContext {
+/// A span `span_id` starting a new trace, sampled as `sampler` decides.
+fn root(sampler: &Sampler, name: &str, span_id: SpanId) -> SpanContext {
     let trace_id = loop {
         let candidate = TraceId::from(rand::random::<u128>());
         if candidate != TraceId::INVALID {
@@ -63,13 +64,7 @@ fn root(sampler: &Sampler, name: &str) -> SpanContext {
         }
     };
     let sampled = sampler.should_sample(None, trace_id, name, &SpanKind::Internal, &[], &[]);
-    SpanContext::new(
-        trace_id,
-        new_span_id(),
-        flags(&sampled.decision),
-        false,
-        sampled.trace_state,
-    )
+    SpanContext::new(trace_id, span_id, flags(&sampled.decision), false, sampled.trace_state)
 }
 
 fn new_span_id() -> SpanId {
@@ -135,8 +130,7 @@ pub(super) fn set_parent(span: &tracing::Span, parent: &opentelemetry::Context, 
                 sampled.trace_state,
             )
         } else {
-            let new = root(sampler, span.name());
-            SpanContext::new(new.trace_id(), own, new.trace_flags(), false, new.trace_state().clone())
+            root(sampler, span.name(), own)
         };
         Some(())
     });
