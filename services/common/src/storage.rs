@@ -100,8 +100,8 @@ impl Storage {
     /// Builds the clients for a service making up to `parallel` S3 requests at once: as many
     /// connections stay open between requests. A pool smaller than the requests in flight makes
     /// every request over it open a connection and close it after one use (the processor's 256
-    /// jobs against a pool of 32 opened two connections per one-file job, a tenth of its CPU
-    /// and more of the store's).
+    /// jobs against a pool of 32 opened two connections per one-file job: a tenth of its
+    /// samples in `perf`, and as many connections for the store to accept).
     pub fn for_parallel_requests(settings: &S3Settings, parallel: usize) -> Result<Self, StorageError> {
         Ok(Storage {
             client: build_client(&settings.endpoint, settings, parallel)?,
