@@ -520,6 +520,97 @@ async fn one_notifier_delivers_the_completion_to_a_thousand_concurrent_streams()
     assert_eq!(completed, 1000);
 }
 
+/// The `SETTINGS_MAX_CONCURRENT_STREAMS` of the server's first SETTINGS frame, after a
+/// cleartext HTTP/2 client's preface.
+async fn http2_max_concurrent_streams(address: std::net::SocketAddr) -> Option<u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    // The preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    tokio::time::timeout(QUIET, socket.read_exact(&mut header))
+        .await
+        .expect("the server answers the preface")
+        .unwrap();
+    assert_eq!(header[3], 4, "the server's first frame is its SETTINGS: {header:?}");
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; length];
+    socket.read_exact(&mut payload).await.unwrap();
+    payload.chunks_exact(6).find_map(|setting| {
+        (u16::from_be_bytes([setting[0], setting[1]]) == 3)
+            .then(|| u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]))
+    })
+}
+
+/// A proxy that speaks HTTP/2 to the notifier (cleartext, prior knowledge) multiplexes many
+/// streams on one connection; each gets its own events, and the connection serves plain requests
+/// between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_multiplexed_on_one_http2_connection_each_get_their_jobs_events() {
+    init_logs();
+    let stack = stack_with_notifier(&[
+        ("DOWNLOAD_DELAY_ENABLED", "true"),
+        ("DOWNLOAD_DELAY_MIN_MS", "3000"),
+        ("DOWNLOAD_DELAY_MAX_MS", "3000"),
+        ("SSE_MAX_STREAMS_PER_USER", "300"),
+    ])
+    .await;
+    stack.put_file(93_000, 100).await.unwrap();
+    stack.put_file(93_001, 100).await.unwrap();
+    let mut stream_urls = Vec::new();
+    for index in 0..10 {
+        let job_id = stack.initiate("multiplexed", &[93_000 + index % 2]).await.unwrap();
+        stream_urls.push((job_id.clone(), browser_stream_url(&stack, "multiplexed", &job_id).await));
+    }
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let mut streams = Vec::new();
+    for index in 0..300 {
+        let (job_id, url) = stream_urls[index % stream_urls.len()].clone();
+        let request = client.get(url);
+        streams.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            let mut reader = SseReader::new(response);
+            let mut heartbeats = 0;
+            let mut events = Vec::new();
+            while let Some((_, event, data)) = reader
+                .next_event(Duration::from_secs(60), &mut heartbeats)
+                .await
+                .unwrap()
+            {
+                events.push((event.unwrap(), data));
+            }
+            (job_id, events)
+        }));
+    }
+    let health = client
+        .get(format!("http://{}/health", stack.notifier_address()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.version(), reqwest::Version::HTTP_2);
+    assert_eq!(health.status(), 200);
+    // What the notifier tells an HTTP/2 client it may open at once on one connection.
+    assert_eq!(
+        http2_max_concurrent_streams(stack.notifier_address()).await,
+        Some(common::net::HTTP2_STREAMS_PER_CONNECTION)
+    );
+    for stream in streams {
+        let (job_id, events) = stream.await.unwrap();
+        let (last, data) = events.last().expect("every stream ends with an event");
+        assert_eq!(last, "completed", "{job_id}: {events:?}");
+        assert!(data["downloadUrl"].is_string(), "{data}");
+        assert!(
+            events.iter().all(|(_, data)| data["jobId"] == job_id.as_str()),
+            "a stream got another job's events: {events:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_feed_can_tell_whether_an_event_on_its_filter_waits_for_it() {
     init_logs();

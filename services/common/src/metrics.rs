@@ -406,7 +406,7 @@ pub async fn serve(
     let bound = acceptor.local_addr();
     tracing::info!(address = ?bound.first(), "serving /metrics and /health");
     tokio::spawn(async move {
-        let server = poem::Server::new_with_acceptor(acceptor);
+        let server = crate::net::http_server(acceptor);
         if let Err(error) = server
             .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(1)))
             .await

@@ -1,6 +1,18 @@
-//! Networks in CIDR notation, and the client address behind trusted proxies.
+//! Networks in CIDR notation, the client address behind trusted proxies, and the bounds of every
+//! service's HTTP server.
 
 use std::net::IpAddr;
+
+/// Streams one HTTP/2 connection may carry at once (`SETTINGS_MAX_CONCURRENT_STREAMS`). Clients
+/// speak HTTP/1.1 or, like a proxy in front of the notifier, cleartext HTTP/2 with prior
+/// knowledge; poem leaves the HTTP/2 figure unbounded, so one connection could open streams
+/// without end. A proxy that needs more opens another connection.
+pub const HTTP2_STREAMS_PER_CONNECTION: u32 = 1000;
+
+/// poem's HTTP server on `acceptor`, with the bounds every service's server keeps.
+pub fn http_server<A: poem::listener::Acceptor + 'static>(acceptor: A) -> poem::Server<std::convert::Infallible, A> {
+    poem::Server::new_with_acceptor(acceptor).http2_max_concurrent_streams(HTTP2_STREAMS_PER_CONNECTION)
+}
 
 /// A network in CIDR notation (`10.0.0.0/8`, `::1/128`); a bare address is a single host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -400,7 +400,7 @@ impl Application {
         self.state.readiness.drain_on(shutdown.clone());
         tracing::info!(address = %self.local_addr, "intake listening");
         let grace = self.state.settings.request_timeout;
-        poem::Server::new_with_acceptor(self.acceptor)
+        common::net::http_server(self.acceptor)
             .run_with_graceful_shutdown(app(self.state.clone()), shutdown.cancelled_owned(), Some(grace))
             .await?;
         watcher.abort();

@@ -9,8 +9,9 @@
 //! checks, problems, metrics and spans), and its response is written straight to the socket:
 //! the head, then each event as one chunk. Anything else (another route or method, HTTP/1.0, a
 //! request with a body, a head that does not parse or is too large, a connection kept alive
-//! after its stream ended) is handed, with the bytes read so far, to poem's server, which answers
-//! as it always did.
+//! after its stream ended, the preface of cleartext HTTP/2) is handed, with the bytes read so
+//! far, to poem's server, which answers as it always did (over HTTP/2, every stream of the
+//! connection, at about the same memory per stream).
 
 use std::io;
 use std::net::SocketAddr;

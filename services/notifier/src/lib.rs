@@ -318,7 +318,7 @@ impl Application {
         // same application.
         let (front, acceptor) = front::Front::new(self.listener, app(self.state.clone()))?;
         let front = tokio::spawn(front.run(shutdown.clone(), STREAMS_GRACE));
-        poem::Server::new_with_acceptor(acceptor)
+        common::net::http_server(acceptor)
             .run_with_graceful_shutdown(app(self.state.clone()), shutdown.cancelled_owned(), Some(STREAMS_GRACE))
             .await?;
         front.await?;

@@ -5,10 +5,13 @@
 //! Measures the notifier's memory per open stream and each event's delay from its KV write
 //! (the event's `at`, stamped just before the write) to its client.
 //!
-//! Client sockets are bound to loopback source addresses from 127.0.0.2 on, at most
+//! Streams are opened over HTTP/1.1, one connection each, as browsers (and the nginx front)
+//! open them. Client sockets are bound to loopback source addresses from 127.0.0.2 on, at most
 //! [`STREAMS_PER_ADDRESS`] each: one source address has ~28k ephemeral ports, too few for
 //! 50,000 connections to one port. The benchmark raises its open-files limit before it starts
-//! any process, so the notifier inherits it.
+//! any process, so the notifier inherits it. Where that limit cannot hold a socket per stream,
+//! the streams are multiplexed over cleartext HTTP/2 connections instead (as a proxy speaking
+//! HTTP/2 to the notifier carries them), [`common::net::HTTP2_STREAMS_PER_CONNECTION`] each.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -32,6 +35,33 @@ use crate::sse::{SseItem, SseReader};
 pub const STREAMS_PER_ADDRESS: usize = 20_000;
 /// Streams being opened at once (a burst beyond the listen backlog would be refused).
 const OPENING_AT_ONCE: usize = 512;
+
+/// How the streams reach the notifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One HTTP/1.1 connection per stream.
+    Http1,
+    /// Cleartext HTTP/2 (prior knowledge), as many streams per connection as the server allows.
+    Http2,
+}
+
+impl Transport {
+    /// Connections to the notifier for `streams` streams.
+    pub fn connections(self, streams: usize) -> usize {
+        match self {
+            Transport::Http1 => streams,
+            Transport::Http2 => streams.div_ceil(common::net::HTTP2_STREAMS_PER_CONNECTION as usize),
+        }
+    }
+
+    /// How the table names it.
+    pub fn describe(self, streams: usize) -> String {
+        match self {
+            Transport::Http1 => "HTTP/1.1, a connection each".into(),
+            Transport::Http2 => format!("HTTP/2 on {} connections", self.connections(streams)),
+        }
+    }
+}
 
 /// What one streams run measured.
 #[derive(Debug, Clone, Default)]
@@ -179,7 +209,12 @@ async fn read_stream(
 
 /// Opens `streams` streams on one notifier on fresh servers and plays the processor.
 /// `next_address` is the last octet of the next unused 127.0.0.x source address.
-pub async fn run(options: &Options, streams: usize, next_address: &mut u8) -> anyhow::Result<StreamsOutcome> {
+pub async fn run(
+    options: &Options,
+    streams: usize,
+    transport: Transport,
+    next_address: &mut u8,
+) -> anyhow::Result<StreamsOutcome> {
     let mut system = System::start(options).await?;
     system.start_service("presigner", &[]).await?;
     system.start_service("notifier", &[]).await?;
@@ -214,24 +249,34 @@ pub async fn run(options: &Options, streams: usize, next_address: &mut u8) -> an
         ..StreamsOutcome::default()
     };
 
-    let address_count = streams.div_ceil(STREAMS_PER_ADDRESS).max(1);
-    let mut clients = Vec::with_capacity(address_count);
-    for _ in 0..address_count {
-        anyhow::ensure!(*next_address < 255, "out of loopback source addresses");
-        let address = Ipv4Addr::new(127, 0, 0, *next_address);
-        *next_address += 1;
-        outcome.addresses.push(address);
-        clients.push(
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .local_address(IpAddr::V4(address))
-                .build()?,
-        );
-    }
-    eprintln!(
-        "sse: opening {streams} streams from {} source address(es) ...",
-        outcome.addresses.len()
-    );
+    // Streams per client: HTTP/1.1 clients open a connection per stream from their own source
+    // address; an HTTP/2 client multiplexes its streams on one connection.
+    let (clients, per_client) = match transport {
+        Transport::Http1 => {
+            let address_count = streams.div_ceil(STREAMS_PER_ADDRESS).max(1);
+            let mut clients = Vec::with_capacity(address_count);
+            for _ in 0..address_count {
+                anyhow::ensure!(*next_address < 255, "out of loopback source addresses");
+                let address = Ipv4Addr::new(127, 0, 0, *next_address);
+                *next_address += 1;
+                outcome.addresses.push(address);
+                clients.push(
+                    reqwest::Client::builder()
+                        .pool_max_idle_per_host(0)
+                        .local_address(IpAddr::V4(address))
+                        .build()?,
+                );
+            }
+            (clients, STREAMS_PER_ADDRESS)
+        }
+        Transport::Http2 => {
+            let clients = (0..transport.connections(streams))
+                .map(|_| reqwest::Client::builder().http2_prior_knowledge().build())
+                .collect::<Result<Vec<_>, _>>()?;
+            (clients, common::net::HTTP2_STREAMS_PER_CONNECTION as usize)
+        }
+    };
+    eprintln!("sse: opening {streams} streams, {} ...", transport.describe(streams));
     let (event_sender, mut events) = mpsc::unbounded_channel::<(String, f64)>();
     let (open_sender, mut opened) = mpsc::unbounded_channel::<bool>();
     let opening_started = Instant::now();
@@ -241,7 +286,7 @@ pub async fn run(options: &Options, streams: usize, next_address: &mut u8) -> an
     let mut readers = Vec::with_capacity(streams);
     for (index, (job_id, user)) in jobs.iter().enumerate() {
         let token = signer.issue(user, &job_id.to_string(), expires_at);
-        let request = clients[index / STREAMS_PER_ADDRESS].get(format!(
+        let request = clients[index / per_client].get(format!(
             "http://127.0.0.1:{}/v1/download/{job_id}/stream?token={token}",
             system.notifier_port
         ));
@@ -333,44 +378,32 @@ pub(super) async fn figures(options: &Options, rows: &mut Rows, notes: &mut Vec<
         runs.push(50_000);
     }
     for (index, streams) in runs.into_iter().enumerate() {
-        // The notifier holds every stream's socket and this process every client's: both need
-        // the limit, which the processes started here inherit from this one.
+        // Over HTTP/1.1 the notifier holds a socket per stream and this process a client's:
+        // both need the limit, which the processes started here inherit from this one. Where
+        // it is too low, the streams share HTTP/2 connections.
         let needed = streams as u64 + SPARE_FILES;
-        if own_open_files_soft_limit().is_some_and(|limit| limit < needed) {
-            let mut reason = format!(
-                "not measured: the open-files limit is {} (soft/hard), under the {needed} a notifier holding {streams} \
-                 streams needs; raising it (prlimit, at the start) needs CAP_SYS_RESOURCE, which this process lacks",
+        let transport = if own_open_files_soft_limit().is_some_and(|limit| limit < needed) {
+            let reason = format!(
+                "the open-files limit is {} (soft/hard), under the {needed} a socket per stream needs, and raising it \
+                 (prlimit, at the start) needs CAP_SYS_RESOURCE, which this process lacks",
                 open_files_limit(std::process::id()),
             );
-            if let Some(per_stream) = measured_per_stream {
-                reason.push_str(&format!(
-                    ". At the {:.1} KB per stream measured above, {streams} streams would add ~{:.0} MiB",
+            let extrapolated = measured_per_stream.map_or_else(String::new, |per_stream| {
+                format!(
+                    "; at the {:.1} KB per HTTP/1.1 stream measured above they would add ~{:.0} MiB",
                     per_stream / 1000.0,
                     per_stream * streams as f64 / 1024.0 / 1024.0
-                ));
-            }
-            eprintln!("sse: {streams} streams {reason}");
-            rows.push((
-                if index == 0 { 60 } else { 62 },
-                Row {
-                    figure: format!(
-                        "6{}. SSE, {streams} streams on one notifier",
-                        if index == 0 { 'a' } else { 'c' }
-                    ),
-                    measured: reason,
-                    target: if index == 0 {
-                        "≤ 10 KB per stream"
-                    } else {
-                        "fits in memory"
-                    }
-                    .into(),
-                    ..Row::default()
-                },
+                )
+            });
+            notes.push(format!(
+                "SSE, {streams} streams: over HTTP/2, since {reason}{extrapolated}."
             ));
-            continue;
-        }
-        eprintln!("sse: {streams} streams ...");
-        let outcome = run(options, streams, &mut next_address).await?;
+            Transport::Http2
+        } else {
+            Transport::Http1
+        };
+        eprintln!("sse: {streams} streams, {} ...", transport.describe(streams));
+        let outcome = run(options, streams, transport, &mut next_address).await?;
         let completed = &outcome.completed_millis;
         let progress = &outcome.progress_millis;
         let p = |values: &[f64], fraction: f64| percentile(values, fraction);
@@ -384,15 +417,16 @@ pub(super) async fn figures(options: &Options, rows: &mut Rows, notes: &mut Vec<
             .map(|(phase, per_second)| format!("{phase} {}", rate(*per_second)))
             .collect();
         notes.push(format!(
-            "SSE, {streams} streams: notifier open-files limit {} (soft/hard); clients from {}; KV writes {}; \
+            "SSE, {streams} streams: notifier open-files limit {} (soft/hard); clients {}{}; KV writes {}; \
              progress event p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} received).",
             outcome.notifier_open_files,
-            outcome
-                .addresses
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            transport.describe(streams),
+            if outcome.addresses.is_empty() {
+                String::new()
+            } else {
+                let addresses: Vec<String> = outcome.addresses.iter().map(ToString::to_string).collect();
+                format!(", from {}", addresses.join(", "))
+            },
             writes.join(", "),
             p(progress, 0.5),
             p(progress, 0.99),
@@ -413,7 +447,10 @@ pub(super) async fn figures(options: &Options, rows: &mut Rows, notes: &mut Vec<
             rows.push((
                 60,
                 Row {
-                    figure: format!("6a. SSE, {streams} streams: notifier memory per open stream"),
+                    figure: format!(
+                        "6a. SSE, {streams} streams ({}): notifier memory per open stream",
+                        transport.describe(streams)
+                    ),
                     measured: format!(
                         "{:.1} KB per stream ({:.1} → {:.1} MiB); {opened}",
                         per_stream / 1000.0,
@@ -447,7 +484,10 @@ pub(super) async fn figures(options: &Options, rows: &mut Rows, notes: &mut Vec<
             rows.push((
                 62,
                 Row {
-                    figure: format!("6c. SSE, {streams} streams on one notifier"),
+                    figure: format!(
+                        "6c. SSE, {streams} streams on one notifier ({})",
+                        transport.describe(streams)
+                    ),
                     measured: format!(
                         "notifier {:.1} MiB ({:.1} KB per stream); {opened}; completed p99 {:.1} ms, {} delivered",
                         outcome.loaded_mib,
