@@ -5,7 +5,8 @@
 //! the cores).
 //!
 //! Phases, in an order where none disturbs the next:
-//! 1. nats-server and SeaweedFS start; the NATS ceilings are measured on them ([`nats`]).
+//! 1. nats-server and SeaweedFS start; the NATS ceilings are measured on them ([`nats`]), and
+//!    the floors of HTTP and S3 alone ([`floors`]).
 //! 2. The presigner, the intake and the notifier start (no processor): idle RSS.
 //! 3. Initiate with the intake alone (wrk, [`wrk`]), with the chosen limits, then with every
 //!    limit on (the intake restarted for it, its own tenants); the job stream and records are
@@ -21,6 +22,7 @@
 //!    with `--streams-50k` 50,000 of them.
 
 pub mod cpu;
+pub mod floors;
 pub mod http;
 pub mod nats;
 pub mod options;
@@ -73,6 +75,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
                 )
                 .await?,
             );
+            report.floors = floors::measure(&system, options).await?;
             let unanswered = report
                 .ceilings
                 .as_ref()

@@ -12,7 +12,8 @@ usage: bench [--seconds N] [--connections N] [--processors N] [--jobs N] [--stre
 
 defaults: 10 s per HTTP figure, 64 connections, 1 processor, 10000 jobs end to end, 10000
 streams, 32 SSE writers, API keys, tracing off, limits off (the positional form keeps its
-earlier default, limits on). --streams-50k adds a run of 50000 streams on one notifier.";
+earlier default, limits on). --streams-50k adds a run of 50000 streams on one notifier.
+The nats part also measures HTTP alone (poem) and S3 alone (SeaweedFS HEADs): the floors.";
 
 /// Which of the shared limits the intake runs (`on`: all; `off`: none; or a list such as
 /// `keys,rate`), each set never to refuse.

@@ -152,6 +152,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// The NATS ceilings, when measured.
     pub ceilings: Option<Ceilings>,
+    /// HTTP and S3 alone, measured with the ceilings.
+    pub floors: Vec<super::floors::Floor>,
     /// Details that do not fit a cell.
     pub notes: Vec<String>,
 }
@@ -206,6 +208,79 @@ pub fn header(options: &Options) -> String {
 }
 
 impl Report {
+    /// The least CPU one initiate can cost here: HTTP alone, plus its two JetStream writes (an
+    /// awaited publish and a KV create), each at what it cost nats-server and its client alone.
+    pub fn initiate_floor(&self) -> Option<(f64, String)> {
+        let http = self.floor("poem")?;
+        let publish = self.nats_operation_micros("awaited publish")?;
+        let create = self.nats_operation_micros("KV put (create)")?;
+        let total = http.server_micros() + publish + create;
+        Some((
+            total,
+            format!(
+                "HTTP alone {:.1}, an awaited publish {publish:.1} and a KV create {create:.1}",
+                http.server_micros()
+            ),
+        ))
+    }
+
+    /// The least CPU one one-file job can cost here, end to end: its initiate's floor, one HEAD
+    /// (SeaweedFS and the client), and the processor's four JetStream writes (claim and
+    /// completion, at a KV create's cost; two events, at an async publish's). It leaves out the
+    /// ack, the pulls, the notifier's deliveries and every step of our own: a lower bound.
+    pub fn job_floor(&self) -> Option<(f64, String)> {
+        let (initiate, _) = self.initiate_floor()?;
+        let head = self.floor("weed")?;
+        let head_micros = head.server_micros() + head.cpu.generator;
+        let create = self.nats_operation_micros("KV put (create)")?;
+        let publish = self.nats_operation_micros("async publish")?;
+        let total = initiate + head_micros + 2.0 * create + 2.0 * publish;
+        Some((
+            total,
+            format!(
+                "initiate's floor {initiate:.0}, a HEAD {head_micros:.0} (SeaweedFS and client), two KV writes \
+                 {:.0} and two async publishes {:.0}",
+                2.0 * create,
+                2.0 * publish
+            ),
+        ))
+    }
+
+    /// The floor served by `server`.
+    fn floor(&self, server: &str) -> Option<&super::floors::Floor> {
+        self.floors.iter().find(|floor| floor.server == server)
+    }
+
+    /// CPU per NATS operation of the ceilings, nats-server and client, µs.
+    fn nats_operation_micros(&self, name: &str) -> Option<f64> {
+        let ceilings = self.ceilings.as_ref()?;
+        let (_, count, usage) = ceilings.cpu.iter().find(|(operation, _, _)| *operation == name)?;
+        let per = usage.per_unit_micros(*count);
+        Some(per.processes.get("nats-server").copied().unwrap_or(0.0) + per.generator)
+    }
+
+    /// What the floors allow on this machine's cores, one line each.
+    fn floor_lines(&self) -> Vec<String> {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let mut lines = Vec::new();
+        if let Some((micros, parts)) = self.initiate_floor() {
+            lines.push(format!(
+                "The floor of one initiate here: {micros:.0} µs of CPU ({parts}; nats-server and client, as \
+                 measured alone), against the target's 80 µs for everything; {cores:.0} cores at that cost \
+                 answer at most {} (before the load generator's share).",
+                rate(cores * 1e6 / micros)
+            ));
+        }
+        if let Some((micros, parts)) = self.job_floor() {
+            lines.push(format!(
+                "The floor of one job end to end: {micros:.0} µs of CPU ({parts}); {cores:.0} cores at that \
+                 cost complete at most {} jobs (before the load generator's share), against the target's 3.5k/s.",
+                rate(cores * 1e6 / micros)
+            ));
+        }
+        lines
+    }
+
     /// The markdown: header, figures, ceilings, notes.
     pub fn render(&self, header: &str) -> String {
         let mut text = String::new();
@@ -267,6 +342,29 @@ impl Report {
                 );
             }
         }
+        if !self.floors.is_empty() {
+            let _ = writeln!(text, "\nHTTP and S3 alone on the same machine in the same run:\n");
+            let _ = writeln!(
+                text,
+                "| operation | rate | concurrency | server CPU per op | generator CPU per op |"
+            );
+            let _ = writeln!(text, "|---|---|---|---|---|");
+            for floor in &self.floors {
+                let _ = writeln!(
+                    text,
+                    "| {} | {} | {} | {:.1} µs ({}) | {:.1} µs |",
+                    floor.operation,
+                    rate(floor.rate),
+                    floor.concurrency,
+                    floor.server_micros(),
+                    floor.server,
+                    floor.cpu.generator
+                );
+            }
+            for line in self.floor_lines() {
+                let _ = writeln!(text, "\n{line}");
+            }
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(text, "\nNotes:\n");
             for note in &self.notes {
@@ -280,6 +378,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::cpu::CpuUsage;
 
     #[test]
     fn a_row_states_its_fraction_of_the_ceiling_and_its_cpu() {
@@ -312,6 +411,50 @@ mod tests {
             row.render(),
             "| initiate | 6.0k/s | ≥ 15k/s | **no** | 2.00 in / 2.00 out | 0.50 of 12.0k/s (1 awaited publish + 1 KV put) \
              | total 75 µs/req (intake 45, nats-server 30); generator 20 µs (wrk) |"
+        );
+    }
+
+    /// CPU of `count` operations: `server` seconds in `process`, `client` in the generator.
+    fn usage(process: &str, server: f64, client: f64) -> CpuUsage {
+        CpuUsage {
+            processes: [(process.to_string(), server)].into_iter().collect(),
+            generator: client,
+            wall: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_floors_add_up_what_nats_http_and_s3_cost_alone() {
+        let floor = |server: &'static str, micros: f64, generator: f64| crate::bench::floors::Floor {
+            operation: "",
+            rate: 1.0,
+            concurrency: String::new(),
+            cpu: CpuPerUnit {
+                processes: [(server.to_string(), micros)].into_iter().collect(),
+                generator,
+            },
+            server,
+        };
+        let report = Report {
+            ceilings: Some(Ceilings {
+                // 1,000 operations each: 10 ms of server and 5 ms of client CPU is 10 + 5 µs.
+                cpu: vec![
+                    ("awaited publish", 1000, usage("nats-server", 0.010, 0.005)),
+                    ("KV put (create)", 1000, usage("nats-server", 0.020, 0.010)),
+                    ("async publish", 1000, usage("nats-server", 0.008, 0.002)),
+                ],
+                ..Ceilings::default()
+            }),
+            floors: vec![floor("poem", 20.0, 10.0), floor("weed", 250.0, 80.0)],
+            ..Report::default()
+        };
+        let (initiate, _) = report.initiate_floor().unwrap();
+        assert!((initiate - (20.0 + 15.0 + 30.0)).abs() < 1e-9, "{initiate}");
+        let (job, _) = report.job_floor().unwrap();
+        assert!((job - (65.0 + 330.0 + 2.0 * 30.0 + 2.0 * 10.0)).abs() < 1e-9, "{job}");
+        assert!(
+            Report::default().initiate_floor().is_none(),
+            "no floor without its measurements"
         );
     }
 

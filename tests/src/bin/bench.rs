@@ -28,6 +28,9 @@
 //! measures initiate with every limit on. The positional form keeps its earlier meaning
 //! (`SECONDS [CONNECTIONS [PROCESSORS [AUTH [TRACE [LIMITS]]]]]`, limits on unless given).
 //!
+//! `--only nats` measures what nats-server, poem (`bench --serve-http-floor`, this binary as a
+//! bare server) and SeaweedFS do alone, and the floors of one initiate and one job they imply.
+//!
 //! `--trace on` exports every span (sampling 100 %) over OTLP/HTTP to a receiver that drops
 //! them; `--auth gateway` runs the intake with `AUTH_MODE=gateway` (the tenant in a header, no
 //! key check).
@@ -42,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     {
         println!("{USAGE}");
         return Ok(());
+    }
+    if arguments.first().map(String::as_str) == Some(system_tests::bench::floors::SERVE_HTTP_FLOOR) {
+        return tokio::runtime::Runtime::new()?.block_on(system_tests::bench::floors::serve_http_floor());
     }
     let options = Options::parse(&arguments)?;
     let header = system_tests::bench::report::header(&options);
