@@ -125,10 +125,14 @@ fn fix_path_item(item: &mut Value, examples: &BTreeMap<String, Value>) {
             .into_iter()
             .flatten()
         {
+            let idempotency_key = parameter.get("name").and_then(Value::as_str) == Some(crate::idempotency::HEADER);
             if let Some(schema) = parameter.get_mut("schema") {
                 fix_schema(schema);
                 if schema.get("format").and_then(Value::as_str) == Some("uuid") {
                     schema["pattern"] = json!(UUID_PATTERN);
+                }
+                if idempotency_key {
+                    schema["pattern"] = json!(crate::idempotency::KEY_PATTERN);
                 }
             }
         }
@@ -616,6 +620,28 @@ mod tests {
         ] {
             assert!(common::validation::check_callback_url(url).is_ok(), "{url}");
         }
+    }
+
+    /// Both operations that take an `Idempotency-Key` document what `check_key` accepts.
+    #[test]
+    fn the_idempotency_key_pattern_is_documented_on_every_operation_that_takes_one() {
+        let document: Value = serde_json::from_str(include_str!("../../../openapi/openapi.json")).unwrap();
+        let mut documented = Vec::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    if parameter["name"] == crate::idempotency::HEADER {
+                        assert_eq!(
+                            parameter["schema"]["pattern"],
+                            crate::idempotency::KEY_PATTERN,
+                            "{method} {path}"
+                        );
+                        documented.push(format!("{method} {path}"));
+                    }
+                }
+            }
+        }
+        assert_eq!(documented.len(), 2, "{documented:?}");
     }
 
     /// Every problem example is a problem of its response's status, and the health check's two

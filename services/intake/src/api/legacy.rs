@@ -158,11 +158,9 @@ impl LegacyApi {
         /// Makes a retried request safe, as on `initiate`: the same key with the same body
         /// answers the first request's answer again instead of starting a second job.
         /// Anonymous callers' keys are scoped by their address.
-        // Declared for the document; read from the raw headers by `checked_idempotency_key`.
-        #[oai(
-            name = "Idempotency-Key",
-            validator(min_length = 1, max_length = 255, pattern = "^[!-~](?:[ -~]*[!-~])?$")
-        )]
+        // Declared for the document (its pattern added by the contract); read from the raw
+        // headers and checked by `checked_idempotency_key`.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
         _idempotency_key: Header<Option<String>>,
     ) -> Result<StartResponse, Errors<StartFailures>> {
         let (user_id, capped, scope) = match caller.0 {
