@@ -546,10 +546,10 @@ async fn http2_max_concurrent_streams(address: std::net::SocketAddr) -> Option<u
 }
 
 /// A proxy that speaks HTTP/2 to the notifier (cleartext, prior knowledge) multiplexes many
-/// streams on one connection; each gets its own events, and the connection serves plain requests
-/// between them.
+/// streams on its connection; they are open at once, each gets its own job's events, and the
+/// connection serves plain requests between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_multiplexed_on_one_http2_connection_each_get_their_jobs_events() {
+async fn streams_multiplexed_over_http2_each_get_their_jobs_events_at_once() {
     init_logs();
     let stack = stack_with_notifier(&[
         ("DOWNLOAD_DELAY_ENABLED", "true"),
@@ -604,6 +604,8 @@ async fn streams_multiplexed_on_one_http2_connection_each_get_their_jobs_events(
         let (last, data) = events.last().expect("every stream ends with an event");
         assert_eq!(last, "completed", "{job_id}: {events:?}");
         assert!(data["downloadUrl"].is_string(), "{data}");
+        // Open while its job ran (3 s), not served after another stream ended.
+        assert_eq!(events[0].0, "progress", "{job_id}: {events:?}");
         assert!(
             events.iter().all(|(_, data)| data["jobId"] == job_id.as_str()),
             "a stream got another job's events: {events:?}"

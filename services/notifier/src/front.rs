@@ -47,12 +47,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes a client may send while its stream is open (a pipelined request, kept for the HTTP
 /// server); beyond this it is disconnected.
 const MAX_PIPELINED: usize = 8 * 1024;
-/// Stream requests answered at once; more wait their turn. An answer reads the job, takes a
-/// lease and may replay history, allocating a few KiB for a few milliseconds: a burst of
-/// thousands of opens at once would otherwise leave the heap that much larger for good.
-const OPENING_AT_ONCE: usize = 64;
-/// How long a stream request waits for its turn before it is answered 503 (retry shortly).
-const TURN_WAIT: Duration = Duration::from_secs(5);
 /// Connections waiting for the HTTP server to take them.
 const HANDOFF_QUEUE: usize = 1024;
 
@@ -153,7 +147,6 @@ pub struct Front<E> {
     local: SocketAddr,
     app: Arc<E>,
     handoff: mpsc::Sender<Handoff>,
-    opening: Arc<tokio::sync::Semaphore>,
 }
 
 impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
@@ -167,7 +160,6 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
                 local,
                 app: Arc::new(app),
                 handoff,
-                opening: Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE)),
             },
             HandoffAcceptor { local, receiver },
         ))
@@ -188,7 +180,6 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
                     let connection = Connection {
                         app: self.app.clone(),
                         handoff: self.handoff.clone(),
-                        opening: self.opening.clone(),
                         local: self.local,
                         remote,
                         closing: closing.clone(),
@@ -216,7 +207,6 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Front<E> {
 struct Connection<E> {
     app: Arc<E>,
     handoff: mpsc::Sender<Handoff>,
-    opening: Arc<tokio::sync::Semaphore>,
     local: SocketAddr,
     remote: SocketAddr,
     closing: CancellationToken,
@@ -364,15 +354,7 @@ impl<E: Endpoint<Output = poem::Response> + 'static> Connection<E> {
             // Only what follows the head is kept (a pipelined request), in a buffer of its size.
             let pipelined = BytesMut::from(&read[length..]);
             drop(std::mem::take(&mut read));
-            let response = match tokio::time::timeout(TURN_WAIT, self.opening.acquire()).await {
-                Ok(Ok(_turn)) => Box::pin(self.app.get_response(*request)).await,
-                Ok(Err(_closed)) => return None,
-                Err(_waited) => crate::stream::problem(
-                    common::ErrorCode::QueueUnavailable,
-                    "the notifier is opening too many streams at once, retry shortly",
-                    None,
-                ),
-            };
+            let response = Box::pin(self.app.get_response(*request)).await;
             read = self.respond(socket, response, keep_alive, pipelined).await?;
         }
     }

@@ -134,6 +134,8 @@ pub struct State {
     pub keys: common::identity::KeyDirectory,
     /// Verifies the stream tokens of `streamUrl`.
     pub tokens: common::identity::token::TokenSigner,
+    /// Turns of the stream requests being answered ([`stream::OPENING_AT_ONCE`]).
+    pub opening: tokio::sync::Semaphore,
 }
 
 /// The HTTP application.
@@ -294,6 +296,7 @@ impl Application {
             nats,
             presigner,
             hub,
+            opening: tokio::sync::Semaphore::new(stream::OPENING_AT_ONCE),
         });
         Ok(Application {
             state,

@@ -152,9 +152,24 @@ fn last_event_id_text(text: &str) -> Result<Option<u64>, ()> {
     text.parse::<u64>().map(Some).map_err(|_| ())
 }
 
+/// Stream requests answered at once; more wait their turn. An answer reads the job, takes a
+/// lease and may replay history, allocating a few KiB for a few milliseconds: a burst of
+/// thousands of opens at once would otherwise leave the heap that much larger for good.
+pub const OPENING_AT_ONCE: usize = 64;
+/// How long a stream request waits for its turn before it is answered 503 (retry shortly).
+const TURN_WAIT: Duration = Duration::from_secs(5);
+
 /// `GET /v1/download/{jobId}/stream`.
 #[handler]
 pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): Data<&Arc<State>>) -> Response {
+    // Over HTTP/1.1 (the front) and HTTP/2 (poem's server) alike; held until the answer's head.
+    let Ok(Ok(_turn)) = tokio::time::timeout(TURN_WAIT, state.opening.acquire()).await else {
+        return problem(
+            ErrorCode::QueueUnavailable,
+            "the notifier is opening too many streams at once, retry shortly",
+            None,
+        );
+    };
     let Some(job_id) = JobId::parse(&job_id) else {
         return problem(ErrorCode::ValidationFailed, "jobId must be a UUID", Some("jobId"));
     };

@@ -97,17 +97,16 @@ pub async fn serve_http_floor() -> anyhow::Result<()> {
         .and_then(|address| address.as_socket_addr().copied())
         .context("the floor's listener has an address")?
         .port();
+    // Built before the port is told, so none of its start-up counts against the requests.
+    let app = poem::Route::new().nest("/", OpenApiService::new(FloorApi, "floor", "1"));
     println!("{port}");
-    let api = OpenApiService::new(FloorApi, "floor", "1");
-    common::net::http_server(acceptor)
-        .run(poem::Route::new().nest("/", api))
-        .await?;
+    common::net::http_server(acceptor).run(app).await?;
     Ok(())
 }
 
 /// The HTTP framework alone: this binary started again as the floor's server, loaded by wrk as
 /// initiate is.
-async fn http_floor(options: &Options, processes: &[(String, u32)]) -> anyhow::Result<Floor> {
+async fn http_floor(options: &Options, seconds: u64, processes: &[(String, u32)]) -> anyhow::Result<Floor> {
     let mut server = tokio::process::Command::new(std::env::current_exe()?)
         .arg(SERVE_HTTP_FLOOR)
         .stdout(std::process::Stdio::piped())
@@ -137,7 +136,6 @@ async fn http_floor(options: &Options, processes: &[(String, u32)]) -> anyhow::R
     };
     let mut measured = processes.to_vec();
     measured.push(("poem".into(), pid));
-    let seconds = (options.seconds / 2).clamp(2, 5);
     let meter = CpuMeter::start(&measured);
     let outcome = wrk::run(&load, options.connections, seconds).await?;
     let usage = meter.stop();
@@ -157,21 +155,14 @@ async fn http_floor(options: &Options, processes: &[(String, u32)]) -> anyhow::R
     })
 }
 
-/// SeaweedFS alone: `concurrency` tasks HEAD one object through the processor's client.
-async fn head_floor(system: &System, options: &Options) -> anyhow::Result<Floor> {
-    let key = common::names::source_key(10_000);
-    system
-        .storage
-        .client()
-        .put_object_content(system.storage.bucket(), &key, crate::sample_bytes(10_000, 1024))?
-        .build()
-        .send()
-        .await?;
+/// SeaweedFS alone: `--connections` tasks HEAD one object through the processor's client. The
+/// client's cost is the benchmark process's (the generator's), tasks and all.
+async fn head_floor(system: &System, options: &Options, seconds: u64) -> anyhow::Result<Floor> {
+    let key = system.put_source_file().await?;
     let storage = common::storage::Storage::for_parallel_requests(&system.s3.settings(), options.connections)?;
-    let seconds = (options.seconds / 2).clamp(2, 5) as f64;
     let meter = CpuMeter::start(&system.processes());
     let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(seconds);
+    let deadline = started + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..options.connections)
         .map(|_| {
             let (storage, key) = (storage.clone(), key.clone());
@@ -200,11 +191,11 @@ async fn head_floor(system: &System, options: &Options) -> anyhow::Result<Floor>
     })
 }
 
-/// Both floors, on the system's servers before any service starts.
-pub async fn measure(system: &System, options: &Options) -> anyhow::Result<Vec<Floor>> {
+/// Both floors, `seconds` each, on the system's servers before any service starts.
+pub async fn measure(system: &System, options: &Options, seconds: u64) -> anyhow::Result<Vec<Floor>> {
     eprintln!("floors: HTTP alone, SeaweedFS alone ...");
     Ok(vec![
-        http_floor(options, &system.processes()).await?,
-        head_floor(system, options).await?,
+        http_floor(options, seconds, &system.processes()).await?,
+        head_floor(system, options, seconds).await?,
     ])
 }

@@ -25,6 +25,7 @@ pub mod cpu;
 pub mod floors;
 pub mod http;
 pub mod nats;
+pub mod open_files;
 pub mod options;
 pub mod pipeline;
 pub mod report;
@@ -47,7 +48,7 @@ type Rows = Vec<(u32, Row)>;
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     let mut report = Report::default();
     let most_streams = options.streams.max(if options.streams_50k { 50_000 } else { 0 });
-    report.notes.push(streams::raise_open_files_limit(
+    report.notes.push(open_files::raise_open_files_limit(
         (most_streams as u64 * 2 + 16_384).max(65_536),
     ));
     report.notes.push(format!(
@@ -62,7 +63,7 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
     if options.runs(Part::Nats) || needs_services {
         let mut system = System::start(options).await?;
         if options.runs(Part::Nats) {
-            let seconds = (options.seconds / 2).clamp(2, 5) as f64;
+            let seconds = (options.seconds / 2).clamp(2, 5);
             eprintln!("nats: measuring the ceilings, {seconds} s each ...");
             report.ceilings = Some(
                 nats::measure(
@@ -70,12 +71,12 @@ pub async fn run(options: &Options) -> anyhow::Result<Report> {
                     &system.nats.url(),
                     system.nats.credentials().connect_options(NatsUser::Ops),
                     options.connections,
-                    seconds,
+                    seconds as f64,
                     &system.processes(),
                 )
                 .await?,
             );
-            report.floors = floors::measure(&system, options).await?;
+            report.floors = floors::measure(&system, options, seconds).await?;
             let unanswered = report
                 .ceilings
                 .as_ref()
@@ -119,17 +120,7 @@ async fn service_figures(
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut idle = system.service_rss();
-    system
-        .storage
-        .client()
-        .put_object_content(
-            system.storage.bucket(),
-            common::names::source_key(10_000),
-            crate::sample_bytes(10_000, 1024),
-        )?
-        .build()
-        .send()
-        .await?;
+    system.put_source_file().await?;
     let tenants = system.tenants("bench", options.connections).await?;
     let key_prefix = |phase: &str| options.limits.keys.then(|| format!("{phase}-"));
     notes.push(format!(

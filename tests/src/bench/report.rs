@@ -256,7 +256,7 @@ impl Report {
         let ceilings = self.ceilings.as_ref()?;
         let (_, count, usage) = ceilings.cpu.iter().find(|(operation, _, _)| *operation == name)?;
         let per = usage.per_unit_micros(*count);
-        Some(per.processes.get("nats-server").copied().unwrap_or(0.0) + per.generator)
+        Some(per.processes.get("nats-server")? + per.generator)
     }
 
     /// What the floors allow on this machine's cores, one line each.

@@ -97,6 +97,18 @@ impl System {
         })
     }
 
+    /// Puts the source file every job of the benchmark asks for (file 10000, 1 KiB); its key.
+    pub async fn put_source_file(&self) -> anyhow::Result<String> {
+        let key = common::names::source_key(10_000);
+        self.storage
+            .client()
+            .put_object_content(self.storage.bucket(), &key, crate::sample_bytes(10_000, 1024))?
+            .build()
+            .send()
+            .await?;
+        Ok(key)
+    }
+
     /// Starts one `name` process with the common settings and `extra` over them, as its own
     /// NATS user, and waits until it is ready.
     pub async fn start_service(&mut self, name: &'static str, extra: &[(String, String)]) -> anyhow::Result<()> {
