@@ -51,7 +51,7 @@ const MAX_PIPELINED: usize = 8 * 1024;
 const HANDOFF_QUEUE: usize = 1024;
 
 /// Whether a request's path is an event stream's (`/v1/download/{jobId}/stream`, any query).
-fn is_stream_path(target: &str) -> bool {
+pub(crate) fn is_stream_path(target: &str) -> bool {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     path.strip_prefix("/v1/download/")
         .and_then(|rest| rest.strip_suffix("/stream"))

@@ -140,12 +140,14 @@ pub struct State {
 
 /// The HTTP application.
 pub fn app(state: Arc<State>) -> impl poem::Endpoint<Output = poem::Response> {
+    let turns = state.clone();
     common::readiness::routes(state.readiness.clone())
         .at("/v1/download/:job_id/stream", get(stream::stream))
         .at("/health", get(stream::health))
         .at("/metrics", get(common::metrics::endpoint))
         .data(state)
         .around(observe)
+        .around(move |endpoint, request| stream::in_turn(turns.clone(), endpoint, request))
         .map_to_response()
 }
 

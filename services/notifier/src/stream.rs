@@ -159,17 +159,30 @@ pub const OPENING_AT_ONCE: usize = 64;
 /// How long a stream request waits for its turn before it is answered 503 (retry shortly).
 const TURN_WAIT: Duration = Duration::from_secs(5);
 
-/// `GET /v1/download/{jobId}/stream`.
-#[handler]
-pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): Data<&Arc<State>>) -> Response {
-    // Over HTTP/1.1 (the front) and HTTP/2 (poem's server) alike; held until the answer's head.
+/// Answers a stream request in its turn, over HTTP/1.1 (the front) and HTTP/2 (poem's server)
+/// alike, with everything its answer takes (credentials, spans, the job, the lease) until the
+/// response head; other requests at once.
+pub async fn in_turn<E: poem::Endpoint>(
+    state: Arc<State>,
+    endpoint: Arc<E>,
+    request: Request,
+) -> poem::Result<Response> {
+    if !crate::front::is_stream_path(request.uri().path()) {
+        return Ok(endpoint.get_response(request).await);
+    }
     let Ok(Ok(_turn)) = tokio::time::timeout(TURN_WAIT, state.opening.acquire()).await else {
-        return problem(
+        return Ok(problem(
             ErrorCode::QueueUnavailable,
             "the notifier is opening too many streams at once, retry shortly",
             None,
-        );
+        ));
     };
+    Ok(endpoint.get_response(request).await)
+}
+
+/// `GET /v1/download/{jobId}/stream`.
+#[handler]
+pub async fn stream(Path(job_id): Path<String>, request: &Request, Data(state): Data<&Arc<State>>) -> Response {
     let Some(job_id) = JobId::parse(&job_id) else {
         return problem(ErrorCode::ValidationFailed, "jobId must be a UUID", Some("jobId"));
     };
