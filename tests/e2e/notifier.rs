@@ -574,17 +574,8 @@ async fn streams_multiplexed_over_http2_each_get_their_jobs_events_at_once() {
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), 200);
             assert_eq!(response.version(), reqwest::Version::HTTP_2);
-            let mut reader = SseReader::new(response);
-            let mut heartbeats = 0;
-            let mut events = Vec::new();
-            while let Some((_, event, data)) = reader
-                .next_event(Duration::from_secs(60), &mut heartbeats)
-                .await
-                .unwrap()
-            {
-                events.push((event.unwrap(), data));
-            }
-            (job_id, events)
+            let (_, names, data, _) = read_all(&mut SseReader::new(response)).await;
+            (job_id, names.into_iter().zip(data).collect::<Vec<_>>())
         }));
     }
     let health = client

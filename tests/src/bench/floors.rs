@@ -14,6 +14,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, OpenApiService};
 use tokio::io::AsyncBufReadExt;
 
 use super::cpu::{CpuMeter, CpuPerUnit};
+use super::nats::concurrently;
 use super::options::Options;
 use super::pipeline::{INITIATE_BODY, INITIATE_PATH};
 use super::system::System;
@@ -160,31 +161,26 @@ async fn http_floor(options: &Options, seconds: u64, processes: &[(String, u32)]
 async fn head_floor(system: &System, options: &Options, seconds: u64) -> anyhow::Result<Floor> {
     let key = system.put_source_file().await?;
     let storage = common::storage::Storage::for_parallel_requests(&system.s3.settings(), options.connections)?;
-    let meter = CpuMeter::start(&system.processes());
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(seconds);
-    let tasks: Vec<_> = (0..options.connections)
-        .map(|_| {
+    let (rate, heads, usage) = concurrently(
+        options.connections,
+        seconds as f64,
+        &system.processes(),
+        |_, deadline| {
             let (storage, key) = (storage.clone(), key.clone());
-            tokio::spawn(async move {
+            async move {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
                     storage.object_size(&key).await?.context("the object is there")?;
                     done += 1;
                 }
-                anyhow::Ok(done)
-            })
-        })
-        .collect();
-    let mut heads = 0;
-    for task in tasks {
-        heads += task.await??;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let usage = meter.stop();
+                Ok(done)
+            }
+        },
+    )
+    .await?;
     Ok(Floor {
         operation: "SeaweedFS alone: HEAD of one object (the processor's client)",
-        rate: heads as f64 / elapsed,
+        rate,
         concurrency: format!("{} tasks", options.connections),
         cpu: usage.per_unit_micros(heads),
         server: "weed",

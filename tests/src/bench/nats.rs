@@ -105,7 +105,7 @@ fn message_id(task: usize, number: u64) -> HeaderMap {
 
 /// Runs `task` on `concurrency` tasks until `seconds` pass; each returns how many operations it
 /// completed. The total per second, and the CPU used meanwhile by `processes`.
-async fn concurrently<F, Fut>(
+pub(super) async fn concurrently<F, Fut>(
     concurrency: usize,
     seconds: f64,
     processes: &[(String, u32)],
