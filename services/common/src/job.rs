@@ -193,7 +193,10 @@ impl JobRecord {
 
     /// Serializes the record as it is stored: pretty JSON, so `nats kv get` is readable.
     pub fn to_json_bytes(&self) -> bytes::Bytes {
-        bytes::Bytes::from(serde_json::to_vec_pretty(self).expect("a job record always serializes"))
+        // Sized for a typical record at once rather than grown from empty, doubling as it goes.
+        let mut json = Vec::with_capacity(1024);
+        serde_json::to_writer_pretty(&mut json, self).expect("a job record always serializes");
+        bytes::Bytes::from(json)
     }
 
     /// Parses a stored record.

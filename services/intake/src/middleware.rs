@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use common::ErrorCode;
-use poem::http::HeaderValue;
+use poem::http::{HeaderName, HeaderValue, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 
 use crate::State;
@@ -12,6 +12,15 @@ use crate::problem::{Problem, into_problem};
 
 /// Header carrying the request id.
 pub const REQUEST_ID_HEADER: &str = "X-Request-ID";
+/// [`REQUEST_ID_HEADER`] as a name: a `&str` key is parsed again on every insert.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The rate limit's headers (draft-ietf-httpapi-ratelimit-headers, and the older triple).
+const RATE_LIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATE_LIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// The request id of the current request, kept in its extensions.
 #[derive(Debug, Clone)]
@@ -55,16 +64,18 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
     let mut response =
         common::metrics::observe_http(endpoint.as_ref(), request, ROUTES, Some(&request_id), into_problem).await;
     let headers = response.headers_mut();
+    // Room for these five at once, not a growth of the map at every few.
+    headers.reserve(5);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        headers.insert(REQUEST_ID_HEADER, value);
+        headers.insert(REQUEST_ID, value);
     }
-    headers.insert("X-Content-Type-Options", HeaderValue::from_static("nosniff"));
-    headers.insert("X-Frame-Options", HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(
-        "Strict-Transport-Security",
+        header::STRICT_TRANSPORT_SECURITY,
         HeaderValue::from_static("max-age=31536000; includeSubDomains"),
     );
-    headers.insert("Referrer-Policy", HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     if response.status() == poem::http::StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             poem::http::header::WWW_AUTHENTICATE,
@@ -178,18 +189,19 @@ pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: 
         rate_limited(decision)
     };
     let headers = response.headers_mut();
+    headers.reserve(5);
     if let Ok(policy) = HeaderValue::from_str(&rate_limiter.policy().header()) {
-        headers.insert("RateLimit-Policy", policy);
+        headers.insert(RATE_LIMIT_POLICY, policy);
     }
     if let Ok(current) = HeaderValue::from_str(&format!(
         "\"default\";r={};t={}",
         decision.remaining, decision.reset_seconds
     )) {
-        headers.insert("RateLimit", current);
+        headers.insert(RATE_LIMIT, current);
     }
-    headers.insert("RateLimit-Limit", HeaderValue::from(decision.limit));
-    headers.insert("RateLimit-Remaining", HeaderValue::from(decision.remaining));
-    headers.insert("RateLimit-Reset", HeaderValue::from(decision.reset_seconds));
+    headers.insert(RATE_LIMIT_LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(RATE_LIMIT_REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(RATE_LIMIT_RESET, HeaderValue::from(decision.reset_seconds));
     Ok(response)
 }
 

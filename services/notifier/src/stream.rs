@@ -167,10 +167,19 @@ pub async fn in_turn<E: poem::Endpoint>(
     endpoint: Arc<E>,
     request: Request,
 ) -> poem::Result<Response> {
+    in_turn_of(&state.opening, endpoint.as_ref(), request).await
+}
+
+/// [`in_turn`] with the turns of `opening`.
+async fn in_turn_of<E: poem::Endpoint>(
+    opening: &tokio::sync::Semaphore,
+    endpoint: &E,
+    request: Request,
+) -> poem::Result<Response> {
     if !crate::front::is_stream_path(request.uri().path()) {
         return Ok(endpoint.get_response(request).await);
     }
-    let Ok(Ok(_turn)) = tokio::time::timeout(TURN_WAIT, state.opening.acquire()).await else {
+    let Ok(Ok(_turn)) = tokio::time::timeout(TURN_WAIT, opening.acquire()).await else {
         return Ok(problem(
             ErrorCode::QueueUnavailable,
             "the notifier is opening too many streams at once, retry shortly",
@@ -490,6 +499,49 @@ impl Feed {
 mod tests {
     use super::*;
     use poem::http::HeaderValue;
+
+    fn get(path: &str) -> Request {
+        Request::builder().uri(path.parse().unwrap()).finish()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_request_waits_its_turn_and_gets_503_after_the_wait() {
+        let opening = Arc::new(tokio::sync::Semaphore::new(1));
+        let endpoint = poem::endpoint::make_sync(|_| "answered");
+        let stream_path = "/v1/download/0192f0c4-5d6e-7a8b-9c0d-1e2f3a4b5c6d/stream?token=t";
+        let held = opening.clone().acquire_owned().await.unwrap();
+
+        // Every turn taken: other requests are answered at once, a stream request waits.
+        let other = in_turn_of(&opening, &endpoint, get("/health")).await.unwrap();
+        assert_eq!(other.into_body().into_string().await.unwrap(), "answered");
+        let started = tokio::time::Instant::now();
+        let refused = in_turn_of(&opening, &endpoint, get(stream_path)).await.unwrap();
+        assert_eq!(started.elapsed(), TURN_WAIT);
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()["Retry-After"], "2");
+        assert_eq!(refused.headers()["Content-Type"], PROBLEM_CONTENT_TYPE);
+        let problem: serde_json::Value =
+            serde_json::from_str(&refused.into_body().into_string().await.unwrap()).unwrap();
+        assert_eq!(problem["code"], "QUEUE_UNAVAILABLE");
+
+        // A turn that frees within the wait is taken, and given back with the answer.
+        let waiting = tokio::spawn({
+            let opening = opening.clone();
+            async move {
+                let answered = in_turn_of(&opening, &endpoint, get(stream_path)).await.unwrap();
+                answered.into_body().into_string().await.unwrap()
+            }
+        });
+        tokio::time::sleep(TURN_WAIT / 2).await;
+        assert!(
+            !waiting.is_finished(),
+            "a stream request must wait while every turn is taken"
+        );
+        drop(held);
+        let answered = waiting.await.unwrap();
+        assert_eq!(answered, "answered");
+        assert_eq!(opening.available_permits(), 1);
+    }
 
     #[test]
     fn an_absent_or_empty_last_event_id_means_none_and_junk_is_refused() {
