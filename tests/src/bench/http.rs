@@ -127,6 +127,29 @@ pub fn completed_status_ceiling(ceilings: &Ceilings, messages: &MessagesPerUnit)
     }
 }
 
+/// End to end, one one-file job: the messages a job is designed to send, priced each as its kind
+/// (awaited publishes: the job message and two events; KV writes: the record, the claim and the
+/// completion; a KV get: the claim's read), and the rest that `/varz` counted (the acks, the
+/// webhook consumer's, the pulls) priced as async publishes.
+pub fn job_ceiling(ceilings: &Ceilings, messages: &MessagesPerUnit) -> Ceiling {
+    const AWAITED: f64 = 3.0;
+    const KV_WRITES: f64 = 3.0;
+    const KV_GETS: f64 = 1.0;
+    let rest = (messages.inbound - AWAITED - KV_WRITES - KV_GETS).max(0.0);
+    Ceiling {
+        rate: mix_ceiling(&[
+            (AWAITED, ceilings.awaited_publish),
+            (KV_WRITES, ceilings.kv_put),
+            (KV_GETS, ceilings.kv_get),
+            (rest, ceilings.async_publish),
+        ]),
+        mix: format!(
+            "3 awaited publishes + 3 KV puts + 1 KV get + {rest:.1} acks and pulls as async publishes, of {:.1} msgs in per job",
+            messages.inbound
+        ),
+    }
+}
+
 impl HttpFigure {
     /// Accepted requests per second.
     pub fn rate(&self) -> f64 {
@@ -169,6 +192,7 @@ mod tests {
 
     fn ceilings() -> Ceilings {
         Ceilings {
+            async_publish: 40_000.0,
             awaited_publish: 10_000.0,
             kv_put: 10_000.0,
             kv_get: 20_000.0,
@@ -192,6 +216,20 @@ mod tests {
         let from_memory = completed_status_ceiling(&ceilings(), &received(0.0));
         assert!(from_memory.rate.is_nan());
         assert_eq!(from_memory.mix, "no NATS operation per request");
+    }
+
+    #[test]
+    fn a_job_prices_its_designed_messages_by_kind_and_the_rest_as_async_publishes() {
+        // 3 / 10k + 3 / 10k + 1 / 20k + 2 / 40k = 700 µs per job.
+        let job = job_ceiling(&ceilings(), &received(9.0));
+        assert!((job.rate - 1e6 / 700.0).abs() < 1e-6, "{job:?}");
+        assert!(
+            job.mix
+                .contains("+ 2.0 acks and pulls as async publishes, of 9.0 msgs in per job")
+        );
+        // Fewer messages than designed: nothing priced below zero.
+        let short = job_ceiling(&ceilings(), &received(5.0));
+        assert!((short.rate - 1e6 / 650.0).abs() < 1e-6, "{short:?}");
     }
 
     #[test]

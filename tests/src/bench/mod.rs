@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use self::nats::Ceilings;
 use self::options::{Limits, Options, Part};
-use self::report::{Ceiling, CpuCell, CpuUnit, Report, Row, megabytes, rate};
+use self::report::{CpuCell, CpuUnit, Report, Row, megabytes, rate};
 use self::system::System;
 use crate::servers::NatsUser;
 
@@ -261,10 +261,7 @@ async fn processor_figures(
                 met: Some(jobs_per_second >= 3_500.0 && all_done),
                 rate: Some(jobs_per_second),
                 messages: Some(outcome.messages),
-                ceiling: ceilings.map(|ceilings| Ceiling {
-                    rate: ceilings.async_publish / outcome.messages.inbound.max(1.0),
-                    mix: format!("async publish rate ÷ {:.1} msgs in per job", outcome.messages.inbound),
-                }),
+                ceiling: ceilings.map(|ceilings| http::job_ceiling(ceilings, &outcome.messages)),
                 cpu: Some(CpuCell {
                     per_unit: outcome.cpu.per_unit_micros(outcome.accepted),
                     unit: CpuUnit::Millis,
