@@ -10,10 +10,8 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use crate::State;
 use crate::problem::{Problem, into_problem};
 
-/// Header carrying the request id.
-pub const REQUEST_ID_HEADER: &str = "X-Request-ID";
-/// [`REQUEST_ID_HEADER`] as a name: a `&str` key is parsed again on every insert.
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Header carrying the request id, `X-Request-ID` (a name, not a `&str` parsed on every use).
+pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The rate limit's headers (draft-ietf-httpapi-ratelimit-headers, and the older triple).
 const RATE_LIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -27,7 +25,7 @@ const RATE_LIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub struct RequestId(pub String);
 
 fn caller_request_id(request: &Request) -> Option<String> {
-    let value = request.headers().get(REQUEST_ID_HEADER)?.to_str().ok()?;
+    let value = request.headers().get(&REQUEST_ID_HEADER)?.to_str().ok()?;
     let valid = !value.is_empty()
         && value.len() <= 128
         && value
@@ -67,7 +65,7 @@ pub async fn request_context<E: Endpoint>(endpoint: Arc<E>, mut request: Request
     // Room for these five at once, not a growth of the map at every few.
     headers.reserve(5);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        headers.insert(REQUEST_ID, value);
+        headers.insert(REQUEST_ID_HEADER, value);
     }
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -190,8 +188,8 @@ pub async fn rate_limit<E: Endpoint>(endpoint: Arc<E>, request: Request, state: 
     };
     let headers = response.headers_mut();
     headers.reserve(5);
-    if let Ok(policy) = HeaderValue::from_str(&rate_limiter.policy().header()) {
-        headers.insert(RATE_LIMIT_POLICY, policy);
+    if let Some(policy) = rate_limiter.policy_header() {
+        headers.insert(RATE_LIMIT_POLICY, policy.clone());
     }
     if let Ok(current) = HeaderValue::from_str(&format!(
         "\"default\";r={};t={}",

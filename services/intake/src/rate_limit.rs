@@ -129,6 +129,8 @@ struct Client {
 /// Per-client budgets shared through NATS.
 pub struct RateLimiter {
     policy: Policy,
+    /// `RateLimit-Policy`, the same on every answer: formatted once.
+    policy_header: Option<poem::http::HeaderValue>,
     kv: kv::Store,
     clients: Mutex<HashMap<String, Client>>,
 }
@@ -142,14 +144,15 @@ impl RateLimiter {
     pub fn new(kv: kv::Store, policy: Policy) -> Arc<Self> {
         Arc::new(RateLimiter {
             policy,
+            policy_header: poem::http::HeaderValue::from_str(&policy.header()).ok(),
             kv,
             clients: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The policy.
-    pub fn policy(&self) -> Policy {
-        self.policy
+    /// [`Policy::header`] as a header value.
+    pub fn policy_header(&self) -> Option<&poem::http::HeaderValue> {
+        self.policy_header.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Client>> {

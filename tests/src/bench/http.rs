@@ -144,7 +144,8 @@ pub fn job_ceiling(ceilings: &Ceilings, messages: &MessagesPerUnit) -> Ceiling {
             (rest, ceilings.async_publish),
         ]),
         mix: format!(
-            "3 awaited publishes + 3 KV puts + 1 KV get + {rest:.1} acks and pulls as async publishes, of {:.1} msgs in per job",
+            "{AWAITED} awaited publishes + {KV_WRITES} KV puts + {KV_GETS} KV get + {rest:.1} acks and pulls as \
+             async publishes, of {:.1} msgs in per job",
             messages.inbound
         ),
     }

@@ -80,7 +80,9 @@ impl TokenSigner {
         };
         let payload = serde_json::to_vec(&claims).unwrap_or_default();
         // One buffer, grown once: header, payload and signature appended in place.
-        let mut token = String::with_capacity(ENCODED_HEADER.len() + payload.len() * 4 / 3 + 48);
+        let signature_length = base64::encoded_len(32, false).unwrap_or_default();
+        let payload_length = base64::encoded_len(payload.len(), false).unwrap_or_default();
+        let mut token = String::with_capacity(ENCODED_HEADER.len() + 1 + payload_length + 1 + signature_length);
         token.push_str(ENCODED_HEADER);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(payload, &mut token);
