@@ -34,10 +34,37 @@ async fn a_cancelled_queued_job_never_runs() {
     stack.put_file(30_000, 100).await.unwrap();
     let job_id = stack.initiate("erin", &[30_000]).await.unwrap();
 
+    // Until a processor claims it, the job is its message: the bucket has no entry, and its
+    // status is read from the message on its own subject.
+    let queued = stack.status("erin", &job_id).await.unwrap();
+    assert_eq!(
+        (&queued["jobId"], &queued["status"]),
+        (&job_id.clone().into(), &"queued".into())
+    );
+    let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    let bucket = jetstream.get_key_value(common::names::JOBS_BUCKET).await.unwrap();
+    assert!(bucket.entry(&job_id).await.unwrap().is_none());
+    let message = jetstream
+        .get_stream(common::names::JOBS_STREAM)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&common::names::job_submitted_subject(&job_id))
+        .await
+        .unwrap();
+    let message: common::messages::JobMessage = serde_json::from_slice(&message.payload).unwrap();
+    let record = message.queued_record().expect("a v2 message holds the record");
+    assert_eq!((record.user_id.as_str(), &record.file_ids[..]), ("erin", &[30_000][..]));
+
     let response = cancel(&stack, "erin", &job_id).await;
     assert_eq!(response.status(), 202);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body, serde_json::json!({"jobId": job_id, "status": "cancelled"}));
+    // The cancellation created the record; the claim, which creates it too, will lose.
+    let stored = bucket.get(&job_id).await.unwrap().expect("the cancellation's record");
+    assert_eq!(
+        common::JobRecord::from_json_bytes(&stored).unwrap().status,
+        common::JobStatus::Cancelled
+    );
     assert_eq!(
         cancel(&stack, "erin", &job_id).await.status(),
         200,

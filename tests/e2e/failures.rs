@@ -123,6 +123,21 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
         .unwrap()
         .await
         .unwrap();
+    // A v2 message of a job the intake refused and fenced off (a delete marker where its record
+    // would go) is terminated unrun, whatever its age.
+    let fenced = common::JobRecord::queued(common::JobId::new(), "mia".into(), vec![50_003], None, 1, None);
+    let bucket = jetstream.get_key_value(common::names::JOBS_BUCKET).await.unwrap();
+    bucket
+        .delete_expect_revision(fenced.job_id.to_string(), Some(0))
+        .await
+        .unwrap();
+    let late = common::messages::JobMessage::submitted(fenced.clone());
+    jetstream
+        .publish(late.subject(), late.to_json_bytes())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     stack.put_file(50_003, 10).await.unwrap();
     let job_id = stack.initiate("mia", &[50_003]).await.unwrap();
@@ -135,6 +150,18 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
     })
     .await
     .unwrap();
+    let fenced_id = fenced.job_id.to_string();
+    let status = stack
+        .http
+        .get(stack.url(&format!("/v1/download/status/{fenced_id}")))
+        .header("Authorization", stack.bearer("mia").await.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 404, "a fenced job is no job");
+    assert!(stack.events(&fenced_id).await.unwrap().is_empty(), "it never ran");
+    let marker = bucket.entry(&fenced_id).await.unwrap().expect("the marker stays");
+    assert_eq!(marker.operation, async_nats::jetstream::kv::Operation::Delete);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

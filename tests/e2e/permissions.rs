@@ -218,21 +218,20 @@ async fn intake_store(server: &NatsServer) -> JobStore {
     JobStore::new(handles.jetstream, handles.jobs)
 }
 
-/// The intake queues a job and stores its record, as it does for `POST /v1/download/initiate`.
+/// The intake queues a job (its message holds its record), as it does for
+/// `POST /v1/download/initiate`.
 async fn intake_accepts_a_job(server: &NatsServer, owner: &str) -> JobRecord {
     accept_job(&intake_store(server).await, owner).await
 }
 
 async fn accept_job(store: &JobStore, owner: &str) -> JobRecord {
-    let job_id = JobId::new();
-    let record = JobRecord::queued(job_id, owner.into(), vec![70_000], None, 1, None);
-    let message = JobMessage::SubmittedV1 {
-        job_id,
-        user_id: owner.into(),
-        file_ids: vec![70_000],
-    };
-    store.submit(&message).await.expect("the intake queues jobs");
-    store.create(&record).await.expect("the intake stores job records");
+    let record = JobRecord::queued(JobId::new(), owner.into(), vec![70_000], None, 1, None);
+    store
+        .accept(&record, Duration::from_secs(10))
+        .await
+        .expect("the intake queues jobs");
+    let queued = store.load(record.job_id).await.expect("the intake reads queued jobs");
+    assert_eq!(queued.map(|queued| queued.record), Some(record.clone()));
     record
 }
 
@@ -441,6 +440,66 @@ async fn the_processor_consumes_jobs_but_cannot_write_api_keys_or_tenants() {
         serde_json::from_slice(&tenants.get("acme").await.unwrap().unwrap()).unwrap();
     assert_eq!(stored.webhook_secrets.len(), tenant.webhook_secrets.len());
     assert_nothing_else_refused(&server, &[&processor]);
+}
+
+/// An accept whose message the server does not acknowledge (here: refused to a user that may
+/// write records but not queue jobs, so the publish goes unanswered) may still have stored it.
+/// The refusal fences the job off: a delete marker where its record would go, so a message
+/// that landed after all reads as no job and its claim fails, as in the processor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_whose_message_goes_unanswered_fences_the_job_off_so_it_never_runs() {
+    init_logs();
+    let server = NatsServer::start().await.unwrap();
+    admin_provisions(&server, processor::NATS_RESOURCES).await;
+    let handles = open_as(&server, NatsUser::Processor, processor::NATS_RESOURCES).await;
+    let store = JobStore::new(handles.jetstream, handles.jobs);
+    let record = JobRecord::queued(JobId::new(), "alice".into(), vec![70_000], None, 1, None);
+    let refused = store.accept(&record, Duration::from_secs(3)).await;
+    match &refused {
+        Err(error) if JobStore::is_transient(error) => {}
+        other => panic!("expected a refusal that left nothing behind, got {other:?}"),
+    }
+    let ops = jetstream::new(server.client().await.unwrap());
+    let bucket = ops.get_key_value(names::JOBS_BUCKET).await.unwrap();
+    let marker = bucket
+        .entry(record.job_id.to_string())
+        .await
+        .unwrap()
+        .expect("a delete marker");
+    assert_eq!(marker.operation, jetstream::kv::Operation::Delete);
+
+    // The message lands after all (published here by an operator).
+    let late = JobMessage::submitted(record.clone());
+    ops.publish(late.subject(), late.to_json_bytes())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(store.load(record.job_id).await.unwrap().map(|found| found.record), None);
+    let claim = store
+        .update_from(
+            record.job_id,
+            Some(common::store::Versioned::unclaimed(record.clone())),
+            |record| {
+                record.status = common::JobStatus::Processing;
+                true
+            },
+        )
+        .await;
+    assert!(
+        matches!(claim, Err(common::store::StoreError::Missing(_))),
+        "the claim of a fenced job fails: {claim:?}"
+    );
+    let marker = bucket
+        .entry(record.job_id.to_string())
+        .await
+        .unwrap()
+        .expect("a delete marker");
+    assert_eq!(
+        marker.operation,
+        jetstream::kv::Operation::Delete,
+        "nothing was written over it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

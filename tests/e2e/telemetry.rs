@@ -445,7 +445,7 @@ async fn a_job_is_one_trace_across_every_service_and_every_service_serves_its_me
     assert_eq!(text(publish, "messaging.system"), "nats");
     assert_eq!(
         text(publish, "messaging.destination.name"),
-        common::names::JOB_SUBMITTED_SUBJECT
+        common::names::job_submitted_subject(&job_id)
     );
     let attempt = job.only("process downloads.jobs", "processor", SpanKind::Consumer);
     assert_eq!(attempt.parent_span_id.as_deref(), Some(publish.span_id.as_str()));

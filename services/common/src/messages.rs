@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ErrorCode, JobId, JobStatus};
 
-/// Published on `downloads.jobs.submitted` when a job is accepted.
+/// Published when a job is accepted: v2 on `downloads.jobs.submitted.{jobId}`, v1 (from intakes
+/// not yet upgraded) on `downloads.jobs.submitted`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type")]
 pub enum JobMessage {
@@ -21,14 +22,50 @@ pub enum JobMessage {
         /// Requested file ids, validated and de-duplicated.
         file_ids: Vec<u64>,
     },
+    /// Second version: the job's record as accepted (status `queued`, `eventSeq` 0), the only
+    /// write of an accept. The processor's claim stores it in the KV bucket (a create, so a
+    /// cancellation or a refusal written there first wins); until then, readers of the job read
+    /// it from this message.
+    #[serde(rename = "job.submitted.v2")]
+    SubmittedV2(crate::JobRecord),
 }
 
 impl JobMessage {
+    /// The v2 message of a job just accepted.
+    pub fn submitted(record: crate::JobRecord) -> Self {
+        JobMessage::SubmittedV2(record)
+    }
+
     /// The job this message is about.
     pub fn job_id(&self) -> JobId {
         match self {
             JobMessage::SubmittedV1 { job_id, .. } => *job_id,
+            JobMessage::SubmittedV2(record) => record.job_id,
         }
+    }
+
+    /// The subject it is published on.
+    pub fn subject(&self) -> String {
+        match self {
+            JobMessage::SubmittedV1 { .. } => crate::names::JOB_SUBMITTED_SUBJECT.to_string(),
+            JobMessage::SubmittedV2(record) => crate::names::job_submitted_subject(&record.job_id.to_string()),
+        }
+    }
+
+    /// The record as accepted, which the bucket does not hold before the claim (v2); `None` for
+    /// v1, whose record the intake stored itself.
+    pub fn queued_record(&self) -> Option<&crate::JobRecord> {
+        match self {
+            JobMessage::SubmittedV1 { .. } => None,
+            JobMessage::SubmittedV2(record) => Some(record),
+        }
+    }
+
+    /// Its wire form: compact JSON.
+    pub fn to_json_bytes(&self) -> bytes::Bytes {
+        let mut json = Vec::with_capacity(768);
+        serde_json::to_writer(&mut json, self).expect("messages serialize");
+        bytes::Bytes::from(json)
     }
 }
 
@@ -221,6 +258,39 @@ mod tests {
         let json = serde_json::to_value(&message).unwrap();
         assert_eq!(json["type"], "job.submitted.v1");
         assert!(json.get("fileIds").is_some());
+    }
+
+    #[test]
+    fn a_v2_message_is_the_record_as_accepted_on_a_subject_of_its_own() {
+        let record = crate::JobRecord::queued(JobId::new(), "u".into(), vec![10000], None, 5, None);
+        let message = JobMessage::submitted(record.clone());
+        let json = serde_json::to_value(&message).unwrap();
+        assert_eq!(json["type"], "job.submitted.v2");
+        assert_eq!(json["status"], "queued");
+        assert_eq!(json["jobId"], record.job_id.to_string());
+        let back: JobMessage = serde_json::from_slice(&message.to_json_bytes()).unwrap();
+        assert_eq!(back.queued_record(), Some(&record));
+        assert_eq!(back.subject(), format!("downloads.jobs.submitted.{}", record.job_id));
+        assert_eq!(back.job_id(), record.job_id);
+        // The consumer's filters take both versions' subjects, and nothing else of the stream.
+        let matches = |filter: &str, subject: &str| {
+            let (filter, subject): (Vec<_>, Vec<_>) = (filter.split('.').collect(), subject.split('.').collect());
+            filter.len() == subject.len() && filter.iter().zip(&subject).all(|(f, s)| *f == "*" || f == s)
+        };
+        for subject in [back.subject(), crate::names::JOB_SUBMITTED_SUBJECT.to_string()] {
+            assert!(
+                crate::names::JOB_SUBMITTED_FILTERS
+                    .iter()
+                    .any(|filter| matches(filter, &subject))
+            );
+        }
+        let v1 = JobMessage::SubmittedV1 {
+            job_id: record.job_id,
+            user_id: "u".into(),
+            file_ids: vec![10000],
+        };
+        assert_eq!(v1.queued_record(), None);
+        assert_eq!(v1.subject(), "downloads.jobs.submitted");
     }
 
     #[test]

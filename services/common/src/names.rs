@@ -4,8 +4,17 @@
 
 /// Work-queue stream holding submitted jobs until a processor acknowledges them.
 pub const JOBS_STREAM: &str = "DOWNLOAD_JOBS";
-/// Subject a submitted job is published on (captured by [`JOBS_STREAM`]).
+/// Subject a `job.submitted.v1` message is published on (captured by [`JOBS_STREAM`]); still
+/// consumed, so messages of intakes not yet upgraded run.
 pub const JOB_SUBMITTED_SUBJECT: &str = "downloads.jobs.submitted";
+/// What the processors' consumer takes: v1 messages and v2 messages, one subject per job.
+pub const JOB_SUBMITTED_FILTERS: [&str; 2] = [JOB_SUBMITTED_SUBJECT, "downloads.jobs.submitted.*"];
+
+/// Subject of a `job.submitted.v2` message: one per job, so a direct get by subject finds a
+/// queued job's message (which holds its record until a processor claims it).
+pub fn job_submitted_subject(job_id: &str) -> String {
+    format!("{JOB_SUBMITTED_SUBJECT}.{job_id}")
+}
 /// Subjects captured by [`JOBS_STREAM`].
 pub const JOBS_STREAM_SUBJECTS: &str = "downloads.jobs.>";
 /// The durable pull consumer every processor instance shares.

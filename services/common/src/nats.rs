@@ -389,7 +389,7 @@ pub fn processor_consumer_config(topology: &Topology) -> consumer::pull::Config 
     consumer::pull::Config {
         durable_name: Some(names::PROCESSOR_CONSUMER.into()),
         description: Some("Processors share this consumer; each job goes to one of them".into()),
-        filter_subject: names::JOB_SUBMITTED_SUBJECT.into(),
+        filter_subjects: names::JOB_SUBMITTED_FILTERS.map(String::from).to_vec(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: topology.ack_wait,
         max_deliver: topology.max_deliver,

@@ -3,6 +3,13 @@
 //! Every change is a compare-and-set on the record's revision, so concurrent writers (a processor
 //! reporting progress, an owner cancelling) never overwrite each other: the loser re-reads and
 //! decides again. Each successful change bumps `eventSeq` and publishes that numbered event.
+//!
+//! Accepting a job is one write: its `job.submitted.v2` message, which holds the record as
+//! accepted. The bucket gets the record at the job's first change (the processor's claim, or a
+//! cancellation), written as a compare-and-set on "no entry yet" (revision 0), so only one of
+//! them creates it. Until then, a read of the job finds its message: the bucket first, then the
+//! message by its subject, and, when both miss, the bucket again through its leader, since a
+//! claim writes the record before its message is acknowledged away.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -65,6 +72,14 @@ pub struct Versioned {
     pub revision: u64,
 }
 
+impl Versioned {
+    /// A record not in the bucket yet, as its queued message holds it: at revision 0, so the
+    /// first change creates it (and fails should anything have been written under its key).
+    pub fn unclaimed(record: JobRecord) -> Self {
+        Versioned { record, revision: 0 }
+    }
+}
+
 /// Outcome of [`JobStore::update`].
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -90,6 +105,24 @@ pub struct JobStore {
 /// How many unpublished events a store remembers (beyond, the redelivery's re-publication of
 /// the current event is the only repair).
 const MAX_UNPUBLISHED: usize = 10_000;
+
+/// What the bucket holds for a job.
+enum Stored {
+    /// Its record.
+    Record(Versioned),
+    /// A delete marker: the job was refused (an accept whose answer was lost, fenced off) or
+    /// removed by an operator. Its message, if one landed, is terminated at its claim.
+    Removed,
+    /// Nothing: not claimed yet (its record is in its message), or no such job.
+    Absent,
+}
+
+/// A job looked up wherever its record is.
+enum Lookup {
+    Found(Versioned),
+    Removed,
+    Missing,
+}
 
 /// A write whose answer was lost (a timeout): it may have been stored.
 struct Unanswered {
@@ -141,11 +174,7 @@ impl JobStore {
     /// Stores a new record; fails if its id exists. A create whose answer was lost and that
     /// finds its own record on the retry succeeds.
     pub async fn create(&self, record: &JobRecord) -> Result<u64, StoreError> {
-        self.create_with(record, self.patience).await
-    }
-
-    async fn create_with(&self, record: &JobRecord, patience: Patience) -> Result<u64, StoreError> {
-        patience
+        self.patience
             .retry(
                 "creating a job record",
                 || async move {
@@ -173,18 +202,21 @@ impl JobStore {
             .await
     }
 
-    /// Reads a record and its revision. A miss is confirmed with the stream's leader, since a
-    /// replica answering a direct get may not have applied the latest writes yet; and since
-    /// right after a leader change even that answer can be a write behind (seen on a 3-node
-    /// cluster), a job created in the last minute (its id says when) is looked for again for up
-    /// to [`YOUNG_MISS_WAIT`] before it counts as missing.
+    /// Reads a record and its revision, from the bucket or, before its claim, from the job's
+    /// message (at revision 0). A miss is confirmed with the streams' leaders, since a replica
+    /// answering a direct get may not have applied the latest writes yet; and since right after a
+    /// leader change even that answer can be a write behind (seen on a 3-node cluster), a job
+    /// created in the last minute (its id says when) is looked for again for up to
+    /// [`YOUNG_MISS_WAIT`] before it counts as missing.
     pub async fn load(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
         let started = tokio::time::Instant::now();
         let mut tries = 0;
         loop {
-            let found = self.load_once(job_id).await?;
-            if found.is_some() || !job_id.created_within(YOUNG_JOB) {
-                return Ok(found);
+            match self.lookup(job_id).await? {
+                Lookup::Found(found) => return Ok(Some(found)),
+                Lookup::Removed => return Ok(None),
+                Lookup::Missing if !job_id.created_within(YOUNG_JOB) => return Ok(None),
+                Lookup::Missing => {}
             }
             tries += 1;
             let pause = Patience::pause(tries, rand::random());
@@ -195,36 +227,55 @@ impl JobStore {
         }
     }
 
-    /// Reads a record, a miss confirmed with the stream's leader, without waiting for a young
-    /// job's record to arrive: for a job whose writer is known to be done (or dead).
+    /// [`load`](Self::load) without waiting for a young job's record to arrive: for a job whose
+    /// writer is known to be done (or dead).
     pub async fn load_once(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
+        Ok(match self.lookup(job_id).await? {
+            Lookup::Found(found) => Some(found),
+            Lookup::Removed | Lookup::Missing => None,
+        })
+    }
+
+    /// One lookup of a job, riding out an unavailable cluster: the bucket (any replica), the
+    /// queued message (any replica, then the leader), and after missing both the bucket's leader,
+    /// which holds the record of any claim made before the message went.
+    async fn lookup(&self, job_id: JobId) -> Result<Lookup, StoreError> {
         self.patience
             .retry(
                 "reading a job record",
                 || async move {
                     match self.read(job_id, false).await? {
-                        Some(found) => Ok(Some(found)),
-                        None => {
-                            let confirmed = self.read(job_id, true).await?;
-                            if confirmed.is_some() {
-                                tracing::info!(%job_id, "a replica had not applied the record yet; the leader had it");
-                            }
-                            Ok(confirmed)
+                        Stored::Record(found) => return Ok(Lookup::Found(found)),
+                        Stored::Removed => return Ok(Lookup::Removed),
+                        Stored::Absent => {}
+                    }
+                    for from_leader in [false, true] {
+                        if let Some(queued) = self.read_queued(job_id, from_leader).await? {
+                            return Ok(Lookup::Found(queued));
                         }
                     }
+                    Ok(match self.read(job_id, true).await? {
+                        Stored::Record(found) => {
+                            tracing::info!(%job_id, "a replica had not applied the record yet; the leader had it");
+                            Lookup::Found(found)
+                        }
+                        Stored::Removed => Lookup::Removed,
+                        Stored::Absent => Lookup::Missing,
+                    })
                 },
                 Self::is_transient,
             )
             .await
     }
 
-    /// One read: a direct get (any replica), or through the stream's leader.
-    async fn read(&self, job_id: JobId, from_leader: bool) -> Result<Option<Versioned>, StoreError> {
+    /// One read of the bucket: a direct get (any replica), or through the stream's leader.
+    async fn read(&self, job_id: JobId, from_leader: bool) -> Result<Stored, StoreError> {
         let key = job_id.to_string();
         let (value, revision) = if from_leader {
             match crate::kv_cas::leader_entry(&self.kv, &key).await {
                 Ok(Some((Some(value), revision))) => (value, revision),
-                Ok(_) => return Ok(None),
+                Ok(Some((None, _))) => return Ok(Stored::Removed),
+                Ok(None) => return Ok(Stored::Absent),
                 Err(error) => return Err(StoreError::Kv(Box::new(error))),
             }
         } else {
@@ -235,11 +286,44 @@ impl JobStore {
                 .map_err(|error| StoreError::Kv(Box::new(error)))?;
             match entry {
                 Some(entry) if entry.operation == kv::Operation::Put => (entry.value, entry.revision),
-                _ => return Ok(None),
+                Some(_) => return Ok(Stored::Removed),
+                None => return Ok(Stored::Absent),
             }
         };
         let record = JobRecord::from_json_bytes(&value).map_err(|source| StoreError::Corrupt { job_id, source })?;
-        Ok(Some(Versioned { record, revision }))
+        Ok(Stored::Record(Versioned { record, revision }))
+    }
+
+    /// One read of a job's queued `job.submitted.v2` message (a direct get by its subject, or
+    /// through the stream's leader): its record at revision 0, as no bucket entry exists yet.
+    async fn read_queued(&self, job_id: JobId, from_leader: bool) -> Result<Option<Versioned>, StoreError> {
+        use async_nats::jetstream::stream::{DirectGetErrorKind, LastRawMessageErrorKind};
+        let stream = self
+            .jetstream
+            .get_stream_no_info(names::JOBS_STREAM)
+            .await
+            .map_err(|error| StoreError::Kv(Box::new(error)))?;
+        let subject = names::job_submitted_subject(&job_id.to_string());
+        let payload = if from_leader {
+            match stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(message) => message.payload,
+                Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+                Err(error) => return Err(StoreError::Kv(Box::new(error))),
+            }
+        } else {
+            match stream.direct_get_last_for_subject(subject).await {
+                Ok(message) => message.payload,
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(StoreError::Kv(Box::new(error))),
+            }
+        };
+        let message: JobMessage =
+            serde_json::from_slice(&payload).map_err(|source| StoreError::Corrupt { job_id, source })?;
+        Ok(message
+            .queued_record()
+            .filter(|record| record.job_id == job_id)
+            .cloned()
+            .map(Versioned::unclaimed))
     }
 
     /// Applies `change` to the current record with compare-and-set, re-reading and re-applying
@@ -319,9 +403,11 @@ impl JobStore {
         let current = match known {
             Some(known) => known,
             None => match self.read(job_id, from_leader).await? {
-                Some(current) => current,
-                // A miss is confirmed (by the leader, and for a young job a little later).
-                None => self.load(job_id).await?.ok_or(StoreError::Missing(job_id))?,
+                Stored::Record(current) => current,
+                Stored::Removed => return Err(StoreError::Missing(job_id)),
+                // Not claimed yet (its message holds it), or a miss to confirm (by the leader,
+                // and for a young job a little later).
+                Stored::Absent => self.load(job_id).await?.ok_or(StoreError::Missing(job_id))?,
             },
         };
         if let Some(landed) = unanswered.iter().find(|write| write.after == current.record) {
@@ -356,6 +442,8 @@ impl JobStore {
         }
         next.event_seq = current.record.event_seq + 1;
         next.updated_at = Utc::now();
+        // At revision 0 (a record read from its message) this creates the record, and fails if
+        // anything was written under the key first: a claim, a cancellation or a refusal.
         match self
             .kv
             .update(job_id.to_string(), next.to_json_bytes(), current.revision)
@@ -503,9 +591,10 @@ impl JobStore {
 
     /// Queues a job; its message's sequence in the stream.
     async fn submit_with(&self, message: &JobMessage, patience: Patience) -> Result<u64, StoreError> {
-        let payload = Bytes::from(serde_json::to_vec(message).expect("messages serialize"));
+        let payload = message.to_json_bytes();
         let message_id = message.job_id().to_string();
-        let span = telemetry::span::publish("downloads.jobs", names::JOB_SUBMITTED_SUBJECT);
+        let subject = message.subject();
+        let span = telemetry::span::publish("downloads.jobs", &subject);
         let submitted = patience
             .retry(
                 "queueing a job",
@@ -513,10 +602,10 @@ impl JobStore {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(names::MSG_ID_HEADER, message_id.as_str());
                     telemetry::inject_current(&mut headers);
-                    let payload = payload.clone();
+                    let (subject, payload) = (subject.clone(), payload.clone());
                     async move {
                         self.jetstream
-                            .publish_with_headers(names::JOB_SUBMITTED_SUBJECT, headers, payload)
+                            .publish_with_headers(subject, headers, payload)
                             .await
                             .map_err(|error| StoreError::Publish(Box::new(error)))?
                             .await
@@ -539,69 +628,62 @@ impl JobStore {
         submitted.map(|ack| ack.sequence)
     }
 
-    /// Accepts a job within `budget`: queues its message, then stores its record, riding out an
-    /// unavailable cluster for two thirds of the budget (each call bounded by that deadline).
+    /// Accepts a job within `budget`: one write, its `job.submitted.v2` message (which holds
+    /// `record`), riding out an unavailable cluster for two thirds of the budget. Returns the
+    /// message's sequence in the stream (0 when the job turned out to be claimed already).
     ///
-    /// The message goes first because a message without a record never runs: a processor looks
-    /// for a young job's record for a minute, then drops the message. So whatever fails or dies
-    /// half-way (this intake included, killed between its two writes), nothing is left behind but
-    /// a message that is dropped. A record whose create was stored although its answer was lost is
-    /// removed again in the last third of the budget, unless a processor claimed it meanwhile
-    /// (then the job runs, and counts as accepted). Run it on a task of its own, so a caller that
-    /// goes away cannot stop it half-way. Returns the job message's sequence in the stream.
-    pub async fn accept(&self, record: &JobRecord, message: &JobMessage, budget: Duration) -> Result<u64, StoreError> {
+    /// A publish that failed without a certain answer may still have been stored, or still land:
+    /// in the last third, a delete marker is written where the record would go, expecting no entry
+    /// (revision 0). It makes the job's claim fail, so a message that landed or lands later is
+    /// terminated unrun, and the refusal leaves nothing behind; should a processor have claimed the
+    /// job first, the marker fails, and the job runs and counts as accepted. Run it on a task of its
+    /// own, so a caller that goes away cannot stop it half-way.
+    pub async fn accept(&self, record: &JobRecord, budget: Duration) -> Result<u64, StoreError> {
         let started = tokio::time::Instant::now();
-        // The record must be stored well within the processors' grace for it, or a message could
-        // be dropped before its record arrives.
-        let storing = started + (budget * 2 / 3).min(RECORD_GRACE / 2);
-        let sequence = within(storing, self.submit_with(message, Patience::until(storing))).await?;
-        let Err(failure) = within(storing, self.create_with(record, Patience::until(storing))).await else {
-            return Ok(sequence);
+        let publishing = started + budget * 2 / 3;
+        let message = JobMessage::submitted(record.clone());
+        let failure = match within(publishing, self.submit_with(&message, Patience::until(publishing))).await {
+            Ok(sequence) => return Ok(sequence),
+            Err(StoreError::QueueFull) => return Err(StoreError::QueueFull),
+            Err(failure) => failure,
         };
-        match self.remove_unclaimed(record, started + budget).await {
+        match self.fence_off(record.job_id, started + budget).await {
             Ok(true) => Err(failure),
             Ok(false) => {
-                tracing::info!(job_id = %record.job_id, "job claimed although storing its record seemed to fail: accepted");
-                Ok(sequence)
+                tracing::info!(job_id = %record.job_id, "job claimed although queueing it seemed to fail: accepted");
+                Ok(0)
             }
             Err(error) => {
-                tracing::error!(job_id = %record.job_id, error = %error, "a record stored without an answer could not be checked; it may run although the client was refused");
+                tracing::error!(job_id = %record.job_id, error = %error, "whether a job whose queueing failed was stored could not be settled; it may run although the client was refused");
                 Err(StoreError::OutcomeUnknown(Box::new(failure)))
             }
         }
     }
 
-    /// Removes `record` if it was stored and is still as created, until `deadline`. `Ok(true)`:
-    /// not there (any more), nor can a create still in flight land; `Ok(false)`: a processor
-    /// changed it, the job runs.
-    async fn remove_unclaimed(&self, record: &JobRecord, deadline: tokio::time::Instant) -> Result<bool, StoreError> {
-        let job_id = record.job_id;
+    /// Makes sure a job whose message may have been stored without an answer never runs, unless
+    /// it runs already, until `deadline`. `Ok(true)`: a delete marker stands where its record
+    /// would go, and its claim will fail; `Ok(false)`: a processor claimed it, the job runs.
+    async fn fence_off(&self, job_id: JobId, deadline: tokio::time::Instant) -> Result<bool, StoreError> {
         let patience = Patience::until(deadline);
-        let removing = patience.retry(
-            "removing a record stored without an answer",
+        let fencing = patience.retry(
+            "fencing off a job whose queueing failed",
             || async move {
                 match self.read(job_id, true).await? {
-                    // Not there, but the create may still be on its way to the server: a delete
-                    // marker expecting no record makes it fail when it lands (if the create
-                    // landed first, the marker fails and the next round finds the record).
-                    None => self
+                    // Expecting no entry: if a claim lands first, the marker fails and the next
+                    // round finds the record.
+                    Stored::Absent => self
                         .kv
                         .delete_expect_revision(job_id.to_string(), Some(0))
                         .await
                         .map(|()| true)
                         .map_err(|error| StoreError::Kv(Box::new(error))),
-                    Some(found) if found.record != *record => Ok(false),
-                    Some(found) => self
-                        .kv
-                        .delete_expect_revision(job_id.to_string(), Some(found.revision))
-                        .await
-                        .map(|()| true)
-                        .map_err(|error| StoreError::Kv(Box::new(error))),
+                    Stored::Removed => Ok(true),
+                    Stored::Record(_) => Ok(false),
                 }
             },
             Self::is_transient,
         );
-        within(deadline, removing).await
+        within(deadline, fencing).await
     }
 }
 
@@ -631,8 +713,8 @@ async fn within<T>(
 }
 
 /// How long after a job's creation (its id's time) its record may still be on its way: a
-/// lagging replica or a new leader has not applied it yet, or the intake is still storing it
-/// (it queues the message first, and stores the record within half of this). Processors hold a
+/// lagging replica or a new leader has not applied it yet, or (a `job.submitted.v1` message) an
+/// intake not yet upgraded is still storing it after queueing the message. Processors hold a v1
 /// message this long before dropping it for want of a record.
 pub const RECORD_GRACE: Duration = Duration::from_secs(60);
 /// A job younger than this whose record is not found may be on its way.

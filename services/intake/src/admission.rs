@@ -1,6 +1,6 @@
 //! Admission of a new job, in the order that costs least when refusing: the `Idempotency-Key`
 //! claim (a replay creates nothing), the backlog (a value in memory), the tenant's active-job
-//! slot (a compare-and-set), then accepting the job (its message and record). A refusal undoes
+//! slot (a compare-and-set), then accepting the job (its message, which holds its record). A refusal undoes
 //! what came before it: the slot is freed and the key released, so nothing is left behind.
 //!
 //! It runs on a task of its own, so neither a client going away nor the request timeout can stop
@@ -10,7 +10,6 @@
 use std::sync::Arc;
 
 use common::kv_cas::CasError;
-use common::messages::JobMessage;
 use common::retry::Patience;
 use common::store::StoreError;
 use common::{ErrorCode, JobId, JobRecord};
@@ -52,12 +51,12 @@ pub struct Admitted {
     pub guard: Option<Guard>,
 }
 
-/// Admits a job built by `build` (given its id), answering with `answer_of` its record; on a
+/// Admits a job whose record (as accepted) `build` makes from its id, answering with `answer_of` its record; on a
 /// task of its own.
 pub async fn admit(
     state: Arc<State>,
     request: Request,
-    build: impl FnOnce(JobId) -> (JobRecord, JobMessage) + Send + 'static,
+    build: impl FnOnce(JobId) -> JobRecord + Send + 'static,
     answer_of: impl FnOnce(&JobRecord) -> Answer + Send + 'static,
 ) -> Result<Admitted, ApiError> {
     let admitting = async move {
@@ -135,8 +134,8 @@ pub async fn admit(
                 }
             }
         }
-        let (record, message) = build(job_id);
-        if let Err(refused) = create(&state, &request, &record, message, checks, deadline).await {
+        let record = build(job_id);
+        if let Err(refused) = create(&state, &request, &record, checks, deadline).await {
             if let (Some(guard), true) = (guard, refused.nothing_left) {
                 // Before the answer, so the client's retry finds the key free (one round trip,
                 // within the budget; otherwise the claim is taken over once abandoned).
@@ -203,7 +202,6 @@ async fn create(
     state: &Arc<State>,
     request: &Request,
     record: &JobRecord,
-    message: JobMessage,
     checks: Instant,
     deadline: Instant,
 ) -> Result<(), Refused> {
@@ -244,7 +242,7 @@ async fn create(
     let budget = deadline
         .saturating_duration_since(Instant::now())
         .max(MIN_ACCEPT_BUDGET);
-    let accepted = state.store.accept(record, &message, budget).await;
+    let accepted = state.store.accept(record, budget).await;
     let error = match accepted {
         Ok(sequence) => {
             state.backlog.accepted(sequence);

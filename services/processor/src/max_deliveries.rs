@@ -73,9 +73,11 @@ async fn record_exhausted(context: &Context, stream_seq: u64, deliveries: u64) -
             // The job's trace gets the step that failed it, a child of the job's publish.
             let span = common::telemetry::span::job_step("retries exhausted", &job_id.to_string());
             common::telemetry::set_parent_from_headers(&span, Some(&message.headers));
+            // A job never claimed has its record only in this message.
+            let queued = job.queued_record().cloned().map(common::store::Versioned::unclaimed);
             let change = context
                 .store
-                .update(job_id, |record| {
+                .update_from(job_id, queued, |record| {
                     if record.status.is_terminal() {
                         return false;
                     }

@@ -72,7 +72,7 @@ async fn handle(context: &Context, message: jetstream::Message) {
     // The lease is renewed for as long as this delivery is handled, including while a claim or
     // an outcome waits for an unavailable cluster.
     let decision = tokio::select! {
-        decision = process(context, job.job_id(), delivered).instrument(span.clone()) => decision,
+        decision = process(context, &job, delivered).instrument(span.clone()) => decision,
         never = common::consume::keep_lease(&message, context.settings.progress_interval) => match never {},
     };
     // Outcomes are recorded where they are decided; these two have no other place.
@@ -128,7 +128,12 @@ enum Ownership {
 
 /// Runs one delivery of a job; returns how to acknowledge it (`None`: not at all, because a newer
 /// delivery owns the job now and acknowledging this one would remove the message under it).
-async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<AckKind> {
+async fn process(context: &Context, job: &JobMessage, delivered: u32) -> Option<AckKind> {
+    let job_id = job.job_id();
+    // A v2 message holds the record as accepted: the claim creates it in the bucket without a
+    // read (and, should a cancellation or a refusal have written the key first, reads and decides
+    // again). A v1 message's record is in the bucket already.
+    let queued = job.queued_record().cloned().map(Versioned::unclaimed);
     let registration = context.in_flight.register(job_id);
     if delivered > 1 {
         // An earlier delivery may have died between a record write and its event: publish the
@@ -142,7 +147,7 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
     let mut first_start = false;
     let claimed = context
         .store
-        .update(job_id, |record| {
+        .update_from(job_id, queued.clone(), |record| {
             if record.status.is_terminal() {
                 return false;
             }
@@ -175,9 +180,16 @@ async fn process(context: &Context, job_id: JobId, delivered: u32) -> Option<Ack
             tracing::Span::current().record("outcome", "already_finished");
             return publish_then_ack(context, &record).await;
         }
+        Err(StoreError::Missing(_)) if queued.is_some() => {
+            // The key holds a delete marker: the intake refused the job (its queueing had no
+            // certain answer, and it fenced the job off), or an operator removed it.
+            tracing::warn!("job refused or removed before its claim, message terminated");
+            tracing::Span::current().record("outcome", "refused");
+            return Some(AckKind::Term);
+        }
         Err(StoreError::Missing(_)) if job_id.created_within(RECORD_GRACE) => {
-            // The intake queues the message just before it stores the record, and a replica can
-            // lag: a young job's record may still come. Without one, the job was refused (its
+            // An intake not yet upgraded (v1) queues the message just before it stores the record,
+            // and a replica can lag: a young job's record may still come. Without one, the job was refused (its
             // record could not be stored) and its message is dropped once the job is older.
             tracing::warn!("job record not found yet, retrying soon");
             tracing::Span::current().record("outcome", "record_pending");

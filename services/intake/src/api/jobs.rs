@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use common::messages::JobMessage;
 use common::store::{Change, StoreError};
 use common::validation::dedupe_file_ids;
 use common::{ErrorCode, JobId, JobRecord, JobStatus, telemetry};
@@ -201,20 +200,14 @@ impl JobsApi {
                 fingerprint,
             },
             move |job_id| {
-                let record = JobRecord::queued(
+                JobRecord::queued(
                     job_id,
-                    owner.clone(),
-                    file_ids.clone(),
+                    owner,
+                    file_ids,
                     request.callback_url,
                     estimated_seconds,
                     traceparent,
-                );
-                let message = JobMessage::SubmittedV1 {
-                    job_id,
-                    user_id: owner,
-                    file_ids,
-                };
-                (record, message)
+                )
             },
             move |record| Answer {
                 status: 202,

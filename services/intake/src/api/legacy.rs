@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::messages::JobMessage;
 use common::{ErrorCode, JobId, JobRecord, JobStatus, names, telemetry};
 use futures::StreamExt;
 use poem_openapi::param::Header;
@@ -206,20 +205,14 @@ impl LegacyApi {
                 fingerprint,
             },
             move |job_id| {
-                let record = JobRecord::queued(
+                JobRecord::queued(
                     job_id,
-                    owner.clone(),
+                    owner,
                     vec![file_id as u64],
                     None,
                     estimated_seconds,
                     traceparent,
-                );
-                let message = JobMessage::SubmittedV1 {
-                    job_id,
-                    user_id: owner,
-                    file_ids: vec![file_id as u64],
-                };
-                (record, message)
+                )
             },
             // Remembered until the wait below gives the final answer.
             move |record| accepted_answer(file_id, record),
