@@ -407,7 +407,9 @@ async fn the_page_renews_an_expired_stream_token_and_follows_the_job_to_the_end_
 /// Clicks Execute in Swagger UI's `operation` (opened, in "Try it out") and waits until the
 /// rendered server response has the status `expected`; fails with what the operation shows.
 async fn execute_in_swagger_ui(browser: &Browser, operation: &str, expected: &str) {
-    browser.click(&format!("{operation} .btn.execute")).await.unwrap();
+    let execute = format!("{operation} .btn.execute");
+    browser.wait_for_element(&execute, PATIENCE).await.unwrap();
+    browser.click(&execute).await.unwrap();
     let status_shown = format!("{operation} .live-responses-table tr.response .response-col_status");
     let shown = system_tests::wait::wait_for(&format!("Swagger UI to show {expected}"), PATIENCE, || async {
         let shown = browser.text(&status_shown).await.ok()?;
@@ -432,7 +434,10 @@ async fn try_out_in_swagger_ui(browser: &Browser, operation: &str) {
         .click(&format!("{operation} .opblock-summary-control"))
         .await
         .unwrap();
-    browser.click(&format!("{operation} .try-out__btn")).await.unwrap();
+    // The operation's body renders after the click.
+    let try_out = format!("{operation} .try-out__btn");
+    browser.wait_for_element(&try_out, PATIENCE).await.unwrap();
+    browser.click(&try_out).await.unwrap();
 }
 
 /// The response body Swagger UI rendered for `operation`'s last execution, as JSON.
@@ -470,6 +475,9 @@ async fn swagger_ui_through_the_proxy_authorizes_starts_a_job_and_reads_its_stat
     }
     let browser = Browser::start().await.unwrap();
     browser.goto(&format!("{}/docs", proxy.base_url())).await.unwrap();
+    // Swagger UI renders the document after the page loads.
+    let stamp = ".information-container .version-stamp, .info .version-stamp";
+    browser.wait_for_element(stamp, PATIENCE).await.unwrap();
     let version = browser
         .eval(
             "return document.querySelector('.information-container .version-stamp, .info .version-stamp').innerText;",
@@ -497,6 +505,7 @@ async fn swagger_ui_through_the_proxy_authorizes_starts_a_job_and_reads_its_stat
 
     // Authorize with the key in the ApiKey (http bearer) field, then run it again: 202.
     browser.click(".auth-wrapper .btn.authorize").await.unwrap();
+    browser.wait_for_element("#auth-bearer-value", PATIENCE).await.unwrap();
     browser.fill("#auth-bearer-value", &key).await.unwrap();
     browser
         .click(".auth-container:has(#auth-bearer-value) .auth-btn-wrapper .btn.authorize")

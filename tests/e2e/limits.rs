@@ -60,7 +60,7 @@ async fn an_initiate_repeated_with_its_idempotency_key_replays_the_first_answer_
         (202, job_id.as_str(), Some("true")),
         "{replay:?}"
     );
-    assert_eq!(job_records(&stack).await, 1, "the replay created no second job");
+    assert_eq!(job_count(&stack).await, 1, "the replay created no second job");
     assert_eq!(stack.status("alice", &job_id).await.unwrap()["status"], "queued");
 
     let other_body = json!({ "file_ids": [70_000, 70_001] });
@@ -78,7 +78,7 @@ async fn an_initiate_repeated_with_its_idempotency_key_replays_the_first_answer_
         (202, bobs.job_id(), Some("true")),
         "{bobs_replay:?}"
     );
-    assert_eq!(job_records(&stack).await, 2);
+    assert_eq!(job_count(&stack).await, 2);
 
     // Only accepted answers are remembered: the key of a refused request is free for the
     // corrected one, even with another body.
@@ -99,7 +99,7 @@ async fn an_initiate_repeated_with_its_idempotency_key_replays_the_first_answer_
         "{corrected:?}"
     );
     assert_ne!(corrected.job_id(), job_id);
-    assert_eq!(job_records(&stack).await, 3);
+    assert_eq!(job_count(&stack).await, 3);
 
     // A key is 1 to 255 printable ASCII characters.
     let malformed = [
@@ -116,7 +116,7 @@ async fn an_initiate_repeated_with_its_idempotency_key_replays_the_first_answer_
         let problem = refused.assert_problem(400, "VALIDATION_FAILED");
         assert_eq!(problem["field"], IDEMPOTENCY_KEY, "a key of {what}: {problem}");
     }
-    assert_eq!(job_records(&stack).await, 3, "malformed keys created nothing");
+    assert_eq!(job_count(&stack).await, 3, "malformed keys created nothing");
     let longest = HeaderValue::from_str(&"k".repeat(255)).unwrap();
     let accepted = post(&stack.http, &url, &alice, Some(&longest), &body).await;
     assert_eq!(
@@ -177,7 +177,7 @@ async fn a_key_whose_request_died_is_taken_over_and_one_still_handled_answers_40
     .await;
     in_flight.assert_problem(409, "IDEMPOTENCY_KEY_IN_FLIGHT");
     assert!(in_flight.retry_after() >= 1, "{in_flight:?}");
-    assert_eq!(job_records(&stack).await, 0);
+    assert_eq!(job_count(&stack).await, 0);
 
     // Died before accepting (claimed a minute ago, no job): the job is created, under a new id.
     let lost = JobId::new();
@@ -194,7 +194,7 @@ async fn a_key_whose_request_died_is_taken_over_and_one_still_handled_answers_40
         lost.to_string(),
         "the dead request's id is not reused"
     );
-    assert_eq!(job_records(&stack).await, 1);
+    assert_eq!(job_count(&stack).await, 1);
     let replay = post(&stack.http, &url, &bearer, Some(&died_before), &body).await;
     assert_eq!(
         (replay.status, replay.job_id(), replay.header(REPLAYED)),
@@ -221,7 +221,7 @@ async fn a_key_whose_request_died_is_taken_over_and_one_still_handled_answers_40
         "{rebuilt:?}"
     );
     assert_eq!(rebuilt.body["totalFileIds"], 1, "{rebuilt:?}");
-    assert_eq!(job_records(&stack).await, 2);
+    assert_eq!(job_count(&stack).await, 2);
 }
 
 /// An `Idempotency-Key` is remembered for `IDEMPOTENCY_KEY_TTL_SECONDS` from its first use: until
@@ -260,7 +260,7 @@ async fn an_idempotency_key_is_new_again_once_its_ttl_has_passed_and_not_before(
     );
     assert_eq!(renewed.header(REPLAYED), None, "{renewed:?}");
     assert_eq!(
-        job_records(&stack).await,
+        job_count(&stack).await,
         2,
         "one job per life of the key, none per replay"
     );
@@ -303,7 +303,7 @@ async fn a_start_repeated_with_its_idempotency_key_replays_its_first_answer() {
     )
     .await
     .assert_problem(422, "IDEMPOTENCY_KEY_REUSED");
-    assert_eq!(job_records(&stack).await, 1, "the replay created no second job");
+    assert_eq!(job_count(&stack).await, 1, "the replay created no second job");
 
     // With a processor the job ends within the wait: the old service's 200, replayed as such.
     stack.start_processor(&[]).await.unwrap();
@@ -328,7 +328,7 @@ async fn a_start_repeated_with_its_idempotency_key_replays_its_first_answer() {
     assert_eq!(finished_replay.body["file_id"], file_id);
     assert_eq!(finished_replay.body["status"], "completed");
     assert_eq!(
-        job_records(&stack).await,
+        job_count(&stack).await,
         2,
         "the replay of a finished start created no job"
     );
@@ -388,7 +388,7 @@ async fn one_idempotency_key_sent_to_two_intakes_at_once_makes_exactly_one_job()
             "a retried 409 replays the job: {retried:?}"
         );
     }
-    assert_eq!(job_records(&stack).await, 1, "one key, one job");
+    assert_eq!(job_count(&stack).await, 1, "one key, one job");
 }
 
 /// Fifty concurrent initiates of one tenant over two intakes, with `MAX_ACTIVE_JOBS_PER_TENANT=10`
@@ -658,7 +658,7 @@ async fn a_backlog_at_queue_max_backlog_refuses_initiates_with_503_until_a_proce
     refused.assert_problem(503, "QUEUE_FULL");
     assert!(refused.retry_after() >= 1, "{refused:?}");
     assert_eq!(job_stream(&stack).await.state.messages, 20, "nothing was queued");
-    assert_eq!(job_records(&stack).await, 20, "nothing was stored");
+    assert_eq!(job_count(&stack).await, 20, "nothing was stored");
 
     stack.start_processor(&[]).await.unwrap();
     let draining = Instant::now();
@@ -695,7 +695,7 @@ async fn a_job_stream_at_queue_max_messages_refuses_the_job_with_503_and_leaves_
     eprintln!("the publish into a full stream was refused in {:?}", sent.elapsed());
     refused.assert_problem(503, "QUEUE_FULL");
     assert!(refused.retry_after() >= 1, "{refused:?}");
-    assert_eq!(job_records(&stack).await, 5, "the refused job left no record");
+    assert_eq!(job_count(&stack).await, 5, "the refused job left no record");
     let stream = job_stream(&stack).await;
     assert_eq!(stream.state.messages, 5);
     assert_eq!(stream.config.max_messages, 5);
@@ -1053,20 +1053,29 @@ async fn accepted_unless_queue_full(http: &reqwest::Client, url: &str, bearer: &
     None
 }
 
-/// Every job record in the jobs bucket (keys that are job ids; not the stats key).
-async fn job_records(stack: &Stack) -> usize {
+/// Every job: a record in the jobs bucket (keys that are job ids; not the stats key), or a
+/// message in the work queue that holds one until its claim.
+async fn job_count(stack: &Stack) -> usize {
     let jetstream = jetstream::new(stack.nats_client().await.unwrap());
     let jobs = jetstream.get_key_value(names::JOBS_BUCKET).await.unwrap();
     let keys: Vec<String> = jobs.keys().await.unwrap().try_collect().await.unwrap();
-    keys.iter().filter(|key| JobId::parse(key).is_some()).count()
+    let mut ids = system_tests::queue::queued_job_ids(&jetstream).await.unwrap();
+    ids.extend(keys.into_iter().filter(|key| JobId::parse(key).is_some()));
+    ids.len()
 }
 
-/// The ids of the jobs whose records are not in a terminal state.
+/// The ids of the jobs not in a terminal state: queued ones not claimed yet (a message without
+/// a record), and records queued or processing.
 async fn unfinished_jobs(stack: &Stack) -> BTreeSet<String> {
     let jetstream = jetstream::new(stack.nats_client().await.unwrap());
     let jobs = jetstream.get_key_value(names::JOBS_BUCKET).await.unwrap();
     let keys: Vec<String> = jobs.keys().await.unwrap().try_collect().await.unwrap();
     let mut unfinished = BTreeSet::new();
+    for queued in system_tests::queue::queued_job_ids(&jetstream).await.unwrap() {
+        if jobs.entry(&queued).await.unwrap().is_none() {
+            unfinished.insert(queued);
+        }
+    }
     for key in keys.into_iter().filter(|key| JobId::parse(key).is_some()) {
         if let Some(value) = jobs.get(&key).await.unwrap() {
             let record: Value = serde_json::from_slice(&value).unwrap();

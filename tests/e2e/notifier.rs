@@ -656,14 +656,21 @@ async fn a_stream_gets_a_terminal_state_whose_event_was_never_published() {
     // A writer that dies between its record write and its event: the record says cancelled, the
     // events stream never hears of it.
     let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
+    // (The job is not claimed: its record is in its message, and the write creates it.)
     let kv = jetstream.get_key_value(common::names::JOBS_BUCKET).await.unwrap();
-    let entry = kv.entry(job_id.as_str()).await.unwrap().unwrap();
-    let mut record = common::JobRecord::from_json_bytes(&entry.value).unwrap();
-    record.cancel();
-    record.event_seq += 1;
-    kv.update(job_id.as_str(), record.to_json_bytes(), entry.revision)
+    assert!(kv.entry(job_id.as_str()).await.unwrap().is_none());
+    let message = jetstream
+        .get_stream(common::names::JOBS_STREAM)
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&common::names::job_submitted_subject(&job_id))
         .await
         .unwrap();
+    let message: common::messages::JobMessage = serde_json::from_slice(&message.payload).unwrap();
+    let mut record = message.queued_record().unwrap().clone();
+    record.cancel();
+    record.event_seq += 1;
+    kv.update(job_id.as_str(), record.to_json_bytes(), 0).await.unwrap();
 
     let (ids, names, _, _) = read_all(&mut reader).await;
     assert_eq!(names.last().map(String::as_str), Some("cancelled"), "{names:?}");

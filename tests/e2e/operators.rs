@@ -160,6 +160,23 @@ async fn run(client: &async_nats::Client, command: &[String], job_id: &str) -> S
             assert!(message.subject.starts_with(&format!("downloads.events.{job_id}.")));
             format!("{stream} {subject}: {}", message.subject)
         }
+        ["nats", "stream", "get", stream, "--last-for", subject] => {
+            let jetstream = jetstream::new(client.clone());
+            let message = jetstream
+                .get_stream(*stream)
+                .await
+                .unwrap()
+                .get_last_raw_message_by_subject(subject)
+                .await
+                .expect("the running job's message is still in the work queue");
+            let job: common::messages::JobMessage = serde_json::from_slice(&message.payload).unwrap();
+            let record = job.queued_record().expect("a v2 message holds the record as accepted");
+            assert_eq!(
+                (record.job_id.to_string(), record.status.as_str()),
+                (job_id.to_string(), "queued")
+            );
+            format!("{stream} {subject}: the record as accepted")
+        }
         ["nats", "micro", "ls"] => {
             let answer = client.request("$SRV.PING", "".into()).await.unwrap();
             let ping: Value = serde_json::from_slice(&answer.payload).unwrap();

@@ -1,7 +1,10 @@
 //! Observations of the work queue, for waiting on it in tests and the bench.
 
+use std::collections::BTreeSet;
+
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use common::names;
+use futures::TryStreamExt;
 
 /// Whether the processors' consumer has nothing pending and nothing in flight.
 pub async fn job_consumer_idle(jetstream: &jetstream::Context) -> bool {
@@ -29,4 +32,20 @@ pub async fn work_queue_empty(jetstream: &jetstream::Context) -> bool {
         .await
         .map(|info| info.state.messages == 0)
         .unwrap_or(false)
+}
+
+/// The ids of the jobs waiting in the work queue as `job.submitted.v2` messages (from the
+/// stream's subjects): jobs not claimed yet, whose records are in their messages.
+pub async fn queued_job_ids(jetstream: &jetstream::Context) -> anyhow::Result<BTreeSet<String>> {
+    let stream = jetstream.get_stream(names::JOBS_STREAM).await?;
+    let prefix = names::job_submitted_subject("");
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(names::job_submitted_subject("*"))
+        .await?
+        .try_collect()
+        .await?;
+    Ok(subjects
+        .into_iter()
+        .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(String::from))
+        .collect())
 }

@@ -79,17 +79,17 @@ fn no_nats_operation() -> Ceiling {
     }
 }
 
-/// KV writes per initiate besides the job's publish, from the messages the server received
-/// with the intake alone: one per message but the publish (the record's create, and with the
-/// limits on the idempotency claim and answer, the rate and cap compare-and-sets).
+/// KV writes per initiate besides the job's publish (which holds the record), from the messages
+/// the server received with the intake alone: one per message but the publish (with the limits
+/// on, the idempotency claim and answer, the rate and cap compare-and-sets).
 pub fn initiate_kv_writes(messages: &MessagesPerUnit) -> f64 {
     (messages.inbound - 1.0).max(0.0)
 }
 
 /// KV writes per initiate as the limits imply them (for a figure where other services' messages
-/// mix with the intake's): the record, +2 with keys, +1 with the rate limit, +1 with the cap.
+/// mix with the intake's): none, +2 with keys, +1 with the rate limit, +1 with the cap.
 pub fn initiate_kv_writes_of(limits: Limits) -> f64 {
-    1.0 + 2.0 * f64::from(u8::from(limits.keys)) + f64::from(u8::from(limits.rate)) + f64::from(u8::from(limits.cap))
+    2.0 * f64::from(u8::from(limits.keys)) + f64::from(u8::from(limits.rate)) + f64::from(u8::from(limits.cap))
 }
 
 /// Initiate: one awaited publish and `kv_writes` KV writes; `counted` says where the count
@@ -101,7 +101,8 @@ pub fn initiate_ceiling(ceilings: &Ceilings, kv_writes: f64, counted: &str) -> C
     }
 }
 
-/// Status of a queued job: one KV get per message the server received.
+/// Status of a queued job: one get per message the server received (the bucket's miss, then the
+/// job's message by its subject; both direct gets).
 pub fn queued_status_ceiling(ceilings: &Ceilings, messages: &MessagesPerUnit) -> Ceiling {
     if messages.inbound < NO_NATS {
         return no_nats_operation();
@@ -128,23 +129,21 @@ pub fn completed_status_ceiling(ceilings: &Ceilings, messages: &MessagesPerUnit)
 }
 
 /// End to end, one one-file job: the messages a job is designed to send, priced each as its kind
-/// (awaited publishes: the job message and two events; KV writes: the record, the claim and the
-/// completion; a KV get: the claim's read), and the rest that `/varz` counted (the acks, the
-/// webhook consumer's, the pulls) priced as async publishes.
+/// (awaited publishes: the job message and two events; KV writes: the claim, which creates the
+/// record, and the completion), and the rest that `/varz` counted (the acks, the webhook
+/// consumer's, the pulls) priced as async publishes.
 pub fn job_ceiling(ceilings: &Ceilings, messages: &MessagesPerUnit) -> Ceiling {
     const AWAITED: f64 = 3.0;
-    const KV_WRITES: f64 = 3.0;
-    const KV_GETS: f64 = 1.0;
-    let rest = (messages.inbound - AWAITED - KV_WRITES - KV_GETS).max(0.0);
+    const KV_WRITES: f64 = 2.0;
+    let rest = (messages.inbound - AWAITED - KV_WRITES).max(0.0);
     Ceiling {
         rate: mix_ceiling(&[
             (AWAITED, ceilings.awaited_publish),
             (KV_WRITES, ceilings.kv_put),
-            (KV_GETS, ceilings.kv_get),
             (rest, ceilings.async_publish),
         ]),
         mix: format!(
-            "{AWAITED} awaited publishes + {KV_WRITES} KV puts + {KV_GETS} KV get + {rest:.1} acks and pulls as \
+            "{AWAITED} awaited publishes + {KV_WRITES} KV puts + {rest:.1} acks and pulls as \
              async publishes, of {:.1} msgs in per job",
             messages.inbound
         ),
@@ -221,23 +220,23 @@ mod tests {
 
     #[test]
     fn a_job_prices_its_designed_messages_by_kind_and_the_rest_as_async_publishes() {
-        // 3 / 10k + 3 / 10k + 1 / 20k + 2 / 40k = 700 µs per job.
-        let job = job_ceiling(&ceilings(), &received(9.0));
-        assert!((job.rate - 1e6 / 700.0).abs() < 1e-6, "{job:?}");
+        // 3 / 10k + 2 / 10k + 3 / 40k = 575 µs per job.
+        let job = job_ceiling(&ceilings(), &received(8.0));
+        assert!((job.rate - 1e6 / 575.0).abs() < 1e-6, "{job:?}");
         assert!(
             job.mix
-                .contains("+ 2.0 acks and pulls as async publishes, of 9.0 msgs in per job")
+                .contains("+ 3.0 acks and pulls as async publishes, of 8.0 msgs in per job")
         );
         // Fewer messages than designed: nothing priced below zero.
-        let short = job_ceiling(&ceilings(), &received(5.0));
-        assert!((short.rate - 1e6 / 650.0).abs() < 1e-6, "{short:?}");
+        let short = job_ceiling(&ceilings(), &received(4.0));
+        assert!((short.rate - 1e6 / 500.0).abs() < 1e-6, "{short:?}");
     }
 
     #[test]
     fn an_initiate_costs_a_publish_and_a_kv_write_per_further_message() {
-        assert!((initiate_kv_writes(&received(2.01)) - 1.01).abs() < 1e-9);
-        assert_eq!(initiate_kv_writes_of(Limits::default()), 1.0);
-        assert_eq!(initiate_kv_writes_of(Limits::ALL), 5.0);
+        assert!((initiate_kv_writes(&received(1.01)) - 0.01).abs() < 1e-9);
+        assert_eq!(initiate_kv_writes_of(Limits::default()), 0.0);
+        assert_eq!(initiate_kv_writes_of(Limits::ALL), 4.0);
         let ceiling = initiate_ceiling(&ceilings(), 1.0, "");
         assert!((ceiling.rate - 5_000.0).abs() < 1e-6);
     }
