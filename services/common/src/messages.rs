@@ -27,13 +27,13 @@ pub enum JobMessage {
     /// cancellation or a refusal written there first wins); until then, readers of the job read
     /// it from this message.
     #[serde(rename = "job.submitted.v2")]
-    SubmittedV2(crate::JobRecord),
+    SubmittedV2(Box<crate::JobRecord>),
 }
 
 impl JobMessage {
     /// The v2 message of a job just accepted.
     pub fn submitted(record: crate::JobRecord) -> Self {
-        JobMessage::SubmittedV2(record)
+        JobMessage::SubmittedV2(Box::new(record))
     }
 
     /// The job this message is about.
@@ -57,7 +57,7 @@ impl JobMessage {
     pub fn queued_record(&self) -> Option<&crate::JobRecord> {
         match self {
             JobMessage::SubmittedV1 { .. } => None,
-            JobMessage::SubmittedV2(record) => Some(record),
+            JobMessage::SubmittedV2(record) => Some(record.as_ref()),
         }
     }
 

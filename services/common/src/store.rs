@@ -107,6 +107,10 @@ pub struct JobStore {
 const MAX_UNPUBLISHED: usize = 10_000;
 
 /// What the bucket holds for a job.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a read's answer, moved once: a box would cost more"
+)]
 enum Stored {
     /// Its record.
     Record(Versioned),
@@ -118,6 +122,10 @@ enum Stored {
 }
 
 /// A job looked up wherever its record is.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "a read's answer, moved once: a box would cost more"
+)]
 enum Lookup {
     Found(Versioned),
     Removed,
