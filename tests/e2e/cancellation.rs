@@ -44,15 +44,7 @@ async fn a_cancelled_queued_job_never_runs() {
     let jetstream = async_nats::jetstream::new(stack.nats_client().await.unwrap());
     let bucket = jetstream.get_key_value(common::names::JOBS_BUCKET).await.unwrap();
     assert!(bucket.entry(&job_id).await.unwrap().is_none());
-    let message = jetstream
-        .get_stream(common::names::JOBS_STREAM)
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject(&common::names::job_submitted_subject(&job_id))
-        .await
-        .unwrap();
-    let message: common::messages::JobMessage = serde_json::from_slice(&message.payload).unwrap();
-    let record = message.queued_record().expect("a v2 message holds the record");
+    let record = system_tests::queue::queued_record(&jetstream, &job_id).await.unwrap();
     assert_eq!((record.user_id.as_str(), &record.file_ids[..]), ("erin", &[30_000][..]));
 
     let response = cancel(&stack, "erin", &job_id).await;

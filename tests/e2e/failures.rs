@@ -139,6 +139,25 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
         .await
         .unwrap();
 
+    // A v2 message queued longer than a record lives (whatever was written under its key, a
+    // cancellation or a refusal's marker, may have expired) is dropped unrun, as a v1 message
+    // whose record expired always was.
+    let expired = common::JobRecord::queued(
+        common::JobId(uuid::Uuid::new_v7(minted_long_ago)),
+        "mia".into(),
+        vec![50_003],
+        None,
+        1,
+        None,
+    );
+    let stale = common::messages::JobMessage::submitted(expired.clone());
+    jetstream
+        .publish(stale.subject(), stale.to_json_bytes())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
     stack.put_file(50_003, 10).await.unwrap();
     let job_id = stack.initiate("mia", &[50_003]).await.unwrap();
     assert_eq!(
@@ -150,18 +169,27 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
     })
     .await
     .unwrap();
-    let fenced_id = fenced.job_id.to_string();
-    let status = stack
-        .http
-        .get(stack.url(&format!("/v1/download/status/{fenced_id}")))
-        .header("Authorization", stack.bearer("mia").await.unwrap())
-        .send()
+    for dropped in [fenced.job_id.to_string(), expired.job_id.to_string()] {
+        let status = stack
+            .http
+            .get(stack.url(&format!("/v1/download/status/{dropped}")))
+            .header("Authorization", stack.bearer("mia").await.unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(status.status(), 404, "{dropped} is no job");
+        assert!(stack.events(&dropped).await.unwrap().is_empty(), "{dropped} never ran");
+    }
+    let marker = bucket
+        .entry(fenced.job_id.to_string())
         .await
-        .unwrap();
-    assert_eq!(status.status(), 404, "a fenced job is no job");
-    assert!(stack.events(&fenced_id).await.unwrap().is_empty(), "it never ran");
-    let marker = bucket.entry(&fenced_id).await.unwrap().expect("the marker stays");
+        .unwrap()
+        .expect("the marker stays");
     assert_eq!(marker.operation, async_nats::jetstream::kv::Operation::Delete);
+    assert!(
+        bucket.entry(expired.job_id.to_string()).await.unwrap().is_none(),
+        "no record was created"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

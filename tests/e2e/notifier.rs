@@ -659,15 +659,7 @@ async fn a_stream_gets_a_terminal_state_whose_event_was_never_published() {
     // (The job is not claimed: its record is in its message, and the write creates it.)
     let kv = jetstream.get_key_value(common::names::JOBS_BUCKET).await.unwrap();
     assert!(kv.entry(job_id.as_str()).await.unwrap().is_none());
-    let message = jetstream
-        .get_stream(common::names::JOBS_STREAM)
-        .await
-        .unwrap()
-        .get_last_raw_message_by_subject(&common::names::job_submitted_subject(&job_id))
-        .await
-        .unwrap();
-    let message: common::messages::JobMessage = serde_json::from_slice(&message.payload).unwrap();
-    let mut record = message.queued_record().unwrap().clone();
+    let mut record = system_tests::queue::queued_record(&jetstream, &job_id).await.unwrap();
     record.cancel();
     record.event_seq += 1;
     kv.update(job_id.as_str(), record.to_json_bytes(), 0).await.unwrap();

@@ -161,16 +161,13 @@ async fn run(client: &async_nats::Client, command: &[String], job_id: &str) -> S
             format!("{stream} {subject}: {}", message.subject)
         }
         ["nats", "stream", "get", stream, "--last-for", subject] => {
-            let jetstream = jetstream::new(client.clone());
-            let message = jetstream
-                .get_stream(*stream)
-                .await
-                .unwrap()
-                .get_last_raw_message_by_subject(subject)
+            assert_eq!(
+                (*stream, subject.to_string()),
+                (common::names::JOBS_STREAM, common::names::job_submitted_subject(job_id))
+            );
+            let record = system_tests::queue::queued_record(&jetstream::new(client.clone()), job_id)
                 .await
                 .expect("the running job's message is still in the work queue");
-            let job: common::messages::JobMessage = serde_json::from_slice(&message.payload).unwrap();
-            let record = job.queued_record().expect("a v2 message holds the record as accepted");
             assert_eq!(
                 (record.job_id.to_string(), record.status.as_str()),
                 (job_id.to_string(), "queued")

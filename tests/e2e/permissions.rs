@@ -232,6 +232,9 @@ async fn accept_job(store: &JobStore, owner: &str) -> JobRecord {
         .expect("the intake queues jobs");
     let queued = store.load(record.job_id).await.expect("the intake reads queued jobs");
     assert_eq!(queued.map(|queued| queued.record), Some(record.clone()));
+    // A miss is confirmed through both streams' leaders.
+    let missing = store.load_once(JobId::new()).await.expect("the intake confirms misses");
+    assert!(missing.is_none());
     record
 }
 
@@ -477,17 +480,13 @@ async fn an_accept_whose_message_goes_unanswered_fences_the_job_off_so_it_never_
         .unwrap();
     assert_eq!(store.load(record.job_id).await.unwrap().map(|found| found.record), None);
     let claim = store
-        .update_from(
-            record.job_id,
-            Some(common::store::Versioned::unclaimed(record.clone())),
-            |record| {
-                record.status = common::JobStatus::Processing;
-                true
-            },
-        )
+        .update_from(record.job_id, common::store::Versioned::of_queued(&late), |record| {
+            record.status = common::JobStatus::Processing;
+            true
+        })
         .await;
     assert!(
-        matches!(claim, Err(common::store::StoreError::Missing(_))),
+        matches!(claim, Err(common::store::StoreError::Removed(_))),
         "the claim of a fenced job fails: {claim:?}"
     );
     let marker = bucket
@@ -556,9 +555,14 @@ async fn the_presigner_answers_presign_requests_but_cannot_queue_jobs_or_read_jo
         .expect("the presigner answers discovery");
     assert!(!ping.payload.is_empty());
 
-    let queued = presigner.publish_acked(names::JOB_SUBMITTED_SUBJECT).await;
-    assert!(queued.is_err(), "the presigner queued a job");
-    presigner.expect_refused_publish(names::JOB_SUBMITTED_SUBJECT).await;
+    for subject in [
+        names::JOB_SUBMITTED_SUBJECT.to_string(),
+        names::job_submitted_subject(&JobId::new().to_string()),
+    ] {
+        let queued = presigner.publish_acked(&subject).await;
+        assert!(queued.is_err(), "the presigner queued a job on {subject}");
+        presigner.expect_refused_publish(&subject).await;
+    }
 
     let read = format!(
         "$JS.API.DIRECT.GET.KV_{}.$KV.{}.{}",
@@ -592,6 +596,7 @@ async fn the_notifier_reads_job_records_and_keeps_its_own_buckets_but_cannot_wri
     init_logs();
     let server = NatsServer::start().await.unwrap();
     let intake = intake_store(&server).await;
+    let queued = accept_job(&intake, "alice").await;
     let accepted = accept_job(&intake, "alice").await;
     let common::store::Change::Written(common::store::Versioned { record, .. }) = intake
         .update(accepted.job_id, |record| {
@@ -614,6 +619,15 @@ async fn the_notifier_reads_job_records_and_keeps_its_own_buckets_but_cannot_wri
         .unwrap()
         .expect("the notifier reads job records");
     assert_eq!(found.record, record);
+    // A job not claimed yet, from its message (a direct get by its subject); and a job that does
+    // not exist, which it looks for through both leaders too.
+    let found = store
+        .load(queued.job_id)
+        .await
+        .unwrap()
+        .expect("the notifier reads queued jobs");
+    assert_eq!((found.record, found.revision), (queued, 0));
+    assert!(store.load_once(JobId::new()).await.unwrap().is_none());
     assert_eq!(store.events_after(record.job_id, 0).await.unwrap().len(), 1);
     // It looks into the events stream directly, as a live feed checking it is not stalled does.
     let waiting = common::consume::unhandled_for(
@@ -1231,6 +1245,33 @@ fn service_env(server: &NatsServer, s3: &S3Server, user: NatsUser) -> Env {
         env = env.with(key, value);
     }
     env
+}
+
+/// A processor that opens what the admin provisioned refuses to start while the job consumer
+/// is the previous version's (filtered on v1 messages only): the jobs its intakes queue would
+/// wait unseen. It names the command that mends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processor_refuses_to_start_on_a_job_consumer_that_misses_this_versions_jobs() {
+    init_logs();
+    let (server, s3) = tokio::try_join!(NatsServer::start(), S3Server::start()).unwrap();
+    admin_provisions(&server, processor::NATS_RESOURCES).await;
+    let admin = jetstream::new(connect_like_a_service(&server, NatsUser::Admin).await);
+    let mut previous = common::nats::processor_consumer_config(&Topology::default());
+    previous.filter_subjects = Vec::new();
+    previous.filter_subject = names::JOB_SUBMITTED_SUBJECT.into();
+    admin
+        .create_consumer_on_stream(previous, names::JOBS_STREAM)
+        .await
+        .expect("the admin puts back the previous consumer");
+    let settings = processor::Settings::from_env(&service_env(&server, &s3, NatsUser::Processor)).unwrap();
+    let refused = tokio::time::timeout(PATIENCE, processor::run(settings, CancellationToken::new()))
+        .await
+        .expect("the processor stops at once");
+    let error = format!("{:#}", refused.expect_err("the processor refuses to start"));
+    assert!(
+        error.contains("downloads.jobs.submitted.*") && error.contains("run `processor provision`"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,3 +49,18 @@ pub async fn queued_job_ids(jetstream: &jetstream::Context) -> anyhow::Result<BT
         .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(String::from))
         .collect())
 }
+
+/// The record a job's `job.submitted.v2` message holds (read through the stream's leader, as
+/// `nats stream get DOWNLOAD_JOBS --last-for downloads.jobs.submitted.<jobId>` does).
+pub async fn queued_record(jetstream: &jetstream::Context, job_id: &str) -> anyhow::Result<common::JobRecord> {
+    let message = jetstream
+        .get_stream(names::JOBS_STREAM)
+        .await?
+        .get_last_raw_message_by_subject(&names::job_submitted_subject(job_id))
+        .await?;
+    let message: common::messages::JobMessage = serde_json::from_slice(&message.payload)?;
+    message
+        .queued_record()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the message of {job_id} is not a v2 message"))
+}

@@ -49,6 +49,10 @@ pub enum StoreError {
     /// The job does not exist (never created, or expired).
     #[error("job {0} not found")]
     Missing(JobId),
+    /// A delete marker stands under the job's key: its accept was refused (fenced off after a
+    /// publish without a certain answer) or an operator removed it. Its message never runs.
+    #[error("job {0} was refused or removed")]
+    Removed(JobId),
     /// Too many concurrent writers kept winning.
     #[error("job {0} kept changing under this update")]
     Contended(JobId),
@@ -73,10 +77,14 @@ pub struct Versioned {
 }
 
 impl Versioned {
-    /// A record not in the bucket yet, as its queued message holds it: at revision 0, so the
-    /// first change creates it (and fails should anything have been written under its key).
-    pub fn unclaimed(record: JobRecord) -> Self {
-        Versioned { record, revision: 0 }
+    /// The record a `job.submitted.v2` message holds, not in the bucket before its claim: at
+    /// revision 0, so the first change creates it (and fails should anything have been written
+    /// under its key). `None` for a v1 message, whose record the intake stored itself.
+    pub fn of_queued(message: &JobMessage) -> Option<Self> {
+        message.queued_record().map(|record| Versioned {
+            record: record.clone(),
+            revision: 0,
+        })
     }
 }
 
@@ -179,20 +187,25 @@ impl JobStore {
         matches!(error, StoreError::Kv(_) | StoreError::Publish(_))
     }
 
-    /// Stores a new record; fails if its id exists. A create whose answer was lost and that
-    /// finds its own record on the retry succeeds.
+    /// Stores a new record in the bucket (for tools and the benchmark: jobs get theirs at their
+    /// claim); fails if anything was ever written under its key, a delete marker included. A
+    /// create whose answer was lost and that finds its own record on the retry succeeds.
     pub async fn create(&self, record: &JobRecord) -> Result<u64, StoreError> {
         self.patience
             .retry(
                 "creating a job record",
                 || async move {
-                    match self.kv.create(record.job_id.to_string(), record.to_json_bytes()).await {
+                    match self
+                        .kv
+                        .update(record.job_id.to_string(), record.to_json_bytes(), 0)
+                        .await
+                    {
                         Ok(revision) => Ok(revision),
                         // A create whose answer was lost (in this call: the client retries a
                         // publish itself, or in an earlier one) finds its own record: the same
                         // owner and creation time, however a processor changed it since.
-                        Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                            match self.load(record.job_id).await? {
+                        Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            match self.load_record(record.job_id).await? {
                                 Some(found)
                                     if found.record.user_id == record.user_id
                                         && found.record.created_at == record.created_at =>
@@ -217,22 +230,47 @@ impl JobStore {
     /// created in the last minute (its id says when) is looked for again for up to
     /// [`YOUNG_MISS_WAIT`] before it counts as missing.
     pub async fn load(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
+        Ok(match self.look_patiently(job_id).await? {
+            Lookup::Found(found) => Some(found),
+            Lookup::Removed | Lookup::Missing => None,
+        })
+    }
+
+    /// [`load`](Self::load), telling a job refused or removed (a delete marker) from one not
+    /// found.
+    async fn look_patiently(&self, job_id: JobId) -> Result<Lookup, StoreError> {
         let started = tokio::time::Instant::now();
         let mut tries = 0;
         loop {
             match self.lookup(job_id).await? {
-                Lookup::Found(found) => return Ok(Some(found)),
-                Lookup::Removed => return Ok(None),
-                Lookup::Missing if !job_id.created_within(YOUNG_JOB) => return Ok(None),
-                Lookup::Missing => {}
+                Lookup::Missing if job_id.created_within(YOUNG_JOB) => {}
+                settled => return Ok(settled),
             }
             tries += 1;
             let pause = Patience::pause(tries, rand::random());
             if started.elapsed() + pause > YOUNG_MISS_WAIT {
-                return Ok(None);
+                return Ok(Lookup::Missing);
             }
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// The job's record as the bucket's leader holds it (`None`: not claimed yet, or no such
+    /// job), never the queued message's copy: for a processor re-publishing the current event of
+    /// a job it holds the message of, where a lagging replica's miss would find that copy.
+    pub async fn load_record(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
+        self.patience
+            .retry(
+                "reading a job record",
+                || async move {
+                    Ok(match self.read(job_id, true).await? {
+                        Stored::Record(found) => Some(found),
+                        Stored::Removed | Stored::Absent => None,
+                    })
+                },
+                Self::is_transient,
+            )
+            .await
     }
 
     /// [`load`](Self::load) without waiting for a young job's record to arrive: for a job whose
@@ -327,11 +365,7 @@ impl JobStore {
         };
         let message: JobMessage =
             serde_json::from_slice(&payload).map_err(|source| StoreError::Corrupt { job_id, source })?;
-        Ok(message
-            .queued_record()
-            .filter(|record| record.job_id == job_id)
-            .cloned()
-            .map(Versioned::unclaimed))
+        Ok(Versioned::of_queued(&message).filter(|queued| queued.record.job_id == job_id))
     }
 
     /// Applies `change` to the current record with compare-and-set, re-reading and re-applying
@@ -412,10 +446,14 @@ impl JobStore {
             Some(known) => known,
             None => match self.read(job_id, from_leader).await? {
                 Stored::Record(current) => current,
-                Stored::Removed => return Err(StoreError::Missing(job_id)),
+                Stored::Removed => return Err(StoreError::Removed(job_id)),
                 // Not claimed yet (its message holds it), or a miss to confirm (by the leader,
                 // and for a young job a little later).
-                Stored::Absent => self.load(job_id).await?.ok_or(StoreError::Missing(job_id))?,
+                Stored::Absent => match self.look_patiently(job_id).await? {
+                    Lookup::Found(current) => current,
+                    Lookup::Removed => return Err(StoreError::Removed(job_id)),
+                    Lookup::Missing => return Err(StoreError::Missing(job_id)),
+                },
             },
         };
         if let Some(landed) = unanswered.iter().find(|write| write.after == current.record) {
@@ -591,13 +629,9 @@ impl JobStore {
         Ok(events)
     }
 
-    /// Puts a job on the work queue and waits for the stream's acknowledgement. The job id is the
-    /// `Nats-Msg-Id`, so a submission retried after a lost answer is stored once.
-    pub async fn submit(&self, message: &JobMessage) -> Result<u64, StoreError> {
-        self.submit_with(message, self.patience).await
-    }
-
-    /// Queues a job; its message's sequence in the stream.
+    /// Puts a job on the work queue and waits for the stream's acknowledgement; its message's
+    /// sequence in the stream. The job id is the `Nats-Msg-Id`, so a submission retried after a
+    /// lost answer is stored once.
     async fn submit_with(&self, message: &JobMessage, patience: Patience) -> Result<u64, StoreError> {
         let payload = message.to_json_bytes();
         let message_id = message.job_id().to_string();

@@ -98,11 +98,15 @@ impl State {
     /// Cancels a job unless it ended, on a task of its own: once its record says cancelled, its
     /// event is published even if the client goes away or the request times out.
     ///
+    /// The change is tried first on `known`, the record as the request read it (a queued job's
+    /// from its message, so the cancellation creates the record without reading it again).
+    ///
     /// The change and its event belong to the job's trace (`job_trace`, the record's
     /// `traceparent`), linked to the cancelling request's.
     pub async fn cancel_job(
         &self,
         job_id: common::JobId,
+        known: Option<common::store::Versioned>,
         job_trace: Option<&str>,
     ) -> Result<common::store::Change, common::store::StoreError> {
         let store = self.store.clone();
@@ -111,7 +115,7 @@ impl State {
         common::telemetry::link_to_current(&span);
         to_the_end(async move {
             store
-                .update(job_id, |current| {
+                .update_from(job_id, known, |current| {
                     if current.status.is_terminal() {
                         return false;
                     }

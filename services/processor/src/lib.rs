@@ -191,6 +191,17 @@ async fn check_consumer_matches(jetstream: &async_nats::jetstream::Context, sett
     let config = &consumer.info().await?.config;
     let wanted = common::nats::processor_consumer_config(&settings.topology());
     anyhow::ensure!(
+        config.filter_subjects == wanted.filter_subjects,
+        "the consumer {} takes {:?}, not {:?} (the jobs of this version): run `processor provision`",
+        common::names::PROCESSOR_CONSUMER,
+        if config.filter_subjects.is_empty() {
+            vec![config.filter_subject.clone()]
+        } else {
+            config.filter_subjects.clone()
+        },
+        wanted.filter_subjects
+    );
+    anyhow::ensure!(
         config.ack_wait == wanted.ack_wait && config.max_deliver == wanted.max_deliver,
         "the consumer {} has ack_wait {:?} and max_deliver {}, but JOB_ACK_WAIT_SECONDS and JOB_MAX_DELIVERIES \
          say {:?} and {}: run `processor provision` with these settings",

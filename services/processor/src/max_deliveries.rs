@@ -74,7 +74,7 @@ async fn record_exhausted(context: &Context, stream_seq: u64, deliveries: u64) -
             let span = common::telemetry::span::job_step("retries exhausted", &job_id.to_string());
             common::telemetry::set_parent_from_headers(&span, Some(&message.headers));
             // A job never claimed has its record only in this message.
-            let queued = job.queued_record().cloned().map(common::store::Versioned::unclaimed);
+            let queued = common::store::Versioned::of_queued(&job);
             let change = context
                 .store
                 .update_from(job_id, queued, |record| {
@@ -95,7 +95,7 @@ async fn record_exhausted(context: &Context, stream_seq: u64, deliveries: u64) -
                     tracing::warn!(parent: &span, %job_id, deliveries, "job failed after its last delivery")
                 }
                 Ok(common::store::Change::Unchanged(_)) => {}
-                Err(common::store::StoreError::Missing(_)) => {}
+                Err(common::store::StoreError::Missing(_) | common::store::StoreError::Removed(_)) => {}
                 Err(error) => return Err(error.into()),
             }
         }

@@ -133,12 +133,20 @@ async fn process(context: &Context, job: &JobMessage, delivered: u32) -> Option<
     // A v2 message holds the record as accepted: the claim creates it in the bucket without a
     // read (and, should a cancellation or a refusal have written the key first, reads and decides
     // again). A v1 message's record is in the bucket already.
-    let queued = job.queued_record().cloned().map(Versioned::unclaimed);
+    let queued = Versioned::of_queued(job);
+    if queued.is_some() && !job_id.created_within(common::nats::JOB_RECORD_TTL) {
+        // Queued longer than a record lives (no processor for a day): whatever was written
+        // under its key (a cancellation, a refusal's marker) may have expired, so the claim
+        // could no longer tell. Dropped, as a v1 message whose record expired always was.
+        tracing::warn!("job queued longer than its record lives, message terminated");
+        tracing::Span::current().record("outcome", "expired");
+        return Some(AckKind::Term);
+    }
     let registration = context.in_flight.register(job_id);
     if delivered > 1 {
         // An earlier delivery may have died between a record write and its event: publish the
         // record's current event again (the duplicate window drops it if it was published).
-        if let Ok(Some(current)) = context.store.load(job_id).await {
+        if let Ok(Some(current)) = context.store.load_record(job_id).await {
             let _ = context.store.publish_current(&current.record).await;
         }
     }
@@ -180,17 +188,19 @@ async fn process(context: &Context, job: &JobMessage, delivered: u32) -> Option<
             tracing::Span::current().record("outcome", "already_finished");
             return publish_then_ack(context, &record).await;
         }
-        Err(StoreError::Missing(_)) if queued.is_some() => {
+        Err(StoreError::Removed(_)) => {
             // The key holds a delete marker: the intake refused the job (its queueing had no
             // certain answer, and it fenced the job off), or an operator removed it.
             tracing::warn!("job refused or removed before its claim, message terminated");
             tracing::Span::current().record("outcome", "refused");
             return Some(AckKind::Term);
         }
-        Err(StoreError::Missing(_)) if job_id.created_within(RECORD_GRACE) => {
-            // An intake not yet upgraded (v1) queues the message just before it stores the record,
-            // and a replica can lag: a young job's record may still come. Without one, the job was refused (its
-            // record could not be stored) and its message is dropped once the job is older.
+        Err(StoreError::Missing(_)) if queued.is_some() || job_id.created_within(RECORD_GRACE) => {
+            // v2: the claim's create found an entry that no read then found (a store behind
+            // after an election): try again soon. v1 (an intake not yet upgraded) queues the
+            // message just before it stores the record, and a replica can lag: a young job's
+            // record may still come. Without one, the job was refused (its record could not be
+            // stored) and its message is dropped once the job is older.
             tracing::warn!("job record not found yet, retrying soon");
             tracing::Span::current().record("outcome", "record_pending");
             return Some(AckKind::Nak(Some(soon())));
@@ -442,7 +452,7 @@ async fn finish(
 /// The acknowledgement of a job that another writer ended (cancelled): its terminal event is
 /// published again first, since that writer may have died before publishing it.
 async fn ended_meanwhile(context: &Context, job_id: JobId) -> Option<AckKind> {
-    match context.store.load(job_id).await {
+    match context.store.load_record(job_id).await {
         Ok(Some(current)) => publish_then_ack(context, &current.record).await,
         Ok(None) => Some(AckKind::Ack),
         Err(error) => {

@@ -53,6 +53,8 @@ pub struct Collected {
     pub records: HashMap<String, serde_json::Value>,
     /// Other keys of the bucket (`stats.*`).
     pub other_keys: Vec<String>,
+    /// Jobs still in the work queue as v2 messages (unclaimed: their records are in them).
+    pub queued: std::collections::BTreeSet<String>,
     /// Events by the job id in their subject, in stream order.
     pub events: HashMap<String, Vec<StoredEvent>>,
     /// Dead letters by webhook id.
@@ -71,6 +73,9 @@ pub async fn collect(cluster: &NatsCluster, load: &Load, jobs: &HashMap<String, 
     read_records(&jetstream, &mut collected)
         .await
         .context("reading the job records")?;
+    collected.queued = crate::queue::queued_job_ids(&jetstream)
+        .await
+        .context("reading the work queue's job subjects")?;
     collected.events = read_events(&jetstream).await.context("reading the events stream")?;
     collected.dead_letters = read_dead_letters(&jetstream)
         .await

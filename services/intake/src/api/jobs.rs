@@ -92,8 +92,14 @@ fn no_store() -> String {
 impl JobsApi {
     /// Reads a job, answering 404 for a missing one and for another tenant's.
     async fn owned_job(&self, user: &str, job_id: JobId) -> Result<JobRecord, ApiError> {
-        let record = match self.state.finished.get(&job_id) {
-            Some(finished) => Some(finished),
+        Ok(self.owned_job_versioned(user, job_id).await?.0)
+    }
+
+    /// [`owned_job`](Self::owned_job) with the revision it was read at (`None`: a finished job
+    /// from memory), for a change that starts from it.
+    async fn owned_job_versioned(&self, user: &str, job_id: JobId) -> Result<(JobRecord, Option<u64>), ApiError> {
+        let found = match self.state.finished.get(&job_id) {
+            Some(finished) => Some((finished, None)),
             None => {
                 let loaded = self
                     .state
@@ -101,21 +107,20 @@ impl JobsApi {
                     .load(job_id)
                     .await
                     .map_err(|error| store_error("reading the job", error))?;
-                let record = loaded.map(|versioned| versioned.record);
-                if let Some(finished) = record.as_ref().filter(|record| record.status.is_terminal()) {
+                if let Some(finished) = loaded.as_ref().filter(|loaded| loaded.record.status.is_terminal()) {
                     let until = tokio::time::Instant::now() + crate::FINISHED_RECORD_REUSE;
-                    self.state.finished.insert(job_id, finished.clone(), until);
+                    self.state.finished.insert(job_id, finished.record.clone(), until);
                 }
-                record
+                loaded.map(|loaded| (loaded.record, Some(loaded.revision)))
             }
         };
-        match record {
-            Some(record) if record.user_id == user => {
+        match found {
+            Some((record, revision)) if record.user_id == user => {
                 // A read of a job is a trace of its own, linked to the job's.
                 let span = tracing::Span::current();
                 span.record("job_id", job_id.to_string().as_str());
                 telemetry::link_to_traceparent(&span, record.traceparent.as_deref());
-                Ok(record)
+                Ok((record, revision))
             }
             _ => Err(ApiError::job_not_found()),
         }
@@ -125,7 +130,7 @@ impl JobsApi {
 /// Maps a store failure to the answer the client sees.
 pub fn store_error(context: &str, error: StoreError) -> ApiError {
     match error {
-        StoreError::Missing(_) => ApiError::job_not_found(),
+        StoreError::Missing(_) | StoreError::Removed(_) => ApiError::job_not_found(),
         StoreError::Kv(_) | StoreError::Publish(_) | StoreError::OutcomeUnknown(_) => {
             ApiError::unavailable(ErrorCode::QueueUnavailable, "the job queue", &error)
         }
@@ -330,10 +335,16 @@ impl JobsApi {
         #[oai(name = "jobId")]
         job_id: Path<uuid::Uuid>,
     ) -> Result<CancelResponse, Errors<CancelFailures>> {
-        let record = self.owned_job(&tenant.0, JobId(job_id.0)).await?;
+        let (record, revision) = self.owned_job_versioned(&tenant.0, JobId(job_id.0)).await?;
+        // The change starts from the record as just read (a queued job's from its message), so
+        // it is written without reading it again, unless another writer got there first.
+        let known = revision.map(|revision| common::store::Versioned {
+            record: record.clone(),
+            revision,
+        });
         let change = self
             .state
-            .cancel_job(record.job_id, record.traceparent.as_deref())
+            .cancel_job(record.job_id, known, record.traceparent.as_deref())
             .await
             .map_err(|error| store_error("cancelling the job", error))?;
         let body = CancelBody {

@@ -157,6 +157,9 @@ fn found_job_ids(evidence: &Evidence) -> HashMap<String, BTreeSet<&'static str>>
     for key in evidence.collected.records.keys() {
         found.entry(key.clone()).or_default().insert("record");
     }
+    for job_id in &evidence.collected.queued {
+        found.entry(job_id.clone()).or_default().insert("queued message");
+    }
     for job_id in evidence.collected.events.keys() {
         found.entry(job_id.clone()).or_default().insert("events");
     }
