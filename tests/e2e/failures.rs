@@ -131,13 +131,6 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
         .delete_expect_revision(fenced.job_id.to_string(), Some(0))
         .await
         .unwrap();
-    let late = common::messages::JobMessage::submitted(fenced.clone());
-    jetstream
-        .publish(late.subject(), late.to_json_bytes())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
 
     // A v2 message queued longer than a record lives (whatever was written under its key, a
     // cancellation or a refusal's marker, may have expired) is dropped unrun, as a v1 message
@@ -150,13 +143,15 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
         1,
         None,
     );
-    let stale = common::messages::JobMessage::submitted(expired.clone());
-    jetstream
-        .publish(stale.subject(), stale.to_json_bytes())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    for record in [&fenced, &expired] {
+        let message = common::messages::JobMessage::submitted(record.clone());
+        jetstream
+            .publish(message.subject(), message.to_json_bytes())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
 
     stack.put_file(50_003, 10).await.unwrap();
     let job_id = stack.initiate("mia", &[50_003]).await.unwrap();
