@@ -143,7 +143,22 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
         1,
         None,
     );
-    for record in [&fenced, &expired] {
+    // As old, but claimed before (a redelivery after a day): it goes on from its record.
+    let mut claimed = common::JobRecord::queued(
+        common::JobId(uuid::Uuid::new_v7(minted_long_ago)),
+        "mia".into(),
+        vec![50_003],
+        None,
+        1,
+        None,
+    );
+    claimed.status = common::JobStatus::Processing;
+    claimed.attempt = 1;
+    claimed.event_seq = 1;
+    let store = common::store::JobStore::new(jetstream.clone(), bucket.clone());
+    store.create(&claimed).await.unwrap();
+    stack.put_file(50_003, 10).await.unwrap();
+    for record in [&fenced, &expired, &claimed] {
         let message = common::messages::JobMessage::submitted(record.clone());
         jetstream
             .publish(message.subject(), message.to_json_bytes())
@@ -153,7 +168,6 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
             .unwrap();
     }
 
-    stack.put_file(50_003, 10).await.unwrap();
     let job_id = stack.initiate("mia", &[50_003]).await.unwrap();
     assert_eq!(
         stack.wait_for_terminal("mia", &job_id).await.unwrap()["status"],
@@ -175,6 +189,11 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
         assert_eq!(status.status(), 404, "{dropped} is no job");
         assert!(stack.events(&dropped).await.unwrap().is_empty(), "{dropped} never ran");
     }
+    let resumed = stack
+        .wait_for_terminal("mia", &claimed.job_id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(resumed["status"], "completed", "{resumed}");
     let marker = bucket
         .entry(fenced.job_id.to_string())
         .await

@@ -188,7 +188,7 @@ impl JobStore {
     }
 
     /// Stores a new record in the bucket (for tools and the benchmark: jobs get theirs at their
-    /// claim); fails if anything was ever written under its key, a delete marker included. A
+    /// claim); fails if anything is stored under its key, a delete marker included. A
     /// create whose answer was lost and that finds its own record on the retry succeeds.
     pub async fn create(&self, record: &JobRecord) -> Result<u64, StoreError> {
         self.patience
@@ -255,8 +255,8 @@ impl JobStore {
         }
     }
 
-    /// The job's record as the bucket's leader holds it (`None`: not claimed yet, or no such
-    /// job), never the queued message's copy: for a processor re-publishing the current event of
+    /// The job's record as the bucket's leader holds it (`None`: not claimed yet, refused or
+    /// removed, or no such job), never the queued message's copy: for a processor re-publishing the current event of
     /// a job it holds the message of, where a lagging replica's miss would find that copy.
     pub async fn load_record(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
         self.patience
@@ -702,10 +702,11 @@ impl JobStore {
         }
     }
 
-    /// Makes sure a job whose message may have been stored without an answer never runs, unless
-    /// it runs already, until `deadline`. `Ok(true)`: a delete marker stands where its record
-    /// would go, and its claim will fail; `Ok(false)`: a processor claimed it, the job runs.
-    async fn fence_off(&self, job_id: JobId, deadline: tokio::time::Instant) -> Result<bool, StoreError> {
+    /// Makes sure a job whose message may have been stored without an answer (or may still land)
+    /// never runs, unless it runs already, until `deadline`. `Ok(true)`: a delete marker stands
+    /// where its record would go, and its claim will fail; `Ok(false)`: a processor claimed it,
+    /// the job runs.
+    pub async fn fence_off(&self, job_id: JobId, deadline: tokio::time::Instant) -> Result<bool, StoreError> {
         let patience = Patience::until(deadline);
         let fencing = patience.retry(
             "fencing off a job whose queueing failed",

@@ -95,13 +95,19 @@ pub async fn admit(
                 }
                 Begun::Fresh(mut claimed) => {
                     if claimed.resumed {
-                        // The request that claimed the key died: was its job accepted?
+                        // The request that claimed the key died: was its job accepted? Its
+                        // message may also still land (a publish in flight when it died): a
+                        // job not found is fenced off first, so that only the job made now
+                        // runs, unless a processor claimed it meanwhile (then it is the job).
+                        let dead = claimed.job_id();
                         let found = within(checks, async {
-                            state
-                                .store
-                                .load_once(claimed.job_id())
-                                .await
-                                .map_err(|error| IdempotencyError::Unavailable(common::kv_cas::cause_chain(&error)))
+                            let unavailable =
+                                |error: StoreError| IdempotencyError::Unavailable(common::kv_cas::cause_chain(&error));
+                            let found = state.store.load_once(dead).await.map_err(unavailable)?;
+                            if found.is_some() || state.store.fence_off(dead, checks).await.map_err(unavailable)? {
+                                return Ok(found);
+                            }
+                            state.store.load_once(dead).await.map_err(unavailable)
                         })
                         .await
                         .map_err(idempotency_problem)?;
@@ -119,9 +125,8 @@ pub async fn admit(
                                 guard: Some(claimed),
                             });
                         }
-                        // Not accepted: the job is made now, under a new id. The dead request's
-                        // message may have been dropped already, while its id still sits in the
-                        // duplicate window, so the same id could leave a record with no message.
+                        // Not accepted, and fenced off: the job is made now, under a new id
+                        // (the dead request's id is refused for good).
                         within(
                             checks,
                             state.idempotency.rebind(&mut claimed, job_id, Patience::until(checks)),

@@ -75,15 +75,10 @@ async fn handle(context: &Context, message: jetstream::Message) {
         decision = process(context, &job, delivered).instrument(span.clone()) => decision,
         never = common::consume::keep_lease(&message, context.settings.progress_interval) => match never {},
     };
-    // Outcomes are recorded where they are decided; these two have no other place.
-    match &decision {
-        Some(AckKind::Term) => {
-            span.record("outcome", "terminated");
-        }
-        None => {
-            span.record("outcome", "taken_over");
-        }
-        _ => {}
+    // Outcomes are recorded where they are decided (a termination's too: refused, expired or
+    // terminated); this one has no other place.
+    if decision.is_none() {
+        span.record("outcome", "taken_over");
     }
     if let Some(decision) = decision {
         acknowledge(&message, decision).instrument(span).await;
@@ -133,14 +128,25 @@ async fn process(context: &Context, job: &JobMessage, delivered: u32) -> Option<
     // A v2 message holds the record as accepted: the claim creates it in the bucket without a
     // read (and, should a cancellation or a refusal have written the key first, reads and decides
     // again). A v1 message's record is in the bucket already.
-    let queued = Versioned::of_queued(job);
+    let mut queued = Versioned::of_queued(job);
     if queued.is_some() && !job_id.created_within(common::nats::JOB_RECORD_TTL) {
-        // Queued longer than a record lives (no processor for a day): whatever was written
-        // under its key (a cancellation, a refusal's marker) may have expired, so the claim
-        // could no longer tell. Dropped, as a v1 message whose record expired always was.
-        tracing::warn!("job queued longer than its record lives, message terminated");
-        tracing::Span::current().record("outcome", "expired");
-        return Some(AckKind::Term);
+        // Older than a record lives: whatever was written under its key before the claim (a
+        // cancellation, a refusal's marker) may have expired, so a claim at revision 0 could no
+        // longer tell. A job claimed before (a redelivery) goes on from its record; one never
+        // claimed (no processor for a day) is dropped, as a v1 message whose record expired
+        // always was.
+        match context.store.load_record(job_id).await {
+            Ok(Some(claimed)) => queued = Some(claimed),
+            Ok(None) => {
+                tracing::warn!("job queued longer than its record lives, message terminated");
+                tracing::Span::current().record("outcome", "expired");
+                return Some(AckKind::Term);
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "old job's record not read, retrying soon");
+                return Some(AckKind::Nak(Some(unavailable())));
+            }
+        }
     }
     let registration = context.in_flight.register(job_id);
     if delivered > 1 {
@@ -207,10 +213,12 @@ async fn process(context: &Context, job: &JobMessage, delivered: u32) -> Option<
         }
         Err(StoreError::Missing(_)) => {
             tracing::warn!("job record missing (expired, or removed when its queueing failed), message terminated");
+            tracing::Span::current().record("outcome", "terminated");
             return Some(AckKind::Term);
         }
         Err(error @ StoreError::Corrupt { .. }) => {
             tracing::error!(error = %error, cause = ?std::error::Error::source(&error), "job record unreadable, message terminated");
+            tracing::Span::current().record("outcome", "terminated");
             return Some(AckKind::Term);
         }
         Err(error) => {
