@@ -256,8 +256,9 @@ impl JobStore {
     }
 
     /// The job's record as the bucket's leader holds it (`None`: not claimed yet, refused or
-    /// removed, or no such job), never the queued message's copy: for a processor re-publishing the current event of
-    /// a job it holds the message of, where a lagging replica's miss would find that copy.
+    /// removed, or no such job), never the queued message's copy: for a processor re-publishing
+    /// the current event of a job it holds the message of, where a lagging replica's miss would
+    /// find that copy.
     pub async fn load_record(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
         self.patience
             .retry(

@@ -1,7 +1,8 @@
 //! Admission of a new job, in the order that costs least when refusing: the `Idempotency-Key`
 //! claim (a replay creates nothing), the backlog (a value in memory), the tenant's active-job
-//! slot (a compare-and-set), then accepting the job (its message, which holds its record). A refusal undoes
-//! what came before it: the slot is freed and the key released, so nothing is left behind.
+//! slot (a compare-and-set), then accepting the job (its message, which holds its record). A
+//! refusal undoes what came before it: the slot is freed and the key released, so nothing is left
+//! behind.
 //!
 //! It runs on a task of its own, so neither a client going away nor the request timeout can stop
 //! it half-way: a job accepted is remembered under its key even if nobody hears the answer, and
@@ -51,8 +52,8 @@ pub struct Admitted {
     pub guard: Option<Guard>,
 }
 
-/// Admits a job whose record (as accepted) `build` makes from its id, answering with `answer_of` its record; on a
-/// task of its own.
+/// Admits a job whose record (as accepted) `build` makes from its id, answering with
+/// `answer_of` its record; on a task of its own.
 pub async fn admit(
     state: Arc<State>,
     request: Request,
