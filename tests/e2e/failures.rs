@@ -179,13 +179,7 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
     .await
     .unwrap();
     for dropped in [fenced.job_id.to_string(), expired.job_id.to_string()] {
-        let status = stack
-            .http
-            .get(stack.url(&format!("/v1/download/status/{dropped}")))
-            .header("Authorization", stack.bearer("mia").await.unwrap())
-            .send()
-            .await
-            .unwrap();
+        let status = stack.status_response("mia", &dropped).await.unwrap();
         assert_eq!(status.status(), 404, "{dropped} is no job");
         assert!(stack.events(&dropped).await.unwrap().is_empty(), "{dropped} never ran");
     }

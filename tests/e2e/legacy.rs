@@ -145,13 +145,7 @@ async fn an_anonymous_start_that_outlasts_the_wait_is_followed_through_its_strea
     let job_id = body["jobId"].as_str().unwrap();
 
     // The job belongs to nobody who holds a key: its status is no one's to read.
-    let status = stack
-        .http
-        .get(stack.url(&format!("/v1/download/status/{job_id}")))
-        .header("Authorization", stack.bearer("legacy-neighbour").await.unwrap())
-        .send()
-        .await
-        .unwrap();
+    let status = stack.status_response("legacy-neighbour", job_id).await.unwrap();
     assert_eq!(status.status(), 404);
 
     // Its streamUrl's token is the way to it.

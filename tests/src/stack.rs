@@ -525,14 +525,19 @@ impl Stack {
         accepted_job_id(response).await
     }
 
-    /// `GET /v1/download/status/{jobId}` as `user`.
-    pub async fn status(&self, user: &str, job_id: &str) -> anyhow::Result<Value> {
-        let response = self
+    /// `GET /v1/download/status/{jobId}` as `user`: the answer, whatever its status.
+    pub async fn status_response(&self, user: &str, job_id: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
             .http
             .get(self.url(&format!("/v1/download/status/{job_id}")))
             .header("Authorization", self.bearer(user).await?)
             .send()
-            .await?;
+            .await?)
+    }
+
+    /// `GET /v1/download/status/{jobId}` as `user`, answered 200.
+    pub async fn status(&self, user: &str, job_id: &str) -> anyhow::Result<Value> {
+        let response = self.status_response(user, job_id).await?;
         anyhow::ensure!(response.status() == 200, "status answered {}", response.status());
         Ok(response.json().await?)
     }

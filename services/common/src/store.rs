@@ -114,30 +114,20 @@ pub struct JobStore {
 /// the current event is the only repair).
 const MAX_UNPUBLISHED: usize = 10_000;
 
-/// What the bucket holds for a job.
+/// What a read of a job found: in the bucket, or (a lookup) in the bucket or the queued message.
 #[expect(
     clippy::large_enum_variant,
     reason = "a read's answer, moved once: a box would cost more"
 )]
 enum Stored {
-    /// Its record.
+    /// Its record (from a lookup, possibly the queued message's, at revision 0).
     Record(Versioned),
     /// A delete marker: the job was refused (an accept whose answer was lost, fenced off) or
     /// removed by an operator. Its message, if one landed, is terminated at its claim.
     Removed,
-    /// Nothing: not claimed yet (its record is in its message), or no such job.
+    /// Nothing: in the bucket, not claimed yet (its record is in its message) or no such job;
+    /// from a lookup, no such job.
     Absent,
-}
-
-/// A job looked up wherever its record is.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "a read's answer, moved once: a box would cost more"
-)]
-enum Lookup {
-    Found(Versioned),
-    Removed,
-    Missing,
 }
 
 /// A write whose answer was lost (a timeout): it may have been stored.
@@ -231,25 +221,25 @@ impl JobStore {
     /// [`YOUNG_MISS_WAIT`] before it counts as missing.
     pub async fn load(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
         Ok(match self.look_patiently(job_id).await? {
-            Lookup::Found(found) => Some(found),
-            Lookup::Removed | Lookup::Missing => None,
+            Stored::Record(found) => Some(found),
+            Stored::Removed | Stored::Absent => None,
         })
     }
 
     /// [`load`](Self::load), telling a job refused or removed (a delete marker) from one not
     /// found.
-    async fn look_patiently(&self, job_id: JobId) -> Result<Lookup, StoreError> {
+    async fn look_patiently(&self, job_id: JobId) -> Result<Stored, StoreError> {
         let started = tokio::time::Instant::now();
         let mut tries = 0;
         loop {
             match self.lookup(job_id).await? {
-                Lookup::Missing if job_id.created_within(YOUNG_JOB) => {}
+                Stored::Absent if job_id.created_within(YOUNG_JOB) => {}
                 settled => return Ok(settled),
             }
             tries += 1;
             let pause = Patience::pause(tries, rand::random());
             if started.elapsed() + pause > YOUNG_MISS_WAIT {
-                return Ok(Lookup::Missing);
+                return Ok(Stored::Absent);
             }
             tokio::time::sleep(pause).await;
         }
@@ -278,37 +268,33 @@ impl JobStore {
     /// writer is known to be done (or dead).
     pub async fn load_once(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
         Ok(match self.lookup(job_id).await? {
-            Lookup::Found(found) => Some(found),
-            Lookup::Removed | Lookup::Missing => None,
+            Stored::Record(found) => Some(found),
+            Stored::Removed | Stored::Absent => None,
         })
     }
 
     /// One lookup of a job, riding out an unavailable cluster: the bucket (any replica), the
     /// queued message (any replica, then the leader), and after missing both the bucket's leader,
     /// which holds the record of any claim made before the message went.
-    async fn lookup(&self, job_id: JobId) -> Result<Lookup, StoreError> {
+    async fn lookup(&self, job_id: JobId) -> Result<Stored, StoreError> {
         self.patience
             .retry(
                 "reading a job record",
                 || async move {
                     match self.read(job_id, false).await? {
-                        Stored::Record(found) => return Ok(Lookup::Found(found)),
-                        Stored::Removed => return Ok(Lookup::Removed),
                         Stored::Absent => {}
+                        settled => return Ok(settled),
                     }
                     for from_leader in [false, true] {
                         if let Some(queued) = self.read_queued(job_id, from_leader).await? {
-                            return Ok(Lookup::Found(queued));
+                            return Ok(Stored::Record(queued));
                         }
                     }
-                    Ok(match self.read(job_id, true).await? {
-                        Stored::Record(found) => {
-                            tracing::info!(%job_id, "a replica had not applied the record yet; the leader had it");
-                            Lookup::Found(found)
-                        }
-                        Stored::Removed => Lookup::Removed,
-                        Stored::Absent => Lookup::Missing,
-                    })
+                    let confirmed = self.read(job_id, true).await?;
+                    if matches!(confirmed, Stored::Record(_)) {
+                        tracing::info!(%job_id, "a replica had not applied the record yet; the leader had it");
+                    }
+                    Ok(confirmed)
                 },
                 Self::is_transient,
             )
@@ -451,9 +437,9 @@ impl JobStore {
                 // Not claimed yet (its message holds it), or a miss to confirm (by the leader,
                 // and for a young job a little later).
                 Stored::Absent => match self.look_patiently(job_id).await? {
-                    Lookup::Found(current) => current,
-                    Lookup::Removed => return Err(StoreError::Removed(job_id)),
-                    Lookup::Missing => return Err(StoreError::Missing(job_id)),
+                    Stored::Record(current) => current,
+                    Stored::Removed => return Err(StoreError::Removed(job_id)),
+                    Stored::Absent => return Err(StoreError::Missing(job_id)),
                 },
             },
         };
