@@ -16,7 +16,8 @@
 //!    answered, timed until the job consumer is idle; then initiate while they work (wrk), and
 //!    the queue drained.
 //! 6. Status of a completed job (one per tenant, read over and over; every answer must carry a
-//!    presigned `downloadUrl`).
+//!    presigned `downloadUrl`); then, after end to end, the first read of each of its jobs (a
+//!    poller's first look at a finished job, none of them read before).
 //! 7. The processor's peak RSS while bundling two 64 MiB, then two 256 MiB files.
 //! 8. Everything stopped; SSE streams on a notifier alone on fresh servers ([`streams`]), and
 //!    with `--streams-50k` 50,000 of them.
@@ -226,6 +227,38 @@ async fn service_figures(
     Ok(())
 }
 
+/// Row 3b: the first read of each completed job.
+fn first_reads_row(reads: &pipeline::FirstReads, ceilings: Option<&Ceilings>) -> Row {
+    let per_second = reads.answered as f64 / reads.seconds.max(1e-9);
+    let at = |fraction| report::millis(streams::percentile(&reads.latencies_us, fraction));
+    Row {
+        figure: "3b. status of a completed job, its first read (each job of row 5 read once, by the \
+                 bench's client)"
+            .into(),
+        measured: format!(
+            "{} ({} in {:.1} s), p50 {}, p99 {}, max {}; {} refused",
+            rate(per_second),
+            reads.answered,
+            reads.seconds,
+            at(0.5),
+            at(0.99),
+            at(1.0),
+            reads.refused
+        ),
+        target: "— (report)".into(),
+        met: None,
+        rate: Some(per_second),
+        messages: Some(reads.messages),
+        ceiling: ceilings.map(|ceilings| http::completed_status_ceiling(ceilings, &reads.messages)),
+        cpu: Some(CpuCell {
+            per_unit: reads.cpu.per_unit_micros(reads.answered + reads.refused),
+            unit: CpuUnit::Micros,
+            per: "req",
+            generator: "bench, reqwest",
+        }),
+    }
+}
+
 /// Phases 5-7: end to end, initiate while processors work, status of a completed job, bundling.
 async fn processor_figures(
     options: &Options,
@@ -235,9 +268,12 @@ async fn processor_figures(
     counted_kv_writes: Option<f64>,
     rows: &mut Rows,
 ) -> anyhow::Result<()> {
+    // The end-to-end figure's jobs, completed and never read: the first reads of row 3b.
+    let mut unread = Vec::new();
     if options.runs(Part::EndToEnd) {
         eprintln!("end to end: {} jobs ...", options.jobs);
-        let outcome = pipeline::end_to_end(system, tenants, options.jobs, options.limits.keys).await?;
+        let mut outcome = pipeline::end_to_end(system, tenants, options.jobs, options.limits.keys).await?;
+        unread = std::mem::take(&mut outcome.statuses);
         let jobs_per_second = outcome.accepted as f64 / outcome.seconds;
         let all_done = outcome.completed as u64 == outcome.accepted && outcome.refused == 0;
         rows.push((
@@ -318,6 +354,11 @@ async fn processor_figures(
                 ceiling,
             ),
         ));
+        if !unread.is_empty() {
+            eprintln!("status: the first read of {} completed jobs ...", unread.len());
+            let reads = pipeline::first_reads(system, &unread, options.connections).await?;
+            rows.push((31, first_reads_row(&reads, ceilings)));
+        }
     }
 
     if options.runs(Part::Bundle) {

@@ -42,6 +42,8 @@ pub struct EndToEnd {
     pub cpu: CpuUsage,
     /// NATS messages per accepted job.
     pub messages: MessagesPerUnit,
+    /// The status request of every accepted job (by its tenant), none of them read yet.
+    pub statuses: Vec<TenantRequest>,
 }
 
 /// Jobs with an event of `kind` in the event stream (one subject per job and kind).
@@ -99,16 +101,17 @@ pub async fn end_to_end(
         jobs_with_event(system, "failed").await?,
     );
     let next = Arc::new(AtomicUsize::new(0));
-    let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let varz_before = Varz::read(system.nats.ports.monitor).await?;
     let meter = CpuMeter::start(&system.processes());
     let started = Instant::now();
     let mut workers = Vec::new();
     for tenant in tenants {
-        let (http, next, accepted, refused) = (http.clone(), next.clone(), accepted.clone(), refused.clone());
+        let (http, next, refused) = (http.clone(), next.clone(), refused.clone());
         let prepared = initiate(&http, system, tenant, INITIATE_BODY, None);
+        let tenant = tenant.clone();
         workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
             loop {
                 let number = next.fetch_add(1, Ordering::Relaxed);
                 if number >= jobs {
@@ -118,27 +121,33 @@ pub async fn end_to_end(
                 if keys {
                     request = request.header("Idempotency-Key", format!("e2e-{number}"));
                 }
-                match request.send().await {
-                    Ok(response) if response.status() == 202 => {
-                        let _ = response.bytes().await;
-                        accepted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
+                let job_id = match request.send().await {
+                    Ok(response) => crate::stack::accepted_job_id(response).await.ok(),
+                    Err(_) => None,
+                };
+                match job_id {
+                    Some(job_id) => statuses.push(TenantRequest {
+                        path: format!("/v1/download/status/{job_id}"),
+                        ..tenant.clone()
+                    }),
+                    None => {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
+            statuses
         }));
     }
+    let mut statuses = Vec::with_capacity(jobs);
     for worker in workers {
-        worker.await?;
+        statuses.extend(worker.await?);
     }
     let initiating_seconds = started.elapsed().as_secs_f64();
     drained(system).await?;
     let seconds = started.elapsed().as_secs_f64();
     let cpu = meter.stop();
     let varz_after = Varz::read(system.nats.ports.monitor).await?;
-    let accepted = accepted.load(Ordering::Relaxed);
+    let accepted = statuses.len() as u64;
     Ok(EndToEnd {
         accepted,
         refused: refused.load(Ordering::Relaxed),
@@ -148,6 +157,82 @@ pub async fn end_to_end(
         failed: jobs_with_event(system, "failed").await? - failed_before,
         cpu,
         messages: varz_after.per_unit_since(&varz_before, accepted),
+        statuses,
+    })
+}
+
+/// What reading each of a set of jobs' status once measured.
+#[derive(Debug, Clone)]
+pub struct FirstReads {
+    /// Answers `200` carrying a `downloadUrl`.
+    pub answered: u64,
+    /// Any other answer, or none.
+    pub refused: u64,
+    /// Seconds from the first request to the last answer.
+    pub seconds: f64,
+    /// Latency of every answer, microseconds, sorted.
+    pub latencies_us: Vec<f64>,
+    /// CPU over the figure.
+    pub cpu: CpuUsage,
+    /// NATS messages per read.
+    pub messages: MessagesPerUnit,
+}
+
+/// Reads the status of every job in `jobs` exactly once, `concurrency` reads at a time over
+/// kept-alive connections: what a poller's first look at a finished job costs (each answer must
+/// be `200` with a `downloadUrl`). The benchmark's own client sends them, since wrk cannot stop
+/// after a list; its CPU shows as the generator's.
+pub async fn first_reads(system: &System, jobs: &[TenantRequest], concurrency: usize) -> anyhow::Result<FirstReads> {
+    anyhow::ensure!(!jobs.is_empty(), "no job to read");
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let jobs: Arc<Vec<TenantRequest>> = Arc::new(jobs.to_vec());
+    let base_url = system.base_url();
+    let next = Arc::new(AtomicUsize::new(0));
+    let varz_before = Varz::read(system.nats.ports.monitor).await?;
+    let meter = CpuMeter::start(&system.processes());
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (http, jobs, next, base_url) = (http.clone(), jobs.clone(), next.clone(), base_url.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut latencies, mut refused) = (Vec::new(), 0u64);
+            while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let sent = Instant::now();
+                let request = http
+                    .get(format!("{base_url}{}", job.path))
+                    .header(&job.header, &job.value);
+                let answered = match request.send().await {
+                    Ok(response) if response.status() == 200 => {
+                        response.text().await.is_ok_and(|body| body.contains("downloadUrl"))
+                    }
+                    _ => false,
+                };
+                if answered {
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e6);
+                } else {
+                    refused += 1;
+                }
+            }
+            (latencies, refused)
+        }));
+    }
+    let (mut latencies_us, mut refused) = (Vec::with_capacity(jobs.len()), 0);
+    for worker in workers {
+        let (latencies, refusals) = worker.await?;
+        latencies_us.extend(latencies);
+        refused += refusals;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = meter.stop();
+    let varz_after = Varz::read(system.nats.ports.monitor).await?;
+    latencies_us.sort_by(f64::total_cmp);
+    Ok(FirstReads {
+        answered: latencies_us.len() as u64,
+        refused,
+        seconds,
+        messages: varz_after.per_unit_since(&varz_before, jobs.len() as u64),
+        latencies_us,
+        cpu,
     })
 }
 
