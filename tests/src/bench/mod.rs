@@ -16,8 +16,9 @@
 //!    answered, timed until the job consumer is idle; then initiate while they work (wrk), and
 //!    the queue drained.
 //! 6. Status of a completed job (one per tenant, read over and over; every answer must carry a
-//!    presigned `downloadUrl`); then, after end to end, the first read of each of its jobs (a
-//!    poller's first look at a finished job, none of them read before).
+//!    presigned `downloadUrl`); then the first read of each completed job (a poller's first look
+//!    at a finished job): the end-to-end figure's jobs, all of one file, whose URL the intake
+//!    has handed out before, and as many jobs of a file each, each needing a URL of its own.
 //! 7. The processor's peak RSS while bundling two 64 MiB, then two 256 MiB files.
 //! 8. Everything stopped; SSE streams on a notifier alone on fresh servers ([`streams`]), and
 //!    with `--streams-50k` 50,000 of them.
@@ -227,14 +228,16 @@ async fn service_figures(
     Ok(())
 }
 
-/// Row 3b: the first read of each completed job.
-fn first_reads_row(reads: &pipeline::FirstReads, ceilings: Option<&Ceilings>) -> Row {
+/// The first file of the jobs of a file each (row 3c), above the one every other job asks for.
+const FIRST_DISTINCT_FILE: u64 = 1_000_000;
+
+/// Rows 3b and 3c: the first read of each of a set of completed jobs, by the bench's own client
+/// (wrk cannot stop after a list).
+fn first_reads_row(figure: &str, reads: &pipeline::FirstReads, ceilings: Option<&Ceilings>) -> Row {
     let per_second = reads.answered as f64 / reads.seconds.max(1e-9);
     let at = |fraction| report::millis(streams::percentile(&reads.latencies_us, fraction));
     Row {
-        figure: "3b. status of a completed job, its first read (each job of row 5 read once, by the \
-                 bench's client)"
-            .into(),
+        figure: figure.into(),
         measured: format!(
             "{} ({} in {:.1} s), p50 {}, p99 {}, max {}; {} refused",
             rate(per_second),
@@ -355,10 +358,28 @@ async fn processor_figures(
             ),
         ));
         if !unread.is_empty() {
-            eprintln!("status: the first read of {} completed jobs ...", unread.len());
+            eprintln!(
+                "status: the first read of {} completed jobs of one file ...",
+                unread.len()
+            );
             let reads = pipeline::first_reads(system, &unread, options.connections).await?;
-            rows.push((31, first_reads_row(&reads, ceilings)));
+            let figure = "3b. status of a completed job, its first read, its file's URL handed out before \
+                          (each job of row 5, all of one file, read once)";
+            rows.push((31, first_reads_row(figure, &reads, ceilings)));
         }
+        eprintln!(
+            "status: {} jobs of a file each, then the first read of each ...",
+            options.jobs
+        );
+        let jobs =
+            pipeline::distinct_file_jobs(system, tenants, options.jobs, FIRST_DISTINCT_FILE, options.limits.keys)
+                .await?;
+        let reads = pipeline::first_reads(system, &jobs, options.connections).await?;
+        let figure = format!(
+            "3c. status of a completed job, its first read, a URL of its own ({} jobs of a file each, read once)",
+            jobs.len()
+        );
+        rows.push((32, first_reads_row(&figure, &reads, ceilings)));
     }
 
     if options.runs(Part::Bundle) {

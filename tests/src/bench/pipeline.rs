@@ -2,7 +2,7 @@
 //! until the work queue is drained), and the processor's memory while bundling large files.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -93,33 +93,69 @@ pub async fn end_to_end(
     jobs: usize,
     keys: bool,
 ) -> anyhow::Result<EndToEnd> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(tenants.len())
-        .build()?;
     let (completed_before, failed_before) = (
         jobs_with_event(system, "completed").await?,
         jobs_with_event(system, "failed").await?,
     );
-    let next = Arc::new(AtomicUsize::new(0));
-    let refused = Arc::new(AtomicU64::new(0));
     let varz_before = Varz::read(system.nats.ports.monitor).await?;
     let meter = CpuMeter::start(&system.processes());
     let started = Instant::now();
+    let (statuses, refused) = initiate_jobs(system, tenants, jobs, keys.then_some("e2e-"), None).await?;
+    let initiating_seconds = started.elapsed().as_secs_f64();
+    drained(system).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = meter.stop();
+    let varz_after = Varz::read(system.nats.ports.monitor).await?;
+    let accepted = statuses.len() as u64;
+    Ok(EndToEnd {
+        accepted,
+        refused,
+        initiating_seconds,
+        seconds,
+        completed: jobs_with_event(system, "completed").await? - completed_before,
+        failed: jobs_with_event(system, "failed").await? - failed_before,
+        cpu,
+        messages: varz_after.per_unit_since(&varz_before, accepted),
+        statuses,
+    })
+}
+
+/// Initiates `jobs` jobs by one worker per tenant, each as soon as the last was answered, with an
+/// `Idempotency-Key` each (`key_prefix` and its number) when given: every job asks for file 10000, or with `distinct_from` a
+/// file of its own (from that id on). The status requests of the accepted jobs, and how many
+/// initiates were refused.
+async fn initiate_jobs(
+    system: &System,
+    tenants: &[TenantRequest],
+    jobs: usize,
+    key_prefix: Option<&'static str>,
+    distinct_from: Option<u64>,
+) -> anyhow::Result<(Vec<TenantRequest>, u64)> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(tenants.len())
+        .build()?;
+    let next = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for tenant in tenants {
-        let (http, next, refused) = (http.clone(), next.clone(), refused.clone());
+        let next = next.clone();
         let prepared = initiate(&http, system, tenant, INITIATE_BODY, None);
         let tenant = tenant.clone();
         workers.push(tokio::spawn(async move {
-            let mut statuses = Vec::new();
+            let (mut statuses, mut refused) = (Vec::new(), 0);
             loop {
                 let number = next.fetch_add(1, Ordering::Relaxed);
                 if number >= jobs {
                     break;
                 }
-                let mut request = prepared.try_clone().expect("a body of bytes can be cloned");
-                if keys {
-                    request = request.header("Idempotency-Key", format!("e2e-{number}"));
+                let mut request = match distinct_from {
+                    Some(first) => prepared
+                        .try_clone()
+                        .expect("a body of bytes can be cloned")
+                        .body(format!(r#"{{"file_ids":[{}]}}"#, first + number as u64)),
+                    None => prepared.try_clone().expect("a body of bytes can be cloned"),
+                };
+                if let Some(prefix) = key_prefix {
+                    request = request.header("Idempotency-Key", format!("{prefix}{number}"));
                 }
                 let job_id = match request.send().await {
                     Ok(response) => crate::stack::accepted_job_id(response).await.ok(),
@@ -130,35 +166,36 @@ pub async fn end_to_end(
                         path: format!("/v1/download/status/{job_id}"),
                         ..tenant.clone()
                     }),
-                    None => {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                    }
+                    None => refused += 1,
                 }
             }
-            statuses
+            (statuses, refused)
         }));
     }
-    let mut statuses = Vec::with_capacity(jobs);
+    let (mut statuses, mut refused) = (Vec::with_capacity(jobs), 0);
     for worker in workers {
-        statuses.extend(worker.await?);
+        let (accepted, refusals) = worker.await?;
+        statuses.extend(accepted);
+        refused += refusals;
     }
-    let initiating_seconds = started.elapsed().as_secs_f64();
+    Ok((statuses, refused))
+}
+
+/// `jobs` jobs, each for a file of its own (put first, from `first_file` on), run to the end:
+/// their status requests, none read yet. Fails if one was refused.
+pub async fn distinct_file_jobs(
+    system: &System,
+    tenants: &[TenantRequest],
+    jobs: usize,
+    first_file: u64,
+    keys: bool,
+) -> anyhow::Result<Vec<TenantRequest>> {
+    system.put_source_files(first_file, jobs as u64).await?;
+    let keys = keys.then_some("first-read-");
+    let (statuses, refused) = initiate_jobs(system, tenants, jobs, keys, Some(first_file)).await?;
+    anyhow::ensure!(refused == 0, "{refused} initiates of distinct-file jobs were refused");
     drained(system).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = meter.stop();
-    let varz_after = Varz::read(system.nats.ports.monitor).await?;
-    let accepted = statuses.len() as u64;
-    Ok(EndToEnd {
-        accepted,
-        refused: refused.load(Ordering::Relaxed),
-        initiating_seconds,
-        seconds,
-        completed: jobs_with_event(system, "completed").await? - completed_before,
-        failed: jobs_with_event(system, "failed").await? - failed_before,
-        cpu,
-        messages: varz_after.per_unit_since(&varz_before, accepted),
-        statuses,
-    })
+    Ok(statuses)
 }
 
 /// What reading each of a set of jobs' status once measured.
