@@ -151,7 +151,6 @@ pub async fn build(
             while buffer.len() >= part_size {
                 let part = buffer.split_to(part_size);
                 upload_part(storage, key, upload_id.as_ref(), &mut parts, part).await?;
-                reclaim(&mut buffer, part_size).await;
             }
         }
         zip.finish_entry(&mut buffer)?;
@@ -169,24 +168,6 @@ pub async fn build(
     storage.timed("CompleteMultipartUpload", key, complete.send()).await?;
     upload.clear();
     Ok(total)
-}
-
-/// How many times [`reclaim`] lets other tasks run before it gives up.
-const RECLAIM_TURNS: usize = 64;
-
-/// Takes back the allocation the uploaded part shared with `buffer`, for the next part, once the
-/// upload has let go of the part. The HTTP client's connection task drops the part's body a
-/// moment after the upload's answer arrives: a write before that grew a second buffer, so a
-/// bundle's peak memory held one or two parts by chance (with 256 MiB files, 8 MiB more than
-/// with 64 MiB in about half of the runs). Should the part stay held (a retrying client), the
-/// next write grows a buffer of its own, as before.
-async fn reclaim(buffer: &mut BytesMut, part_size: usize) {
-    for _ in 0..RECLAIM_TURNS {
-        if buffer.try_reclaim(part_size) {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
 }
 
 /// S3 accepts at most this many parts in one multipart upload.
@@ -242,44 +223,6 @@ async fn upload_part(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn the_next_part_is_written_into_the_same_allocation_once_the_upload_lets_go_of_its_part() {
-        let part_size = 1024;
-        let mut buffer = BytesMut::with_capacity(part_size + 256);
-        let start = buffer.as_ptr();
-        buffer.extend_from_slice(&[7; 1100]);
-        let part = buffer.split_to(part_size).freeze();
-        // The client's connection task drops the part a few turns after the answer.
-        let client = tokio::spawn(async move {
-            for _ in 0..3 {
-                tokio::task::yield_now().await;
-            }
-            drop(part);
-        });
-        reclaim(&mut buffer, part_size).await;
-        client.await.unwrap();
-        assert_eq!(
-            buffer.as_ptr(),
-            start,
-            "the rest moved to the front of the first allocation"
-        );
-        assert_eq!(&buffer[..], &[7; 76]);
-        buffer.extend_from_slice(&[1; 1024]);
-        assert_eq!(buffer.as_ptr(), start, "a whole part written without a new allocation");
-    }
-
-    #[tokio::test]
-    async fn a_part_held_for_good_leaves_the_next_write_a_buffer_of_its_own() {
-        let mut buffer = BytesMut::with_capacity(1024 + 256);
-        buffer.extend_from_slice(&[7; 1100]);
-        let held = buffer.split_to(1024).freeze();
-        reclaim(&mut buffer, 1024).await;
-        buffer.extend_from_slice(&[1; 1024]);
-        assert_eq!(&buffer[..76], &[7; 76]);
-        assert_eq!(buffer.len(), 1100);
-        assert_eq!(held.len(), 1024, "the held part is untouched");
-    }
 
     #[test]
     fn parts_grow_so_no_bundle_needs_more_than_ten_thousand() {

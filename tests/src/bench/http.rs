@@ -5,7 +5,7 @@ use super::cpu::{CpuMeter, CpuUsage};
 use super::nats::{Ceilings, MessagesPerUnit, Varz, mix_ceiling};
 use super::options::{Limits, Options};
 use super::pipeline::{INITIATE_BODY, INITIATE_PATH};
-use super::report::{Ceiling, CpuCell, CpuUnit, Row, millis, rate};
+use super::report::{Ceiling, CpuCell, CpuUnit, Row, throughput};
 use super::system::System;
 use super::wrk::{self, Load, Outcome, TenantRequest};
 
@@ -161,15 +161,12 @@ impl HttpFigure {
         let outcome = &self.outcome;
         Row {
             figure: figure.into(),
-            measured: format!(
-                "{} ({} in {:.1} s), p50 {}, p99 {}, max {}; {}",
-                rate(self.rate()),
+            measured: throughput(
+                self.rate(),
                 outcome.accepted(),
                 outcome.duration_us / 1e6,
-                millis(outcome.p50_us),
-                millis(outcome.p99_us),
-                millis(outcome.max_us),
-                outcome.refusals()
+                [outcome.p50_us, outcome.p99_us, outcome.max_us],
+                &outcome.refusals(),
             ),
             target: target.into(),
             met,

@@ -235,18 +235,15 @@ const FIRST_DISTINCT_FILE: u64 = 1_000_000;
 /// (wrk cannot stop after a list).
 fn first_reads_row(figure: &str, reads: &pipeline::FirstReads, ceilings: Option<&Ceilings>) -> Row {
     let per_second = reads.answered as f64 / reads.seconds.max(1e-9);
-    let at = |fraction| report::millis(streams::percentile(&reads.latencies_us, fraction));
+    let at = |fraction| streams::percentile(&reads.latencies_us, fraction);
     Row {
         figure: figure.into(),
-        measured: format!(
-            "{} ({} in {:.1} s), p50 {}, p99 {}, max {}; {} refused",
-            rate(per_second),
+        measured: report::throughput(
+            per_second,
             reads.answered,
             reads.seconds,
-            at(0.5),
-            at(0.99),
-            at(1.0),
-            reads.refused
+            [at(0.5), at(0.99), at(1.0)],
+            &format!("{} refused", reads.refused),
         ),
         target: "— (report)".into(),
         met: None,
@@ -371,15 +368,23 @@ async fn processor_figures(
             "status: {} jobs of a file each, then the first read of each ...",
             options.jobs
         );
-        let jobs =
+        let (jobs, refused) =
             pipeline::distinct_file_jobs(system, tenants, options.jobs, FIRST_DISTINCT_FILE, options.limits.keys)
                 .await?;
-        let reads = pipeline::first_reads(system, &jobs, options.connections).await?;
-        let figure = format!(
-            "3c. status of a completed job, its first read, a URL of its own ({} jobs of a file each, read once)",
-            jobs.len()
-        );
-        rows.push((32, first_reads_row(&figure, &reads, ceilings)));
+        if !jobs.is_empty() {
+            let reads = pipeline::first_reads(system, &jobs, options.connections).await?;
+            let refusals = if refused > 0 {
+                format!("; {refused} of their initiates refused")
+            } else {
+                String::new()
+            };
+            let figure = format!(
+                "3c. status of a completed job, its first read, a URL of its own ({} jobs of a file each, \
+                 read once{refusals})",
+                jobs.len()
+            );
+            rows.push((32, first_reads_row(&figure, &reads, ceilings)));
+        }
     }
 
     if options.runs(Part::Bundle) {

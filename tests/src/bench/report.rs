@@ -102,6 +102,18 @@ pub fn millis(micros: f64) -> String {
     format!("{:.2} ms", micros / 1000.0)
 }
 
+/// A throughput figure's cell: `rate (count in seconds), p50, p99, max; refusals`, latencies in
+/// microseconds.
+pub fn throughput(per_second: f64, count: u64, seconds: f64, [p50, p99, max]: [f64; 3], refusals: &str) -> String {
+    format!(
+        "{} ({count} in {seconds:.1} s), p50 {}, p99 {}, max {}; {refusals}",
+        rate(per_second),
+        millis(p50),
+        millis(p99),
+        millis(max)
+    )
+}
+
 /// Decimal megabytes from MiB.
 pub fn megabytes(mib: f64) -> f64 {
     mib * 1.048_576
@@ -380,6 +392,15 @@ impl Report {
 mod tests {
     use super::*;
     use crate::bench::cpu::CpuUsage;
+
+    #[test]
+    fn a_throughput_cell_gives_the_rate_the_count_its_time_and_the_latencies_in_milliseconds() {
+        let cell = throughput(16_523.0, 10_000, 0.605, [3_790.0, 6_440.0, 8_720.0], "0 refused");
+        assert_eq!(
+            cell,
+            "16.5k/s (10000 in 0.6 s), p50 3.79 ms, p99 6.44 ms, max 8.72 ms; 0 refused"
+        );
+    }
 
     #[test]
     fn a_row_states_its_fraction_of_the_ceiling_and_its_cpu() {

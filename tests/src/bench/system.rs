@@ -99,15 +99,15 @@ impl System {
 
     /// Puts the source file every job of the benchmark asks for (file 10000, 1 KiB); its key.
     pub async fn put_source_file(&self) -> anyhow::Result<String> {
-        self.put_source(10_000).await
+        self.put_source(10_000, 1024).await
     }
 
-    /// Puts source file `file_id` (1 KiB); its key.
-    async fn put_source(&self, file_id: u64) -> anyhow::Result<String> {
+    /// Puts source file `file_id` of `size` bytes; its key.
+    pub async fn put_source(&self, file_id: u64, size: usize) -> anyhow::Result<String> {
         let key = common::names::source_key(file_id);
         self.storage
             .client()
-            .put_object_content(self.storage.bucket(), &key, crate::sample_bytes(file_id, 1024))?
+            .put_object_content(self.storage.bucket(), &key, crate::sample_bytes(file_id, size))?
             .build()
             .send()
             .await?;
@@ -118,7 +118,7 @@ impl System {
     pub async fn put_source_files(&self, first: u64, count: u64) -> anyhow::Result<()> {
         use futures::{StreamExt, TryStreamExt};
         futures::stream::iter(first..first + count)
-            .map(|file_id| self.put_source(file_id))
+            .map(|file_id| self.put_source(file_id, 1024))
             .buffer_unordered(64)
             .try_for_each(|_| async { Ok(()) })
             .await
