@@ -121,9 +121,9 @@ pub async fn end_to_end(
 }
 
 /// Initiates `jobs` jobs by one worker per tenant, each as soon as the last was answered, with an
-/// `Idempotency-Key` each (`key_prefix` and its number) when given: every job asks for file 10000, or with `distinct_from` a
-/// file of its own (from that id on). The status requests of the accepted jobs, and how many
-/// initiates were refused.
+/// `Idempotency-Key` each (`key_prefix` and its number) when given. Every job asks for file
+/// 10000, or with `distinct_from` for a file of its own (from that id on). Returns the status
+/// requests of the accepted jobs, and how many initiates were refused.
 async fn initiate_jobs(
     system: &System,
     tenants: &[TenantRequest],
