@@ -135,23 +135,19 @@ async fn malformed_job_messages_are_terminated_and_the_processor_keeps_working()
     // A v2 message queued longer than a record lives (whatever was written under its key, a
     // cancellation or a refusal's marker, may have expired) is dropped unrun, as a v1 message
     // whose record expired always was.
-    let expired = common::JobRecord::queued(
-        common::JobId(uuid::Uuid::new_v7(minted_long_ago)),
-        "mia".into(),
-        vec![50_003],
-        None,
-        1,
-        None,
-    );
+    let old_job = || {
+        common::JobRecord::queued(
+            common::JobId(uuid::Uuid::new_v7(minted_long_ago)),
+            "mia".into(),
+            vec![50_003],
+            None,
+            1,
+            None,
+        )
+    };
+    let expired = old_job();
     // As old, but claimed before (a redelivery after a day): it goes on from its record.
-    let mut claimed = common::JobRecord::queued(
-        common::JobId(uuid::Uuid::new_v7(minted_long_ago)),
-        "mia".into(),
-        vec![50_003],
-        None,
-        1,
-        None,
-    );
+    let mut claimed = old_job();
     claimed.status = common::JobStatus::Processing;
     claimed.attempt = 1;
     claimed.event_seq = 1;

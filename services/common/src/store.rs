@@ -130,6 +130,16 @@ enum Stored {
     Absent,
 }
 
+impl Stored {
+    /// The record, if one was found (a delete marker reads as none).
+    fn into_record(self) -> Option<Versioned> {
+        match self {
+            Stored::Record(found) => Some(found),
+            Stored::Removed | Stored::Absent => None,
+        }
+    }
+}
+
 /// A write whose answer was lost (a timeout): it may have been stored.
 struct Unanswered {
     before: JobRecord,
@@ -220,10 +230,7 @@ impl JobStore {
     /// created in the last minute (its id says when) is looked for again for up to
     /// [`YOUNG_MISS_WAIT`] before it counts as missing.
     pub async fn load(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
-        Ok(match self.look_patiently(job_id).await? {
-            Stored::Record(found) => Some(found),
-            Stored::Removed | Stored::Absent => None,
-        })
+        Ok(self.look_patiently(job_id).await?.into_record())
     }
 
     /// [`load`](Self::load), telling a job refused or removed (a delete marker) from one not
@@ -253,12 +260,7 @@ impl JobStore {
         self.patience
             .retry(
                 "reading a job record",
-                || async move {
-                    Ok(match self.read(job_id, true).await? {
-                        Stored::Record(found) => Some(found),
-                        Stored::Removed | Stored::Absent => None,
-                    })
-                },
+                || async move { Ok(self.read(job_id, true).await?.into_record()) },
                 Self::is_transient,
             )
             .await
@@ -267,10 +269,7 @@ impl JobStore {
     /// [`load`](Self::load) without waiting for a young job's record to arrive: for a job whose
     /// writer is known to be done (or dead).
     pub async fn load_once(&self, job_id: JobId) -> Result<Option<Versioned>, StoreError> {
-        Ok(match self.lookup(job_id).await? {
-            Stored::Record(found) => Some(found),
-            Stored::Removed | Stored::Absent => None,
-        })
+        Ok(self.lookup(job_id).await?.into_record())
     }
 
     /// One lookup of a job, riding out an unavailable cluster: the bucket (any replica), the
@@ -431,17 +430,19 @@ impl JobStore {
         let given = known.is_some();
         let current = match known {
             Some(known) => known,
-            None => match self.read(job_id, from_leader).await? {
-                Stored::Record(current) => current,
-                Stored::Removed => return Err(StoreError::Removed(job_id)),
-                // Not claimed yet (its message holds it), or a miss to confirm (by the leader,
-                // and for a young job a little later).
-                Stored::Absent => match self.look_patiently(job_id).await? {
+            None => {
+                let stored = match self.read(job_id, from_leader).await? {
+                    // Not claimed yet (its message holds it), or a miss to confirm (by the
+                    // leader, and for a young job a little later).
+                    Stored::Absent => self.look_patiently(job_id).await?,
+                    stored => stored,
+                };
+                match stored {
                     Stored::Record(current) => current,
                     Stored::Removed => return Err(StoreError::Removed(job_id)),
                     Stored::Absent => return Err(StoreError::Missing(job_id)),
-                },
-            },
+                }
+            }
         };
         if let Some(landed) = unanswered.iter().find(|write| write.after == current.record) {
             tracing::info!(%job_id, seq = landed.after.event_seq, "a write whose answer was lost was stored");
