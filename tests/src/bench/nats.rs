@@ -72,6 +72,11 @@ pub struct Ceilings {
     pub kv_get: f64,
     /// Core request/reply round trips to a responder in this process.
     pub request_reply: f64,
+    /// JetStream publishes made as the intake publishes a job (see [`JOB_PUBLISH`]), each task
+    /// awaiting its ack: with as many tasks as the other measurements, and with [`FEW_TASKS`].
+    pub job_publish: f64,
+    /// The same with [`FEW_TASKS`] tasks.
+    pub job_publish_few: f64,
     /// Tasks (the HTTP figures' connections) of the concurrent measurements.
     pub concurrency: usize,
     /// Seconds per measurement.
@@ -91,6 +96,18 @@ const BUCKET: &str = "bench";
 /// The responder's subject: outside every stream's subjects (a captured subject is answered by
 /// the stream's PubAck).
 const REPLY_SUBJECT: &str = "benchreply.presign";
+
+/// The job publish: a subject of its own per message (as `downloads.jobs.submitted.<jobId>`),
+/// a `Nats-Msg-Id` and a `traceparent`, as the intake publishes every job.
+pub const JOB_PUBLISH: &str = "job publish";
+/// The job publish with [`FEW_TASKS`] tasks.
+pub const JOB_PUBLISH_FEW: &str = "job publish, few in flight";
+/// Publishes in flight of the second job publish measurement: about what the intake's one
+/// connection carries while serving initiates, whose handling, not the ack, takes most of a
+/// request's time; nats-server batches less per read and write at that pace than at 64.
+pub const FEW_TASKS: usize = 4;
+/// A sampled W3C trace context, the header every job carries.
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn payload() -> bytes::Bytes {
     bytes::Bytes::from(vec![b'x'; PAYLOAD_BYTES])
@@ -217,6 +234,38 @@ pub async fn measure(
     .await?;
     ceilings.awaited_publish = rate;
     ceilings.cpu.push(("awaited publish", count, cpu));
+
+    // A job's publish as the intake makes it, at 64 tasks and at a few.
+    for (name, tasks) in [(JOB_PUBLISH, concurrency), (JOB_PUBLISH_FEW, FEW_TASKS)] {
+        let (rate, count, cpu) = concurrently(tasks, seconds, processes, |task, deadline| {
+            let jetstream = jetstream.clone();
+            async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    // Ids and subjects of their own, apart from the other measurements'.
+                    let id = format!("job-{tasks}-{task}-{done}");
+                    let mut headers = HeaderMap::new();
+                    headers.insert(common::names::MSG_ID_HEADER, id.as_str());
+                    headers.insert("traceparent", TRACEPARENT);
+                    jetstream
+                        .publish_with_headers(format!("bench.{id}"), headers, payload())
+                        .await
+                        .context("job publish")?
+                        .await
+                        .context("job publish's ack")?;
+                    done += 1;
+                }
+                Ok(done)
+            }
+        })
+        .await?;
+        if tasks == FEW_TASKS {
+            ceilings.job_publish_few = rate;
+        } else {
+            ceilings.job_publish = rate;
+        }
+        ceilings.cpu.push((name, count, cpu));
+    }
 
     // KV create of new keys (what the intake does per job).
     let kv = Arc::new(kv);

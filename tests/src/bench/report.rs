@@ -235,6 +235,21 @@ impl Report {
         ))
     }
 
+    /// The initiate's floor with its publish as the intake makes it and at about its pace (a
+    /// job publish with few in flight): nats-server batches less at that pace than at 64.
+    pub fn paced_initiate_floor(&self) -> Option<(f64, String)> {
+        let http = self.floor("poem")?;
+        let publish = self.nats_operation_micros(super::nats::JOB_PUBLISH_FEW)?;
+        Some((
+            http.server_micros() + publish,
+            format!(
+                "HTTP alone {:.1} and a job publish with {} in flight {publish:.1}",
+                http.server_micros(),
+                super::nats::FEW_TASKS
+            ),
+        ))
+    }
+
     /// The least CPU one one-file job can cost here, end to end: its initiate's floor, one HEAD
     /// (SeaweedFS and the client), and the processor's four JetStream writes (the claim, which
     /// creates the record, and the completion, at a KV create's cost; two events, at an async publish's). It leaves out the
@@ -283,6 +298,12 @@ impl Report {
                 rate(cores * 1e6 / micros)
             ));
         }
+        if let Some((micros, parts)) = self.paced_initiate_floor() {
+            lines.push(format!(
+                "The same floor with the publish as the intake makes it (a subject of its own, `Nats-Msg-Id`, \
+                 `traceparent`) and at about its pace, a few in flight on one connection: {micros:.0} µs ({parts})."
+            ));
+        }
         if let Some((micros, parts)) = self.job_floor() {
             lines.push(format!(
                 "The floor of one job end to end as designed (its initiate, a HEAD and the processor's writes \
@@ -317,24 +338,46 @@ impl Report {
                 "| operation | rate | concurrency | nats-server CPU per op | bench CPU per op |"
             );
             let _ = writeln!(text, "|---|---|---|---|---|");
-            for (name, rate_value, concurrency) in [
+            let job_publish = "job publish (a subject of its own, `Nats-Msg-Id`, `traceparent`)";
+            for (name, label, rate_value, concurrency) in [
                 (
+                    "async publish",
                     "async publish",
                     ceilings.async_publish,
                     format!("{} acks outstanding", super::nats::ASYNC_WINDOW),
                 ),
                 (
                     "awaited publish",
+                    "awaited publish",
                     ceilings.awaited_publish,
                     format!("{} tasks", ceilings.concurrency),
                 ),
                 (
+                    super::nats::JOB_PUBLISH,
+                    job_publish,
+                    ceilings.job_publish,
+                    format!("{} tasks", ceilings.concurrency),
+                ),
+                (
+                    super::nats::JOB_PUBLISH_FEW,
+                    job_publish,
+                    ceilings.job_publish_few,
+                    format!("{} tasks", super::nats::FEW_TASKS),
+                ),
+                (
+                    "KV put (create)",
                     "KV put (create)",
                     ceilings.kv_put,
                     format!("{} tasks", ceilings.concurrency),
                 ),
-                ("KV get", ceilings.kv_get, format!("{} tasks", ceilings.concurrency)),
                 (
+                    "KV get",
+                    "KV get",
+                    ceilings.kv_get,
+                    format!("{} tasks", ceilings.concurrency),
+                ),
+                (
+                    "request/reply",
                     "request/reply",
                     ceilings.request_reply,
                     format!("{} tasks", ceilings.concurrency),
@@ -350,7 +393,7 @@ impl Report {
                 });
                 let _ = writeln!(
                     text,
-                    "| {name} | {} | {concurrency} | {server} | {client} |",
+                    "| {label} | {} | {concurrency} | {server} | {client} |",
                     rate(rate_value)
                 );
             }
@@ -464,6 +507,11 @@ mod tests {
                     ("awaited publish", 1000, usage("nats-server", 0.010, 0.005)),
                     ("KV put (create)", 1000, usage("nats-server", 0.020, 0.010)),
                     ("async publish", 1000, usage("nats-server", 0.008, 0.002)),
+                    (
+                        crate::bench::nats::JOB_PUBLISH_FEW,
+                        1000,
+                        usage("nats-server", 0.025, 0.010),
+                    ),
                 ],
                 ..Ceilings::default()
             }),
@@ -472,6 +520,8 @@ mod tests {
         };
         let (initiate, _) = report.initiate_floor().unwrap();
         assert!((initiate - (20.0 + 15.0)).abs() < 1e-9, "{initiate}");
+        let (paced, _) = report.paced_initiate_floor().unwrap();
+        assert!((paced - (20.0 + 35.0)).abs() < 1e-9, "{paced}");
         let (job, _) = report.job_floor().unwrap();
         assert!((job - (35.0 + 330.0 + 2.0 * 30.0 + 2.0 * 10.0)).abs() < 1e-9, "{job}");
         assert!(
