@@ -220,33 +220,38 @@ pub fn header(options: &Options) -> String {
 }
 
 impl Report {
-    /// The least CPU one initiate can cost here: HTTP alone, plus its one JetStream write (an
-    /// awaited publish), at what it cost nats-server and its client alone.
+    /// The least CPU one initiate can cost here: HTTP alone, plus its one JetStream write (a
+    /// job's publish, 64 in flight), at what it cost nats-server and its client alone.
     pub fn initiate_floor(&self) -> Option<(f64, String)> {
         let http = self.floor("poem")?;
-        let publish = self.nats_operation_micros("awaited publish")?;
+        let publish = self.nats_operation_micros(super::nats::JOB_PUBLISH)?;
         let total = http.server_micros() + publish;
         Some((
             total,
             format!(
-                "HTTP alone {:.1} and an awaited publish {publish:.1}",
+                "HTTP alone {:.1} and a job's publish {publish:.1}",
                 http.server_micros()
             ),
         ))
     }
 
-    /// The initiate's floor with its publish as the intake makes it and at about its pace (a
-    /// job publish with few in flight): nats-server batches less at that pace than at 64.
-    pub fn paced_initiate_floor(&self) -> Option<(f64, String)> {
-        let http = self.floor("poem")?;
-        let publish = self.nats_operation_micros(super::nats::JOB_PUBLISH_FEW)?;
-        Some((
-            http.server_micros() + publish,
-            format!(
-                "HTTP alone {:.1} and a job publish with {} in flight {publish:.1}",
-                http.server_micros(),
-                super::nats::FEW_TASKS
-            ),
+    /// How a job's publish costs more with few in flight than with many: the line saying so.
+    fn batching_line(&self) -> Option<String> {
+        let ceilings = self.ceilings.as_ref()?;
+        let cost = |name: &str| {
+            let (_, count, usage) = ceilings.cpu.iter().find(|(operation, _, _)| *operation == name)?;
+            let per = usage.per_unit_micros(*count);
+            Some((*per.processes.get("nats-server")?, per.generator))
+        };
+        let (many_server, many_client) = cost(super::nats::JOB_PUBLISH)?;
+        let (few_server, few_client) = cost(super::nats::JOB_PUBLISH_FEW)?;
+        Some(format!(
+            "With {} publishes in flight instead of {}, a job's publish costs nats-server {few_server:.1} µs \
+             instead of {many_server:.1} (the client {few_client:.1} instead of {many_client:.1}): fewer messages \
+             share each read, write and wake-up. The floors above use the {}.",
+            super::nats::FEW_TASKS,
+            ceilings.concurrency,
+            ceilings.concurrency
         ))
     }
 
@@ -291,17 +296,12 @@ impl Report {
         let mut lines = Vec::new();
         if let Some((micros, parts)) = self.initiate_floor() {
             lines.push(format!(
-                "The floor of one initiate as designed (an HTTP exchange and its one JetStream write) here: \
+                "The floor of one initiate as designed (an HTTP exchange and its one JetStream write, a subject \
+                 of its own with `Nats-Msg-Id` and `traceparent`) here: \
                  {micros:.0} µs of CPU ({parts}; nats-server and client, as measured alone), against the \
                  target's 80 µs for everything; {cores:.0} cores at that cost answer {} at most (before the \
                  load generator's share).",
                 rate(cores * 1e6 / micros)
-            ));
-        }
-        if let Some((micros, parts)) = self.paced_initiate_floor() {
-            lines.push(format!(
-                "The same floor with the publish as the intake makes it (a subject of its own, `Nats-Msg-Id`, \
-                 `traceparent`) and at about its pace, a few in flight on one connection: {micros:.0} µs ({parts})."
             ));
         }
         if let Some((micros, parts)) = self.job_floor() {
@@ -312,6 +312,7 @@ impl Report {
                 rate(cores * 1e6 / micros)
             ));
         }
+        lines.extend(self.batching_line());
         lines
     }
 
@@ -508,22 +509,32 @@ mod tests {
                     ("KV put (create)", 1000, usage("nats-server", 0.020, 0.010)),
                     ("async publish", 1000, usage("nats-server", 0.008, 0.002)),
                     (
+                        crate::bench::nats::JOB_PUBLISH,
+                        1000,
+                        usage("nats-server", 0.015, 0.005),
+                    ),
+                    (
                         crate::bench::nats::JOB_PUBLISH_FEW,
                         1000,
-                        usage("nats-server", 0.025, 0.010),
+                        usage("nats-server", 0.030, 0.010),
                     ),
                 ],
+                concurrency: 64,
                 ..Ceilings::default()
             }),
             floors: vec![floor("poem", 20.0, 10.0), floor("weed", 250.0, 80.0)],
             ..Report::default()
         };
         let (initiate, _) = report.initiate_floor().unwrap();
-        assert!((initiate - (20.0 + 15.0)).abs() < 1e-9, "{initiate}");
-        let (paced, _) = report.paced_initiate_floor().unwrap();
-        assert!((paced - (20.0 + 35.0)).abs() < 1e-9, "{paced}");
+        // HTTP alone and a job's publish at 64 in flight (not the plain awaited publish).
+        assert!((initiate - (20.0 + 20.0)).abs() < 1e-9, "{initiate}");
         let (job, _) = report.job_floor().unwrap();
-        assert!((job - (35.0 + 330.0 + 2.0 * 30.0 + 2.0 * 10.0)).abs() < 1e-9, "{job}");
+        assert!((job - (40.0 + 330.0 + 2.0 * 30.0 + 2.0 * 10.0)).abs() < 1e-9, "{job}");
+        let batching = report.batching_line().unwrap();
+        assert!(
+            batching.contains("nats-server 30.0 µs instead of 15.0 (the client 10.0 instead of 5.0)"),
+            "{batching}"
+        );
         assert!(
             Report::default().initiate_floor().is_none(),
             "no floor without its measurements"
