@@ -92,12 +92,12 @@ pub fn initiate_kv_writes_of(limits: Limits) -> f64 {
     2.0 * f64::from(u8::from(limits.keys)) + f64::from(u8::from(limits.rate)) + f64::from(u8::from(limits.cap))
 }
 
-/// Initiate: one awaited publish and `kv_writes` KV writes; `counted` says where the count
-/// comes from.
+/// Initiate: one job publish (awaited, a subject of its own, `Nats-Msg-Id`, `traceparent`) and
+/// `kv_writes` KV writes; `counted` says where the count comes from.
 pub fn initiate_ceiling(ceilings: &Ceilings, kv_writes: f64, counted: &str) -> Ceiling {
     Ceiling {
-        rate: mix_ceiling(&[(1.0, ceilings.awaited_publish), (kv_writes, ceilings.kv_put)]),
-        mix: format!("1 awaited publish + {kv_writes:.1} KV puts{counted}"),
+        rate: mix_ceiling(&[(1.0, ceilings.job_publish), (kv_writes, ceilings.kv_put)]),
+        mix: format!("1 job publish + {kv_writes:.1} KV puts{counted}"),
     }
 }
 
@@ -129,21 +129,22 @@ pub fn completed_status_ceiling(ceilings: &Ceilings, messages: &MessagesPerUnit)
 }
 
 /// End to end, one one-file job: the messages a job is designed to send, priced each as its kind
-/// (awaited publishes: the job message and two events; KV writes: the claim, which creates the
-/// record, and the completion), and the rest that `/varz` counted (the acks, the webhook
-/// consumer's, the pulls) priced as async publishes.
+/// (job publishes, each on a subject of its own with a `Nats-Msg-Id` and a `traceparent`: the job
+/// message and two events; KV writes: the claim, which creates the record, and the completion),
+/// and the rest that `/varz` counted (the acks, the webhook consumer's, the pulls) priced as async
+/// publishes.
 pub fn job_ceiling(ceilings: &Ceilings, messages: &MessagesPerUnit) -> Ceiling {
-    const AWAITED: f64 = 3.0;
+    const PUBLISHES: f64 = 3.0;
     const KV_WRITES: f64 = 2.0;
-    let rest = (messages.inbound - AWAITED - KV_WRITES).max(0.0);
+    let rest = (messages.inbound - PUBLISHES - KV_WRITES).max(0.0);
     Ceiling {
         rate: mix_ceiling(&[
-            (AWAITED, ceilings.awaited_publish),
+            (PUBLISHES, ceilings.job_publish),
             (KV_WRITES, ceilings.kv_put),
             (rest, ceilings.async_publish),
         ]),
         mix: format!(
-            "{AWAITED} awaited publishes + {KV_WRITES} KV puts + {rest:.1} acks and pulls as \
+            "{PUBLISHES} job publishes + {KV_WRITES} KV puts + {rest:.1} acks and pulls as \
              async publishes, of {:.1} msgs in per job",
             messages.inbound
         ),
@@ -190,7 +191,9 @@ mod tests {
     fn ceilings() -> Ceilings {
         Ceilings {
             async_publish: 40_000.0,
-            awaited_publish: 10_000.0,
+            // The plain awaited publish is not what an initiate or a job is priced by.
+            awaited_publish: 20_000.0,
+            job_publish: 10_000.0,
             kv_put: 10_000.0,
             kv_get: 20_000.0,
             request_reply: 20_000.0,

@@ -221,7 +221,8 @@ pub fn header(options: &Options) -> String {
 
 impl Report {
     /// The least CPU one initiate can cost here: HTTP alone, plus its one JetStream write (a
-    /// job's publish, 64 in flight), at what it cost nats-server and its client alone.
+    /// job's publish, with as many in flight as the HTTP figures have connections), at what it
+    /// cost nats-server and its client alone.
     pub fn initiate_floor(&self) -> Option<(f64, String)> {
         let http = self.floor("poem")?;
         let publish = self.nats_operation_micros(super::nats::JOB_PUBLISH)?;
@@ -244,11 +245,12 @@ impl Report {
             Some((*per.processes.get("nats-server")?, per.generator))
         };
         let (many_server, many_client) = cost(super::nats::JOB_PUBLISH)?;
+        // Not measured when the other measurements have no more tasks than that.
         let (few_server, few_client) = cost(super::nats::JOB_PUBLISH_FEW)?;
         Some(format!(
             "With {} publishes in flight instead of {}, a job's publish costs nats-server {few_server:.1} µs \
              instead of {many_server:.1} (the client {few_client:.1} instead of {many_client:.1}): fewer messages \
-             share each read, write and wake-up. The floors above use the {}.",
+             share each read, write and wake-up. The floors above price the publish at {} in flight.",
             super::nats::FEW_TASKS,
             ceilings.concurrency,
             ceilings.concurrency
