@@ -386,6 +386,10 @@ impl Report {
                     format!("{} tasks", ceilings.concurrency),
                 ),
             ] {
+                if name == super::nats::JOB_PUBLISH_FEW && rate_value == 0.0 {
+                    // Not measured: the others had no more tasks than that.
+                    continue;
+                }
                 let cpu = ceilings.cpu.iter().find(|(operation, _, _)| *operation == name);
                 let (server, client) = cpu.map_or(("—".to_string(), "—".to_string()), |(_, count, usage)| {
                     let per = usage.per_unit_micros(*count);
@@ -541,6 +545,27 @@ mod tests {
             Report::default().initiate_floor().is_none(),
             "no floor without its measurements"
         );
+    }
+
+    #[test]
+    fn the_job_publish_with_few_in_flight_is_shown_only_when_measured() {
+        let table = |few: f64| {
+            let report = Report {
+                ceilings: Some(Ceilings {
+                    job_publish: 60_000.0,
+                    job_publish_few: few,
+                    concurrency: 64,
+                    ..Ceilings::default()
+                }),
+                ..Report::default()
+            };
+            report.render("")
+        };
+        assert!(table(20_000.0).contains("| 20.0k/s | 4 tasks |"));
+        assert!(table(20_000.0).contains("| 60.0k/s | 64 tasks |"));
+        // With the others at 4 tasks or fewer it is not measured, and no empty row stands for it.
+        assert!(!table(0.0).contains("| 0/s | 4 tasks |"));
+        assert!(table(0.0).contains("| 60.0k/s | 64 tasks |"));
     }
 
     #[test]
