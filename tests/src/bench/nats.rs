@@ -146,6 +146,35 @@ where
     Ok((total as f64 / elapsed, total, meter.stop()))
 }
 
+/// JetStream publishes on `tasks` tasks for `seconds`, each task awaiting its ack before the
+/// next; `message` gives a task's `done`-th message its subject and headers.
+async fn awaited_publishes(
+    jetstream: &jetstream::Context,
+    tasks: usize,
+    seconds: f64,
+    processes: &[(String, u32)],
+    message: impl Fn(usize, u64) -> (String, HeaderMap) + Clone + Send + 'static,
+) -> anyhow::Result<(f64, u64, CpuUsage)> {
+    concurrently(tasks, seconds, processes, |task, deadline| {
+        let (jetstream, message) = (jetstream.clone(), message.clone());
+        async move {
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                let (subject, headers) = message(task, done);
+                jetstream
+                    .publish_with_headers(subject, headers, payload())
+                    .await
+                    .context("publish")?
+                    .await
+                    .context("publish's ack")?;
+                done += 1;
+            }
+            Ok(done)
+        }
+    })
+    .await
+}
+
 /// Measures every ceiling for `seconds` each with `concurrency` tasks, as the `ops` user, on a
 /// fresh stream `BENCH` (`bench.>`) and bucket `bench`, configured as the job stream and the
 /// job bucket; deletes them afterwards. `processes` are measured for CPU meanwhile.
@@ -215,23 +244,11 @@ pub async fn measure(
     }
 
     // Awaited publish: each task waits for its ack before the next.
-    let (rate, count, cpu) = concurrently(concurrency, seconds, processes, |task, deadline| {
-        let jetstream = jetstream.clone();
-        async move {
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                jetstream
-                    .publish_with_headers("bench.awaited", message_id(task + 1, done), payload())
-                    .await
-                    .context("awaited publish")?
-                    .await
-                    .context("awaited publish's ack")?;
-                done += 1;
-            }
-            Ok(done)
-        }
+    let (rate, count, cpu) = awaited_publishes(&jetstream, concurrency, seconds, processes, |task, done| {
+        ("bench.awaited".to_string(), message_id(task + 1, done))
     })
-    .await?;
+    .await
+    .context("the awaited publishes")?;
     ceilings.awaited_publish = rate;
     ceilings.cpu.push(("awaited publish", count, cpu));
 
@@ -249,28 +266,16 @@ pub async fn measure(
             .purge()
             .await
             .context("purging the BENCH stream")?;
-        let (rate, count, cpu) = concurrently(tasks, seconds, processes, |task, deadline| {
-            let jetstream = jetstream.clone();
-            async move {
-                let mut done = 0u64;
-                while Instant::now() < deadline {
-                    // Ids and subjects of their own, apart from every other measurement's.
-                    let id = format!("job-{label}-{task}-{done}");
-                    let mut headers = HeaderMap::new();
-                    headers.insert(common::names::MSG_ID_HEADER, id.as_str());
-                    headers.insert("traceparent", TRACEPARENT);
-                    jetstream
-                        .publish_with_headers(format!("bench.{id}"), headers, payload())
-                        .await
-                        .context("job publish")?
-                        .await
-                        .context("job publish's ack")?;
-                    done += 1;
-                }
-                Ok(done)
-            }
+        let (rate, count, cpu) = awaited_publishes(&jetstream, tasks, seconds, processes, move |task, done| {
+            // Ids and subjects of their own, apart from every other measurement's.
+            let id = format!("job-{label}-{task}-{done}");
+            let mut headers = HeaderMap::new();
+            headers.insert(common::names::MSG_ID_HEADER, id.as_str());
+            headers.insert("traceparent", TRACEPARENT);
+            (format!("bench.{id}"), headers)
         })
-        .await?;
+        .await
+        .with_context(|| format!("measuring the {name}"))?;
         if name == JOB_PUBLISH {
             ceilings.job_publish = rate;
         } else {

@@ -239,14 +239,9 @@ impl Report {
     /// How a job's publish costs more with few in flight than with many: the line saying so.
     fn batching_line(&self) -> Option<String> {
         let ceilings = self.ceilings.as_ref()?;
-        let cost = |name: &str| {
-            let (_, count, usage) = ceilings.cpu.iter().find(|(operation, _, _)| *operation == name)?;
-            let per = usage.per_unit_micros(*count);
-            Some((*per.processes.get("nats-server")?, per.generator))
-        };
-        let (many_server, many_client) = cost(super::nats::JOB_PUBLISH)?;
+        let (many_server, many_client) = self.nats_operation_cost(super::nats::JOB_PUBLISH)?;
         // Not measured when the other measurements have no more tasks than that.
-        let (few_server, few_client) = cost(super::nats::JOB_PUBLISH_FEW)?;
+        let (few_server, few_client) = self.nats_operation_cost(super::nats::JOB_PUBLISH_FEW)?;
         Some(format!(
             "With {} publishes in flight instead of {}, a job's publish costs nats-server {few_server:.1} µs \
              instead of {many_server:.1} (the client {few_client:.1} instead of {many_client:.1}): fewer messages \
@@ -284,12 +279,17 @@ impl Report {
         self.floors.iter().find(|floor| floor.server == server)
     }
 
-    /// CPU per NATS operation of the ceilings, nats-server and client, µs.
+    /// CPU per NATS operation of the ceilings, nats-server and client together, µs.
     fn nats_operation_micros(&self, name: &str) -> Option<f64> {
+        self.nats_operation_cost(name).map(|(server, client)| server + client)
+    }
+
+    /// CPU per NATS operation of the ceilings, µs: nats-server's and the client's.
+    fn nats_operation_cost(&self, name: &str) -> Option<(f64, f64)> {
         let ceilings = self.ceilings.as_ref()?;
         let (_, count, usage) = ceilings.cpu.iter().find(|(operation, _, _)| *operation == name)?;
         let per = usage.per_unit_micros(*count);
-        Some(per.processes.get("nats-server")? + per.generator)
+        Some((*per.processes.get("nats-server")?, per.generator))
     }
 
     /// What the floors allow on this machine's cores, one line each.
@@ -341,63 +341,39 @@ impl Report {
                 "| operation | rate | concurrency | nats-server CPU per op | bench CPU per op |"
             );
             let _ = writeln!(text, "|---|---|---|---|---|");
-            let job_publish = "job publish (a subject of its own, `Nats-Msg-Id`, `traceparent`)";
-            for (name, label, rate_value, concurrency) in [
+            let tasks = format!("{} tasks", ceilings.concurrency);
+            for (name, rate_value, concurrency) in [
                 (
-                    "async publish",
                     "async publish",
                     ceilings.async_publish,
                     format!("{} acks outstanding", super::nats::ASYNC_WINDOW),
                 ),
-                (
-                    "awaited publish",
-                    "awaited publish",
-                    ceilings.awaited_publish,
-                    format!("{} tasks", ceilings.concurrency),
-                ),
-                (
-                    super::nats::JOB_PUBLISH,
-                    job_publish,
-                    ceilings.job_publish,
-                    format!("{} tasks", ceilings.concurrency),
-                ),
+                ("awaited publish", ceilings.awaited_publish, tasks.clone()),
+                (super::nats::JOB_PUBLISH, ceilings.job_publish, tasks.clone()),
                 (
                     super::nats::JOB_PUBLISH_FEW,
-                    job_publish,
                     ceilings.job_publish_few,
                     format!("{} tasks", super::nats::FEW_TASKS),
                 ),
-                (
-                    "KV put (create)",
-                    "KV put (create)",
-                    ceilings.kv_put,
-                    format!("{} tasks", ceilings.concurrency),
-                ),
-                (
-                    "KV get",
-                    "KV get",
-                    ceilings.kv_get,
-                    format!("{} tasks", ceilings.concurrency),
-                ),
-                (
-                    "request/reply",
-                    "request/reply",
-                    ceilings.request_reply,
-                    format!("{} tasks", ceilings.concurrency),
-                ),
+                ("KV put (create)", ceilings.kv_put, tasks.clone()),
+                ("KV get", ceilings.kv_get, tasks.clone()),
+                ("request/reply", ceilings.request_reply, tasks.clone()),
             ] {
                 if name == super::nats::JOB_PUBLISH_FEW && rate_value == 0.0 {
                     // Not measured: the others had no more tasks than that.
                     continue;
                 }
-                let cpu = ceilings.cpu.iter().find(|(operation, _, _)| *operation == name);
-                let (server, client) = cpu.map_or(("—".to_string(), "—".to_string()), |(_, count, usage)| {
-                    let per = usage.per_unit_micros(*count);
-                    (
-                        format!("{:.1} µs", per.processes.get("nats-server").copied().unwrap_or(0.0)),
-                        format!("{:.1} µs", per.generator),
-                    )
-                });
+                let label = match name {
+                    super::nats::JOB_PUBLISH | super::nats::JOB_PUBLISH_FEW => {
+                        "job publish (a subject of its own, `Nats-Msg-Id`, `traceparent`)"
+                    }
+                    other => other,
+                };
+                let (server, client) = self
+                    .nats_operation_cost(name)
+                    .map_or(("—".to_string(), "—".to_string()), |(server, client)| {
+                        (format!("{server:.1} µs"), format!("{client:.1} µs"))
+                    });
                 let _ = writeln!(
                     text,
                     "| {label} | {} | {concurrency} | {server} | {client} |",
