@@ -254,6 +254,8 @@ pub async fn measure(
 
     // A job's publish as the intake makes it, with as many tasks as the others and with a few,
     // each on a purged stream (what the measurements before left would weigh on the second).
+    // nats-server removes a purged stream's files in the background, so some of that work may
+    // count in the measurement that follows (how much was not measured).
     let mut job_runs = vec![(JOB_PUBLISH, "many", concurrency)];
     if concurrency > FEW_TASKS {
         job_runs.push((JOB_PUBLISH_FEW, "few", FEW_TASKS));

@@ -514,6 +514,10 @@ mod tests {
         assert!((job - (40.0 + 330.0 + 2.0 * 30.0 + 2.0 * 10.0)).abs() < 1e-9, "{job}");
         let batching = report.batching_line().unwrap();
         assert!(
+            batching.starts_with("With 4 publishes in flight instead of 64,"),
+            "{batching}"
+        );
+        assert!(
             batching.contains("nats-server 30.0 µs instead of 15.0 (the client 10.0 instead of 5.0)"),
             "{batching}"
         );
