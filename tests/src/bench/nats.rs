@@ -75,8 +75,8 @@ pub struct Ceilings {
     /// JetStream publishes made as the intake publishes a job (see [`JOB_PUBLISH`]), each task
     /// awaiting its ack, with as many tasks as the other measurements.
     pub job_publish: f64,
-    /// The same with [`FEW_TASKS`] tasks (0 when the others have no more than that).
-    pub job_publish_few: f64,
+    /// The same with [`FEW_TASKS`] tasks; not measured when the others have no more than that.
+    pub job_publish_few: Option<f64>,
     /// Tasks (the HTTP figures' connections) of the concurrent measurements.
     pub concurrency: usize,
     /// Seconds per measurement.
@@ -281,7 +281,7 @@ pub async fn measure(
         if name == JOB_PUBLISH {
             ceilings.job_publish = rate;
         } else {
-            ceilings.job_publish_few = rate;
+            ceilings.job_publish_few = Some(rate);
         }
         ceilings.cpu.push((name, count, cpu));
     }
