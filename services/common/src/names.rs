@@ -13,7 +13,7 @@ pub const JOB_SUBMITTED_FILTERS: [&str; 2] = [JOB_SUBMITTED_SUBJECT, "downloads.
 /// Subject of a `job.submitted.v2` message: one per job, so a direct get by subject finds a
 /// queued job's message (which holds its record until a processor claims it).
 pub fn job_submitted_subject(job_id: &str) -> String {
-    format!("{JOB_SUBMITTED_SUBJECT}.{job_id}")
+    [JOB_SUBMITTED_SUBJECT, ".", job_id].concat()
 }
 /// Subjects captured by [`JOBS_STREAM`].
 pub const JOBS_STREAM_SUBJECTS: &str = "downloads.jobs.>";
@@ -29,7 +29,7 @@ pub const CANCELLED_EVENTS_FILTER: &str = "downloads.events.*.cancelled";
 
 /// Subject of one event of one job: `downloads.events.{job_id}.{kind}`.
 pub fn event_subject(job_id: &str, kind: &str) -> String {
-    format!("downloads.events.{job_id}.{kind}")
+    ["downloads.events.", job_id, ".", kind].concat()
 }
 
 /// KV bucket holding one human-readable JSON record per job, keyed by job id.

@@ -424,15 +424,23 @@ pub fn current_traceparent() -> Option<String> {
     current_span_context().map(|ids| traceparent(&ids))
 }
 
-/// The W3C `traceparent` of `ids`, as [`TraceContextPropagator`] writes it.
+/// The W3C `traceparent` of `ids`, as [`TraceContextPropagator`] writes it: made at its full
+/// length at once (every publish and every accepted job writes one).
 fn traceparent(ids: &opentelemetry::trace::SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        ids.trace_id(),
-        ids.span_id(),
-        ids.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED
-    )
+    use crate::identity::key::push_hex;
+    let flags = ids.trace_flags() & opentelemetry::trace::TraceFlags::SAMPLED;
+    let mut text = String::with_capacity(TRACEPARENT_LENGTH);
+    text.push_str("00-");
+    push_hex(&mut text, &ids.trace_id().to_bytes());
+    text.push('-');
+    push_hex(&mut text, &ids.span_id().to_bytes());
+    text.push('-');
+    push_hex(&mut text, &[flags.to_u8()]);
+    text
 }
+
+/// Length of a version-00 `traceparent`: `00-` 32 hex digits `-` 16 `-` 2.
+const TRACEPARENT_LENGTH: usize = 55;
 
 /// The `traceparent` found in NATS headers, if any.
 pub fn traceparent_of(headers: Option<&async_nats::HeaderMap>) -> Option<String> {

@@ -39,13 +39,33 @@ pub struct Request {
     pub fingerprint: String,
 }
 
+/// An answer to an admitted job, as its route builds it: remembered under the request's
+/// `Idempotency-Key` as JSON, and made again from that JSON on a replay. A request without a key
+/// keeps it as it was built (no JSON made and read back).
+pub trait Reply: Clone + Send + 'static {
+    /// The answer as a key remembers it.
+    fn remembered(&self) -> Answer;
+    /// A remembered answer as this type.
+    fn replayed(answer: Answer) -> Result<Self, ApiError>;
+}
+
+impl Reply for Answer {
+    fn remembered(&self) -> Answer {
+        self.clone()
+    }
+
+    fn replayed(answer: Answer) -> Result<Self, ApiError> {
+        Ok(answer)
+    }
+}
+
 /// A job admitted, or a request answered before.
 #[derive(Debug)]
-pub struct Admitted {
+pub struct Admitted<A> {
     /// The job.
     pub job_id: JobId,
     /// The answer (remembered under the key, if any).
-    pub answer: Answer,
+    pub answer: A,
     /// Whether the answer was given before (`Idempotent-Replayed: true`).
     pub replayed: bool,
     /// The claim, for a request whose answer may still change (the legacy `/start`).
@@ -54,12 +74,12 @@ pub struct Admitted {
 
 /// Admits a job whose record (as accepted) `build` makes from its id, answering with
 /// `answer_of` its record; on a task of its own.
-pub async fn admit(
+pub async fn admit<A: Reply>(
     state: Arc<State>,
     request: Request,
     build: impl FnOnce(JobId) -> JobRecord + Send + 'static,
-    answer_of: impl FnOnce(&JobRecord) -> Answer + Send + 'static,
-) -> Result<Admitted, ApiError> {
+    answer_of: impl FnOnce(&JobRecord) -> A + Send + 'static,
+) -> Result<Admitted<A>, ApiError> {
     let admitting = async move {
         // Everything fits the request's accept budget, so the client hears the outcome: the
         // claim and the slot may ride out an election until three quarters of it, accepting
@@ -89,7 +109,7 @@ pub async fn admit(
                     crate::metrics::replayed();
                     return Ok(Admitted {
                         job_id,
-                        answer,
+                        answer: A::replayed(answer)?,
                         replayed: true,
                         guard: None,
                     });
@@ -114,10 +134,11 @@ pub async fn admit(
                         .map_err(idempotency_problem)?;
                         if let Some(found) = found {
                             let answer = answer_of(&found.record);
-                            let remembering =
-                                state
-                                    .idempotency
-                                    .remember(&mut claimed, answer.clone(), Patience::until(deadline));
+                            let remembering = state.idempotency.remember(
+                                &mut claimed,
+                                answer.remembered(),
+                                Patience::until(deadline),
+                            );
                             let _ = tokio::time::timeout_at(deadline, remembering).await;
                             return Ok(Admitted {
                                 job_id: found.record.job_id,
@@ -156,7 +177,7 @@ pub async fn admit(
             // then, the claim is later taken over and the answer rebuilt from the job.
             let remembering = state
                 .idempotency
-                .remember(guard, answer.clone(), Patience::until(deadline));
+                .remember(guard, answer.remembered(), Patience::until(deadline));
             if tokio::time::timeout_at(deadline, remembering).await.is_err() {
                 tracing::warn!(%job_id, "idempotent answer not remembered in time; a retry rebuilds it from the job");
             }

@@ -14,7 +14,7 @@ use tracing::field::Empty;
 pub fn http_server(method: &str, route: &str, path: &str, request_id: Option<&str>) -> Span {
     tracing::info_span!(
         "http.server",
-        otel.name = %format!("{method} {route}"),
+        otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
         otel.status_code = Empty,
         http.request.method = %method,
@@ -63,7 +63,7 @@ pub fn http_status(span: &Span, status: u16, client: bool) {
 pub fn publish(destination: &'static str, subject: &str) -> Span {
     tracing::info_span!(
         "messaging.publish",
-        otel.name = %format!("publish {destination}"),
+        otel.name = %format_args!("publish {destination}"),
         otel.kind = "producer",
         otel.status_code = Empty,
         messaging.system = "nats",
@@ -78,7 +78,7 @@ pub fn publish(destination: &'static str, subject: &str) -> Span {
 pub fn process(destination: &'static str, subject: &str, consumer: &str, delivered: u64) -> Span {
     tracing::info_span!(
         "messaging.process",
-        otel.name = %format!("process {destination}"),
+        otel.name = %format_args!("process {destination}"),
         otel.kind = "consumer",
         otel.status_code = Empty,
         otel.status_description = Empty,
@@ -118,7 +118,7 @@ pub fn request(destination: &'static str, server: bool) -> Span {
     };
     tracing::info_span!(
         "messaging.request",
-        otel.name = %format!("{operation} {destination}"),
+        otel.name = %format_args!("{operation} {destination}"),
         otel.kind = kind,
         otel.status_code = Empty,
         otel.status_description = Empty,
@@ -134,7 +134,7 @@ pub fn request(destination: &'static str, server: bool) -> Span {
 pub fn s3(operation: &'static str, bucket: &str, key: &str) -> Span {
     tracing::info_span!(
         "s3",
-        otel.name = %format!("S3.{operation}"),
+        otel.name = %format_args!("S3.{operation}"),
         otel.kind = "client",
         otel.status_code = Empty,
         otel.status_description = Empty,

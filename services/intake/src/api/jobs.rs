@@ -10,6 +10,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, OpenApi};
 
+use super::json::SerdeJson;
 use super::types::{ApiJobStatus, CancelBody, InitiateBody, InitiateRequest, JobStatusBody};
 use super::{ApiTags, status_url};
 use crate::auth::Tenant;
@@ -34,7 +35,7 @@ pub enum InitiateResponse {
     /// earlier one's `Idempotency-Key` gets that answer again, with `Idempotent-Replayed: true`.
     #[oai(status = 202)]
     Accepted(
-        Json<InitiateBody>,
+        SerdeJson<InitiateBody>,
         #[oai(header = "Location")] String,
         #[oai(header = "Retry-After")] u64,
         #[oai(header = "Idempotent-Replayed")] Option<bool>,
@@ -49,7 +50,7 @@ pub enum StatusResponse {
     /// `streamUrl`).
     #[oai(status = 200)]
     Ok(
-        Json<JobStatusBody>,
+        SerdeJson<JobStatusBody>,
         #[oai(header = "Cache-Control")] String,
         #[oai(header = "Retry-After")] Option<u64>,
     ),
@@ -68,7 +69,7 @@ pub enum ResultResponse {
     /// when to ask again (a failed or cancelled job has no result to wait for).
     #[oai(status = 200)]
     Pending(
-        Json<JobStatusBody>,
+        SerdeJson<JobStatusBody>,
         #[oai(header = "Retry-After")] Option<u64>,
         #[oai(header = "Cache-Control")] String,
     ),
@@ -161,6 +162,20 @@ crate::failures!(
     answers::RATE_LIMITED, answers::INTERNAL, answers::READ_UNAVAILABLE,
 );
 
+/// An initiate's 202 is remembered under its `Idempotency-Key` without its stream URL.
+impl admission::Reply for InitiateBody {
+    fn remembered(&self) -> Answer {
+        Answer {
+            status: 202,
+            body: self.to_json().unwrap_or_default(),
+        }
+    }
+
+    fn replayed(answer: Answer) -> Result<Self, ApiError> {
+        super::remembered(answer.body)
+    }
+}
+
 #[OpenApi(prefix_path = "/v1/download", tag = "ApiTags::Jobs")]
 impl JobsApi {
     /// Start a download job
@@ -214,33 +229,31 @@ impl JobsApi {
                     traceparent,
                 )
             },
-            move |record| Answer {
-                status: 202,
-                body: InitiateBody {
-                    job_id: record.job_id.to_string(),
+            move |record| {
+                let job_id = record.job_id.to_string();
+                InitiateBody {
+                    status_url: status_url(&job_id),
+                    job_id,
                     status: ApiJobStatus::Queued,
                     total_file_ids: record.file_ids.len() as u64,
                     estimated_time: estimated_seconds,
-                    status_url: status_url(&record.job_id.to_string()),
                     // Minted for each answer: never remembered.
                     stream_url: String::new(),
                 }
-                .to_json()
-                .unwrap_or_default(),
             },
         )
         .await?;
-        let job_id_text = admitted.job_id.to_string();
-        tracing::Span::current().record("job_id", job_id_text.as_str());
-        let mut body: InitiateBody = super::remembered(admitted.answer.body)?;
-        body.stream_url = self.state.stream_url(&job_id_text, &tenant.0);
+        let mut body = admitted.answer;
+        tracing::Span::current().record("job_id", body.job_id.as_str());
+        body.stream_url = self.state.stream_url(&body.job_id, &tenant.0);
         if !admitted.replayed {
             crate::metrics::accepted("v1");
-            tracing::info!(job_id = %job_id_text, files = body.total_file_ids, "job accepted");
+            tracing::info!(job_id = %body.job_id, files = body.total_file_ids, "job accepted");
         }
+        let location = body.status_url.clone();
         Ok(InitiateResponse::Accepted(
-            Json(body),
-            status_url(&job_id_text),
+            SerdeJson(body),
+            location,
             POLL_AFTER_SECONDS,
             admitted.replayed.then_some(true),
         ))
@@ -265,7 +278,7 @@ impl JobsApi {
             _ => None,
         };
         Ok(StatusResponse::Ok(
-            Json(JobStatusBody::from_record(
+            SerdeJson(JobStatusBody::from_record(
                 &record,
                 download_url,
                 self.state.stream_url(&record.job_id.to_string(), &tenant.0),
@@ -313,7 +326,7 @@ impl JobsApi {
             return Ok(ResultResponse::Found(url, no_store()));
         }
         Ok(ResultResponse::Pending(
-            Json(JobStatusBody::from_record(
+            SerdeJson(JobStatusBody::from_record(
                 &record,
                 None,
                 self.state.stream_url(&record.job_id.to_string(), &tenant.0),

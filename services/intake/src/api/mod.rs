@@ -1,6 +1,7 @@
 //! The HTTP API: job endpoints (`jobs`) and the old service's contract (`legacy`).
 
 pub mod jobs;
+pub mod json;
 pub mod legacy;
 pub mod stream;
 pub mod types;
@@ -21,12 +22,13 @@ pub enum ApiTags {
 
 /// The status URL of a job, relative to the API's base URL.
 pub fn status_url(job_id: &str) -> String {
-    format!("/v1/download/status/{job_id}")
+    ["/v1/download/status/", job_id].concat()
 }
 
-/// The path of a job's SSE stream (without its token: see [`crate::State::stream_url`]).
-pub fn stream_path(job_id: &str) -> String {
-    format!("/v1/download/{job_id}/stream")
+/// The URL of a job's SSE stream with its token (see [`crate::State::stream_url`]), relative to
+/// the API's base URL: one allocation, made at its full length (on every initiate and status).
+pub fn stream_url(job_id: &str, token: &str) -> String {
+    ["/v1/download/", job_id, "/stream?token=", token].concat()
 }
 
 /// The request's `Idempotency-Key`, checked (400 naming the header otherwise). Read from the raw

@@ -3,7 +3,7 @@
 use common::validation::{self, FILE_IDS_PER_JOB};
 use common::{ErrorCode, JobRecord};
 use poem_openapi::{Enum, Object};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::body::Validate;
 use crate::problem::Problem;
@@ -193,8 +193,10 @@ impl Validate for InitiateRequest {
 pub use common::wire::ApiJobStatus;
 
 /// `202` answer of `POST /v1/download/initiate`.
-#[derive(Debug, Object)]
+// Written by serde (`SerdeJson`) as documented (`Object`); a test holds the two equal.
+#[derive(Debug, Clone, Object, Serialize)]
 #[oai(rename_all = "camelCase", example)]
+#[serde(rename_all = "camelCase")]
 pub struct InitiateBody {
     /// The new job's id.
     pub job_id: String,
@@ -212,20 +214,24 @@ pub struct InitiateBody {
 }
 
 /// Availability of one file of a job.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 #[oai(rename_all = "camelCase", skip_serializing_if_is_none)]
+#[serde(rename_all = "camelCase")]
 pub struct FileBody {
     /// File id.
     pub file_id: u64,
     /// Whether it exists.
     pub available: bool,
     /// Its size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
 }
 
 /// A job's status.
-#[derive(Debug, Object)]
+// Written by serde (`SerdeJson`) as documented (`Object`); a test holds the two equal.
+#[derive(Debug, Object, Serialize)]
 #[oai(rename_all = "camelCase", skip_serializing_if_is_none, example)]
+#[serde(rename_all = "camelCase")]
 pub struct JobStatusBody {
     /// Job id.
     pub job_id: String,
@@ -236,20 +242,26 @@ pub struct JobStatusBody {
     /// Availability of each requested file (once checked).
     pub files: Vec<FileBody>,
     /// A presigned URL of the result with at least 95 % of its lifetime left, only when completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub download_url: Option<String>,
     /// Why the job failed (or why it is waiting for a retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Stable code of `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     /// Processing attempts so far.
     pub attempt: u32,
     /// When the job was accepted (ISO 8601 UTC).
     pub created_at: Timestamp,
     /// When processing started.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
     /// When the job ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Timestamp>,
     /// Best guess of when it will end, while not ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub estimated_completion: Option<Timestamp>,
     /// Where to follow the job's progress as Server-Sent Events: a fresh URL whose token opens
     /// this job's stream for `STREAM_TOKEN_TTL_SECONDS` (ask again for a new one when it expires).
