@@ -189,7 +189,9 @@ pub async fn admit<A: Reply>(
             guard,
         })
     };
-    match tokio::spawn(admitting.instrument(tracing::Span::current())).await {
+    // Boxed: the task then holds a pointer, not the whole state machine, which would otherwise
+    // be copied on its way into the task and again as the task's stage changes.
+    match tokio::spawn(Box::pin(admitting.instrument(tracing::Span::current()))).await {
         Ok(admitted) => admitted,
         Err(panicked) => Err(ApiError::internal("admitting a job", &panicked)),
     }
