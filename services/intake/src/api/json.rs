@@ -6,8 +6,8 @@
 //! at its usual size, and documents `T` exactly as `Json<T>` does. It is for answers on the hot
 //! paths whose serde form is their OpenAPI form, which a test holds equal for each such type.
 
+use poem::http::HeaderValue;
 use poem::http::header::CONTENT_TYPE;
-use poem::http::{HeaderMap, HeaderValue};
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::{Json, Payload};
 use poem_openapi::registry::{MetaSchemaRef, Registry};
@@ -23,12 +23,6 @@ pub struct SerdeJson<T>(pub T);
 /// What the body starts with: room for a job's status or 202 with its stream URL, within the
 /// sizes the allocator serves from its thread cache. A larger body grows as any `Vec` does.
 const BODY_CAPACITY: usize = 1024;
-
-/// The headers an answer on these paths ends up with, limits off: its type, the operation's
-/// (`Location`, `Retry-After`, `Idempotent-Replayed`), `Access-Control-Allow-Origin` and the
-/// request context's five: room for them at once, not a map grown at every few (each growth
-/// is a `realloc`, which takes glibc's arena lock). The limits' five headers grow it once.
-const RESPONSE_HEADERS: usize = 12;
 
 /// As `Json<T>` answers (its `CONTENT_TYPE` is the same).
 const JSON: &str = "application/json; charset=utf-8";
@@ -53,13 +47,9 @@ impl<T: Serialize + Send> IntoResponse for SerdeJson<T> {
     fn into_response(self) -> Response {
         let mut body = Vec::with_capacity(BODY_CAPACITY);
         match serde_json::to_writer(&mut body, &self.0) {
-            Ok(()) => {
-                let mut response = Response::builder().body(body);
-                let headers = response.headers_mut();
-                *headers = HeaderMap::with_capacity(RESPONSE_HEADERS);
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
-                response
-            }
+            Ok(()) => Response::builder()
+                .header(CONTENT_TYPE, HeaderValue::from_static(JSON))
+                .body(body),
             Err(error) => ApiError::internal("writing an answer", &error).into_response(),
         }
     }
