@@ -42,7 +42,7 @@ pub struct Request {
 /// An answer to an admitted job, as its route builds it: remembered under the request's
 /// `Idempotency-Key` as JSON, and made again from that JSON on a replay. A request without a key
 /// keeps it as it was built (no JSON made and read back).
-pub trait Reply: Clone + Send + 'static {
+pub trait Reply: Sized + Send + 'static {
     /// The answer as a key remembers it.
     fn remembered(&self) -> Answer;
     /// A remembered answer as this type.

@@ -92,7 +92,7 @@ impl State {
     pub fn stream_url(&self, job_id: &str, tenant: &str) -> String {
         let expires_at = chrono::Utc::now().timestamp() + self.settings.auth.stream_token_ttl.as_secs() as i64;
         let token = self.tokens.issue(tenant, job_id, expires_at);
-        api::stream_url(job_id, &token)
+        api::stream_url_with_token(job_id, &token)
     }
 
     /// Cancels a job unless it ended, on a task of its own: once its record says cancelled, its

@@ -250,7 +250,7 @@ impl JobsApi {
             crate::metrics::accepted("v1");
             tracing::info!(job_id = %body.job_id, files = body.total_file_ids, "job accepted");
         }
-        let location = body.status_url.clone();
+        let location = status_url(&body.job_id);
         Ok(InitiateResponse::Accepted(
             SerdeJson(body),
             location,

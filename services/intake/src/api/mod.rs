@@ -27,7 +27,7 @@ pub fn status_url(job_id: &str) -> String {
 
 /// The URL of a job's SSE stream with its token (see [`crate::State::stream_url`]), relative to
 /// the API's base URL: one allocation, made at its full length (on every initiate and status).
-pub fn stream_url(job_id: &str, token: &str) -> String {
+pub fn stream_url_with_token(job_id: &str, token: &str) -> String {
     ["/v1/download/", job_id, "/stream?token=", token].concat()
 }
 

@@ -194,7 +194,7 @@ pub use common::wire::ApiJobStatus;
 
 /// `202` answer of `POST /v1/download/initiate`.
 // Written by serde (`SerdeJson`) as documented (`Object`); a test holds the two equal.
-#[derive(Debug, Clone, Object, Serialize)]
+#[derive(Debug, Object, Serialize)]
 #[oai(rename_all = "camelCase", example)]
 #[serde(rename_all = "camelCase")]
 pub struct InitiateBody {
