@@ -1,11 +1,17 @@
 //! Builds `bundles/{jobId}.zip` from several source archives in constant memory: each source is
 //! streamed from S3 into the ZIP writer, and the output is cut into multipart-upload parts as it
 //! grows. At most one part (plus one network chunk) is held at a time, whatever the bundle's size.
+//!
+//! A part is filled in an anonymous memory map of its own, which goes back to the kernel as soon
+//! as its upload lets go of it. From the allocator, a part-sized buffer stayed resident after
+//! its bundle: once glibc has freed one mmapped buffer of 8 MiB it serves the next ones from its
+//! arenas (its mmap threshold rises to the size freed), and each arena keeps what it served. The
+//! processor's RSS then grew by a part or two with every bundle (README, "Bundling's peak").
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use common::names;
 use common::storage::{Storage, StorageError};
 use futures::StreamExt;
@@ -44,6 +50,80 @@ pub enum BundleError {
     /// The bundle outgrew S3's 10,000 parts (its sources grew after the part size was chosen).
     #[error("the bundle needs more than 10000 parts")]
     TooManyParts,
+    /// No memory could be mapped for a part.
+    #[error("no memory for a part of {size} bytes")]
+    Memory {
+        /// The part's size.
+        size: usize,
+        /// The mapping's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A multipart-upload part being filled, in an anonymous memory map of the part's size: only the
+/// pages written become resident, and all of them go back to the kernel when the last reference
+/// to the part (the upload's) is dropped.
+struct Part {
+    map: memmap2::MmapMut,
+    len: usize,
+}
+
+impl Part {
+    fn new(size: usize) -> Result<Part, BundleError> {
+        let map = memmap2::MmapMut::map_anon(size).map_err(|source| BundleError::Memory { size, source })?;
+        Ok(Part { map, len: 0 })
+    }
+
+    /// Copies as much of `data` as fits; returns how much that was.
+    fn fill(&mut self, data: &[u8]) -> usize {
+        let taken = data.len().min(self.map.len() - self.len);
+        self.map[self.len..self.len + taken].copy_from_slice(&data[..taken]);
+        self.len += taken;
+        taken
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes written, without a copy; the map lives as long as they do.
+    fn into_bytes(self) -> Bytes {
+        let len = self.len;
+        Bytes::from_owner(self.map).slice(..len)
+    }
+}
+
+/// What the ZIP writer has written before it goes into parts: a network chunk and an entry's
+/// headers, drained into the current part after each write.
+const STAGING_CAPACITY: usize = 64 * 1024;
+
+/// Moves what `staging` holds into `part`, uploading each part that fills (and starting the next).
+async fn drain(
+    storage: &Storage,
+    key: &str,
+    upload_id: &str,
+    parts: &mut Vec<PartInfo>,
+    part: &mut Part,
+    staging: &mut BytesMut,
+) -> Result<(), BundleError> {
+    let mut rest = &staging[..];
+    while !rest.is_empty() {
+        let taken = part.fill(rest);
+        rest = &rest[taken..];
+        if part.is_full() {
+            // Untouched, the next part costs no memory while the full one uploads.
+            let next = Part::new(part.map.len())?;
+            let full = std::mem::replace(part, next);
+            upload_part(storage, key, upload_id, parts, full.into_bytes()).await?;
+        }
+    }
+    staging.clear();
+    Ok(())
 }
 
 /// The multipart upload in flight, so it can be aborted if the job is cancelled, times out or
@@ -122,12 +202,14 @@ pub async fn build(
 
     let part_size = part_size_for(sources, part_size);
     let mut zip = ZipStreamWriter::new(chrono::Utc::now());
-    let mut buffer = BytesMut::with_capacity(part_size + 256 * 1024);
+    let mut staging = BytesMut::with_capacity(STAGING_CAPACITY);
+    let mut part = Part::new(part_size)?;
     let mut parts: Vec<PartInfo> = Vec::new();
     let stall = storage.request_timeout();
+    let id: &str = upload_id.as_ref();
     for source in sources {
         let source_key = names::source_key(source.file_id);
-        zip.start_entry(&format!("{}.zip", source.file_id), source.size, &mut buffer);
+        zip.start_entry(&format!("{}.zip", source.file_id), source.size, &mut staging);
         let get = client
             .get_object(bucket, source_key.as_str())
             .map_err(|error| StorageError::Config(error.into()))?
@@ -146,19 +228,16 @@ pub async fn build(
                 }
                 Ok(Some(Ok(chunk))) => chunk,
             };
-            zip.write_data(&chunk, &mut buffer);
+            zip.write_data(&chunk, &mut staging);
             on_progress(chunk.len() as u64);
-            while buffer.len() >= part_size {
-                let part = buffer.split_to(part_size);
-                upload_part(storage, key, upload_id.as_ref(), &mut parts, part).await?;
-            }
+            drain(storage, key, id, &mut parts, &mut part, &mut staging).await?;
         }
-        zip.finish_entry(&mut buffer)?;
+        zip.finish_entry(&mut staging)?;
     }
-    zip.finish(&mut buffer);
-    if !buffer.is_empty() || parts.is_empty() {
-        let last = buffer.split();
-        upload_part(storage, key, upload_id.as_ref(), &mut parts, last).await?;
+    zip.finish(&mut staging);
+    drain(storage, key, id, &mut parts, &mut part, &mut staging).await?;
+    if !part.is_empty() || parts.is_empty() {
+        upload_part(storage, key, id, &mut parts, part.into_bytes()).await?;
     }
     let total: u64 = parts.iter().map(|part| part.size).sum();
     let complete = client
@@ -188,7 +267,7 @@ async fn upload_part(
     key: &str,
     upload_id: &str,
     parts: &mut Vec<PartInfo>,
-    data: BytesMut,
+    data: Bytes,
 ) -> Result<(), BundleError> {
     let number = u16::try_from(parts.len() + 1)
         .ok()
@@ -197,13 +276,7 @@ async fn upload_part(
     let size = data.len() as u64;
     let request = storage
         .client()
-        .upload_part(
-            storage.bucket(),
-            key,
-            upload_id,
-            number,
-            SegmentedBytes::from(data.freeze()),
-        )
+        .upload_part(storage.bucket(), key, upload_id, number, SegmentedBytes::from(data))
         .map_err(|error| StorageError::Config(error.into()))?
         .build();
     // A part's upload takes longer the larger it is: the request timeout, plus a second per MiB.
@@ -223,6 +296,20 @@ async fn upload_part(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_part_takes_what_fits_and_hands_out_exactly_what_was_written() {
+        let mut part = Part::new(10).unwrap();
+        assert!(part.is_empty());
+        assert_eq!(part.fill(b"abcdef"), 6);
+        assert_eq!(part.fill(b"ghijklmn"), 4, "only what fits");
+        assert!(part.is_full());
+        assert_eq!(part.fill(b"x"), 0);
+        assert_eq!(&part.into_bytes()[..], b"abcdefghij");
+        let mut last = Part::new(10).unwrap();
+        last.fill(b"mn");
+        assert_eq!(&last.into_bytes()[..], b"mn", "a last part is as long as what it holds");
+    }
 
     #[test]
     fn parts_grow_so_no_bundle_needs_more_than_ten_thousand() {
