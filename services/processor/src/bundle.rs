@@ -98,8 +98,9 @@ impl Part {
     }
 }
 
-/// What the ZIP writer has written before it goes into parts: a network chunk and an entry's
-/// headers, drained into the current part after each write.
+/// What the ZIP writer writes goes here first (a network chunk, an entry's headers, the central
+/// directory), and into the current part after each chunk and at the end: this is its starting
+/// size, and it grows to the largest of those (a few hundred KiB at most).
 const STAGING_CAPACITY: usize = 64 * 1024;
 
 /// Moves what `staging` holds into `part`, uploading each part that fills (and starting the next).

@@ -174,6 +174,13 @@ pub async fn run(
                 message: "storage unavailable while bundling".into(),
             }
         }
+        memory @ bundle::BundleError::Memory { .. } => {
+            tracing::error!(error = %memory, cause = ?std::error::Error::source(&memory), "bundling");
+            JobError::Transient {
+                code: ErrorCode::Internal,
+                message: "the processor had no memory for the bundle; it is retried".into(),
+            }
+        }
         other => JobError::storage("bundling", &other),
     })?;
     Ok(JobResult {

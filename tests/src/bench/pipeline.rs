@@ -330,6 +330,16 @@ pub struct Bundling {
     pub peak_mib: f64,
 }
 
+/// Whether every bundle completed and none peaked over 10 % above the first: memory that stays
+/// from one bundle to the next, or grows with the files' size, shows in a later peak.
+pub fn bundled_in_constant_memory(bundles: &[Bundling]) -> bool {
+    bundles.first().is_some_and(|first| {
+        bundles
+            .iter()
+            .all(|bundle| bundle.status == "completed" && bundle.peak_mib <= first.peak_mib * 1.1)
+    })
+}
+
 /// Bundles two files of each size in `sizes_mib` with one job each, sampling the processor's RSS.
 pub async fn bundling(system: &System, tenant: &TenantRequest, sizes_mib: &[usize]) -> anyhow::Result<Vec<Bundling>> {
     let processor = system.pid("processor").context("a processor runs")?;
@@ -377,4 +387,37 @@ pub async fn bundling(system: &System, tenant: &TenantRequest, sizes_mib: &[usiz
         first_id += 2;
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(size_mib: usize, peak_mib: f64, status: &str) -> Bundling {
+        Bundling {
+            size_mib,
+            status: status.into(),
+            seconds: 1.0,
+            rss_before_mib: 40.0,
+            peak_mib,
+        }
+    }
+
+    #[test]
+    fn bundling_is_constant_only_if_no_later_peak_climbs_over_a_tenth_above_the_first() {
+        let steady = [bundle(64, 48.0, "completed"), bundle(256, 52.8, "completed")];
+        assert!(bundled_in_constant_memory(&steady), "10 % above is still constant");
+        let retained = [
+            bundle(64, 56.2, "completed"),
+            bundle(256, 56.8, "completed"),
+            bundle(64, 73.2, "completed"),
+        ];
+        assert!(
+            !bundled_in_constant_memory(&retained),
+            "a later bundle kept what an earlier left"
+        );
+        let failed = [bundle(64, 48.0, "completed"), bundle(256, 40.0, "failed")];
+        assert!(!bundled_in_constant_memory(&failed));
+        assert!(!bundled_in_constant_memory(&[]), "nothing measured is not met");
+    }
 }
