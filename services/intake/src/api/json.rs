@@ -1,7 +1,7 @@
 //! A JSON answer written straight from its fields.
 //!
 //! poem-openapi's `Json<T>` answers by building a `serde_json::Value` of `T` (a map, a key and
-//! a value each allocated) and then writing that out: for an initiate's 202, about a sixth of
+//! a value each allocated) and then writing that out: for an initiate's 202, about an eighth of
 //! the intake's allocations per request. [`SerdeJson`] writes `T` with serde into a body made
 //! at its usual size, and documents `T` exactly as `Json<T>` does. It is for answers on the hot
 //! paths whose serde form is their OpenAPI form, which a test holds equal for each such type.
